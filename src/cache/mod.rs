@@ -1,0 +1,24 @@
+//! The node cache: the Commerce "session cache region".
+//!
+//! One bounded cache per application on each node, holding the live sessions that sticky load
+//! balancing sends here. An entry expires after the session timeout without access (idle expiry),
+//! and the least useful entries are evicted beyond `session.cache.max.entries`. An evicted or
+//! expired session of a persistent app is restored from the store on its next request; one of a
+//! memory-only app is gone.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::session::SessionId;
+use crate::session::state::Entry;
+
+/// Live sessions of one application on this node, by id.
+pub(crate) type NodeCache = moka::future::Cache<SessionId, Arc<Entry>>;
+
+/// A cache of at most `max_entries` sessions, each expiring after `idle` without access.
+pub(crate) fn new(max_entries: u64, idle: Duration) -> NodeCache {
+    moka::future::Cache::builder()
+        .max_capacity(max_entries)
+        .time_to_idle(idle)
+        .build()
+}

@@ -1,0 +1,214 @@
+//! Every configuration key this crate reads: its built-in default and what it means.
+//!
+//! `config/project.properties` repeats this table as a file (a test keeps the two in step).
+
+/// A global key.
+#[derive(Debug, Clone, Copy)]
+pub struct KeySpec {
+    /// The property name.
+    pub key: &'static str,
+    /// The built-in default (empty: unset).
+    pub default: &'static str,
+    /// What it does and what it accepts.
+    pub doc: &'static str,
+}
+
+/// The global keys, in the order `project.properties` lists them.
+pub const KEYS: &[KeySpec] = &[
+    KeySpec {
+        key: "spring.session.enabled",
+        default: "false",
+        doc: "true/false: enables session failover; without it every app keeps memory-only sessions",
+    },
+    KeySpec {
+        key: "spring.session.save.async.interval",
+        default: "5000",
+        doc: "milliseconds between async save attempts (1..=3600000)",
+    },
+    KeySpec {
+        key: "spring.session.save.async.queue.size",
+        default: "10000",
+        doc: "sessions the async save queue holds (1..=10000000)",
+    },
+    KeySpec {
+        key: "spring.session.save.async.max.items",
+        default: "2000",
+        doc: "sessions saved in one async attempt (1..=100000)",
+    },
+    KeySpec {
+        key: "session.serialization.check",
+        default: "false",
+        doc: "true/false: development check that session attributes survive failover",
+    },
+    KeySpec {
+        key: "session.serialization.check.extensions",
+        default: "",
+        doc: "comma-separated apps to check; unset: all apps",
+    },
+    KeySpec {
+        key: "session.serialization.check.response.error",
+        default: "false",
+        doc: "true/false: answer 500 when a session is not serializable",
+    },
+    KeySpec {
+        key: "session.store.url",
+        default: "sqlite://data/sessions.db",
+        doc: "where sessions are persisted: sqlite://PATH (relative to the working directory)",
+    },
+    KeySpec {
+        key: "session.store.migrate",
+        default: "true",
+        doc: "true/false: apply the schema migrations at start-up",
+    },
+    KeySpec {
+        key: "session.timeout",
+        default: "3600",
+        doc: "seconds of inactivity before a session expires (1..=31536000)",
+    },
+    KeySpec {
+        key: "session.node.name",
+        default: "",
+        doc: "name written to the node column; unset: host name and port",
+    },
+    KeySpec {
+        key: "session.cache.max.entries",
+        default: "100000",
+        doc: "sessions each app keeps in this node's cache (1..=100000000)",
+    },
+    KeySpec {
+        key: "server.bind",
+        default: "127.0.0.1:8080",
+        doc: "address the server listens on (IP:PORT)",
+    },
+];
+
+/// Per-application keys: `spring.session.<app>.<suffix>`.
+#[derive(Debug, Clone, Copy)]
+pub struct AppKeySpec {
+    /// What follows `spring.session.<app>.`.
+    pub suffix: &'static str,
+    /// The built-in default, described.
+    pub default: &'static str,
+    /// What it does and what it accepts.
+    pub doc: &'static str,
+}
+
+/// The per-application keys.
+pub const APP_KEYS: &[AppKeySpec] = &[
+    AppKeySpec {
+        suffix: "save",
+        default: "(unset: memory-only sessions)",
+        doc: "sync or async: the failover mode of this app",
+    },
+    AppKeySpec {
+        suffix: "cookie.name",
+        default: "JSESSIONID",
+        doc: "name of the session cookie",
+    },
+    AppKeySpec {
+        suffix: "cookie.path",
+        default: "(the app's context path)",
+        doc: "path of the session cookie",
+    },
+    AppKeySpec {
+        suffix: "secure",
+        default: "(unset: Secure when the request is secure)",
+        doc: "true/false/no value: the cookie's Secure attribute",
+    },
+    AppKeySpec {
+        suffix: "cookie.httponly",
+        default: "(unset: HttpOnly when the request is secure)",
+        doc: "true/false/no value: the cookie's HttpOnly attribute",
+    },
+];
+
+/// Key prefixes this crate owns: an unknown key under one of them is probably a typo.
+pub const NAMESPACES: &[&str] = &["spring.session.", "session.", "server."];
+
+/// The global key spec for `key`.
+pub fn global(key: &str) -> Option<&'static KeySpec> {
+    KEYS.iter().find(|spec| spec.key == key)
+}
+
+/// Splits `spring.session.<app>.<suffix>` into the app and the per-app key spec.
+pub fn per_app(key: &str) -> Option<(&str, &'static AppKeySpec)> {
+    let rest = key.strip_prefix("spring.session.")?;
+    let (app, suffix) = rest.split_once('.')?;
+    let spec = APP_KEYS.iter().find(|spec| spec.suffix == suffix)?;
+    valid_app_name(app).then_some((app, spec))
+}
+
+/// App names are Commerce extension names: letters, digits, `_` and `-`.
+pub fn valid_app_name(app: &str) -> bool {
+    !app.is_empty()
+        && app
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// Whether `key` is in one of our namespaces but names nothing we read.
+pub fn is_unknown(key: &str) -> bool {
+    NAMESPACES.iter().any(|ns| key.starts_with(ns))
+        && global(key).is_none()
+        && per_app(key).is_none()
+}
+
+/// The known key closest to `key` (for "did you mean" warnings).
+pub fn nearest(key: &str) -> Option<String> {
+    let app = key
+        .strip_prefix("spring.session.")
+        .and_then(|rest| rest.split_once('.'))
+        .map(|(app, _)| app)
+        .filter(|app| valid_app_name(app));
+    let candidates = KEYS
+        .iter()
+        .map(|spec| spec.key.to_owned())
+        .chain(app.into_iter().flat_map(|app| {
+            APP_KEYS
+                .iter()
+                .map(move |spec| format!("spring.session.{app}.{}", spec.suffix))
+        }));
+    candidates
+        .map(|candidate| (strsim::levenshtein(key, &candidate), candidate))
+        .filter(|(distance, _)| *distance <= key.len() / 3 + 2)
+        .min()
+        .map(|(_, candidate)| candidate)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_keys() {
+        assert!(global("session.timeout").is_some());
+        assert_eq!(
+            per_app("spring.session.storefront.save").unwrap().0,
+            "storefront"
+        );
+        assert_eq!(
+            per_app("spring.session.storefront.cookie.httponly")
+                .unwrap()
+                .1
+                .suffix,
+            "cookie.httponly"
+        );
+        assert!(per_app("spring.session.save.async.interval").is_none());
+        assert!(is_unknown("session.timout"));
+        assert!(is_unknown("spring.session.storefront.cookie.nmae"));
+        assert!(!is_unknown("my.own.key"));
+    }
+
+    #[test]
+    fn suggests_the_nearest_key() {
+        assert_eq!(
+            nearest("session.timout").as_deref(),
+            Some("session.timeout")
+        );
+        assert_eq!(
+            nearest("spring.session.storefront.cookie.nmae").as_deref(),
+            Some("spring.session.storefront.cookie.name")
+        );
+        assert_eq!(nearest("session.completely.different.thing"), None);
+    }
+}

@@ -1,0 +1,465 @@
+//! Configuration in the SAP Commerce style: `.properties` files and environment overrides.
+//!
+//! Layers, later wins:
+//! 1. built-in defaults ([`keys::KEYS`]; `config/project.properties` lists the same keys),
+//! 2. `<dir>/project.properties` (the project's shipped settings),
+//! 3. `<dir>/local.properties` (git-ignored, per machine),
+//! 4. environment variables `y_<key with . as _ and _ as __>` (e.g. `y_session_store_url`).
+//!
+//! `${other.key}` placeholders are expanded after layering. Typed values are parsed once, into
+//! [`Config`]; a bad value fails with the file and line (or variable), the key, the value and
+//! what is accepted. Unknown keys under `spring.session.`, `session.` and `server.` produce a
+//! warning naming the nearest known key.
+
+pub mod keys;
+mod properties;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use properties::{ENV_PREFIX, Properties, Setting, Source, env_var_to_key, key_to_env_var};
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A properties file exists but cannot be read.
+    #[error("cannot read {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A properties file is malformed (e.g. a bad `\u` escape).
+    #[error("{}:{}: {message}", path.display(), line.map_or("?".to_owned(), |l| l.to_string()))]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The line, when known.
+        line: Option<usize>,
+        /// What the parser said.
+        message: String,
+    },
+    /// A value does not parse as what its key accepts.
+    #[error("{origin}: {key} = {value:?}: expected {expected}")]
+    Invalid {
+        /// Where the value was set.
+        origin: Source,
+        /// The key.
+        key: String,
+        /// The value as written.
+        value: String,
+        /// What is accepted.
+        expected: String,
+    },
+    /// A `${key}` placeholder cannot be expanded.
+    #[error("{origin}: {key}: {reason}")]
+    Placeholder {
+        /// Where the value with the placeholder was set.
+        origin: Source,
+        /// The key whose value has the placeholder.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The configuration directory given on the command line does not exist.
+    #[error("configuration directory {} does not exist", .0.display())]
+    MissingDir(PathBuf),
+}
+
+/// How an application's sessions are persisted (`spring.session.<app>.save`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SaveMode {
+    /// Saved after the handler, before the response leaves.
+    Sync,
+    /// Queued before the response and written later by a background writer.
+    Async,
+}
+
+/// The async writer's settings (`spring.session.save.async.*`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AsyncSaveConfig {
+    /// Time between save attempts.
+    pub interval: Duration,
+    /// Sessions the queue holds.
+    pub queue_size: usize,
+    /// Sessions saved in one attempt.
+    pub max_items: usize,
+}
+
+/// The serializability checker's settings (`session.serialization.check*`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckConfig {
+    /// The check runs at all.
+    pub enabled: bool,
+    /// Only these apps are checked; `None`: all apps.
+    pub extensions: Option<Vec<String>>,
+    /// A session that would not survive failover answers 500.
+    pub response_error: bool,
+}
+
+/// One application's settings (`spring.session.<app>.*`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppConfig {
+    /// The configured save mode; `None`: memory-only sessions.
+    pub save: Option<SaveMode>,
+    /// The session cookie's name.
+    pub cookie_name: String,
+    /// The session cookie's path; `None`: the app's context path.
+    pub cookie_path: Option<String>,
+    /// The cookie's `Secure` attribute; `None`: set when the request is secure.
+    pub secure: Option<bool>,
+    /// The cookie's `HttpOnly` attribute; `None`: set when the request is secure.
+    pub http_only: Option<bool>,
+}
+
+impl Default for AppConfig {
+    fn default() -> Self {
+        Self {
+            save: None,
+            cookie_name: "JSESSIONID".to_owned(),
+            cookie_path: None,
+            secure: None,
+            http_only: None,
+        }
+    }
+}
+
+/// The typed, validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// `spring.session.enabled`.
+    pub enabled: bool,
+    /// `spring.session.save.async.*`.
+    pub async_save: AsyncSaveConfig,
+    /// `session.serialization.check*`.
+    pub check: CheckConfig,
+    /// `session.store.url`.
+    pub store_url: String,
+    /// `session.store.migrate`.
+    pub store_migrate: bool,
+    /// `session.timeout`.
+    pub timeout: Duration,
+    /// `session.node.name`; `None`: host name and port.
+    pub node_name: Option<String>,
+    /// `session.cache.max.entries`.
+    pub cache_max_entries: u64,
+    /// `server.bind`.
+    pub bind: SocketAddr,
+    /// `spring.session.<app>.*`, by app.
+    pub apps: BTreeMap<String, AppConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::from_properties(&Properties::builtin()).expect("the built-in defaults are valid")
+    }
+}
+
+impl Config {
+    /// Loads the layers from `dir` and the process environment and validates them.
+    ///
+    /// Returns the typed configuration and the effective properties (for `check-config` and for
+    /// the unknown-key warnings).
+    pub fn load(dir: &Path) -> Result<(Self, Properties), Error> {
+        let properties = Properties::load(dir, std::env::vars())?;
+        let config = Self::from_properties(&properties)?;
+        Ok((config, properties))
+    }
+
+    /// Parses and validates effective properties.
+    pub fn from_properties(p: &Properties) -> Result<Self, Error> {
+        let mut apps: BTreeMap<String, AppConfig> = BTreeMap::new();
+        for (key, setting) in p.iter() {
+            let Some((app, spec)) = keys::per_app(key) else {
+                continue;
+            };
+            let app = apps.entry(app.to_owned()).or_default();
+            let value = setting.value.as_str();
+            match spec.suffix {
+                "save" => {
+                    app.save = match value {
+                        "sync" => Some(SaveMode::Sync),
+                        "async" => Some(SaveMode::Async),
+                        "" => None,
+                        _ => return Err(invalid(key, setting, "sync or async")),
+                    }
+                }
+                "cookie.name" => {
+                    if !valid_cookie_name(value) {
+                        return Err(invalid(
+                            key,
+                            setting,
+                            "a cookie name: letters, digits and !#$%&'*+-.^_`|~",
+                        ));
+                    }
+                    value.clone_into(&mut app.cookie_name);
+                }
+                "cookie.path" => {
+                    app.cookie_path = match value {
+                        "" => None,
+                        _ if valid_cookie_path(value) => Some(value.to_owned()),
+                        _ => {
+                            return Err(invalid(
+                                key,
+                                setting,
+                                "a path starting with / without ; or control characters",
+                            ));
+                        }
+                    }
+                }
+                "secure" => app.secure = optional_bool(key, setting)?,
+                "cookie.httponly" => app.http_only = optional_bool(key, setting)?,
+                other => unreachable!("per-app key suffix {other} has no parser"),
+            }
+        }
+        let extensions = string(p, "session.serialization.check.extensions");
+        Ok(Self {
+            enabled: boolean(p, "spring.session.enabled")?,
+            async_save: AsyncSaveConfig {
+                interval: Duration::from_millis(number(
+                    p,
+                    "spring.session.save.async.interval",
+                    1,
+                    3_600_000,
+                )?),
+                queue_size: usize_number(p, "spring.session.save.async.queue.size", 1, 10_000_000)?,
+                max_items: usize_number(p, "spring.session.save.async.max.items", 1, 100_000)?,
+            },
+            check: CheckConfig {
+                enabled: boolean(p, "session.serialization.check")?,
+                extensions: (!extensions.is_empty()).then(|| {
+                    extensions
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                }),
+                response_error: boolean(p, "session.serialization.check.response.error")?,
+            },
+            store_url: required(
+                p,
+                "session.store.url",
+                "a store URL such as sqlite://data/sessions.db",
+            )?,
+            store_migrate: boolean(p, "session.store.migrate")?,
+            timeout: Duration::from_secs(number(p, "session.timeout", 1, 31_536_000)?),
+            node_name: Some(string(p, "session.node.name")).filter(|s| !s.is_empty()),
+            cache_max_entries: number(p, "session.cache.max.entries", 1, 100_000_000)?,
+            bind: {
+                let setting = setting(p, "server.bind");
+                setting
+                    .value
+                    .parse()
+                    .map_err(|_| invalid("server.bind", &setting, "IP:PORT, e.g. 127.0.0.1:8080"))?
+            },
+            apps,
+        })
+    }
+
+    /// The settings of `app` (defaults if no key names it).
+    pub fn app(&self, app: &str) -> AppConfig {
+        self.apps.get(app).cloned().unwrap_or_default()
+    }
+
+    /// The save mode in force for `app`: none when failover is disabled or the app has no mode.
+    pub fn save_mode(&self, app: &str) -> Option<SaveMode> {
+        self.enabled.then(|| self.app(app).save).flatten()
+    }
+
+    /// Whether the serializability check covers `app`.
+    pub fn check_covers(&self, app: &str) -> bool {
+        self.check.enabled
+            && self
+                .check
+                .extensions
+                .as_ref()
+                .is_none_or(|apps| apps.iter().any(|a| a == app))
+    }
+}
+
+fn setting(p: &Properties, key: &str) -> Setting {
+    p.get(key).cloned().unwrap_or(Setting {
+        value: String::new(),
+        source: Source::Builtin,
+    })
+}
+
+fn string(p: &Properties, key: &str) -> String {
+    setting(p, key).value
+}
+
+fn invalid(key: &str, setting: &Setting, expected: &str) -> Error {
+    Error::Invalid {
+        origin: setting.source.clone(),
+        key: key.to_owned(),
+        value: setting.value.clone(),
+        expected: expected.to_owned(),
+    }
+}
+
+fn required(p: &Properties, key: &str, expected: &str) -> Result<String, Error> {
+    let s = setting(p, key);
+    if s.value.is_empty() {
+        return Err(invalid(key, &s, expected));
+    }
+    Ok(s.value)
+}
+
+fn boolean(p: &Properties, key: &str) -> Result<bool, Error> {
+    let s = setting(p, key);
+    parse_bool(&s.value).ok_or_else(|| invalid(key, &s, "true or false"))
+}
+
+fn optional_bool(key: &str, s: &Setting) -> Result<Option<bool>, Error> {
+    if s.value.is_empty() {
+        return Ok(None);
+    }
+    parse_bool(&s.value)
+        .map(Some)
+        .ok_or_else(|| invalid(key, s, "true, false or no value"))
+}
+
+fn parse_bool(value: &str) -> Option<bool> {
+    if value.eq_ignore_ascii_case("true") {
+        Some(true)
+    } else if value.eq_ignore_ascii_case("false") {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+fn number(p: &Properties, key: &str, min: u64, max: u64) -> Result<u64, Error> {
+    let s = setting(p, key);
+    s.value
+        .parse::<u64>()
+        .ok()
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| invalid(key, &s, &format!("a whole number from {min} to {max}")))
+}
+
+fn usize_number(p: &Properties, key: &str, min: u64, max: u64) -> Result<usize, Error> {
+    let n = number(p, key, min, max)?;
+    usize::try_from(n).map_err(|_| invalid(key, &setting(p, key), "a smaller number"))
+}
+
+/// RFC 6265 cookie-name: an HTTP token.
+fn valid_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn valid_cookie_path(path: &str) -> bool {
+    path.starts_with('/') && !path.bytes().any(|b| b == b';' || b.is_ascii_control())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, Error> {
+        let mut p = Properties::builtin();
+        p.merge_file(Path::new("local.properties"), text.as_bytes())?;
+        Config::from_properties(&p)
+    }
+
+    #[test]
+    fn builtin_defaults_match_the_seed() {
+        let c = Config::default();
+        assert!(!c.enabled);
+        assert_eq!(c.async_save.interval, Duration::from_millis(5000));
+        assert_eq!(c.async_save.queue_size, 10_000);
+        assert_eq!(c.async_save.max_items, 2000);
+        assert!(!c.check.enabled && !c.check.response_error && c.check.extensions.is_none());
+        assert_eq!(c.timeout, Duration::from_secs(3600));
+        assert_eq!(c.store_url, "sqlite://data/sessions.db");
+        assert_eq!(c.app("storefront"), AppConfig::default());
+        assert_eq!(c.app("storefront").cookie_name, "JSESSIONID");
+        assert_eq!(c.save_mode("storefront"), None);
+    }
+
+    #[test]
+    fn per_app_keys() {
+        let c = parse(
+            "spring.session.enabled=true\n\
+             spring.session.storefront.save=sync\n\
+             spring.session.storefront.cookie.name=SF\n\
+             spring.session.storefront.cookie.path=/shop\n\
+             spring.session.storefront.secure=true\n\
+             spring.session.storefront.cookie.httponly=\n\
+             spring.session.hac.save=async\n",
+        )
+        .unwrap();
+        let sf = c.app("storefront");
+        assert_eq!(sf.save, Some(SaveMode::Sync));
+        assert_eq!(sf.cookie_name, "SF");
+        assert_eq!(sf.cookie_path.as_deref(), Some("/shop"));
+        assert_eq!((sf.secure, sf.http_only), (Some(true), None));
+        assert_eq!(c.save_mode("hac"), Some(SaveMode::Async));
+        assert_eq!(c.save_mode("other"), None);
+    }
+
+    #[test]
+    fn disabled_means_memory_only() {
+        let c = parse("spring.session.storefront.save=sync\n").unwrap();
+        assert_eq!(c.save_mode("storefront"), None);
+    }
+
+    #[test]
+    fn bad_values_name_file_line_key_and_accepted_values() {
+        for (text, needle) in [
+            (
+                "\n\nspring.session.storefront.save=syncc\n",
+                "local.properties:3: spring.session.storefront.save = \"syncc\": expected sync or async",
+            ),
+            (
+                "spring.session.enabled=yes\n",
+                "local.properties:1: spring.session.enabled = \"yes\": expected true or false",
+            ),
+            (
+                "session.timeout=-5\n",
+                "session.timeout = \"-5\": expected a whole number from 1 to 31536000",
+            ),
+            ("session.timeout=0\n", "expected a whole number from 1"),
+            (
+                "server.bind=localhost\n",
+                "server.bind = \"localhost\": expected IP:PORT",
+            ),
+            (
+                "spring.session.a.cookie.name=bad name\n",
+                "spring.session.a.cookie.name = \"bad name\": expected a cookie name",
+            ),
+            (
+                "spring.session.a.cookie.path=shop\n",
+                "expected a path starting with /",
+            ),
+            (
+                "spring.session.a.secure=maybe\n",
+                "expected true, false or no value",
+            ),
+            (
+                "session.store.url=\n",
+                "session.store.url = \"\": expected a store URL",
+            ),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text:?} gave {err:?}");
+        }
+    }
+
+    #[test]
+    fn check_extensions() {
+        let c = parse("session.serialization.check=true\nsession.serialization.check.extensions=hac, storefront\n").unwrap();
+        assert!(c.check_covers("storefront") && c.check_covers("hac") && !c.check_covers("x"));
+        let all = parse("session.serialization.check=true\n").unwrap();
+        assert!(all.check_covers("anything"));
+    }
+}

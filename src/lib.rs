@@ -1,0 +1,51 @@
+//! # session-failover
+//!
+//! HTTP session failover for tower/axum services in the SAP Commerce style. Each node keeps its
+//! sessions in memory (sticky load balancing sends a user back to the same node); a failover
+//! filter persists changed sessions to a relational `stored_http_session` table, so that when a
+//! node dies, restarts or is redeployed, any other node restores the session from the database.
+//!
+//! ## Quick start
+//!
+//! ```no_run
+//! use axum::{Router, routing::post};
+//! use session_failover::{Session, SessionFailoverLayer, SaveMode, store};
+//!
+//! # async fn run() -> anyhow::Result<()> {
+//! let store = store::open("sqlite://data/sessions.db", true).await?;
+//! let app: Router = Router::new()
+//!     .route("/cart", post(|session: Session| async move {
+//!         let mut cart: Vec<String> = session.get("cart").unwrap_or_default();
+//!         cart.push("SKU-1".into());
+//!         session.insert("cart", cart);
+//!     }))
+//!     .layer(SessionFailoverLayer::new("storefront").with_store(store, SaveMode::Sync));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! axum::serve(listener, app).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Layout
+//! - [`config`]: `.properties` layers (defaults, `project.properties`, `local.properties`,
+//!   environment) parsed into a typed [`Config`].
+//! - [`session`]: ids, attributes and the [`Session`] extractor.
+//! - [`codec`]: the versioned, compressed stored form of a session.
+//! - [`store`]: the [`SessionStore`] trait and its backends (SQLite, memory).
+//! - `cache`: the node cache (the Commerce "session cache region").
+//! - `persist`: writing sessions to the store after the handler.
+//! - [`middleware`]: [`SessionFailoverLayer`], the failover filter.
+//! - [`server`]: the runnable demo storefront.
+
+mod cache;
+pub mod codec;
+pub mod config;
+pub mod middleware;
+mod persist;
+pub mod server;
+pub mod session;
+pub mod store;
+
+pub use config::{Config, SaveMode};
+pub use middleware::SessionFailoverLayer;
+pub use session::Session;
+pub use store::SessionStore;

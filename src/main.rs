@@ -1,0 +1,126 @@
+//! The `session-failover` command: serve the demo storefront, check the configuration, migrate.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use session_failover::config::{Config, Properties};
+use session_failover::{server, store};
+
+/// HTTP session failover in the SAP Commerce style.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the demo storefront with session failover.
+    Serve {
+        /// Directory with project.properties and local.properties.
+        #[arg(long, default_value = "config")]
+        config: PathBuf,
+        /// Listen address (overrides server.bind), e.g. 127.0.0.1:8080; port 0 picks a free one.
+        #[arg(long)]
+        bind: Option<SocketAddr>,
+    },
+    /// Print the effective configuration and where each value came from.
+    CheckConfig {
+        /// Directory with project.properties and local.properties.
+        #[arg(long, default_value = "config")]
+        config: PathBuf,
+    },
+    /// Apply the schema migrations to the configured store.
+    Migrate {
+        /// Directory with project.properties and local.properties.
+        #[arg(long, default_value = "config")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn load(dir: &Path) -> anyhow::Result<(Config, Properties)> {
+    if !dir.is_dir() {
+        anyhow::bail!(
+            "configuration directory {} does not exist (pass --config DIR; it holds project.properties and local.properties)",
+            dir.display()
+        );
+    }
+    let (config, properties) = Config::load(dir)?;
+    for warning in properties.unknown_key_warnings() {
+        tracing::warn!("{warning}");
+    }
+    Ok((config, properties))
+}
+
+#[tokio::main]
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { config, bind } => {
+            let (config, _) = load(&config)?;
+            server::serve(config, bind, server::shutdown_signal()).await?;
+        }
+        Command::CheckConfig { config: dir } => {
+            let (config, properties) = load(&dir)?;
+            println!("# effective configuration from {}", dir.display());
+            for (key, setting) in properties.iter() {
+                let value = if key.contains("secret") || key.contains("password") {
+                    "********"
+                } else {
+                    setting.value.as_str()
+                };
+                println!("{key}={value}    # {}", setting.source);
+            }
+            println!("# applications");
+            let mut apps: Vec<&str> = config.apps.keys().map(String::as_str).collect();
+            if !apps.contains(&server::STOREFRONT_APP) {
+                apps.push(server::STOREFRONT_APP);
+            }
+            for app in apps {
+                let c = config.app(app);
+                let mode = match config.save_mode(app) {
+                    Some(mode) => format!("{mode:?}").to_lowercase(),
+                    None => "memory-only".to_owned(),
+                };
+                println!(
+                    "# {app}: {mode}, cookie {} path {} secure {} httponly {}",
+                    c.cookie_name,
+                    c.cookie_path.as_deref().unwrap_or("(context path)"),
+                    c.secure
+                        .map_or("(follows request)".to_owned(), |b| b.to_string()),
+                    c.http_only
+                        .map_or("(follows request)".to_owned(), |b| b.to_string()),
+                );
+            }
+            println!("# configuration is valid");
+        }
+        Command::Migrate { config } => {
+            let (config, _) = load(&config)?;
+            store::open(&config.store_url, true).await?;
+            println!(
+                "migrations applied to {}",
+                store::redact_url(&config.store_url)
+            );
+        }
+    }
+    Ok(())
+}

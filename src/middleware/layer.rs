@@ -1,0 +1,184 @@
+//! The [`SessionFailoverLayer`] and its builder methods.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower::Layer;
+
+use super::app::{AppSettings, AppShared};
+use super::service::SessionFailover;
+use crate::codec::Codec;
+use crate::config::{Config, SaveMode};
+use crate::persist::Persister;
+use crate::store::SessionStore;
+
+/// The failover filter of one application (a Commerce "extension").
+///
+/// Without a store it keeps memory-only sessions (lost when the node stops). With one, changed
+/// sessions are written to it and restored from it on any node whose cache does not hold them.
+///
+/// ```
+/// use std::sync::Arc;
+/// use axum::{Router, routing::get};
+/// use session_failover::{SessionFailoverLayer, Session, SaveMode, store::MemoryStore};
+///
+/// async fn visits(session: Session) -> String {
+///     let n: u64 = session.get("visits").unwrap_or(0) + 1;
+///     session.insert("visits", n);
+///     n.to_string()
+/// }
+///
+/// let store = Arc::new(MemoryStore::new());
+/// let app: Router = Router::new()
+///     .route("/", get(visits))
+///     .layer(SessionFailoverLayer::new("storefront").with_store(store, SaveMode::Sync));
+/// ```
+#[derive(Clone)]
+pub struct SessionFailoverLayer {
+    shared: Arc<AppShared>,
+}
+
+impl std::fmt::Debug for SessionFailoverLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionFailoverLayer")
+            .field("settings", &self.shared.settings)
+            .field("mode", &self.shared.persister.as_ref().map(Persister::mode))
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionFailoverLayer {
+    /// A memory-only layer for application `app` with the defaults: cookie `JSESSIONID` on path
+    /// `/`, `Secure` and `HttpOnly` when the request is secure, `SameSite=Lax`, a 3600 s timeout,
+    /// 100,000 cached sessions, node name `"node"`.
+    pub fn new(app: impl Into<String>) -> Self {
+        let settings = AppSettings {
+            app: app.into(),
+            context_path: "/".to_owned(),
+            cookie_name: "JSESSIONID".to_owned(),
+            cookie_path: None,
+            secure: None,
+            http_only: None,
+            timeout: Duration::from_secs(3600),
+            node: "node".to_owned(),
+            cache_max_entries: 100_000,
+        };
+        Self::build(settings, None)
+    }
+
+    /// The layer for `app` as configured: cookie settings from `spring.session.<app>.*`, timeout,
+    /// node name and cache size from `session.*`, and `store` used only if failover is enabled
+    /// and the app has a save mode.
+    pub fn from_config(
+        config: &Config,
+        app: &str,
+        context_path: &str,
+        node: &str,
+        store: Option<Arc<dyn SessionStore>>,
+    ) -> Self {
+        let app_config = config.app(app);
+        let settings = AppSettings {
+            app: app.to_owned(),
+            context_path: context_path.to_owned(),
+            cookie_name: app_config.cookie_name,
+            cookie_path: app_config.cookie_path,
+            secure: app_config.secure,
+            http_only: app_config.http_only,
+            timeout: config.timeout,
+            node: node.to_owned(),
+            cache_max_entries: config.cache_max_entries,
+        };
+        let persister = match (config.save_mode(app), store) {
+            (Some(mode), Some(store)) => Some(Persister::new(store, mode)),
+            _ => None,
+        };
+        Self::build(settings, persister)
+    }
+
+    fn build(settings: AppSettings, persister: Option<Persister>) -> Self {
+        if persister.as_ref().map(Persister::mode) == Some(SaveMode::Async) {
+            tracing::warn!(
+                app = %settings.app,
+                "save=async is not implemented in this build yet; sessions are saved synchronously"
+            );
+        }
+        let cache = crate::cache::new(settings.cache_max_entries, settings.timeout);
+        Self {
+            shared: Arc::new(AppShared {
+                settings,
+                cache,
+                persister,
+                codec: Codec::default(),
+            }),
+        }
+    }
+
+    fn rebuild(self, change: impl FnOnce(&mut AppSettings)) -> Self {
+        let mut settings = self.shared.settings.clone();
+        change(&mut settings);
+        Self::build(settings, self.shared.persister.clone())
+    }
+
+    /// Persists sessions to `store` in `mode`. Default: none (memory-only sessions).
+    pub fn with_store(self, store: Arc<dyn SessionStore>, mode: SaveMode) -> Self {
+        Self::build(
+            self.shared.settings.clone(),
+            Some(Persister::new(store, mode)),
+        )
+    }
+
+    /// The path the application is mounted at; the cookie path unless set. Default `/`.
+    pub fn with_context_path(self, path: impl Into<String>) -> Self {
+        let path = path.into();
+        self.rebuild(|s| s.context_path = path)
+    }
+
+    /// The session cookie's name. Default `JSESSIONID`.
+    pub fn with_cookie_name(self, name: impl Into<String>) -> Self {
+        let name = name.into();
+        self.rebuild(|s| s.cookie_name = name)
+    }
+
+    /// The session cookie's path. Default: the context path.
+    pub fn with_cookie_path(self, path: impl Into<String>) -> Self {
+        let path = path.into();
+        self.rebuild(|s| s.cookie_path = Some(path))
+    }
+
+    /// The cookie's `Secure` attribute; `None` (the default): set when the request is secure.
+    pub fn with_secure(self, secure: Option<bool>) -> Self {
+        self.rebuild(|s| s.secure = secure)
+    }
+
+    /// The cookie's `HttpOnly` attribute; `None` (the default): set when the request is secure.
+    pub fn with_http_only(self, http_only: Option<bool>) -> Self {
+        self.rebuild(|s| s.http_only = http_only)
+    }
+
+    /// Inactivity before a session expires, in cache and store. Default 3600 s.
+    pub fn with_timeout(self, timeout: Duration) -> Self {
+        self.rebuild(|s| s.timeout = timeout)
+    }
+
+    /// The name written to the `node` column. Default `"node"`.
+    pub fn with_node_name(self, node: impl Into<String>) -> Self {
+        let node = node.into();
+        self.rebuild(|s| s.node = node)
+    }
+
+    /// Sessions kept in this node's cache. Default 100,000.
+    pub fn with_cache_max_entries(self, max: u64) -> Self {
+        self.rebuild(|s| s.cache_max_entries = max)
+    }
+}
+
+impl<S> Layer<S> for SessionFailoverLayer {
+    type Service = SessionFailover<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        SessionFailover {
+            inner,
+            app: Arc::clone(&self.shared),
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! The failover filter as tower middleware: [`SessionFailoverLayer`] and [`SessionFailover`].
+//!
+//! Per request: read the session cookie, find the session in the node cache (a sticky hit reads
+//! nothing from the store) or restore it from the store ("failover restore"), hand the handler a
+//! [`crate::Session`], then after the handler save it if it changed (or touch it, throttled, if it
+//! was only read), and send `Set-Cookie` for a new, rotated or invalidated session.
+//!
+//! The layer always returns a response: a store that cannot be read while restoring answers an
+//! opaque `503 Service Unavailable` (the cause goes to the log), never the store's error text.
+
+mod app;
+pub mod future;
+mod layer;
+mod service;
+
+pub use layer::SessionFailoverLayer;
+pub use service::SessionFailover;

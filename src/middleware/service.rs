@@ -1,0 +1,73 @@
+//! The [`SessionFailover`] service.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response, StatusCode};
+use tower::Service;
+
+use super::app::{AppShared, Loaded};
+use super::future::ResponseFuture;
+
+/// Middleware that gives each request its [`crate::Session`] and persists it afterwards.
+///
+/// Made by [`super::SessionFailoverLayer`].
+#[derive(Clone)]
+pub struct SessionFailover<S> {
+    pub(super) inner: S,
+    pub(super) app: Arc<AppShared>,
+}
+
+impl<S> std::fmt::Debug for SessionFailover<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionFailover")
+            .field("app", &self.app.settings.app)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionFailover<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        // Use the service that was driven to readiness; leave a fresh clone in its place.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let app = Arc::clone(&self.app);
+        ResponseFuture {
+            inner: Box::pin(async move {
+                let ids = app.cookie_ids(request.headers());
+                let secure = super::app::request_is_secure(&request);
+                let session = match app.load(&ids).await {
+                    Loaded::Session(session) => session,
+                    Loaded::StoreDown => {
+                        let mut response = Response::new(ResBody::default());
+                        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                        response.headers_mut().insert(
+                            http::header::RETRY_AFTER,
+                            http::HeaderValue::from_static("1"),
+                        );
+                        return Ok(response);
+                    }
+                };
+                request.extensions_mut().insert(session.clone());
+                let mut response = inner.call(request).await?;
+                app.finish(&session, !ids.is_empty(), secure, response.headers_mut())
+                    .await;
+                Ok(response)
+            }),
+        }
+    }
+}

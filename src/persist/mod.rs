@@ -1,0 +1,61 @@
+//! Writing sessions to the store: the failover filter's half that runs after the handler.
+//!
+//! `sync` mode writes before the response leaves. A failed write does not lose the session: it
+//! stays in the node cache, still marked changed, and the next request of that session writes it
+//! again; the error is logged.
+//!
+//! `async` mode (write-behind, `spring.session.save.async.*`) is not built yet: an app configured
+//! with `async` is saved synchronously, which keeps every guarantee of `sync`, and a warning says
+//! so at start-up.
+
+use std::sync::Arc;
+
+use crate::config::SaveMode;
+use crate::session::SessionKey;
+use crate::store::{self, EpochMillis, Record, SessionStore};
+
+/// Persists one application's sessions to a store.
+#[derive(Clone)]
+pub(crate) struct Persister {
+    store: Arc<dyn SessionStore>,
+    mode: SaveMode,
+}
+
+impl Persister {
+    pub(crate) fn new(store: Arc<dyn SessionStore>, mode: SaveMode) -> Self {
+        Self { store, mode }
+    }
+
+    pub(crate) fn mode(&self) -> SaveMode {
+        self.mode
+    }
+
+    /// Reads a live session.
+    pub(crate) async fn load(
+        &self,
+        key: &SessionKey,
+        now: EpochMillis,
+    ) -> Result<Option<Record>, store::Error> {
+        self.store.get(key, now).await
+    }
+
+    /// Writes a changed session; in every mode of this build, before returning.
+    pub(crate) async fn save(&self, record: &Record) -> Result<(), store::Error> {
+        self.store.set(record).await
+    }
+
+    /// Pushes an unchanged session's expiry forward.
+    pub(crate) async fn touch(
+        &self,
+        key: &SessionKey,
+        now: EpochMillis,
+        expires_at: EpochMillis,
+    ) -> Result<bool, store::Error> {
+        self.store.reset_timer(key, now, expires_at).await
+    }
+
+    /// Removes an ended session.
+    pub(crate) async fn destroy(&self, key: &SessionKey) -> Result<bool, store::Error> {
+        self.store.destroy(key).await
+    }
+}

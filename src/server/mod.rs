@@ -1,0 +1,137 @@
+//! The runnable server: the demo storefront behind the failover filter.
+//!
+//! [`app`] builds the router (testable with `tower::ServiceExt::oneshot`); [`serve`] binds,
+//! prints `session-failover listening on http://ADDR` on stdout, and runs until SIGTERM or
+//! SIGINT, finishing the requests in flight.
+
+pub mod storefront;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::get;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::middleware::SessionFailoverLayer;
+use crate::store::{self, SessionStore};
+
+/// The demo storefront's application name (its `spring.session.<app>.*` keys).
+pub const STOREFRONT_APP: &str = "storefront";
+/// Where the storefront is mounted.
+pub const STOREFRONT_CONTEXT_PATH: &str = "/";
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The session store could not be opened or migrated.
+    #[error("cannot open the session store")]
+    Store(#[from] store::Error),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr} (server.bind / --bind)")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Serving failed.
+    #[error("server error")]
+    Io(#[from] std::io::Error),
+}
+
+/// Opens the configured store if any application persists sessions; `None` otherwise.
+pub async fn open_store(config: &Config) -> Result<Option<Arc<dyn SessionStore>>, store::Error> {
+    if config.save_mode(STOREFRONT_APP).is_none() {
+        if !config.enabled {
+            tracing::info!("spring.session.enabled=false: sessions are memory-only");
+        } else {
+            tracing::info!(
+                "spring.session.{STOREFRONT_APP}.save is not set: {STOREFRONT_APP} sessions are memory-only"
+            );
+        }
+        return Ok(None);
+    }
+    let store = store::open(&config.store_url, config.store_migrate).await?;
+    tracing::info!(url = %store::redact_url(&config.store_url), "session store ready");
+    Ok(Some(store))
+}
+
+/// The router of the whole server: `/health` plus the storefront behind its session layer.
+pub fn app(config: &Config, node: &str, store: Option<Arc<dyn SessionStore>>) -> Router {
+    let layer = SessionFailoverLayer::from_config(
+        config,
+        STOREFRONT_APP,
+        STOREFRONT_CONTEXT_PATH,
+        node,
+        store,
+    );
+    Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .merge(storefront::router().layer(layer))
+}
+
+/// Binds `bind` (or `server.bind`), then serves until `shutdown` completes.
+pub async fn serve(
+    config: Config,
+    bind: Option<SocketAddr>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let addr = bind.unwrap_or(config.bind);
+    let store = open_store(&config).await?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })?;
+    let local = listener.local_addr()?;
+    let node = config
+        .node_name
+        .clone()
+        .unwrap_or_else(|| format!("{}:{}", host_name(), local.port()));
+    let router = app(&config, &node, store);
+    tracing::info!(%node, "session-failover listening on http://{local}");
+    // On stdout too, for scripts and tests that start the server on port 0.
+    println!("session-failover listening on http://{local}");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = interrupt => tracing::info!("SIGINT: finishing requests in flight"),
+        () = terminate => tracing::info!("SIGTERM: finishing requests in flight"),
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}

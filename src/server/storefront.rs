@@ -1,0 +1,205 @@
+//! The demo storefront: a cart and a sign-in, kept in the session.
+//!
+//! | route | what it does |
+//! |---|---|
+//! | `GET /` | an HTML page showing the cart, with forms to add, remove, sign in and out |
+//! | `GET /cart` | the cart as JSON: `{"user": …, "items": [{"sku", "qty"}], "count"}` |
+//! | `POST /cart/items` | adds `{"sku", "qty"}` (qty 1–999) to the cart |
+//! | `DELETE /cart/items/{sku}` | removes a line |
+//! | `POST /login` | `{"user"}`: sets the principal and rotates the session id |
+//! | `POST /logout` | invalidates the session |
+
+use axum::extract::Path;
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::Session;
+
+const CART: &str = "cart";
+const MAX_SKU_LEN: usize = 64;
+const MAX_USER_LEN: usize = 128;
+const MAX_QTY: u32 = 999;
+const MAX_LINES: usize = 100;
+
+/// A cart line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CartItem {
+    /// The product's stock-keeping unit.
+    pub sku: String,
+    /// How many.
+    pub qty: u32,
+}
+
+/// The cart kept in the session under `"cart"`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cart {
+    /// Lines in the order they were first added.
+    pub items: Vec<CartItem>,
+}
+
+/// What `GET /cart` answers.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CartView {
+    /// The signed-in user, if any.
+    pub user: Option<String>,
+    /// The cart lines.
+    pub items: Vec<CartItem>,
+    /// Total quantity.
+    pub count: u32,
+}
+
+/// `{"user": …}` for `POST /login`.
+#[derive(Debug, Deserialize)]
+pub struct Login {
+    /// The user to sign in as.
+    pub user: String,
+}
+
+/// The storefront routes (put a [`crate::SessionFailoverLayer`] on them).
+pub fn router() -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/cart", get(cart))
+        .route("/cart/items", post(add_item))
+        .route("/cart/items/{sku}", delete(remove_item))
+        .route("/login", post(login))
+        .route("/logout", post(logout))
+}
+
+fn bad_request(message: String) -> Response {
+    (
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Json(serde_json::json!({ "error": message })),
+    )
+        .into_response()
+}
+
+fn view(session: &Session) -> CartView {
+    let cart: Cart = session.get(CART).unwrap_or_default();
+    CartView {
+        user: session.principal(),
+        count: cart.items.iter().map(|i| i.qty).sum(),
+        items: cart.items,
+    }
+}
+
+async fn cart(session: Session) -> Json<CartView> {
+    Json(view(&session))
+}
+
+async fn add_item(session: Session, Json(item): Json<CartItem>) -> Response {
+    if item.sku.is_empty()
+        || item.sku.chars().count() > MAX_SKU_LEN
+        || item.sku.chars().any(char::is_control)
+    {
+        return bad_request(format!(
+            "sku must be 1 to {MAX_SKU_LEN} characters without control characters"
+        ));
+    }
+    if !(1..=MAX_QTY).contains(&item.qty) {
+        return bad_request(format!("qty must be from 1 to {MAX_QTY}"));
+    }
+    let mut cart: Cart = session.get(CART).unwrap_or_default();
+    if let Some(line) = cart.items.iter_mut().find(|line| line.sku == item.sku) {
+        line.qty = (line.qty + item.qty).min(MAX_QTY);
+    } else if cart.items.len() >= MAX_LINES {
+        return bad_request(format!("the cart holds at most {MAX_LINES} lines"));
+    } else {
+        cart.items.push(item);
+    }
+    session.insert(CART, cart);
+    Json(view(&session)).into_response()
+}
+
+async fn remove_item(session: Session, Path(sku): Path<String>) -> Response {
+    let mut cart: Cart = session.get(CART).unwrap_or_default();
+    let before = cart.items.len();
+    cart.items.retain(|line| line.sku != sku);
+    if cart.items.len() == before {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({ "error": "no such line" })),
+        )
+            .into_response();
+    }
+    session.insert(CART, cart);
+    Json(view(&session)).into_response()
+}
+
+async fn login(session: Session, Json(login): Json<Login>) -> Response {
+    let user = login.user.trim();
+    if user.is_empty() || user.chars().count() > MAX_USER_LEN || user.chars().any(char::is_control)
+    {
+        return bad_request(format!(
+            "user must be 1 to {MAX_USER_LEN} characters without control characters"
+        ));
+    }
+    session.set_principal(Some(user.to_owned()));
+    // A new id at sign-in: an id planted before it (session fixation) is worth nothing after.
+    session.cycle_id();
+    Json(view(&session)).into_response()
+}
+
+async fn logout(session: Session) -> StatusCode {
+    session.invalidate();
+    StatusCode::NO_CONTENT
+}
+
+async fn page(session: Session) -> Html<String> {
+    let v = view(&session);
+    let rows: String = v
+        .items
+        .iter()
+        .map(|i| {
+            format!(
+                "<tr><td>{sku}</td><td>{qty}</td><td><button data-sku=\"{sku}\" class=\"rm\">remove</button></td></tr>",
+                sku = escape(&i.sku),
+                qty = i.qty
+            )
+        })
+        .collect();
+    let user = v.user.as_deref().map_or_else(
+        || "not signed in".to_owned(),
+        |u| format!("signed in as <b>{}</b>", escape(u)),
+    );
+    Html(format!(
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Storefront · session-failover demo</title>
+<style>body{{font-family:sans-serif;max-width:40em;margin:2em auto}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.3em .6em}}</style>
+</head><body>
+<h1>Storefront</h1>
+<p>{user}. Your cart survives a crashed node: it is persisted by session failover.</p>
+<table><tr><th>SKU</th><th>qty</th><th></th></tr>{rows}</table>
+<p>{count} item(s).</p>
+<form id="add"><input name="sku" placeholder="SKU" required maxlength="64"> <input name="qty" type="number" value="1" min="1" max="999"> <button>add to cart</button></form>
+<form id="login"><input name="user" placeholder="user name" required maxlength="128"> <button>sign in</button></form>
+<form id="logout"><button>sign out</button></form>
+<script>
+const send = (method, url, body) => fetch(url, {{method, headers: {{'content-type': 'application/json'}}, body: body && JSON.stringify(body)}}).then(() => location.reload());
+document.getElementById('add').onsubmit = e => {{ e.preventDefault(); const f = e.target; send('POST', '/cart/items', {{sku: f.sku.value, qty: Number(f.qty.value)}}); }};
+document.getElementById('login').onsubmit = e => {{ e.preventDefault(); send('POST', '/login', {{user: e.target.user.value}}); }};
+document.getElementById('logout').onsubmit = e => {{ e.preventDefault(); send('POST', '/logout'); }};
+document.querySelectorAll('.rm').forEach(b => b.onclick = () => send('DELETE', '/cart/items/' + encodeURIComponent(b.dataset.sku)));
+</script>
+</body></html>"#,
+        count = v.count
+    ))
+}
+
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}

@@ -1,0 +1,158 @@
+//! Session ids, the keys they are stored under, and the short hashes that logs show.
+
+use std::fmt;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sha2::{Digest, Sha256};
+
+/// Random bytes in a session id: 256 bits from the operating system's CSPRNG.
+const ID_BYTES: usize = 32;
+/// Length of an id (and of a [`SessionKey`]) as unpadded base64url text.
+const ID_LEN: usize = 43;
+/// Characters of a [`SessionKey`] shown as a [`ShortHash`].
+const SHORT_HASH_LEN: usize = 10;
+
+/// A session id as the client holds it in its cookie.
+///
+/// 256 bits from the OS CSPRNG, unpadded base64url. It is never logged and never stored: the
+/// store keys rows by [`SessionKey`], a SHA-256 of the id, so a dump of the table yields no usable
+/// cookie, and logs show a [`ShortHash`].
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct SessionId(String);
+
+impl SessionId {
+    /// A new random id.
+    ///
+    /// # Panics
+    /// If the operating system has no random source, which leaves no safe way to make an id.
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; ID_BYTES];
+        getrandom::fill(&mut bytes).expect("the operating system's random source failed");
+        Self(URL_SAFE_NO_PAD.encode(bytes))
+    }
+
+    /// Parses an id sent by a client; `None` for anything this crate could not have generated.
+    pub fn parse(text: &str) -> Option<Self> {
+        if text.len() != ID_LEN {
+            return None;
+        }
+        // Decoding also rejects non-canonical trailing bits, so each id has one spelling.
+        let bytes = URL_SAFE_NO_PAD.decode(text).ok()?;
+        (bytes.len() == ID_BYTES).then(|| Self(text.to_owned()))
+    }
+
+    /// The value to put in the session cookie.
+    pub fn as_cookie_value(&self) -> &str {
+        &self.0
+    }
+
+    /// The key the store keeps this session under.
+    pub fn store_key(&self) -> SessionKey {
+        SessionKey(URL_SAFE_NO_PAD.encode(Sha256::digest(self.0.as_bytes())))
+    }
+
+    /// A short, non-reversible name for logs: the first characters of the store key.
+    pub fn short_hash(&self) -> ShortHash {
+        self.store_key().short_hash()
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SessionId({})", self.short_hash())
+    }
+}
+
+/// The key of a stored session: unpadded base64url of the SHA-256 of its [`SessionId`].
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(transparent)]
+pub struct SessionKey(String);
+
+impl SessionKey {
+    /// Parses a key as shown by the backoffice or the command line.
+    pub fn parse(text: &str) -> Option<Self> {
+        let bytes = URL_SAFE_NO_PAD.decode(text).ok()?;
+        (text.len() == ID_LEN && bytes.len() == 32).then(|| Self(text.to_owned()))
+    }
+
+    /// The key as text, as stored in the `session_id` column.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The short hash logs use for this session.
+    pub fn short_hash(&self) -> ShortHash {
+        ShortHash(self.0[..SHORT_HASH_LEN].to_owned())
+    }
+
+    /// A key from a trusted source (the store's own column), unchecked.
+    pub(crate) fn from_stored(text: String) -> Self {
+        Self(text)
+    }
+}
+
+impl fmt::Display for SessionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What logs show for a session: the first ten characters of its [`SessionKey`].
+///
+/// An operator can match it against the key listed by the backoffice; it reveals nothing of the id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShortHash(String);
+
+impl fmt::Display for ShortHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_parse_and_differ() {
+        let a = SessionId::generate();
+        let b = SessionId::generate();
+        assert_ne!(a, b);
+        assert_eq!(SessionId::parse(a.as_cookie_value()), Some(a.clone()));
+        assert_eq!(a.as_cookie_value().len(), ID_LEN);
+    }
+
+    #[test]
+    fn malformed_ids_are_rejected() {
+        let good = SessionId::generate();
+        let good = good.as_cookie_value();
+        for bad in [
+            "",
+            "abc",
+            &good[..42],
+            &format!("{good}A"),
+            &good.replace(|_: char| true, "!"),
+            "ÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄ", // 42 bytes of UTF-8, wrong alphabet
+            &"A".repeat(10_000),
+        ] {
+            assert_eq!(SessionId::parse(bad), None, "{bad:?}");
+        }
+        // 43 base64url characters whose last one carries non-zero padding bits.
+        let mut noncanonical = good[..42].to_owned();
+        noncanonical.push('B');
+        if noncanonical != good && URL_SAFE_NO_PAD.decode(&noncanonical).is_err() {
+            assert_eq!(SessionId::parse(&noncanonical), None);
+        }
+    }
+
+    #[test]
+    fn key_and_short_hash_hide_the_id() {
+        let id = SessionId::generate();
+        let key = id.store_key();
+        assert_ne!(key.as_str(), id.as_cookie_value());
+        assert!(key.as_str().starts_with(&id.short_hash().to_string()));
+        assert!(!format!("{id:?}").contains(id.as_cookie_value()));
+        assert_eq!(SessionKey::parse(key.as_str()), Some(key));
+    }
+}

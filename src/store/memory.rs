@@ -1,0 +1,135 @@
+//! An in-process store: for unit tests and as a reference for the trait's rules.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::{EpochMillis, Error, ListQuery, Meta, Record, SessionStore};
+use crate::session::SessionKey;
+
+/// Sessions in a `BTreeMap` in this process; gone when it exits.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    /// Rows by key. A std mutex: every section is a short map operation, never held across
+    /// `.await`.
+    rows: Mutex<BTreeMap<SessionKey, Record>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn rows(&self) -> std::sync::MutexGuard<'_, BTreeMap<SessionKey, Record>> {
+        // A panic while holding the lock cannot leave a map half-updated (each operation is one
+        // map call), so a poisoned lock is still consistent.
+        self.rows
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn upsert(rows: &mut BTreeMap<SessionKey, Record>, record: &Record) {
+        match rows.get(&record.meta.key) {
+            Some(stored) if stored.meta.version >= record.meta.version => {}
+            _ => {
+                rows.insert(record.meta.key.clone(), record.clone());
+            }
+        }
+    }
+}
+
+fn live(record: &Record, now: EpochMillis) -> bool {
+    record.meta.expires_at > now
+}
+
+#[async_trait::async_trait]
+impl SessionStore for MemoryStore {
+    async fn get(&self, key: &SessionKey, now: EpochMillis) -> Result<Option<Record>, Error> {
+        Ok(self.rows().get(key).filter(|r| live(r, now)).cloned())
+    }
+
+    async fn set(&self, record: &Record) -> Result<(), Error> {
+        Self::upsert(&mut self.rows(), record);
+        Ok(())
+    }
+
+    async fn set_many(&self, records: &[Record]) -> Result<(), Error> {
+        let mut rows = self.rows();
+        for record in records {
+            Self::upsert(&mut rows, record);
+        }
+        Ok(())
+    }
+
+    async fn destroy(&self, key: &SessionKey) -> Result<bool, Error> {
+        Ok(self.rows().remove(key).is_some())
+    }
+
+    async fn exists(&self, key: &SessionKey, now: EpochMillis) -> Result<bool, Error> {
+        Ok(self.rows().get(key).is_some_and(|r| live(r, now)))
+    }
+
+    async fn ttl(&self, key: &SessionKey, now: EpochMillis) -> Result<Option<Duration>, Error> {
+        Ok(self
+            .rows()
+            .get(key)
+            .filter(|r| live(r, now))
+            .map(|r| Duration::from_millis((r.meta.expires_at - now).unsigned_abs())))
+    }
+
+    async fn reset_timer(
+        &self,
+        key: &SessionKey,
+        modified_at: EpochMillis,
+        expires_at: EpochMillis,
+    ) -> Result<bool, Error> {
+        let mut rows = self.rows();
+        match rows.get_mut(key).filter(|r| live(r, modified_at)) {
+            Some(row) => {
+                row.meta.modified_at = modified_at;
+                row.meta.expires_at = expires_at;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn length(&self) -> Result<u64, Error> {
+        Ok(self.rows().len() as u64)
+    }
+
+    async fn clear(&self) -> Result<(), Error> {
+        self.rows().clear();
+        Ok(())
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<Vec<Meta>, Error> {
+        let rows = self.rows();
+        let start = match &query.after {
+            Some(after) => std::ops::Bound::Excluded(after),
+            None => std::ops::Bound::Unbounded,
+        };
+        Ok(rows
+            .range((start, std::ops::Bound::Unbounded))
+            .map(|(_, r)| &r.meta)
+            .filter(|m| query.app.as_ref().is_none_or(|app| &m.app == app))
+            .filter(|m| {
+                query
+                    .principal
+                    .as_ref()
+                    .is_none_or(|p| m.principal.as_ref() == Some(p))
+            })
+            .filter(|m| query.node.as_ref().is_none_or(|node| &m.node == node))
+            .take(query.limit as usize)
+            .cloned()
+            .collect())
+    }
+
+    async fn purge_expired(&self, now: EpochMillis, _batch_size: u32) -> Result<u64, Error> {
+        let mut rows = self.rows();
+        let before = rows.len();
+        rows.retain(|_, r| live(r, now));
+        Ok((before - rows.len()) as u64)
+    }
+}
