@@ -172,10 +172,10 @@ impl AppShared {
         let slot = session.take();
         for old in &slot.removed {
             self.cache.invalidate(old).await;
-            if let Some(persister) = &self.persister {
-                if let Err(error) = persister.destroy(&old.store_key()).await {
-                    tracing::error!(app = %self.settings.app, session = %old.short_hash(), error = &error as &dyn std::error::Error, "cannot remove ended session from the store");
-                }
+            if let Some(persister) = &self.persister
+                && let Err(error) = persister.destroy(&old.store_key()).await
+            {
+                tracing::error!(app = %self.settings.app, session = %old.short_hash(), error = &error as &dyn std::error::Error, "cannot remove ended session from the store");
             }
         }
         let Some(entry) = slot.entry else {

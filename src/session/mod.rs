@@ -1,6 +1,6 @@
 //! Sessions as handlers see them: ids, attributes, and the [`Session`] extractor.
 //!
-//! A session lives in the node cache as one shared [`state::Entry`]; every request of that
+//! A session lives in the node cache as one shared entry; every request of that
 //! session holds the same entry, so concurrent requests on one node see one up-to-date object (the
 //! Commerce "session cache region"). A request gets a [`Session`] handle: created lazily, so a
 //! request that never writes sets no cookie and writes no row.

@@ -1,0 +1,332 @@
+//! Shared test helpers: a counting store wrapper, a tower client for the router, and real
+//! `session-failover serve` processes.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt as _;
+use session_failover::config::{Config, Properties};
+use session_failover::session::SessionKey;
+use session_failover::store::{self, EpochMillis, ListQuery, Meta, Record, SessionStore};
+use tower::ServiceExt as _;
+
+/// The shipped `config/project.properties`, so tests run on what users get.
+pub const PROJECT_PROPERTIES: &str = include_str!("../../config/project.properties");
+
+/// A store wrapper that counts calls per operation: how we prove what the layer asks of a store.
+pub struct CountingStore {
+    inner: Arc<dyn SessionStore>,
+    calls: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl CountingStore {
+    pub fn new(inner: Arc<dyn SessionStore>) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            calls: Mutex::default(),
+        })
+    }
+    fn hit(&self, op: &'static str) {
+        *self.calls.lock().unwrap().entry(op).or_default() += 1;
+    }
+    pub fn count(&self, op: &str) -> u64 {
+        self.calls.lock().unwrap().get(op).copied().unwrap_or(0)
+    }
+    pub fn total(&self) -> u64 {
+        self.calls.lock().unwrap().values().sum()
+    }
+    pub fn calls(&self) -> BTreeMap<&'static str, u64> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl SessionStore for CountingStore {
+    async fn get(
+        &self,
+        key: &SessionKey,
+        now: EpochMillis,
+    ) -> Result<Option<Record>, store::Error> {
+        self.hit("get");
+        self.inner.get(key, now).await
+    }
+    async fn set(&self, record: &Record) -> Result<(), store::Error> {
+        self.hit("set");
+        self.inner.set(record).await
+    }
+    async fn set_many(&self, records: &[Record]) -> Result<(), store::Error> {
+        self.hit("set_many");
+        self.inner.set_many(records).await
+    }
+    async fn destroy(&self, key: &SessionKey) -> Result<bool, store::Error> {
+        self.hit("destroy");
+        self.inner.destroy(key).await
+    }
+    async fn exists(&self, key: &SessionKey, now: EpochMillis) -> Result<bool, store::Error> {
+        self.hit("exists");
+        self.inner.exists(key, now).await
+    }
+    async fn ttl(
+        &self,
+        key: &SessionKey,
+        now: EpochMillis,
+    ) -> Result<Option<Duration>, store::Error> {
+        self.hit("ttl");
+        self.inner.ttl(key, now).await
+    }
+    async fn reset_timer(
+        &self,
+        key: &SessionKey,
+        m: EpochMillis,
+        e: EpochMillis,
+    ) -> Result<bool, store::Error> {
+        self.hit("reset_timer");
+        self.inner.reset_timer(key, m, e).await
+    }
+    async fn length(&self) -> Result<u64, store::Error> {
+        self.hit("length");
+        self.inner.length().await
+    }
+    async fn clear(&self) -> Result<(), store::Error> {
+        self.hit("clear");
+        self.inner.clear().await
+    }
+    async fn list(&self, query: &ListQuery) -> Result<Vec<Meta>, store::Error> {
+        self.hit("list");
+        self.inner.list(query).await
+    }
+    async fn purge_expired(&self, now: EpochMillis, batch: u32) -> Result<u64, store::Error> {
+        self.hit("purge_expired");
+        self.inner.purge_expired(now, batch).await
+    }
+}
+
+/// A config from the shipped project.properties plus `local` (as local.properties).
+pub fn config(local: &str) -> Config {
+    let mut p = Properties::builtin();
+    p.merge_file(
+        Path::new("config/project.properties"),
+        PROJECT_PROPERTIES.as_bytes(),
+    )
+    .unwrap();
+    p.merge_file(Path::new("local.properties"), local.as_bytes())
+        .unwrap();
+    Config::from_properties(&p).unwrap()
+}
+
+/// A fresh SQLite store in `dir`, migrated.
+pub async fn sqlite(dir: &Path) -> store::SqliteStore {
+    let url = format!("sqlite://{}", dir.join("sessions.db").display());
+    let store = store::SqliteStore::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    store
+}
+
+/// A response as the tests look at it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub set_cookie: Vec<String>,
+    pub body: serde_json::Value,
+}
+
+impl Reply {
+    /// The value of the first `Set-Cookie` named `name`.
+    pub fn cookie(&self, name: &str) -> Option<String> {
+        self.set_cookie.iter().find_map(|c| {
+            let parsed = cookie::Cookie::parse(c.clone()).ok()?;
+            (parsed.name() == name).then(|| parsed.value().to_owned())
+        })
+    }
+}
+
+/// Sends one request through the router (tower `oneshot`).
+pub async fn send(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    cookie: Option<&str>,
+    json: Option<serde_json::Value>,
+) -> Reply {
+    let mut builder = Request::builder().method(method).uri(uri);
+    if let Some(cookie) = cookie {
+        builder = builder.header("cookie", cookie);
+    }
+    let body = match json {
+        Some(json) => {
+            builder = builder.header("content-type", "application/json");
+            Body::from(json.to_string())
+        }
+        None => Body::empty(),
+    };
+    let response = app
+        .clone()
+        .oneshot(builder.body(body).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let set_cookie = response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    Reply {
+        status,
+        set_cookie,
+        body,
+    }
+}
+
+/// The SKUs and quantities of a `GET /cart` body.
+pub fn items(body: &serde_json::Value) -> Vec<(String, u64)> {
+    body["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|i| {
+                    (
+                        i["sku"].as_str().unwrap().to_owned(),
+                        i["qty"].as_u64().unwrap(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A running `session-failover serve` process.
+pub struct Server {
+    child: Child,
+    pub base: String,
+    pub log: PathBuf,
+}
+
+/// Writes a config dir with the shipped project.properties and `local` as local.properties.
+pub fn config_dir(dir: &Path, local: &str) -> PathBuf {
+    let config = dir.join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(config.join("project.properties"), PROJECT_PROPERTIES).unwrap();
+    std::fs::write(config.join("local.properties"), local).unwrap();
+    config
+}
+
+impl Server {
+    /// Starts `serve --config DIR --bind 127.0.0.1:0` in `work` and waits until it listens.
+    pub fn start(work: &Path, config: &Path, name: &str) -> Server {
+        let log = work.join(format!("{name}.log"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_session-failover"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .args(["--bind", "127.0.0.1:0"])
+            .current_dir(work)
+            .env("RUST_LOG", "info,session_failover=debug")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("session-failover listening on ") {
+                    let _ = tx.send(url.to_owned());
+                }
+            }
+        });
+        let Ok(base) = rx.recv_timeout(Duration::from_secs(30)) else {
+            let _ = child.kill();
+            panic!(
+                "{name} did not start; log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        };
+        Server { child, base, log }
+    }
+
+    /// SIGKILL: the process dies at once, as in a crash.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        self.child.wait().unwrap()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A blocking-free HTTP client for the process tests (cookies handled by hand, per node).
+pub struct Client {
+    http: reqwest::Client,
+    pub cookie: Option<String>,
+}
+
+impl Client {
+    pub fn new() -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            cookie: None,
+        }
+    }
+
+    /// Sends a request to `base` + `path`, remembering a `JSESSIONID` the server sets.
+    pub async fn send(
+        &mut self,
+        base: &str,
+        method: &str,
+        path: &str,
+        json: Option<serde_json::Value>,
+    ) -> (StatusCode, serde_json::Value) {
+        let mut request = self
+            .http
+            .request(method.parse().unwrap(), format!("{base}{path}"))
+            .timeout(Duration::from_secs(10));
+        if let Some(cookie) = &self.cookie {
+            request = request.header("cookie", format!("JSESSIONID={cookie}"));
+        }
+        if let Some(json) = json {
+            request = request.json(&json);
+        }
+        let response = request.send().await.unwrap();
+        for value in response.headers().get_all("set-cookie") {
+            let parsed = cookie::Cookie::parse(value.to_str().unwrap().to_owned()).unwrap();
+            if parsed.name() == "JSESSIONID" {
+                self.cookie = (!parsed.value().is_empty()).then(|| parsed.value().to_owned());
+            }
+        }
+        let status = response.status();
+        let body = response.json().await.unwrap_or(serde_json::Value::Null);
+        (StatusCode::from_u16(status.as_u16()).unwrap(), body)
+    }
+}

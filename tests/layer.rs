@@ -1,0 +1,515 @@
+//! The failover filter through its tower interface, on a real SQLite file.
+
+mod common;
+
+use std::sync::Arc;
+
+use axum::Router;
+use common::{CountingStore, config, items, send, sqlite};
+use http::StatusCode;
+use serde_json::json;
+use session_failover::server;
+use session_failover::session::SessionId;
+use session_failover::store::{ListQuery, SessionStore, SqliteStore};
+use sqlx::Row as _;
+
+const SYNC: &str = "spring.session.enabled=true\nspring.session.storefront.save=sync\n";
+
+/// A "node": the demo server's router with its own cache, on a shared store.
+fn node(local: &str, name: &str, store: Arc<dyn SessionStore>) -> Router {
+    server::app(&config(local), name, Some(store))
+}
+
+fn add(sku: &str, qty: u32) -> Option<serde_json::Value> {
+    Some(json!({ "sku": sku, "qty": qty }))
+}
+
+fn jar(id: &str) -> String {
+    format!("JSESSIONID={id}")
+}
+
+async fn row_count(store: &SqliteStore) -> i64 {
+    sqlx::query("SELECT COUNT(*) AS n FROM stored_http_session")
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+        .get("n")
+}
+
+#[tokio::test]
+async fn sticky_reads_touch_no_store_and_only_changes_are_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = sqlite(dir.path()).await;
+    let counting = CountingStore::new(Arc::new(sqlite.clone()));
+    let app = node(SYNC, "a", counting.clone());
+
+    // A request that never writes: no cookie, no store call, no row.
+    let r = send(&app, "GET", "/cart", None, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.set_cookie.is_empty());
+    assert_eq!(counting.total(), 0);
+
+    let r = send(&app, "POST", "/cart/items", None, add("A", 1)).await;
+    let id = r
+        .cookie("JSESSIONID")
+        .expect("a new session sets its cookie");
+    assert_eq!(
+        counting.calls(),
+        [("set", 1)].into(),
+        "one row written for one changed request"
+    );
+
+    for _ in 0..20 {
+        let r = send(&app, "GET", "/cart", Some(&jar(&id)), None).await;
+        assert_eq!(items(&r.body), [("A".to_owned(), 1)]);
+        assert!(r.set_cookie.is_empty(), "no cookie for a known session");
+    }
+    // Unchanged requests: a read, and a delete of a line that is not there.
+    let r = send(&app, "DELETE", "/cart/items/NOPE", Some(&jar(&id)), None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        counting.calls(),
+        [("set", 1)].into(),
+        "sticky reads read nothing, write nothing"
+    );
+
+    for n in 2..=4 {
+        send(&app, "POST", "/cart/items", Some(&jar(&id)), add("B", 1)).await;
+        assert_eq!(counting.count("set"), n);
+    }
+    assert_eq!(counting.total(), 4);
+    let row = sqlx::query("SELECT version, attributes, node, app FROM stored_http_session")
+        .fetch_one(sqlite.pool())
+        .await
+        .unwrap();
+    assert_eq!(row.get::<i64, _>("version"), 4);
+    assert_eq!(row.get::<String, _>("attributes"), r#"["cart"]"#);
+    assert_eq!(row.get::<String, _>("node"), "a");
+    assert_eq!(row.get::<String, _>("app"), "storefront");
+    assert_eq!(row_count(&sqlite).await, 1);
+}
+
+#[tokio::test]
+async fn another_node_restores_once_then_serves_from_its_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Arc::new(sqlite(dir.path()).await);
+    let a = node(SYNC, "a", sqlite.clone());
+    let first = send(&a, "POST", "/cart/items", None, add("A", 2))
+        .await
+        .cookie("JSESSIONID")
+        .unwrap();
+    let r = send(
+        &a,
+        "POST",
+        "/login",
+        Some(&jar(&first)),
+        Some(json!({"user": "zoë"})),
+    )
+    .await;
+    let id = r.cookie("JSESSIONID").expect("login sends the rotated id");
+    let rows = sqlite
+        .list(&ListQuery {
+            limit: 10,
+            ..ListQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].principal.as_deref(), Some("zoë"));
+
+    let counting = CountingStore::new(sqlite.clone());
+    let b = node(SYNC, "b", counting.clone());
+    let r = send(&b, "GET", "/cart", Some(&jar(&id)), None).await;
+    assert_eq!(items(&r.body), [("A".to_owned(), 2)]);
+    assert_eq!(r.body["user"], "zoë");
+    assert_eq!(counting.calls(), [("get", 1)].into(), "one restore");
+    for _ in 0..10 {
+        send(&b, "GET", "/cart", Some(&jar(&id)), None).await;
+    }
+    assert_eq!(
+        counting.calls(),
+        [("get", 1)].into(),
+        "then served from b's cache"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_first_requests_restore_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Arc::new(sqlite(dir.path()).await);
+    let a = node(SYNC, "a", sqlite.clone());
+    let id = send(&a, "POST", "/cart/items", None, add("A", 1))
+        .await
+        .cookie("JSESSIONID")
+        .unwrap();
+    let counting = CountingStore::new(sqlite.clone());
+    let b = node(SYNC, "b", counting.clone());
+    let requests = (0..16).map(|_| {
+        let b = b.clone();
+        let cookie = jar(&id);
+        tokio::spawn(async move { send(&b, "GET", "/cart", Some(&cookie), None).await })
+    });
+    for r in futures_join(requests).await {
+        assert_eq!(items(&r.body), [("A".to_owned(), 1)]);
+    }
+    assert_eq!(
+        counting.count("get"),
+        1,
+        "one shared restore for 16 concurrent requests"
+    );
+}
+
+async fn futures_join<T: Send + 'static>(
+    handles: impl Iterator<Item = tokio::task::JoinHandle<T>>,
+) -> Vec<T> {
+    let mut out = Vec::new();
+    for handle in handles.collect::<Vec<_>>() {
+        out.push(handle.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn memory_only_apps_never_touch_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = sqlite(dir.path()).await;
+    for local in [
+        // Failover disabled globally, even with a mode for the app.
+        "spring.session.enabled=false\nspring.session.storefront.save=sync\n",
+        // Failover enabled, but no mode for this app.
+        "spring.session.enabled=true\nspring.session.storefront.save=\n",
+    ] {
+        let counting = CountingStore::new(Arc::new(sqlite.clone()));
+        let app = node(local, "a", counting.clone());
+        let id = send(&app, "POST", "/cart/items", None, add("A", 1))
+            .await
+            .cookie("JSESSIONID")
+            .unwrap();
+        let r = send(&app, "GET", "/cart", Some(&jar(&id)), None).await;
+        assert_eq!(
+            items(&r.body),
+            [("A".to_owned(), 1)],
+            "kept in memory on this node"
+        );
+        assert_eq!(counting.total(), 0, "{local}");
+        // Another node (or this one after a restart) does not know it.
+        let other = node(local, "b", counting.clone());
+        let r = send(&other, "GET", "/cart", Some(&jar(&id)), None).await;
+        assert!(items(&r.body).is_empty());
+    }
+    assert_eq!(row_count(&sqlite).await, 0);
+}
+
+fn parse_cookie(header: &str) -> cookie::Cookie<'static> {
+    cookie::Cookie::parse(header.to_owned()).unwrap()
+}
+
+#[tokio::test]
+async fn per_app_cookie_settings_appear_in_set_cookie() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn SessionStore> = Arc::new(sqlite(dir.path()).await);
+
+    let app = node(
+        &format!(
+            "{SYNC}spring.session.storefront.cookie.name=SHOPSESSION\n\
+             spring.session.storefront.cookie.path=/shop\n\
+             spring.session.storefront.secure=true\n\
+             spring.session.storefront.cookie.httponly=true\n"
+        ),
+        "a",
+        store.clone(),
+    );
+    let r = send(&app, "POST", "/cart/items", None, add("A", 1)).await;
+    assert_eq!(r.set_cookie.len(), 1);
+    let c = parse_cookie(&r.set_cookie[0]);
+    assert_eq!(c.name(), "SHOPSESSION");
+    assert!(SessionId::parse(c.value()).is_some());
+    assert_eq!(c.path(), Some("/shop"));
+    assert_eq!(c.secure(), Some(true));
+    assert_eq!(c.http_only(), Some(true));
+    assert_eq!(c.same_site(), Some(cookie::SameSite::Lax));
+    assert_eq!(c.max_age(), None, "a session cookie, gone with the browser");
+    // The app reads its own cookie name, and ignores JSESSIONID.
+    let r2 = send(
+        &app,
+        "GET",
+        "/cart",
+        Some(&format!("JSESSIONID=x; SHOPSESSION={}", c.value())),
+        None,
+    )
+    .await;
+    assert_eq!(items(&r2.body), [("A".to_owned(), 1)]);
+
+    // Unset secure/httponly follow the request: plain http gets neither...
+    let plain = node(SYNC, "a", store.clone());
+    let r = send(&plain, "POST", "/cart/items", None, add("A", 1)).await;
+    let c = parse_cookie(&r.set_cookie[0]);
+    assert_eq!((c.name(), c.path()), ("JSESSIONID", Some("/")));
+    assert_eq!((c.secure(), c.http_only()), (None, None));
+    // ...a request forwarded from TLS gets both...
+    let request = http::Request::post("/cart/items")
+        .header("x-forwarded-proto", "https")
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(r#"{"sku":"A","qty":1}"#))
+        .unwrap();
+    let response = tower::ServiceExt::oneshot(plain.clone(), request)
+        .await
+        .unwrap();
+    let c = parse_cookie(response.headers()["set-cookie"].to_str().unwrap());
+    assert_eq!((c.secure(), c.http_only()), (Some(true), Some(true)));
+    // ...and explicit false wins even over TLS.
+    let off = node(
+        &format!(
+            "{SYNC}spring.session.storefront.secure=false\nspring.session.storefront.cookie.httponly=false\n"
+        ),
+        "a",
+        store,
+    );
+    let request = http::Request::post("/cart/items")
+        .header("x-forwarded-proto", "https")
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(r#"{"sku":"A","qty":1}"#))
+        .unwrap();
+    let response = tower::ServiceExt::oneshot(off, request).await.unwrap();
+    let c = parse_cookie(response.headers()["set-cookie"].to_str().unwrap());
+    assert_eq!((c.secure(), c.http_only()), (None, None));
+}
+
+#[tokio::test]
+async fn cycle_id_and_invalidate_end_the_old_id_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = sqlite(dir.path()).await;
+    let store: Arc<dyn SessionStore> = Arc::new(sqlite.clone());
+    let a = node(SYNC, "a", store.clone());
+
+    let before = send(&a, "POST", "/cart/items", None, add("A", 3))
+        .await
+        .cookie("JSESSIONID")
+        .unwrap();
+    let r = send(
+        &a,
+        "POST",
+        "/login",
+        Some(&jar(&before)),
+        Some(json!({"user": "ann"})),
+    )
+    .await;
+    let after = r.cookie("JSESSIONID").expect("login rotates the id");
+    assert_ne!(before, after);
+    assert_eq!(
+        row_count(&sqlite).await,
+        1,
+        "the old row is gone, the new one written"
+    );
+
+    // The old id: not in a's cache, not in the store (a fresh node b).
+    let b = node(SYNC, "b", store.clone());
+    for node in [&a, &b] {
+        let r = send(node, "GET", "/cart", Some(&jar(&before)), None).await;
+        assert!(items(&r.body).is_empty() && r.body["user"].is_null());
+    }
+    let old_key = SessionId::parse(&before).unwrap().store_key();
+    assert!(!store.exists(&old_key, 0).await.unwrap());
+    // The new id carries the cart and the user, on both nodes.
+    for node in [&a, &b] {
+        let r = send(node, "GET", "/cart", Some(&jar(&after)), None).await;
+        assert_eq!(items(&r.body), [("A".to_owned(), 3)]);
+        assert_eq!(r.body["user"], "ann");
+    }
+
+    // Logout invalidates: the cookie is expired, and the id restores nowhere.
+    let r = send(&b, "POST", "/logout", Some(&jar(&after)), None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let c = parse_cookie(&r.set_cookie[0]);
+    assert_eq!((c.name(), c.value()), ("JSESSIONID", ""));
+    assert_eq!(c.max_age(), Some(cookie::time::Duration::ZERO));
+    assert_eq!(row_count(&sqlite).await, 0);
+    let c = node(SYNC, "c", store.clone());
+    for node in [&b, &c] {
+        let r = send(node, "GET", "/cart", Some(&jar(&after)), None).await;
+        assert!(items(&r.body).is_empty() && r.body["user"].is_null());
+    }
+}
+
+#[tokio::test]
+async fn bad_cookies_get_a_fresh_session_and_never_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = sqlite(dir.path()).await;
+    let store: Arc<dyn SessionStore> = Arc::new(sqlite.clone());
+    let app = node(SYNC, "a", store.clone());
+    let real = send(&app, "POST", "/cart/items", None, add("REAL", 1))
+        .await
+        .cookie("JSESSIONID")
+        .unwrap();
+    let forged = SessionId::generate();
+    let forged = forged.as_cookie_value();
+    let long = "A".repeat(64 * 1024);
+    let cases = [
+        "JSESSIONID=".to_owned(),
+        "JSESSIONID".to_owned(),
+        "JSESSIONID=abc".to_owned(),
+        format!("JSESSIONID={long}"),
+        format!("JSESSIONID={}", &real[..42]),
+        format!("JSESSIONID={real}x"),
+        format!("JSESSIONID={forged}"),
+        format!("JSESSIONID=\"{forged}\""),
+        format!("JSESSIONID={}", real.to_lowercase()),
+        "JSESSIONID=../../etc/passwd; other=1".to_owned(),
+        "=; ;;; ==JSESSIONID=".to_owned(),
+        format!("{};JSESSIONID={forged}", "x=y;".repeat(2000)),
+    ];
+    let rows_before = row_count(&sqlite).await;
+    for cookie in &cases {
+        let r = send(&app, "GET", "/cart", Some(cookie), None).await;
+        assert_eq!(r.status, StatusCode::OK, "{:.80}", cookie);
+        assert!(items(&r.body).is_empty(), "{:.80}", cookie);
+        assert!(
+            r.set_cookie.is_empty(),
+            "reading creates nothing: {:.80}",
+            cookie
+        );
+
+        let r = send(&app, "POST", "/cart/items", Some(cookie), add("NEW", 1)).await;
+        assert_eq!(r.status, StatusCode::OK);
+        let fresh = r.cookie("JSESSIONID").expect("a fresh id");
+        assert_ne!(fresh, forged, "a client-chosen id is never adopted");
+        assert_ne!(fresh, real);
+        assert!(SessionId::parse(&fresh).is_some());
+        assert_eq!(items(&r.body), [("NEW".to_owned(), 1)]);
+    }
+    assert_eq!(row_count(&sqlite).await, rows_before + cases.len() as i64);
+
+    // A header that is not UTF-8 at all.
+    let request = http::Request::get("/cart")
+        .header(
+            "cookie",
+            http::HeaderValue::from_bytes(b"JSESSIONID=\xff\xfe").unwrap(),
+        )
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = tower::ServiceExt::oneshot(app.clone(), request)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+
+    // The real session still works, and an unknown id next to it does not hide it.
+    let r = send(
+        &app,
+        "GET",
+        "/cart",
+        Some(&format!("JSESSIONID={forged}; JSESSIONID={real}")),
+        None,
+    )
+    .await;
+    assert_eq!(items(&r.body), [("REAL".to_owned(), 1)]);
+}
+
+#[tokio::test]
+async fn corrupt_or_foreign_rows_give_a_fresh_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = sqlite(dir.path()).await;
+    let store: Arc<dyn SessionStore> = Arc::new(sqlite.clone());
+    let a = node(SYNC, "a", store.clone());
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(
+            send(&a, "POST", "/cart/items", None, add("A", 1))
+                .await
+                .cookie("JSESSIONID")
+                .unwrap(),
+        );
+    }
+    let corrupt = [
+        vec![],                 // empty
+        vec![1],                // truncated header
+        vec![9, 0, 0x80],       // unknown format version
+        vec![1, 1, 0xde, 0xad], // "compressed" garbage
+    ];
+    for (id, blob) in ids.iter().zip(corrupt) {
+        let key = SessionId::parse(id).unwrap().store_key();
+        sqlx::query("UPDATE stored_http_session SET data = ? WHERE session_id = ?")
+            .bind(blob)
+            .bind(key.as_str())
+            .execute(sqlite.pool())
+            .await
+            .unwrap();
+    }
+    let b = node(SYNC, "b", store.clone());
+    for id in &ids {
+        let r = send(&b, "GET", "/cart", Some(&jar(id)), None).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(items(&r.body).is_empty());
+        let r = send(&b, "POST", "/cart/items", Some(&jar(id)), add("B", 1)).await;
+        assert_ne!(
+            r.cookie("JSESSIONID").as_deref(),
+            Some(id.as_str()),
+            "never adopted"
+        );
+    }
+
+    // A session of another application sharing the store is not restored by this one.
+    let other = server::app(&config(SYNC), "b", Some(store.clone()));
+    let id = send(&a, "POST", "/cart/items", None, add("A", 1))
+        .await
+        .cookie("JSESSIONID")
+        .unwrap();
+    sqlx::query("UPDATE stored_http_session SET app = 'backoffice' WHERE session_id = ?")
+        .bind(SessionId::parse(&id).unwrap().store_key().as_str())
+        .execute(sqlite.pool())
+        .await
+        .unwrap();
+    let r = send(&other, "GET", "/cart", Some(&jar(&id)), None).await;
+    assert!(items(&r.body).is_empty());
+}
+
+#[tokio::test]
+async fn an_unreachable_store_answers_503_not_a_fresh_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = sqlite(dir.path()).await;
+    let store: Arc<dyn SessionStore> = Arc::new(sqlite.clone());
+    let a = node(SYNC, "a", store.clone());
+    let id = send(&a, "POST", "/cart/items", None, add("A", 1))
+        .await
+        .cookie("JSESSIONID")
+        .unwrap();
+    let b = node(SYNC, "b", store.clone());
+    sqlite.pool().close().await;
+    // b cannot restore: the session may exist, so it must not be replaced by an empty one.
+    let r = send(&b, "GET", "/cart", Some(&jar(&id)), None).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.set_cookie.is_empty());
+    assert_eq!(r.body, serde_json::Value::Null, "an opaque, empty body");
+    // a still serves it from its cache, and a failed save keeps the change in memory.
+    let r = send(&a, "POST", "/cart/items", Some(&jar(&id)), add("B", 1)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = send(&a, "GET", "/cart", Some(&jar(&id)), None).await;
+    assert_eq!(items(&r.body), [("A".to_owned(), 1), ("B".to_owned(), 1)]);
+}
+
+#[tokio::test]
+async fn a_failed_save_is_retried_by_the_next_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = sqlite(dir.path()).await;
+    let store: Arc<dyn SessionStore> = Arc::new(sqlite.clone());
+    let a = node(SYNC, "a", store.clone());
+    let id = send(&a, "POST", "/cart/items", None, add("A", 1))
+        .await
+        .cookie("JSESSIONID")
+        .unwrap();
+    // Make writes fail: a trigger that aborts every update.
+    sqlx::query("CREATE TRIGGER fail BEFORE UPDATE ON stored_http_session BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+        .execute(sqlite.pool())
+        .await
+        .unwrap();
+    let r = send(&a, "POST", "/cart/items", Some(&jar(&id)), add("B", 1)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    sqlx::query("DROP TRIGGER fail")
+        .execute(sqlite.pool())
+        .await
+        .unwrap();
+    // A read-only request: the session is still marked changed, so it is saved now.
+    send(&a, "GET", "/cart", Some(&jar(&id)), None).await;
+    let b = node(SYNC, "b", store.clone());
+    let r = send(&b, "GET", "/cart", Some(&jar(&id)), None).await;
+    assert_eq!(items(&r.body), [("A".to_owned(), 1), ("B".to_owned(), 1)]);
+}

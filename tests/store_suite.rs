@@ -1,0 +1,246 @@
+//! One behaviour suite for every store backend (memory and SQLite here).
+#![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // small test data
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use session_failover::session::{SessionId, SessionKey};
+use session_failover::store::{ListQuery, MemoryStore, Meta, Record, SessionStore};
+
+const NOW: i64 = 1_700_000_000_000;
+
+fn record(app: &str, principal: Option<&str>, node: &str, version: i64, data: Vec<u8>) -> Record {
+    let key = SessionId::generate().store_key();
+    Record {
+        meta: Meta {
+            key,
+            app: app.to_owned(),
+            context_path: "/".to_owned(),
+            node: node.to_owned(),
+            principal: principal.map(str::to_owned),
+            created_at: NOW,
+            modified_at: NOW,
+            expires_at: NOW + 60_000,
+            max_inactive_secs: 60,
+            version,
+            attributes: vec!["cart".to_owned(), "ünïcode".to_owned()],
+            size_bytes: data.len() as i64,
+        },
+        data,
+    }
+}
+
+async fn suite(store: Arc<dyn SessionStore>) {
+    store.clear().await.unwrap();
+    assert_eq!(store.length().await.unwrap(), 0);
+
+    // set / get / exists / ttl
+    let r = record("storefront", Some("ann"), "a", 1, vec![1, 0, 7]);
+    let key = r.meta.key.clone();
+    assert_eq!(store.get(&key, NOW).await.unwrap(), None);
+    store.set(&r).await.unwrap();
+    assert_eq!(store.get(&key, NOW).await.unwrap(), Some(r.clone()));
+    assert!(store.exists(&key, NOW).await.unwrap());
+    assert_eq!(
+        store.ttl(&key, NOW + 1_000).await.unwrap(),
+        Some(Duration::from_secs(59))
+    );
+
+    // expiry: absent at and after expires_at, for every read
+    let expired_at = r.meta.expires_at;
+    assert_eq!(store.get(&key, expired_at).await.unwrap(), None);
+    assert!(!store.exists(&key, expired_at).await.unwrap());
+    assert_eq!(store.ttl(&key, expired_at).await.unwrap(), None);
+
+    // version rule: an older or equal version never replaces a newer row
+    let mut newer = r.clone();
+    newer.meta.version = 5;
+    newer.data = vec![1, 0, 5];
+    store.set(&newer).await.unwrap();
+    let mut stale = r.clone();
+    stale.meta.version = 4;
+    stale.data = vec![1, 0, 4];
+    store.set(&stale).await.unwrap();
+    assert_eq!(
+        store.get(&key, NOW).await.unwrap().unwrap().data,
+        vec![1, 0, 5]
+    );
+
+    // reset_timer
+    assert!(
+        store
+            .reset_timer(&key, NOW + 10_000, NOW + 70_000)
+            .await
+            .unwrap()
+    );
+    let touched = store.get(&key, NOW + 65_000).await.unwrap().unwrap();
+    assert_eq!(
+        (touched.meta.modified_at, touched.meta.expires_at),
+        (NOW + 10_000, NOW + 70_000)
+    );
+    let unknown = SessionId::generate().store_key();
+    assert!(!store.reset_timer(&unknown, NOW, NOW + 1).await.unwrap());
+
+    // set_many, with two states of one session in the batch: the newer wins
+    let mut batch: Vec<Record> = (0..50)
+        .map(|i| {
+            record(
+                if i % 2 == 0 {
+                    "storefront"
+                } else {
+                    "backoffice"
+                },
+                Some(if i % 3 == 0 { "zoë" } else { "bob" }),
+                if i < 25 { "a" } else { "b" },
+                1,
+                vec![1, 0, i as u8],
+            )
+        })
+        .collect();
+    let mut dup = batch[0].clone();
+    dup.meta.version = 2;
+    dup.data = vec![1, 0, 99];
+    batch.push(dup);
+    store.set_many(&batch).await.unwrap();
+    assert_eq!(store.length().await.unwrap(), 51);
+    assert_eq!(
+        store
+            .get(&batch[0].meta.key, NOW)
+            .await
+            .unwrap()
+            .unwrap()
+            .data,
+        vec![1, 0, 99]
+    );
+
+    // list: filters and keyset paging cover each row once, in key order
+    let mut seen: Vec<SessionKey> = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list(&ListQuery {
+                app: Some("storefront".into()),
+                after: after.clone(),
+                limit: 7,
+                ..ListQuery::default()
+            })
+            .await
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 7);
+        assert!(page.iter().all(|m| m.app == "storefront"));
+        after = Some(page.last().unwrap().key.clone());
+        seen.extend(page.into_iter().map(|m| m.key));
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(seen, sorted);
+    assert_eq!(
+        seen.len(),
+        26,
+        "25 storefront rows of the batch + the first record"
+    );
+    let zoe = store
+        .list(&ListQuery {
+            principal: Some("zoë".into()),
+            node: Some("b".into()),
+            limit: 100,
+            ..ListQuery::default()
+        })
+        .await
+        .unwrap();
+    assert!(!zoe.is_empty());
+    assert!(
+        zoe.iter()
+            .all(|m| m.principal.as_deref() == Some("zoë") && m.node == "b")
+    );
+    let listed = store
+        .list(&ListQuery {
+            limit: 1000,
+            ..ListQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 51);
+    let first = listed.iter().find(|m| m.key == key).unwrap();
+    assert_eq!(first.attributes, ["cart", "ünïcode"]);
+
+    // destroy
+    assert!(store.destroy(&key).await.unwrap());
+    assert!(!store.destroy(&key).await.unwrap());
+    assert_eq!(store.get(&key, NOW).await.unwrap(), None);
+
+    // large sessions and non-ASCII names
+    let big: Vec<u8> = (0..300 * 1024).map(|i| (i * 7 % 251) as u8).collect();
+    let large = record("bäckoffice-日本", Some("Łukasz 🛒"), "nøde", 1, big);
+    store.set(&large).await.unwrap();
+    assert_eq!(
+        store.get(&large.meta.key, NOW).await.unwrap(),
+        Some(large.clone())
+    );
+
+    // purge_expired in small batches removes exactly the expired rows
+    let mut old: Vec<Record> = (0..23)
+        .map(|_| record("storefront", None, "a", 1, vec![1, 0]))
+        .collect();
+    for r in &mut old {
+        r.meta.expires_at = NOW - 1;
+    }
+    store.set_many(&old).await.unwrap();
+    let live_before = store.length().await.unwrap() - 23;
+    assert_eq!(store.purge_expired(NOW, 5).await.unwrap(), 23);
+    assert_eq!(store.length().await.unwrap(), live_before);
+    assert_eq!(store.purge_expired(NOW, 5).await.unwrap(), 0);
+
+    // concurrent writers to one session: the highest version is what remains
+    let base = record("storefront", None, "a", 0, vec![1, 0]);
+    let writers = (1..=40).map(|v| {
+        let store = store.clone();
+        let mut r = base.clone();
+        r.meta.version = v;
+        r.data = vec![1, 0, v as u8];
+        tokio::spawn(async move { store.set(&r).await.unwrap() })
+    });
+    for w in writers.collect::<Vec<_>>() {
+        w.await.unwrap();
+    }
+    assert_eq!(
+        store
+            .get(&base.meta.key, NOW)
+            .await
+            .unwrap()
+            .unwrap()
+            .meta
+            .version,
+        40
+    );
+
+    store.clear().await.unwrap();
+    assert_eq!(store.length().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn memory_store() {
+    suite(Arc::new(MemoryStore::new())).await;
+}
+
+#[tokio::test]
+async fn sqlite_store() {
+    let dir = tempfile::tempdir().unwrap();
+    suite(Arc::new(common::sqlite(dir.path()).await)).await;
+}
+
+#[tokio::test]
+async fn sqlite_store_is_shared_between_pools_like_between_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = common::sqlite(dir.path()).await;
+    let b = common::sqlite(dir.path()).await; // migrations are idempotent
+    let r = record("storefront", None, "a", 1, vec![1, 0]);
+    a.set(&r).await.unwrap();
+    assert_eq!(b.get(&r.meta.key, NOW).await.unwrap(), Some(r));
+}
