@@ -49,3 +49,7 @@ pub use config::{Config, SaveMode};
 pub use middleware::SessionFailoverLayer;
 pub use session::Session;
 pub use store::SessionStore;
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
