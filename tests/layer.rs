@@ -513,3 +513,73 @@ async fn a_failed_save_is_retried_by_the_next_request() {
     let r = send(&b, "GET", "/cart", Some(&jar(&id)), None).await;
     assert_eq!(items(&r.body), [("A".to_owned(), 1), ("B".to_owned(), 1)]);
 }
+
+#[tokio::test]
+async fn reads_touch_the_row_at_most_once_per_tenth_of_the_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = sqlite(dir.path()).await;
+    let counting = CountingStore::new(Arc::new(sqlite.clone()));
+    // A 10 s timeout: a read may touch the row at most once a second.
+    let app = node(
+        &format!("{SYNC}session.timeout=10\n"),
+        "a",
+        counting.clone(),
+    );
+    let id = send(&app, "POST", "/cart/items", None, add("A", 1))
+        .await
+        .cookie("JSESSIONID")
+        .unwrap();
+    let key = SessionId::parse(&id).unwrap().store_key();
+    let expires = |s: SqliteStore, key: session_failover::session::SessionKey| async move {
+        let row = sqlx::query("SELECT expires_at FROM stored_http_session WHERE session_id = ?")
+            .bind(key.as_str())
+            .fetch_one(s.pool())
+            .await
+            .unwrap();
+        row.get::<i64, _>("expires_at")
+    };
+    let first = expires(sqlite.clone(), key.clone()).await;
+    for _ in 0..5 {
+        send(&app, "GET", "/cart", Some(&jar(&id)), None).await;
+    }
+    assert_eq!(
+        counting.count("reset_timer"),
+        0,
+        "within a tenth of the timeout: no touch"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    for _ in 0..5 {
+        send(&app, "GET", "/cart", Some(&jar(&id)), None).await;
+    }
+    assert_eq!(counting.count("reset_timer"), 1, "one touch for five reads");
+    assert_eq!(counting.count("set"), 1, "a touch rewrites no data");
+    assert!(
+        expires(sqlite.clone(), key).await >= first + 1100,
+        "expiry pushed forward"
+    );
+}
+
+#[tokio::test]
+async fn expired_sessions_never_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = sqlite(dir.path()).await;
+    let store: Arc<dyn SessionStore> = Arc::new(sqlite.clone());
+    let local = format!("{SYNC}session.timeout=1\n");
+    let a = node(&local, "a", store.clone());
+    let id = send(&a, "POST", "/cart/items", None, add("A", 1))
+        .await
+        .cookie("JSESSIONID")
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    assert_eq!(
+        row_count(&sqlite).await,
+        1,
+        "not purged: the row is still there"
+    );
+    let b = node(&local, "b", store.clone());
+    for node in [&a, &b] {
+        let r = send(node, "GET", "/cart", Some(&jar(&id)), None).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(items(&r.body).is_empty(), "expired in cache and in store");
+    }
+}

@@ -98,10 +98,11 @@ impl Session {
     /// Sets attribute `name`, creating the session if the request has none.
     ///
     /// The value is kept live on this node and encoded (MessagePack, structs as maps) when the
-    /// session is saved, so it survives failover.
+    /// session is saved, so it survives failover. `T` must also deserialize: a value that can be
+    /// written but not read back would be lost on failover.
     pub fn insert<T>(&self, name: impl Into<String>, value: T)
     where
-        T: Serialize + Send + Sync + 'static,
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
     {
         let value = Value::Live(Arc::new(value));
         self.with_state_or_create(|state| state.insert(name.into(), value));
