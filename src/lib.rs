@@ -12,7 +12,7 @@
 //! use session_failover::{Session, SessionFailoverLayer, SaveMode, store};
 //!
 //! # async fn run() -> anyhow::Result<()> {
-//! let store = store::open("sqlite://data/sessions.db", true).await?;
+//! let store = store::open("sqlite://data/sessions.db", &store::StoreOptions::default()).await?;
 //! let app: Router = Router::new()
 //!     .route("/cart", post(|session: Session| async move {
 //!         let mut cart: Vec<String> = session.get("cart").unwrap_or_default();

@@ -115,7 +115,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Migrate { config } => {
             let (config, _) = load(&config)?;
-            store::open(&config.store_url, true).await?;
+            store::open(
+                &config.store_url,
+                &store::StoreOptions {
+                    migrate: true,
+                    ..config.store.clone()
+                },
+            )
+            .await?;
             println!(
                 "migrations applied to {}",
                 store::redact_url(&config.store_url)

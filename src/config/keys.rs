@@ -53,12 +53,22 @@ pub const KEYS: &[KeySpec] = &[
     KeySpec {
         key: "session.store.url",
         default: "sqlite://data/sessions.db",
-        doc: "where sessions are persisted: sqlite://PATH (relative to the working directory)",
+        doc: "where sessions are persisted: sqlite://PATH, postgres://USER@HOST/DB, mysql://USER@HOST/DB",
     },
     KeySpec {
         key: "session.store.migrate",
         default: "true",
         doc: "true/false: apply the schema migrations at start-up",
+    },
+    KeySpec {
+        key: "session.store.pool.size",
+        default: "10",
+        doc: "connections in the store's pool (1..=1000)",
+    },
+    KeySpec {
+        key: "session.store.timeout",
+        default: "5000",
+        doc: "milliseconds a store operation may take before it fails (1..=600000)",
     },
     KeySpec {
         key: "session.timeout",

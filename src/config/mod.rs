@@ -140,8 +140,8 @@ pub struct Config {
     pub check: CheckConfig,
     /// `session.store.url`.
     pub store_url: String,
-    /// `session.store.migrate`.
-    pub store_migrate: bool,
+    /// `session.store.migrate`, `session.store.pool.size`, `session.store.timeout`.
+    pub store: crate::store::StoreOptions,
     /// `session.timeout`.
     pub timeout: Duration,
     /// `session.node.name`; `None`: host name and port.
@@ -247,7 +247,12 @@ impl Config {
                 "session.store.url",
                 "a store URL such as sqlite://data/sessions.db",
             )?,
-            store_migrate: boolean(p, "session.store.migrate")?,
+            store: crate::store::StoreOptions {
+                migrate: boolean(p, "session.store.migrate")?,
+                pool_size: u32::try_from(number(p, "session.store.pool.size", 1, 1000)?)
+                    .unwrap_or(1000),
+                timeout: Duration::from_millis(number(p, "session.store.timeout", 1, 600_000)?),
+            },
             timeout: Duration::from_secs(number(p, "session.timeout", 1, 31_536_000)?),
             node_name: Some(string(p, "session.node.name")).filter(|s| !s.is_empty()),
             cache_max_entries: number(p, "session.cache.max.entries", 1, 100_000_000)?,

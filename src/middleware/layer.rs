@@ -89,7 +89,7 @@ impl SessionFailoverLayer {
             cache_max_entries: config.cache_max_entries,
         };
         let persister = match (config.save_mode(app), store) {
-            (Some(mode), Some(store)) => Some(Persister::new(store, mode)),
+            (Some(mode), Some(store)) => Some(Persister::new(store, mode, config.store.timeout)),
             _ => None,
         };
         Self::build(settings, persister)
@@ -119,12 +119,26 @@ impl SessionFailoverLayer {
         Self::build(settings, self.shared.persister.clone())
     }
 
-    /// Persists sessions to `store` in `mode`. Default: none (memory-only sessions).
+    /// Persists sessions to `store` in `mode`, each store operation bounded by 5 s (see
+    /// [`SessionFailoverLayer::with_store_timeout`]). Default: none (memory-only sessions).
     pub fn with_store(self, store: Arc<dyn SessionStore>, mode: SaveMode) -> Self {
+        let timeout = crate::store::StoreOptions::default().timeout;
         Self::build(
             self.shared.settings.clone(),
-            Some(Persister::new(store, mode)),
+            Some(Persister::new(store, mode, timeout)),
         )
+    }
+
+    /// The longest a store operation may take before the request goes on without it (a failed
+    /// save keeps the session in memory; a failed restore answers 503). Default 5 s. Has no
+    /// effect before [`SessionFailoverLayer::with_store`].
+    pub fn with_store_timeout(self, timeout: Duration) -> Self {
+        let persister = self
+            .shared
+            .persister
+            .as_ref()
+            .map(|p| Persister::new(p.store(), p.mode(), timeout));
+        Self::build(self.shared.settings.clone(), persister)
     }
 
     /// The path the application is mounted at; the cookie path unless set. Default `/`.

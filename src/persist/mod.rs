@@ -8,7 +8,9 @@
 //! with `async` is saved synchronously, which keeps every guarantee of `sync`, and a warning says
 //! so at start-up.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::SaveMode;
 use crate::session::SessionKey;
@@ -19,15 +21,35 @@ use crate::store::{self, EpochMillis, Record, SessionStore};
 pub(crate) struct Persister {
     store: Arc<dyn SessionStore>,
     mode: SaveMode,
+    /// The longest one store operation may take (`session.store.timeout`).
+    timeout: Duration,
 }
 
 impl Persister {
-    pub(crate) fn new(store: Arc<dyn SessionStore>, mode: SaveMode) -> Self {
-        Self { store, mode }
+    pub(crate) fn new(store: Arc<dyn SessionStore>, mode: SaveMode, timeout: Duration) -> Self {
+        Self {
+            store,
+            mode,
+            timeout,
+        }
+    }
+
+    /// Bounds a store operation: a request never waits longer than the store timeout.
+    async fn bounded<T>(
+        &self,
+        operation: impl Future<Output = Result<T, store::Error>>,
+    ) -> Result<T, store::Error> {
+        tokio::time::timeout(self.timeout, operation)
+            .await
+            .unwrap_or(Err(store::Error::Timeout(self.timeout)))
     }
 
     pub(crate) fn mode(&self) -> SaveMode {
         self.mode
+    }
+
+    pub(crate) fn store(&self) -> Arc<dyn SessionStore> {
+        Arc::clone(&self.store)
     }
 
     /// Reads a live session.
@@ -36,12 +58,12 @@ impl Persister {
         key: &SessionKey,
         now: EpochMillis,
     ) -> Result<Option<Record>, store::Error> {
-        self.store.get(key, now).await
+        self.bounded(self.store.get(key, now)).await
     }
 
     /// Writes a changed session; in every mode of this build, before returning.
     pub(crate) async fn save(&self, record: &Record) -> Result<(), store::Error> {
-        self.store.set(record).await
+        self.bounded(self.store.set(record)).await
     }
 
     /// Pushes an unchanged session's expiry forward.
@@ -51,11 +73,12 @@ impl Persister {
         now: EpochMillis,
         expires_at: EpochMillis,
     ) -> Result<bool, store::Error> {
-        self.store.reset_timer(key, now, expires_at).await
+        self.bounded(self.store.reset_timer(key, now, expires_at))
+            .await
     }
 
     /// Removes an ended session.
     pub(crate) async fn destroy(&self, key: &SessionKey) -> Result<bool, store::Error> {
-        self.store.destroy(key).await
+        self.bounded(self.store.destroy(key)).await
     }
 }

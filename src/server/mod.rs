@@ -56,7 +56,7 @@ pub async fn open_store(config: &Config) -> Result<Option<Arc<dyn SessionStore>>
         }
         return Ok(None);
     }
-    let store = store::open(&config.store_url, config.store_migrate).await?;
+    let store = store::open(&config.store_url, &config.store).await?;
     tracing::info!(url = %store::redact_url(&config.store_url), "session store ready");
     Ok(Some(store))
 }

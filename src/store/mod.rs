@@ -8,16 +8,22 @@
 //! Times are epoch milliseconds (UTC) passed in by the caller, so expiry is deterministic in
 //! tests. A row whose `expires_at` is not after `now` is treated as absent by every read.
 //!
-//! Backends: [`SqliteStore`] (the embedded default) and [`MemoryStore`] (for tests and
-//! memory-only deployments). A store of your own plugs in by implementing the trait.
+//! Backends: [`SqliteStore`] (the embedded default), [`PgStore`] (PostgreSQL), [`MySqlStore`]
+//! (MySQL and MariaDB) and [`MemoryStore`] (for tests). A store of your own plugs in by
+//! implementing the trait.
 
 mod memory;
+mod mysql;
+mod postgres;
+mod sql;
 mod sqlite;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use memory::MemoryStore;
+pub use mysql::MySqlStore;
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 use crate::session::SessionKey;
@@ -113,6 +119,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The store did not answer within `session.store.timeout`.
+    #[error("store did not answer within {0:?} (session.store.timeout)")]
+    Timeout(Duration),
     /// A row holds a value this build cannot read (e.g. attribute names that are not JSON).
     #[error("corrupt row {key}: {reason}")]
     CorruptRow {
@@ -169,27 +178,67 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn purge_expired(&self, now: EpochMillis, batch_size: u32) -> Result<u64, Error>;
 }
 
-/// Opens the store named by `session.store.url` and applies migrations if `migrate` is set.
+/// How to connect to a store (`session.store.*`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Apply the migrations when opening (`session.store.migrate`).
+    pub migrate: bool,
+    /// Connections in the pool (`session.store.pool.size`).
+    pub pool_size: u32,
+    /// The longest a store operation, or waiting for a pooled connection, may take
+    /// (`session.store.timeout`).
+    pub timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            migrate: true,
+            pool_size: 10,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Opens the store named by `session.store.url` and applies migrations if `options.migrate`.
 ///
-/// Supported: `sqlite://PATH` (the parent directory is created). Other schemes are refused with a
-/// message naming the URL.
-pub async fn open(url: &str, migrate: bool) -> Result<Arc<dyn SessionStore>, Error> {
-    let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
-    match scheme {
+/// `sqlite://PATH` (the parent directory is created), `postgres://…` (or `postgresql://`),
+/// `mysql://…` (or `mariadb://`). Other schemes are refused with a message naming the URL.
+pub async fn open(url: &str, options: &StoreOptions) -> Result<Arc<dyn SessionStore>, Error> {
+    let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
+    let store: Arc<dyn SessionStore> = match scheme {
         "sqlite" => {
-            let store = SqliteStore::connect(url).await?;
-            if migrate {
+            let store = SqliteStore::connect(url, options).await?;
+            if options.migrate {
                 store.migrate().await?;
             }
-            Ok(Arc::new(store))
+            Arc::new(store)
         }
-        _ => Err(Error::Url {
-            url: redact_url(url),
-            reason: format!(
-                "scheme {scheme:?} is not supported by this build (supported: sqlite://PATH)"
-            ),
-        }),
-    }
+        "postgres" | "postgresql" => {
+            let store = PgStore::connect(url, options).await?;
+            if options.migrate {
+                store.migrate().await?;
+            }
+            Arc::new(store)
+        }
+        "mysql" | "mariadb" => {
+            let store = MySqlStore::connect(url, options).await?;
+            if options.migrate {
+                store.migrate().await?;
+            }
+            Arc::new(store)
+        }
+        _ => {
+            return Err(Error::Url {
+                url: redact_url(url),
+                reason: format!(
+                    "scheme {scheme:?} is not supported (supported: sqlite://PATH, \
+                     postgres://USER@HOST/DB, mysql://USER@HOST/DB)"
+                ),
+            });
+        }
+    };
+    Ok(store)
 }
 
 /// `url` with any password replaced by `***`, for messages.

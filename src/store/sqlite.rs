@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use sqlx::Row as _;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use super::{EpochMillis, Error, ListQuery, Meta, Record, SessionStore};
+use super::sql::{attribute_names, meta_from_row, size};
+use super::{EpochMillis, Error, ListQuery, Meta, Record, SessionStore, StoreOptions};
 use crate::session::SessionKey;
 
 const UPSERT: &str = "INSERT INTO stored_http_session (session_id, app, context_path, node, \
@@ -22,10 +22,6 @@ const UPSERT: &str = "INSERT INTO stored_http_session (session_id, app, context_
      max_inactive_secs = excluded.max_inactive_secs, version = excluded.version, \
      attributes = excluded.attributes, size_bytes = excluded.size_bytes, data = excluded.data \
      WHERE stored_http_session.version < excluded.version";
-
-/// How long a connection waits for another process's write lock before failing.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-const MAX_CONNECTIONS: u32 = 8;
 
 /// A [`SessionStore`] on one SQLite file.
 ///
@@ -39,8 +35,9 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database of a `sqlite://PATH` URL. `PATH` is relative to
-    /// the working directory unless it starts with `/`; its directory is created.
-    pub async fn connect(url: &str) -> Result<Self, Error> {
+    /// the working directory unless it starts with `/`; its directory is created. A connection
+    /// waits up to `options.timeout` for another process's write lock (the busy timeout).
+    pub async fn connect(url: &str, options: &StoreOptions) -> Result<Self, Error> {
         let path = sqlite_path(url)?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| Error::Io {
@@ -48,16 +45,17 @@ impl SqliteStore {
                 source,
             })?;
         }
-        let options = SqliteConnectOptions::from_str("sqlite:")?
+        let connect = SqliteConnectOptions::from_str("sqlite:")?
             .filename(&path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(BUSY_TIMEOUT);
+            .busy_timeout(options.timeout);
         let pool = SqlitePoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
+            .max_connections(options.pool_size)
+            .acquire_timeout(options.timeout)
             .test_before_acquire(false)
-            .connect_with(options)
+            .connect_with(connect)
             .await?;
         Ok(Self { pool })
     }
@@ -95,29 +93,6 @@ fn sqlite_path(url: &str) -> Result<PathBuf, Error> {
     Ok(Path::new(path).to_owned())
 }
 
-fn meta_from_row(row: &SqliteRow) -> Result<Meta, Error> {
-    let key: String = row.try_get("session_id")?;
-    let attributes: String = row.try_get("attributes")?;
-    let attributes = serde_json::from_str(&attributes).map_err(|e| Error::CorruptRow {
-        key: key.clone(),
-        reason: format!("attribute names are not a JSON array of strings: {e}"),
-    })?;
-    Ok(Meta {
-        key: SessionKey::from_stored(key),
-        app: row.try_get("app")?,
-        context_path: row.try_get("context_path")?,
-        node: row.try_get("node")?,
-        principal: row.try_get("principal")?,
-        created_at: row.try_get("created_at")?,
-        modified_at: row.try_get("modified_at")?,
-        expires_at: row.try_get("expires_at")?,
-        max_inactive_secs: row.try_get("max_inactive_secs")?,
-        version: row.try_get("version")?,
-        attributes,
-        size_bytes: row.try_get("size_bytes")?,
-    })
-}
-
 fn upsert(record: &Record) -> sqlx::query::Query<'_, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
     let m = &record.meta;
     sqlx::query(UPSERT)
@@ -131,8 +106,8 @@ fn upsert(record: &Record) -> sqlx::query::Query<'_, sqlx::Sqlite, sqlx::sqlite:
         .bind(m.expires_at)
         .bind(m.max_inactive_secs)
         .bind(m.version)
-        .bind(serde_json::to_string(&m.attributes).unwrap_or_else(|_| "[]".to_owned()))
-        .bind(i64::try_from(record.data.len()).unwrap_or(i64::MAX))
+        .bind(attribute_names(m))
+        .bind(size(record))
         .bind(record.data.as_slice())
 }
 

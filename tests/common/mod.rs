@@ -125,7 +125,9 @@ pub fn config(local: &str) -> Config {
 /// A fresh SQLite store in `dir`, migrated.
 pub async fn sqlite(dir: &Path) -> store::SqliteStore {
     let url = format!("sqlite://{}", dir.join("sessions.db").display());
-    let store = store::SqliteStore::connect(&url).await.unwrap();
+    let store = store::SqliteStore::connect(&url, &store::StoreOptions::default())
+        .await
+        .unwrap();
     store.migrate().await.unwrap();
     store
 }

@@ -1,0 +1,263 @@
+//! MySQL and MariaDB. `set_many` is one multi-row `INSERT … ON DUPLICATE KEY UPDATE` per batch.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+use sqlx::{AssertSqlSafe, Row as _};
+
+use super::sql::{META_COLUMNS, attribute_names, chunks, latest_per_key, meta_from_row, size};
+use super::{EpochMillis, Error, ListQuery, Meta, Record, SessionStore, StoreOptions};
+use crate::session::SessionKey;
+
+/// Rows per multi-row statement (13 placeholders each, far below MySQL's 65,535).
+const MAX_ROWS: usize = 500;
+/// Data per statement, kept well below MariaDB's default `max_allowed_packet` (16 MiB).
+const MAX_BYTES: usize = 4 * 1024 * 1024;
+
+/// The update part of every upsert: each column takes the new value only if the new version is
+/// higher. MySQL evaluates assignments left to right, so `version` must come last.
+const ON_DUPLICATE: &str = " ON DUPLICATE KEY UPDATE \
+     app = IF(version < VALUES(version), VALUES(app), app), \
+     context_path = IF(version < VALUES(version), VALUES(context_path), context_path), \
+     node = IF(version < VALUES(version), VALUES(node), node), \
+     principal = IF(version < VALUES(version), VALUES(principal), principal), \
+     modified_at = IF(version < VALUES(version), VALUES(modified_at), modified_at), \
+     expires_at = IF(version < VALUES(version), VALUES(expires_at), expires_at), \
+     max_inactive_secs = IF(version < VALUES(version), VALUES(max_inactive_secs), max_inactive_secs), \
+     attributes = IF(version < VALUES(version), VALUES(attributes), attributes), \
+     size_bytes = IF(version < VALUES(version), VALUES(size_bytes), size_bytes), \
+     data = IF(version < VALUES(version), VALUES(data), data), \
+     version = IF(version < VALUES(version), VALUES(version), version)";
+
+/// The SQL of one store: fixed statements built in [`MySqlStore::connect`], and the multi-row
+/// upsert for each batch size, built once on first use.
+#[derive(Debug)]
+struct Statements {
+    get: Arc<str>,
+    list: Arc<str>,
+    upsert: Vec<OnceLock<Arc<str>>>,
+}
+
+impl Statements {
+    fn new() -> Self {
+        Self {
+            get: format!(
+                "SELECT {META_COLUMNS}, data FROM stored_http_session \
+                 WHERE session_id = ? AND expires_at > ?"
+            )
+            .into(),
+            list: format!(
+                "SELECT {META_COLUMNS} FROM stored_http_session \
+                 WHERE (? IS NULL OR app = ?) AND (? IS NULL OR principal = ?) \
+                 AND (? IS NULL OR node = ?) AND (? IS NULL OR session_id > ?) \
+                 ORDER BY session_id LIMIT ?"
+            )
+            .into(),
+            upsert: (0..=MAX_ROWS).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// The upsert of `rows` rows (1..=MAX_ROWS).
+    fn upsert(&self, rows: usize) -> Arc<str> {
+        Arc::clone(self.upsert[rows].get_or_init(|| {
+            let row = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+            let values = vec![row; rows].join(", ");
+            format!("INSERT INTO stored_http_session ({META_COLUMNS}, data) VALUES {values}{ON_DUPLICATE}")
+                .into()
+        }))
+    }
+}
+
+/// A [`SessionStore`] on MySQL or MariaDB.
+#[derive(Clone, Debug)]
+pub struct MySqlStore {
+    pool: MySqlPool,
+    sql: Arc<Statements>,
+}
+
+impl MySqlStore {
+    /// Connects to a `mysql://` (or `mariadb://`) URL with a pool of `options.pool_size`
+    /// connections, waiting at most `options.timeout` for one. Connections are not pinged before
+    /// use.
+    pub async fn connect(url: &str, options: &StoreOptions) -> Result<Self, Error> {
+        let url = match url.strip_prefix("mariadb://") {
+            Some(rest) => format!("mysql://{rest}"),
+            None => url.to_owned(),
+        };
+        let connect: MySqlConnectOptions = url.parse()?;
+        let pool = MySqlPoolOptions::new()
+            .max_connections(options.pool_size)
+            .acquire_timeout(options.timeout)
+            .test_before_acquire(false)
+            .connect_with(connect)
+            .await?;
+        Ok(Self {
+            pool,
+            sql: Arc::new(Statements::new()),
+        })
+    }
+
+    /// Applies the migrations in `migrations/mysql/`.
+    pub async fn migrate(&self) -> Result<(), Error> {
+        sqlx::migrate!("migrations/mysql").run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The underlying pool (for tests and tools that read the table directly).
+    pub fn pool(&self) -> &MySqlPool {
+        &self.pool
+    }
+
+    async fn upsert(&self, records: &[&Record]) -> Result<(), Error> {
+        let mut query = sqlx::query(AssertSqlSafe(self.sql.upsert(records.len())));
+        for record in records {
+            let m = &record.meta;
+            query = query
+                .bind(m.key.as_str())
+                .bind(&m.app)
+                .bind(&m.context_path)
+                .bind(&m.node)
+                .bind(m.principal.as_deref())
+                .bind(m.created_at)
+                .bind(m.modified_at)
+                .bind(m.expires_at)
+                .bind(m.max_inactive_secs)
+                .bind(m.version)
+                .bind(attribute_names(m))
+                .bind(size(record))
+                .bind(record.data.as_slice());
+        }
+        query.execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl SessionStore for MySqlStore {
+    async fn get(&self, key: &SessionKey, now: EpochMillis) -> Result<Option<Record>, Error> {
+        let row = sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.get)))
+            .bind(key.as_str())
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| {
+            Ok(Record {
+                meta: meta_from_row(&row)?,
+                data: row.try_get("data")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn set(&self, record: &Record) -> Result<(), Error> {
+        self.upsert(&[record]).await
+    }
+
+    /// One multi-row statement per batch of up to 500 rows or about 4 MiB of data.
+    async fn set_many(&self, records: &[Record]) -> Result<(), Error> {
+        let records = latest_per_key(records);
+        for chunk in chunks(&records, MAX_ROWS, MAX_BYTES) {
+            self.upsert(chunk).await?;
+        }
+        Ok(())
+    }
+
+    async fn destroy(&self, key: &SessionKey) -> Result<bool, Error> {
+        let done = sqlx::query("DELETE FROM stored_http_session WHERE session_id = ?")
+            .bind(key.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn exists(&self, key: &SessionKey, now: EpochMillis) -> Result<bool, Error> {
+        let row = sqlx::query(
+            "SELECT 1 FROM stored_http_session WHERE session_id = ? AND expires_at > ?",
+        )
+        .bind(key.as_str())
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    async fn ttl(&self, key: &SessionKey, now: EpochMillis) -> Result<Option<Duration>, Error> {
+        let expires: Option<i64> = sqlx::query_scalar(
+            "SELECT expires_at FROM stored_http_session WHERE session_id = ? AND expires_at > ?",
+        )
+        .bind(key.as_str())
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(expires.map(|at| Duration::from_millis((at - now).unsigned_abs())))
+    }
+
+    async fn reset_timer(
+        &self,
+        key: &SessionKey,
+        modified_at: EpochMillis,
+        expires_at: EpochMillis,
+    ) -> Result<bool, Error> {
+        let done = sqlx::query(
+            "UPDATE stored_http_session SET modified_at = ?, expires_at = ? \
+             WHERE session_id = ? AND expires_at > ?",
+        )
+        .bind(modified_at)
+        .bind(expires_at)
+        .bind(key.as_str())
+        .bind(modified_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn length(&self) -> Result<u64, Error> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM stored_http_session")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n.unsigned_abs())
+    }
+
+    async fn clear(&self) -> Result<(), Error> {
+        sqlx::query("DELETE FROM stored_http_session")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<Vec<Meta>, Error> {
+        let after = query.after.as_ref().map(SessionKey::as_str);
+        let rows = sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.list)))
+            .bind(query.app.as_deref())
+            .bind(query.app.as_deref())
+            .bind(query.principal.as_deref())
+            .bind(query.principal.as_deref())
+            .bind(query.node.as_deref())
+            .bind(query.node.as_deref())
+            .bind(after)
+            .bind(after)
+            .bind(i64::from(query.limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(meta_from_row).collect()
+    }
+
+    async fn purge_expired(&self, now: EpochMillis, batch_size: u32) -> Result<u64, Error> {
+        let batch = batch_size.max(1);
+        let mut total = 0;
+        loop {
+            let done = sqlx::query(
+                "DELETE FROM stored_http_session WHERE expires_at <= ? ORDER BY expires_at LIMIT ?",
+            )
+            .bind(now)
+            .bind(i64::from(batch))
+            .execute(&self.pool)
+            .await?;
+            total += done.rows_affected();
+            if done.rows_affected() < u64::from(batch) {
+                return Ok(total);
+            }
+        }
+    }
+}
