@@ -84,9 +84,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("# effective configuration from {}", dir.display());
             for (key, setting) in properties.iter() {
                 let value = if key.contains("secret") || key.contains("password") {
-                    "********"
+                    "********".to_owned()
+                } else if key == "session.store.url" {
+                    store::redact_url(&setting.value)
                 } else {
-                    setting.value.as_str()
+                    setting.value.clone()
                 };
                 println!("{key}={value}    # {}", setting.source);
             }

@@ -16,9 +16,19 @@ use crate::session::state::Entry;
 pub(crate) type NodeCache = moka::future::Cache<SessionId, Arc<Entry>>;
 
 /// A cache of at most `max_entries` sessions, each expiring after `idle` without access.
-pub(crate) fn new(max_entries: u64, idle: Duration) -> NodeCache {
+///
+/// For a persistent app (`persistent`), an entry evicted while it holds a change that failed to
+/// save is logged at ERROR: that change is lost.
+pub(crate) fn new(app: &str, max_entries: u64, idle: Duration, persistent: bool) -> NodeCache {
+    let app = app.to_owned();
     moka::future::Cache::builder()
         .max_capacity(max_entries)
         .time_to_idle(idle)
+        .eviction_listener(move |id: Arc<SessionId>, entry: Arc<Entry>, cause| {
+            let state = entry.lock();
+            if persistent && state.dirty && !state.invalidated && cause.was_evicted() {
+                tracing::error!(%app, session = %id.short_hash(), ?cause, "session evicted from the node cache with a change that could not be saved; that change is lost");
+            }
+        })
         .build()
 }

@@ -134,7 +134,7 @@ impl Codec {
             return Err(Error::Encrypted);
         }
         let map: BTreeMap<String, serde_bytes::ByteBuf> = if flags & FLAG_COMPRESSED != 0 {
-            let mut plain = Vec::with_capacity(body.len() * 3);
+            let mut plain = Vec::with_capacity(body.len().saturating_mul(3).min(MAX_DECODED_LEN));
             let read = DeflateDecoder::new(body)
                 .take(MAX_DECODED_LEN as u64 + 1)
                 .read_to_end(&mut plain)

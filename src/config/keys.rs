@@ -127,7 +127,7 @@ pub const APP_KEYS: &[AppKeySpec] = &[
     },
     AppKeySpec {
         suffix: "cookie.httponly",
-        default: "(unset: HttpOnly when the request is secure)",
+        default: "(unset: HttpOnly)",
         doc: "true/false/no value: the cookie's HttpOnly attribute",
     },
 ];

@@ -113,7 +113,7 @@ pub struct AppConfig {
     pub cookie_path: Option<String>,
     /// The cookie's `Secure` attribute; `None`: set when the request is secure.
     pub secure: Option<bool>,
-    /// The cookie's `HttpOnly` attribute; `None`: set when the request is secure.
+    /// The cookie's `HttpOnly` attribute; `None`: set.
     pub http_only: Option<bool>,
 }
 
@@ -166,7 +166,11 @@ impl Config {
     /// Returns the typed configuration and the effective properties (for `check-config` and for
     /// the unknown-key warnings).
     pub fn load(dir: &Path) -> Result<(Self, Properties), Error> {
-        let properties = Properties::load(dir, std::env::vars())?;
+        // Variables that are not UTF-8 cannot be ours (keys and values are text): skip them
+        // rather than fail on some other program's environment.
+        let vars = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+        let properties = Properties::load(dir, vars)?;
         let config = Self::from_properties(&properties)?;
         Ok((config, properties))
     }
@@ -355,14 +359,14 @@ fn usize_number(p: &Properties, key: &str, min: u64, max: u64) -> Result<usize, 
 }
 
 /// RFC 6265 cookie-name: an HTTP token.
-fn valid_cookie_name(name: &str) -> bool {
+pub(crate) fn valid_cookie_name(name: &str) -> bool {
     !name.is_empty()
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-fn valid_cookie_path(path: &str) -> bool {
+pub(crate) fn valid_cookie_path(path: &str) -> bool {
     path.starts_with('/') && !path.bytes().any(|b| b == b';' || b.is_ascii_control())
 }
 

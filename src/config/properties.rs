@@ -187,9 +187,10 @@ impl Properties {
         while let Some(start) = rest.find("${") {
             out.push_str(&rest[..start]);
             let after = &rest[start + 2..];
+            // The value itself is not quoted: it may be a secret.
             let end = after
                 .find('}')
-                .ok_or_else(|| fail(format!("unterminated placeholder in {:?}", setting.value)))?;
+                .ok_or_else(|| fail("unterminated placeholder: \"${\" without \"}\"".to_owned()))?;
             let name = &after[..end];
             if !self.entries.contains_key(name) {
                 return Err(fail(format!("${{{name}}} names a key that is not set")));

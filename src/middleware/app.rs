@@ -1,6 +1,5 @@
 //! One application's shared state and the two halves of the filter: load and finish.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +12,7 @@ use crate::codec::{Codec, EncodedAttributes};
 use crate::persist::Persister;
 use crate::session::state::{Entry, State, Value};
 use crate::session::{Session, SessionId};
-use crate::store::{EpochMillis, Meta, Record, now_millis};
+use crate::store::{EpochMillis, Meta, Record, Update, now_millis};
 
 /// A session only read is touched in the store at most once per this fraction of its timeout.
 pub(crate) const TOUCH_DIVISOR: u32 = 10;
@@ -38,7 +37,7 @@ pub(crate) struct AppSettings {
 /// Everything the filter of one application shares across requests.
 pub(crate) struct AppShared {
     pub(crate) settings: AppSettings,
-    /// Live sessions on this node.
+    /// Live sessions on this node, and tombstones of sessions ended here.
     pub(crate) cache: NodeCache,
     /// `None`: memory-only sessions.
     pub(crate) persister: Option<Persister>,
@@ -59,31 +58,85 @@ enum Miss {
     Store(crate::store::Error),
 }
 
-/// Whether the request arrived over TLS, directly or through a proxy that says so.
+/// What is left to do after the handler, decided without waiting on anything.
+pub(crate) struct Finish {
+    /// The request's session, if it has a live one.
+    entry: Option<(SessionId, Arc<Entry>)>,
+    /// The session is new to this node's cache (created or rotated by this request).
+    cache_it: bool,
+    work: Work,
+    /// Ids this request ended: their rows are deleted after the session is saved.
+    removed: Vec<SessionId>,
+}
+
+/// What a request leaves to persist.
+enum Work {
+    None,
+    Touch,
+    Save(Snapshot),
+}
+
+/// The parts of a session to write, taken under its lock.
+struct Snapshot {
+    principal: Option<String>,
+    created_at: EpochMillis,
+    version: i64,
+    new: bool,
+    attributes: Vec<(String, Value)>,
+}
+
+/// Whether the request arrived over TLS, directly or through a proxy that says so
+/// (`X-Forwarded-Proto: https` or `Forwarded: proto=https`).
 ///
-/// `X-Forwarded-Proto` is trusted for this because it can only make the cookie stricter.
+/// The proxy headers are trusted for this because they can only make the cookie stricter.
 pub(crate) fn request_is_secure<B>(request: &Request<B>) -> bool {
-    request.uri().scheme_str() == Some("https")
-        || request
-            .headers()
-            .get("x-forwarded-proto")
+    let headers = request.headers();
+    let first = |name: &str| {
+        headers
+            .get(name)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split(',').next())
-            .is_some_and(|proto| proto.trim().eq_ignore_ascii_case("https"))
+            .map(str::trim)
+    };
+    request.uri().scheme_str() == Some("https")
+        || first("x-forwarded-proto").is_some_and(|p| p.eq_ignore_ascii_case("https"))
+        || first("forwarded").is_some_and(|element| {
+            element.split(';').any(|pair| {
+                pair.split_once('=').is_some_and(|(k, v)| {
+                    k.trim().eq_ignore_ascii_case("proto")
+                        && v.trim().trim_matches('"').eq_ignore_ascii_case("https")
+                })
+            })
+        })
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 impl AppShared {
     /// The well-formed session ids among the request's cookies of our name, in order.
+    ///
+    /// Works on bytes: a cookie of another part of the site with non-ASCII bytes in it must not
+    /// hide ours.
     pub(crate) fn cookie_ids(&self, headers: &HeaderMap) -> Vec<SessionId> {
-        let name = self.settings.cookie_name.as_str();
+        let name = self.settings.cookie_name.as_bytes();
         headers
             .get_all(COOKIE)
             .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .filter(|(n, _)| n.trim() == name)
-            .filter_map(|(_, v)| SessionId::parse(v.trim().trim_matches('"')))
+            .flat_map(|value| value.as_bytes().split(|&b| b == b';'))
+            .filter_map(|pair| {
+                let at = pair.iter().position(|&b| b == b'=')?;
+                let (n, v) = (pair[..at].trim_ascii(), pair[at + 1..].trim_ascii());
+                (n == name).then_some(v)
+            })
+            .filter_map(|value| {
+                let value = value
+                    .strip_prefix(b"\"")
+                    .and_then(|v| v.strip_suffix(b"\""))
+                    .unwrap_or(value);
+                SessionId::parse(std::str::from_utf8(value).ok()?)
+            })
             .take(MAX_COOKIE_CANDIDATES)
             .collect()
     }
@@ -92,7 +145,12 @@ impl AppShared {
     pub(crate) async fn load(&self, ids: &[SessionId]) -> Loaded {
         for id in ids {
             if let Some(entry) = self.cache.get(id).await {
-                if !entry.lock().invalidated {
+                let live = {
+                    let state = entry.lock();
+                    // The entry may be a tombstone, or (after a rotation) hold another id.
+                    !state.invalidated && state.id == *id
+                };
+                if live {
                     return Loaded::Session(Session::new(Some(entry)));
                 }
                 continue;
@@ -138,7 +196,7 @@ impl AppShared {
     ) -> Result<Option<Arc<Entry>>, crate::store::Error> {
         let short = id.short_hash();
         let Some(record) = persister.load(&id.store_key(), now_millis()).await? else {
-            tracing::info!(app = %self.settings.app, session = %short, "unknown or expired session id; a fresh session will be used");
+            tracing::debug!(app = %self.settings.app, session = %short, "unknown or expired session id; a fresh session will be used");
             return Ok(None);
         };
         if record.meta.app != self.settings.app {
@@ -161,86 +219,144 @@ impl AppShared {
         }
     }
 
-    /// After the handler: end removed ids, save or touch the session, set the cookie.
-    pub(crate) async fn finish(
+    /// After the handler, without waiting: takes what the request did, sets the cookie header,
+    /// and returns the store and cache work left, if any (a sticky read usually leaves none).
+    pub(crate) fn plan(
         &self,
         session: &Session,
         had_cookie: bool,
         secure: bool,
         headers: &mut HeaderMap,
-    ) {
+    ) -> Option<Finish> {
         let slot = session.take();
-        for old in &slot.removed {
-            self.cache.invalidate(old).await;
-            if let Some(persister) = &self.persister
-                && let Err(error) = persister.destroy(&old.store_key()).await
-            {
-                tracing::error!(app = %self.settings.app, session = %old.short_hash(), error = &error as &dyn std::error::Error, "cannot remove ended session from the store");
-            }
-        }
-        let Some(entry) = slot.entry else {
-            if slot.invalidated && had_cookie {
-                self.set_cookie(headers, None, secure);
-            }
-            return;
-        };
         let now = now_millis();
-        let (id, work) = self.plan(&entry, now);
-        if slot.created || slot.cycled {
-            self.cache.insert(id.clone(), Arc::clone(&entry)).await;
-            self.set_cookie(headers, Some(&id), secure);
-        }
-        let Some(persister) = &self.persister else {
-            return;
+        let mut finish = Finish {
+            entry: None,
+            cache_it: slot.created || slot.cycled,
+            work: Work::None,
+            removed: slot.removed,
         };
-        match work {
-            Work::None => {}
-            Work::Touch => {
-                let expires_at = now + millis(self.settings.timeout);
-                if let Err(error) = persister.touch(&id.store_key(), now, expires_at).await {
-                    tracing::warn!(app = %self.settings.app, session = %id.short_hash(), error = &error as &dyn std::error::Error, "cannot push session expiry forward");
+        if let Some(entry) = slot.entry {
+            let mut state = entry.lock();
+            if !state.invalidated {
+                finish.work = self.work(&mut state, now);
+                let id = state.id.clone();
+                drop(state);
+                if finish.cache_it {
+                    self.set_cookie(headers, Some(&id), secure);
                 }
+                finish.entry = Some((id, entry));
             }
-            Work::Save(snapshot) => {
-                let record = self.record(&id, snapshot, now);
-                if let Err(error) = persister.save(&record).await {
-                    // Keep it: still in the cache, marked changed, saved by its next request.
-                    entry.lock().dirty = true;
-                    tracing::error!(app = %self.settings.app, session = %id.short_hash(), error = &error as &dyn std::error::Error, "cannot save session; kept in memory and retried on its next request");
-                }
-            }
+        } else if slot.invalidated && had_cookie {
+            self.set_cookie(headers, None, secure);
         }
+        if self.persister.is_none() {
+            finish.work = Work::None;
+            finish.removed.clear();
+        }
+        let idle =
+            !finish.cache_it && finish.removed.is_empty() && matches!(finish.work, Work::None);
+        (!idle).then_some(finish)
     }
 
     /// Decides under the session's lock what to persist, and marks it done.
-    fn plan(&self, entry: &Entry, now: EpochMillis) -> (SessionId, Work) {
-        let mut state = entry.lock();
-        let id = state.id.clone();
-        if state.invalidated {
-            return (id, Work::None);
-        }
+    fn work(&self, state: &mut State, now: EpochMillis) -> Work {
         if state.dirty {
             state.dirty = false;
-            state.version += 1;
+            state.version = state.version.saturating_add(1);
             state.persisted_at = now;
-            let snapshot = Snapshot {
+            return Work::Save(Snapshot {
                 principal: state.principal.clone(),
                 created_at: state.created_at,
                 version: state.version,
-                attributes: state.attributes.clone(),
-            };
-            return (id, Work::Save(snapshot));
+                new: !state.persisted,
+                attributes: state
+                    .attributes
+                    .iter()
+                    .map(|(name, value)| (name.clone(), value.clone()))
+                    .collect(),
+            });
         }
         let touch_every = millis(self.settings.timeout / TOUCH_DIVISOR);
-        if now - state.persisted_at >= touch_every {
+        if now.saturating_sub(state.persisted_at) >= touch_every {
             state.persisted_at = now;
-            return (id, Work::Touch);
+            return Work::Touch;
         }
-        (id, Work::None)
+        Work::None
     }
 
-    /// Encodes a snapshot (outside the lock: user `Serialize` impls run here).
-    fn record(&self, id: &SessionId, snapshot: Snapshot, now: EpochMillis) -> Record {
+    /// The store and cache work of [`AppShared::plan`]. Run it in its own task: a dropped
+    /// response future (a client gone, a timeout) must not cut a save, a logout or a rotation in
+    /// half.
+    pub(crate) async fn execute(self: Arc<Self>, finish: Finish) {
+        if let Some((id, entry)) = &finish.entry {
+            if finish.cache_it {
+                self.cache.insert(id.clone(), Arc::clone(entry)).await;
+            }
+            if let Some(persister) = &self.persister {
+                match finish.work {
+                    Work::None => {}
+                    Work::Touch => self.touch(persister, id, entry).await,
+                    Work::Save(snapshot) => self.save(persister, id, entry, snapshot).await,
+                }
+            }
+        }
+        // After the save: a rotation whose new row failed must not lose the old one first.
+        if let Some(persister) = &self.persister {
+            for old in &finish.removed {
+                if let Err(error) = persister.destroy(&old.store_key()).await {
+                    tracing::error!(app = %self.settings.app, session = %old.short_hash(), error = &error as &dyn std::error::Error, "cannot remove ended session from the store");
+                }
+            }
+        }
+    }
+
+    async fn touch(&self, persister: &Persister, id: &SessionId, entry: &Entry) {
+        let now = now_millis();
+        let expires_at = now.saturating_add(millis(self.settings.timeout));
+        match persister.touch(&id.store_key(), now, expires_at).await {
+            Ok(true) => {}
+            Ok(false) => self.ended_elsewhere(id, entry),
+            Err(error) => {
+                tracing::warn!(app = %self.settings.app, session = %id.short_hash(), error = &error as &dyn std::error::Error, "cannot push session expiry forward")
+            }
+        }
+    }
+
+    async fn save(&self, persister: &Persister, id: &SessionId, entry: &Entry, snapshot: Snapshot) {
+        let (version, new) = (snapshot.version, snapshot.new);
+        let Some(record) = self.record(id, snapshot) else {
+            entry.lock().dirty = true;
+            return;
+        };
+        match persister.save(&record, new).await {
+            Ok(Update::Written) => entry.lock().persisted = true,
+            Ok(Update::Missing) => self.ended_elsewhere(id, entry),
+            Ok(Update::Superseded) => {
+                // Another node wrote a newer version: this node's copy is stale. Unless a newer
+                // local save is on its way, drop the copy; the next request restores the newer one.
+                if entry.lock().version <= version {
+                    tracing::warn!(app = %self.settings.app, session = %id.short_hash(), "session was changed on another node; this node's change is discarded and its copy dropped");
+                    self.cache.invalidate(id).await;
+                }
+            }
+            Err(error) => {
+                // Keep it: still in the cache, marked changed, saved by its next request.
+                entry.lock().dirty = true;
+                tracing::error!(app = %self.settings.app, session = %id.short_hash(), error = &error as &dyn std::error::Error, "cannot save session; kept in memory and retried on its next request");
+            }
+        }
+    }
+
+    /// The row is gone (logout on another node, the backoffice, the purge): stop serving it.
+    fn ended_elsewhere(&self, id: &SessionId, entry: &Entry) {
+        tracing::info!(app = %self.settings.app, session = %id.short_hash(), "session was ended elsewhere; dropped from this node");
+        entry.lock().end();
+    }
+
+    /// Encodes a snapshot (user `Serialize` impls run here, outside any lock). `None` if the
+    /// envelope cannot be built, which must not overwrite a good row.
+    fn record(&self, id: &SessionId, snapshot: Snapshot) -> Option<Record> {
         let mut encoded = EncodedAttributes::new();
         for (name, value) in snapshot.attributes {
             match value {
@@ -255,7 +371,7 @@ impl AppShared {
                         live.type_name()
                     ),
                 },
-                Value::Encoded(bytes) => {
+                Value::Encoded { bytes, .. } => {
                     encoded.insert(name, bytes.to_vec());
                 }
                 Value::Local { type_name, .. } => tracing::debug!(
@@ -267,15 +383,15 @@ impl AppShared {
                 ),
             }
         }
-        let attributes = encoded.keys().cloned().collect();
-        let data = self.codec.encode(&encoded).unwrap_or_else(|error| {
-            // Encoding a map of byte strings cannot fail short of memory exhaustion; keep going
-            // with an empty session rather than failing the request.
-            tracing::error!(app = %self.settings.app, session = %id.short_hash(), error = &error as &dyn std::error::Error, "cannot encode session");
-            Vec::new()
-        });
-        let timeout = millis(self.settings.timeout);
-        Record {
+        let data = match self.codec.encode(&encoded) {
+            Ok(data) => data,
+            Err(error) => {
+                tracing::error!(app = %self.settings.app, session = %id.short_hash(), error = &error as &dyn std::error::Error, "cannot encode session; not saved");
+                return None;
+            }
+        };
+        let now = now_millis();
+        Some(Record {
             meta: Meta {
                 key: id.store_key(),
                 app: self.settings.app.clone(),
@@ -284,15 +400,15 @@ impl AppShared {
                 principal: snapshot.principal,
                 created_at: snapshot.created_at,
                 modified_at: now,
-                expires_at: now + timeout,
+                expires_at: now.saturating_add(millis(self.settings.timeout)),
                 max_inactive_secs: i64::try_from(self.settings.timeout.as_secs())
                     .unwrap_or(i64::MAX),
                 version: snapshot.version,
-                attributes,
+                attributes: encoded.keys().cloned().collect(),
                 size_bytes: i64::try_from(data.len()).unwrap_or(i64::MAX),
             },
             data,
-        }
+        })
     }
 
     /// Sets the session cookie, or expires it when `id` is `None`.
@@ -309,7 +425,7 @@ impl AppShared {
         ))
         .path(path)
         .secure(s.secure.unwrap_or(secure))
-        .http_only(s.http_only.unwrap_or(secure))
+        .http_only(s.http_only.unwrap_or(true))
         .same_site(SameSite::Lax)
         .build();
         if id.is_none() {
@@ -324,23 +440,4 @@ impl AppShared {
             }
         }
     }
-}
-
-fn millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
-}
-
-/// What a request leaves to persist.
-enum Work {
-    None,
-    Touch,
-    Save(Snapshot),
-}
-
-/// The parts of a session to write, taken under its lock.
-struct Snapshot {
-    principal: Option<String>,
-    created_at: EpochMillis,
-    version: i64,
-    attributes: BTreeMap<String, Value>,
 }

@@ -49,7 +49,7 @@ impl std::fmt::Debug for SessionFailoverLayer {
 
 impl SessionFailoverLayer {
     /// A memory-only layer for application `app` with the defaults: cookie `JSESSIONID` on path
-    /// `/`, `Secure` and `HttpOnly` when the request is secure, `SameSite=Lax`, a 3600 s timeout,
+    /// `/`, `HttpOnly`, `SameSite=Lax`, `Secure` when the request is secure, a 3600 s timeout,
     /// 100,000 cached sessions, node name `"node"`.
     pub fn new(app: impl Into<String>) -> Self {
         let settings = AppSettings {
@@ -102,7 +102,12 @@ impl SessionFailoverLayer {
                 "save=async is not implemented in this build yet; sessions are saved synchronously"
             );
         }
-        let cache = crate::cache::new(settings.cache_max_entries, settings.timeout);
+        let cache = crate::cache::new(
+            &settings.app,
+            settings.cache_max_entries,
+            settings.timeout,
+            persister.is_some(),
+        );
         Self {
             shared: Arc::new(AppShared {
                 settings,
@@ -148,14 +153,29 @@ impl SessionFailoverLayer {
     }
 
     /// The session cookie's name. Default `JSESSIONID`.
+    ///
+    /// # Panics
+    /// If `name` is not an RFC 6265 token (a programming error; configuration is validated
+    /// before it gets here).
     pub fn with_cookie_name(self, name: impl Into<String>) -> Self {
         let name = name.into();
+        assert!(
+            crate::config::valid_cookie_name(&name),
+            "invalid session cookie name {name:?}: use letters, digits and !#$%&'*+-.^_`|~"
+        );
         self.rebuild(|s| s.cookie_name = name)
     }
 
     /// The session cookie's path. Default: the context path.
+    ///
+    /// # Panics
+    /// If `path` does not start with `/` or holds `;` or control characters.
     pub fn with_cookie_path(self, path: impl Into<String>) -> Self {
         let path = path.into();
+        assert!(
+            crate::config::valid_cookie_path(&path),
+            "invalid session cookie path {path:?}: start with / and use no ; or control characters"
+        );
         self.rebuild(|s| s.cookie_path = Some(path))
     }
 
@@ -164,13 +184,16 @@ impl SessionFailoverLayer {
         self.rebuild(|s| s.secure = secure)
     }
 
-    /// The cookie's `HttpOnly` attribute; `None` (the default): set when the request is secure.
+    /// The cookie's `HttpOnly` attribute; `None` (the default): set. Scripts have no business
+    /// reading a session id.
     pub fn with_http_only(self, http_only: Option<bool>) -> Self {
         self.rebuild(|s| s.http_only = http_only)
     }
 
-    /// Inactivity before a session expires, in cache and store. Default 3600 s.
+    /// Inactivity before a session expires, in cache and store, clamped to 1 s ..= 365 days.
+    /// Default 3600 s.
     pub fn with_timeout(self, timeout: Duration) -> Self {
+        let timeout = timeout.clamp(Duration::from_secs(1), Duration::from_secs(365 * 86_400));
         self.rebuild(|s| s.timeout = timeout)
     }
 

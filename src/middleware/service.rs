@@ -64,8 +64,15 @@ where
                 };
                 request.extensions_mut().insert(session.clone());
                 let mut response = inner.call(request).await?;
-                app.finish(&session, !ids.is_empty(), secure, response.headers_mut())
-                    .await;
+                let had_cookie = !ids.is_empty();
+                if let Some(finish) = app.plan(&session, had_cookie, secure, response.headers_mut())
+                {
+                    // Its own task: if this future is dropped (client gone, timeout), the save,
+                    // logout or rotation still completes.
+                    if let Err(error) = tokio::spawn(Arc::clone(&app).execute(finish)).await {
+                        tracing::error!(%error, "session save task failed");
+                    }
+                }
                 Ok(response)
             }),
         }

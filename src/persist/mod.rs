@@ -4,6 +4,9 @@
 //! stays in the node cache, still marked changed, and the next request of that session writes it
 //! again; the error is logged.
 //!
+//! A new session is inserted; an existing one is only updated, and only by a higher version, so
+//! a session ended elsewhere (logout on another node, the backoffice) is not brought back.
+//!
 //! `async` mode (write-behind, `spring.session.save.async.*`) is not built yet: an app configured
 //! with `async` is saved synchronously, which keeps every guarantee of `sync`, and a warning says
 //! so at start-up.
@@ -14,7 +17,7 @@ use std::time::Duration;
 
 use crate::config::SaveMode;
 use crate::session::SessionKey;
-use crate::store::{self, EpochMillis, Record, SessionStore};
+use crate::store::{self, EpochMillis, Record, SessionStore, Update};
 
 /// Persists one application's sessions to a store.
 #[derive(Clone)]
@@ -62,8 +65,16 @@ impl Persister {
     }
 
     /// Writes a changed session; in every mode of this build, before returning.
-    pub(crate) async fn save(&self, record: &Record) -> Result<(), store::Error> {
-        self.bounded(self.store.set(record)).await
+    ///
+    /// A session new to the store (`new`) is inserted; one the store already had is only
+    /// updated, so a row deleted meanwhile is not re-created ([`Update::Missing`]).
+    pub(crate) async fn save(&self, record: &Record, new: bool) -> Result<Update, store::Error> {
+        if new {
+            self.bounded(self.store.set(record)).await?;
+            Ok(Update::Written)
+        } else {
+            self.bounded(self.store.update(record)).await
+        }
     }
 
     /// Pushes an unchanged session's expiry forward.

@@ -11,7 +11,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::SessionId;
-use super::state::{Entry, State, Value};
+use super::state::{Entry, LiveValue, State, Value};
+use crate::codec;
 use crate::store::now_millis;
 
 /// The session of the current request: a cheap clone of a shared handle.
@@ -32,10 +33,18 @@ pub(crate) struct Slot {
     pub(crate) created: bool,
     /// The session got a new id in this request: its cookie must be sent.
     pub(crate) cycled: bool,
-    /// Ids that this request ended (invalidated or rotated away): removed from cache and store.
+    /// Ids that this request ended (invalidated or rotated away): removed from the store.
     pub(crate) removed: Vec<SessionId>,
     /// This request invalidated a session.
     pub(crate) invalidated: bool,
+    /// The layer has taken the slot: the response is on its way and later changes are not saved.
+    pub(crate) finished: bool,
+}
+
+/// What a typed read must do outside the entry's lock.
+enum Decode {
+    Bytes(Arc<[u8]>),
+    Convert(Arc<dyn LiveValue>),
 }
 
 impl Session {
@@ -51,26 +60,42 @@ impl Session {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes what the request did, leaving an empty slot (used by the layer after the handler).
+    /// Takes what the request did, leaving a finished, empty slot (used by the layer after the
+    /// handler).
     pub(crate) fn take(&self) -> Slot {
-        std::mem::take(&mut *self.slot())
+        let mut slot = self.slot();
+        let taken = std::mem::take(&mut *slot);
+        slot.finished = true;
+        taken
+    }
+
+    /// The live entry of this request, if any (an entry ended by a concurrent request is none).
+    fn entry(&self) -> Option<Arc<Entry>> {
+        let entry = self.slot().entry.clone()?;
+        let ended = entry.lock().invalidated;
+        (!ended).then_some(entry)
     }
 
     fn with_state<R>(&self, f: impl FnOnce(&mut State) -> R) -> Option<R> {
-        let entry = self.slot().entry.clone()?;
+        let entry = self.entry()?;
         let mut state = entry.lock();
-        Some(f(&mut state))
+        (!state.invalidated).then(|| f(&mut state))
     }
 
     fn with_state_or_create<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
         let entry = {
             let mut slot = self.slot();
+            if slot.finished {
+                tracing::warn!(
+                    "session changed after its response was sent; the change is not saved"
+                );
+            }
             match &slot.entry {
-                Some(entry) => Arc::clone(entry),
-                None => {
+                Some(entry) if !entry.lock().invalidated => Arc::clone(entry),
+                _ => {
                     let entry = Entry::new(State::new(SessionId::generate(), now_millis()));
                     slot.entry = Some(Arc::clone(&entry));
-                    slot.created = true;
+                    slot.created = !slot.finished;
                     entry
                 }
             }
@@ -81,18 +106,69 @@ impl Session {
 
     /// The value of attribute `name` as a `T`, if the session has it and it decodes as a `T`.
     ///
-    /// A value restored from the store that does not decode as `T` is logged at ERROR (with the
-    /// attribute name and type) and reads as `None`.
+    /// A value restored from the store is decoded on its first read (outside any lock) and the
+    /// result kept for later reads; its stored bytes are what a save writes back until an
+    /// [`Session::insert`] replaces them. A value that does not decode as `T` is logged at ERROR
+    /// (with the attribute name and type) and reads as `None`.
     pub fn get<T>(&self, name: &str) -> Option<T>
     where
-        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
-        self.with_state(|state| state.get(name)).flatten()
+        let entry = self.entry()?;
+        let (next, id) = {
+            let state = entry.lock();
+            let next = match state.attributes.get(name)? {
+                Value::Live(live) => match live.as_any().downcast_ref::<T>() {
+                    Some(value) => return Some(value.clone()),
+                    None => Decode::Convert(Arc::clone(live)),
+                },
+                Value::Local { value, .. } => return value.downcast_ref::<T>().cloned(),
+                Value::Encoded { bytes, decoded } => {
+                    if let Some(value) = decoded.as_ref().and_then(|d| d.downcast_ref::<T>()) {
+                        return Some(value.clone());
+                    }
+                    Decode::Bytes(Arc::clone(bytes))
+                }
+            };
+            (next, state.id.clone())
+        };
+        let decode = |bytes: &[u8]| match codec::decode_value::<T>(bytes) {
+            Ok(value) => Some(value),
+            Err(error) => {
+                tracing::error!(
+                    session = %id.short_hash(),
+                    attribute = name,
+                    rust_type = std::any::type_name::<T>(),
+                    error = &error as &dyn std::error::Error,
+                    "attribute does not decode as the requested type; treated as absent"
+                );
+                None
+            }
+        };
+        match next {
+            // Another type with a compatible serde shape: convert through the codec.
+            Decode::Convert(live) => decode(&live.encode().ok()?),
+            Decode::Bytes(bytes) => {
+                let value = decode(&bytes)?;
+                let mut state = entry.lock();
+                if let Some(Value::Encoded { bytes: b, decoded }) = state.attributes.get_mut(name)
+                    && Arc::ptr_eq(b, &bytes)
+                {
+                    *decoded = Some(Arc::new(value.clone()));
+                }
+                Some(value)
+            }
+        }
     }
 
     /// The value of a node-local attribute (see [`Session::insert_local`]).
     pub fn get_local<T: Clone + 'static>(&self, name: &str) -> Option<T> {
-        self.with_state(|state| state.get_local(name)).flatten()
+        self.with_state(|state| match state.attributes.get(name)? {
+            Value::Local { value, .. } => value.downcast_ref::<T>().cloned(),
+            Value::Live(live) => live.as_any().downcast_ref::<T>().cloned(),
+            Value::Encoded { .. } => None,
+        })
+        .flatten()
     }
 
     /// Sets attribute `name`, creating the session if the request has none.
@@ -136,38 +212,50 @@ impl Session {
         self.with_state(|state| state.principal.clone()).flatten()
     }
 
-    /// Sets or clears the signed-in user, creating the session if needed.
+    /// Sets or clears the signed-in user. Setting one creates the session if needed; clearing
+    /// one on a request without a session does nothing.
     ///
     /// Call [`Session::cycle_id`] at the same time when signing in, against session fixation.
     pub fn set_principal(&self, principal: Option<String>) {
-        self.with_state_or_create(|state| {
+        let creates = principal.is_some();
+        let update = |state: &mut State| {
             state.dirty |= state.principal != principal;
             state.principal = principal;
-        });
-    }
-
-    /// Whether the request has a session (restored, or created by a write).
-    pub fn exists(&self) -> bool {
-        self.slot().entry.is_some()
-    }
-
-    /// Ends the session: removed from this node's cache and from the store, and its cookie
-    /// expired. A later write in the same request starts a fresh session with a new id.
-    pub fn invalidate(&self) {
-        let mut slot = self.slot();
-        if let Some(entry) = slot.entry.take() {
-            let mut state = entry.lock();
-            state.invalidated = true;
-            if !slot.created {
-                slot.removed.push(state.id.clone());
+        };
+        match creates {
+            true => self.with_state_or_create(update),
+            false => {
+                self.with_state(update);
             }
-            slot.created = false;
-            slot.cycled = false;
-            slot.invalidated = true;
         }
     }
 
-    /// Gives the session a new id, keeping its data; the old id stops working everywhere.
+    /// Whether the request has a live session (restored, or created by a write).
+    pub fn exists(&self) -> bool {
+        self.entry().is_some()
+    }
+
+    /// Ends the session: it stops being served on this node at once, its row is removed from
+    /// the store, and its cookie is expired. A later write in the same request starts a fresh
+    /// session with a new id.
+    pub fn invalidate(&self) {
+        let mut slot = self.slot();
+        let Some(entry) = slot.entry.take() else {
+            return;
+        };
+        let mut state = entry.lock();
+        if !state.invalidated && !slot.created {
+            slot.removed.push(state.id.clone());
+        }
+        state.end();
+        slot.created = false;
+        slot.cycled = false;
+        slot.invalidated = true;
+    }
+
+    /// Gives the session a new id, keeping its data; the old id stops working at once on this
+    /// node (a request still holding it sees no session) and its row is removed after the new
+    /// one is written.
     ///
     /// Use it at sign-in (session-fixation defence). Does nothing if the request has no session.
     pub fn cycle_id(&self) {
@@ -175,9 +263,15 @@ impl Session {
         let Some(entry) = slot.entry.clone() else {
             return;
         };
-        let mut state = entry.lock();
-        let old = std::mem::replace(&mut state.id, SessionId::generate());
-        state.dirty = true;
+        let (old, moved) = {
+            let mut state = entry.lock();
+            if state.invalidated {
+                return;
+            }
+            let old = state.id.clone();
+            (old, state.rotate(SessionId::generate()))
+        };
+        slot.entry = Some(Entry::new(moved));
         if !slot.created {
             slot.removed.push(old);
             slot.cycled = true;

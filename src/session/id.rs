@@ -72,8 +72,11 @@ pub struct SessionKey(String);
 impl SessionKey {
     /// Parses a key as shown by the backoffice or the command line.
     pub fn parse(text: &str) -> Option<Self> {
+        if text.len() != ID_LEN {
+            return None;
+        }
         let bytes = URL_SAFE_NO_PAD.decode(text).ok()?;
-        (text.len() == ID_LEN && bytes.len() == 32).then(|| Self(text.to_owned()))
+        (bytes.len() == 32).then(|| Self(text.to_owned()))
     }
 
     /// The key as text, as stored in the `session_id` column.
@@ -83,7 +86,8 @@ impl SessionKey {
 
     /// The short hash logs use for this session.
     pub fn short_hash(&self) -> ShortHash {
-        ShortHash(self.0[..SHORT_HASH_LEN].to_owned())
+        // Keys read from a store are not checked: take characters, never slice bytes blindly.
+        ShortHash(self.0.chars().take(SHORT_HASH_LEN).collect())
     }
 
     /// A key from a trusted source (the store's own column), unchecked.

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 use super::SessionId;
 use crate::codec::{self, EncodedAttributes};
@@ -35,8 +34,13 @@ impl<T: Serialize + Send + Sync + 'static> LiveValue for T {
 pub(crate) enum Value {
     /// Inserted on this node as a typed value; encoded when the session is saved.
     Live(Arc<dyn LiveValue>),
-    /// Restored from the store; decoded on first typed read.
-    Encoded(Arc<[u8]>),
+    /// Restored from the store. The bytes stay the truth (they are what a save writes back) until
+    /// an insert replaces them, so a node reading them as an older type loses no fields; the last
+    /// typed read is kept beside them so repeated reads do not decode again.
+    Encoded {
+        bytes: Arc<[u8]>,
+        decoded: Option<Arc<dyn Any + Send + Sync>>,
+    },
     /// Not serializable: kept on this node only.
     Local {
         value: Arc<dyn Any + Send + Sync>,
@@ -54,16 +58,23 @@ pub(crate) struct State {
     pub(crate) dirty: bool,
     /// The version of the last snapshot taken for saving; the next save writes `version + 1`.
     pub(crate) version: i64,
+    /// The store has a row for this id (restored from it, or saved once): later saves only
+    /// update that row, so a row deleted meanwhile (logout elsewhere, backoffice) is not
+    /// re-created.
+    pub(crate) persisted: bool,
     /// When the row was last written or touched (for the touch throttle).
     pub(crate) persisted_at: EpochMillis,
-    /// Set by `invalidate`: no request may save this session again.
+    /// Ended (invalidated, rotated away, or deleted elsewhere): never served or saved again. The
+    /// entry stays in the cache as a tombstone until its idle expiry, so a concurrent request
+    /// cannot restore the old row before it is deleted.
     pub(crate) invalidated: bool,
 }
 
 /// A session as the node cache holds it.
 pub(crate) struct Entry {
-    /// A std mutex: every section is a short in-memory operation and none is held across
-    /// `.await` (`clippy::await_holding_lock` is denied).
+    /// A std mutex: every section is a short in-memory operation (no user `Serialize` or
+    /// `Deserialize` runs under it) and none is held across `.await`
+    /// (`clippy::await_holding_lock` is denied).
     state: Mutex<State>,
 }
 
@@ -75,8 +86,8 @@ impl Entry {
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
-        // Each section leaves `State` consistent before anything that could panic (user `Serialize`
-        // impls run outside the lock), so a poisoned lock still guards consistent data.
+        // Each section leaves `State` consistent before anything that could panic, so a poisoned
+        // lock still guards consistent data.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -90,6 +101,7 @@ impl State {
             attributes: BTreeMap::new(),
             dirty: true,
             version: 0,
+            persisted: false,
             persisted_at: now,
             invalidated: false,
         }
@@ -107,63 +119,46 @@ impl State {
             created_at: meta.created_at,
             attributes: attributes
                 .into_iter()
-                .map(|(name, bytes)| (name, Value::Encoded(bytes.into())))
+                .map(|(name, bytes)| {
+                    let value = Value::Encoded {
+                        bytes: bytes.into(),
+                        decoded: None,
+                    };
+                    (name, value)
+                })
                 .collect(),
             dirty: false,
             version: meta.version,
+            persisted: true,
             persisted_at: meta.modified_at,
             invalidated: false,
         }
     }
 
-    /// A typed read. A value restored from the store is decoded once and then kept live.
-    pub(crate) fn get<T>(&mut self, name: &str) -> Option<T>
-    where
-        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
-    {
-        let decoded: T = match self.attributes.get(name)? {
-            Value::Live(live) => {
-                if let Some(value) = live.as_any().downcast_ref::<T>() {
-                    return Some(value.clone());
-                }
-                // Another type with a compatible serde shape: convert through the codec.
-                let bytes = live.encode().ok()?;
-                return self.decode_or_log(name, &bytes);
-            }
-            Value::Local { value, .. } => return value.downcast_ref::<T>().cloned(),
-            Value::Encoded(bytes) => {
-                let bytes = Arc::clone(bytes);
-                self.decode_or_log(name, &bytes)?
-            }
+    /// Moves the data out into a state under a new id, leaving this one an empty tombstone.
+    pub(crate) fn rotate(&mut self, new_id: SessionId) -> State {
+        let moved = State {
+            id: new_id,
+            principal: self.principal.take(),
+            created_at: self.created_at,
+            attributes: std::mem::take(&mut self.attributes),
+            dirty: true,
+            version: self.version,
+            // A new id is a new row.
+            persisted: false,
+            persisted_at: self.persisted_at,
+            invalidated: false,
         };
-        self.attributes
-            .insert(name.to_owned(), Value::Live(Arc::new(decoded.clone())));
-        Some(decoded)
+        self.end();
+        moved
     }
 
-    fn decode_or_log<T: DeserializeOwned>(&self, name: &str, bytes: &[u8]) -> Option<T> {
-        match codec::decode_value(bytes) {
-            Ok(value) => Some(value),
-            Err(error) => {
-                tracing::error!(
-                    session = %self.id.short_hash(),
-                    attribute = name,
-                    rust_type = std::any::type_name::<T>(),
-                    error = &error as &dyn std::error::Error,
-                    "attribute does not decode as the requested type; treated as absent"
-                );
-                None
-            }
-        }
-    }
-
-    /// Reads a node-local value.
-    pub(crate) fn get_local<T: Clone + 'static>(&self, name: &str) -> Option<T> {
-        match self.attributes.get(name)? {
-            Value::Local { value, .. } => value.downcast_ref::<T>().cloned(),
-            Value::Live(live) => live.as_any().downcast_ref::<T>().cloned(),
-            Value::Encoded(_) => None,
-        }
+    /// Marks the session ended and frees its data.
+    pub(crate) fn end(&mut self) {
+        self.invalidated = true;
+        self.dirty = false;
+        self.principal = None;
+        self.attributes.clear();
     }
 
     pub(crate) fn insert(&mut self, name: String, value: Value) {

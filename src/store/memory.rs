@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::{EpochMillis, Error, ListQuery, Meta, Record, SessionStore};
+use super::{EpochMillis, Error, ListQuery, Meta, Record, SessionStore, Update};
 use crate::session::SessionKey;
 
 /// Sessions in a `BTreeMap` in this process; gone when it exits.
@@ -52,6 +52,18 @@ impl SessionStore for MemoryStore {
     async fn set(&self, record: &Record) -> Result<(), Error> {
         Self::upsert(&mut self.rows(), record);
         Ok(())
+    }
+
+    async fn update(&self, record: &Record) -> Result<Update, Error> {
+        let mut rows = self.rows();
+        match rows.get_mut(&record.meta.key) {
+            None => Ok(Update::Missing),
+            Some(stored) if stored.meta.version >= record.meta.version => Ok(Update::Superseded),
+            Some(stored) => {
+                *stored = record.clone();
+                Ok(Update::Written)
+            }
+        }
     }
 
     async fn set_many(&self, records: &[Record]) -> Result<(), Error> {

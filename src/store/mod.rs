@@ -122,6 +122,9 @@ pub enum Error {
     /// The store did not answer within `session.store.timeout`.
     #[error("store did not answer within {0:?} (session.store.timeout)")]
     Timeout(Duration),
+    /// A store of your own failed (for [`SessionStore`] implementations outside this crate).
+    #[error("session store error")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A row holds a value this build cannot read (e.g. attribute names that are not JSON).
     #[error("corrupt row {key}: {reason}")]
     CorruptRow {
@@ -130,6 +133,17 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+}
+
+/// What [`SessionStore::update`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Update {
+    /// The row was replaced.
+    Written,
+    /// The row has an equal or higher version: another write got there first.
+    Superseded,
+    /// There is no row: the session was ended (logout, rotation, backoffice, purge).
+    Missing,
 }
 
 /// A session store. Implement it to plug in a store of your own.
@@ -144,6 +158,19 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Inserts or replaces one session (see the version rule above).
     async fn set(&self, record: &Record) -> Result<(), Error>;
+
+    /// Replaces an existing session's row if `record.version` is higher than the stored one; never
+    /// creates a row, so a session deleted meanwhile stays deleted.
+    ///
+    /// The default reads then writes, which is not atomic: a store of your own should override it
+    /// with a conditional update.
+    async fn update(&self, record: &Record) -> Result<Update, Error> {
+        match self.get(&record.meta.key, i64::MIN).await? {
+            None => Ok(Update::Missing),
+            Some(stored) if stored.meta.version >= record.meta.version => Ok(Update::Superseded),
+            Some(_) => self.set(record).await.map(|()| Update::Written),
+        }
+    }
 
     /// Inserts or replaces many sessions, in one round trip where the backend allows.
     async fn set_many(&self, records: &[Record]) -> Result<(), Error>;

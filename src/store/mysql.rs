@@ -7,7 +7,7 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::{AssertSqlSafe, Row as _};
 
 use super::sql::{META_COLUMNS, attribute_names, chunks, latest_per_key, meta_from_row, size};
-use super::{EpochMillis, Error, ListQuery, Meta, Record, SessionStore, StoreOptions};
+use super::{EpochMillis, Error, ListQuery, Meta, Record, SessionStore, StoreOptions, Update};
 use crate::session::SessionKey;
 
 /// Rows per multi-row statement (13 placeholders each, far below MySQL's 65,535).
@@ -152,6 +152,43 @@ impl SessionStore for MySqlStore {
 
     async fn set(&self, record: &Record) -> Result<(), Error> {
         self.upsert(&[record]).await
+    }
+
+    async fn update(&self, record: &Record) -> Result<Update, Error> {
+        let m = &record.meta;
+        let done = sqlx::query(
+            "UPDATE stored_http_session SET app = ?, context_path = ?, node = ?, principal = ?, \
+             created_at = ?, modified_at = ?, expires_at = ?, max_inactive_secs = ?, version = ?, \
+             attributes = ?, size_bytes = ?, data = ? WHERE session_id = ? AND version < ?",
+        )
+        .bind(&m.app)
+        .bind(&m.context_path)
+        .bind(&m.node)
+        .bind(m.principal.as_deref())
+        .bind(m.created_at)
+        .bind(m.modified_at)
+        .bind(m.expires_at)
+        .bind(m.max_inactive_secs)
+        .bind(m.version)
+        .bind(attribute_names(m))
+        .bind(size(record))
+        .bind(record.data.as_slice())
+        .bind(m.key.as_str())
+        .bind(m.version)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() > 0 {
+            return Ok(Update::Written);
+        }
+        let exists = sqlx::query("SELECT 1 FROM stored_http_session WHERE session_id = ?")
+            .bind(m.key.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(if exists.is_some() {
+            Update::Superseded
+        } else {
+            Update::Missing
+        })
     }
 
     /// One multi-row statement per batch of up to 500 rows or about 4 MiB of data.

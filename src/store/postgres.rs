@@ -9,7 +9,7 @@ use sqlx::Row as _;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use super::sql::{META_COLUMNS, attribute_names, latest_per_key, meta_from_row, size};
-use super::{EpochMillis, Error, ListQuery, Meta, Record, SessionStore, StoreOptions};
+use super::{EpochMillis, Error, ListQuery, Meta, Record, SessionStore, StoreOptions, Update};
 use crate::session::SessionKey;
 
 /// The `SET` part of every upsert: a row is replaced only by a newer version.
@@ -24,6 +24,7 @@ const ON_CONFLICT: &str = "ON CONFLICT (session_id) DO UPDATE SET app = excluded
 #[derive(Debug)]
 struct Statements {
     get: Arc<str>,
+    update: Arc<str>,
     upsert_one: Arc<str>,
     upsert_many: Arc<str>,
     list: Arc<str>,
@@ -38,6 +39,11 @@ impl Statements {
                  WHERE session_id = $1 AND expires_at > $2"
             )
             .into(),
+            update: "UPDATE stored_http_session SET app = $2, context_path = $3, node = $4, \
+                 principal = $5, created_at = $6, modified_at = $7, expires_at = $8, \
+                 max_inactive_secs = $9, version = $10, attributes = $11, size_bytes = $12, \
+                 data = $13 WHERE session_id = $1 AND version < $10"
+                .into(),
             upsert_one: format!(
                 "{insert} VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) {ON_CONFLICT}"
             )
@@ -95,6 +101,29 @@ impl PgStore {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+
+    /// Binds a record's 13 columns, in table order, to `sql`.
+    fn bind_row<'q>(
+        &self,
+        sql: &Arc<str>,
+        record: &'q Record,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        let m = &record.meta;
+        sqlx::query(AssertSqlSafe(Arc::clone(sql)))
+            .bind(m.key.as_str())
+            .bind(m.app.as_str())
+            .bind(m.context_path.as_str())
+            .bind(m.node.as_str())
+            .bind(m.principal.as_deref())
+            .bind(m.created_at)
+            .bind(m.modified_at)
+            .bind(m.expires_at)
+            .bind(m.max_inactive_secs)
+            .bind(m.version)
+            .bind(attribute_names(m))
+            .bind(size(record))
+            .bind(record.data.as_slice())
+    }
 }
 
 #[async_trait::async_trait]
@@ -115,24 +144,29 @@ impl SessionStore for PgStore {
     }
 
     async fn set(&self, record: &Record) -> Result<(), Error> {
-        let m = &record.meta;
-        sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.upsert_one)))
-            .bind(m.key.as_str())
-            .bind(&m.app)
-            .bind(&m.context_path)
-            .bind(&m.node)
-            .bind(m.principal.as_deref())
-            .bind(m.created_at)
-            .bind(m.modified_at)
-            .bind(m.expires_at)
-            .bind(m.max_inactive_secs)
-            .bind(m.version)
-            .bind(attribute_names(m))
-            .bind(size(record))
-            .bind(record.data.as_slice())
+        self.bind_row(&self.sql.upsert_one, record)
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    async fn update(&self, record: &Record) -> Result<Update, Error> {
+        let done = self
+            .bind_row(&self.sql.update, record)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() > 0 {
+            return Ok(Update::Written);
+        }
+        let exists = sqlx::query("SELECT 1 FROM stored_http_session WHERE session_id = $1")
+            .bind(record.meta.key.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(if exists.is_some() {
+            Update::Superseded
+        } else {
+            Update::Missing
+        })
     }
 
     /// One statement for the whole batch: the columns travel as 13 arrays.

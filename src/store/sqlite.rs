@@ -10,7 +10,7 @@ use sqlx::sqlite::{
 };
 
 use super::sql::{attribute_names, meta_from_row, size};
-use super::{EpochMillis, Error, ListQuery, Meta, Record, SessionStore, StoreOptions};
+use super::{EpochMillis, Error, ListQuery, Meta, Record, SessionStore, StoreOptions, Update};
 use crate::session::SessionKey;
 
 const UPSERT: &str = "INSERT INTO stored_http_session (session_id, app, context_path, node, \
@@ -93,9 +93,19 @@ fn sqlite_path(url: &str) -> Result<PathBuf, Error> {
     Ok(Path::new(path).to_owned())
 }
 
-fn upsert(record: &Record) -> sqlx::query::Query<'_, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+/// Replaces a row only with a higher version; the parameters are in the order of [`UPSERT`].
+const UPDATE: &str = "UPDATE stored_http_session SET app = ?2, context_path = ?3, node = ?4, \
+     principal = ?5, created_at = ?6, modified_at = ?7, expires_at = ?8, max_inactive_secs = ?9, \
+     version = ?10, attributes = ?11, size_bytes = ?12, data = ?13 \
+     WHERE session_id = ?1 AND version < ?10";
+
+/// Binds a record's 13 columns, in table order, to `sql`.
+fn bind_row<'q>(
+    sql: &'static str,
+    record: &'q Record,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
     let m = &record.meta;
-    sqlx::query(UPSERT)
+    sqlx::query(sql)
         .bind(m.key.as_str())
         .bind(&m.app)
         .bind(&m.context_path)
@@ -129,8 +139,24 @@ impl SessionStore for SqliteStore {
     }
 
     async fn set(&self, record: &Record) -> Result<(), Error> {
-        upsert(record).execute(&self.pool).await?;
+        bind_row(UPSERT, record).execute(&self.pool).await?;
         Ok(())
+    }
+
+    async fn update(&self, record: &Record) -> Result<Update, Error> {
+        let done = bind_row(UPDATE, record).execute(&self.pool).await?;
+        if done.rows_affected() > 0 {
+            return Ok(Update::Written);
+        }
+        let exists = sqlx::query("SELECT 1 FROM stored_http_session WHERE session_id = ?")
+            .bind(record.meta.key.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(if exists.is_some() {
+            Update::Superseded
+        } else {
+            Update::Missing
+        })
     }
 
     /// One transaction of prepared single-row upserts: SQLite is in-process, so there is no
@@ -138,7 +164,7 @@ impl SessionStore for SqliteStore {
     async fn set_many(&self, records: &[Record]) -> Result<(), Error> {
         let mut tx = self.pool.begin().await?;
         for record in records {
-            upsert(record).execute(&mut *tx).await?;
+            bind_row(UPSERT, record).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())

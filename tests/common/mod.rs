@@ -62,6 +62,10 @@ impl SessionStore for CountingStore {
         self.hit("set");
         self.inner.set(record).await
     }
+    async fn update(&self, record: &Record) -> Result<store::Update, store::Error> {
+        self.hit("update");
+        self.inner.update(record).await
+    }
     async fn set_many(&self, records: &[Record]) -> Result<(), store::Error> {
         self.hit("set_many");
         self.inner.set_many(records).await
@@ -330,5 +334,87 @@ impl Client {
         let status = response.status();
         let body = response.json().await.unwrap_or(serde_json::Value::Null);
         (StatusCode::from_u16(status.as_u16()).unwrap(), body)
+    }
+}
+
+/// A store wrapper that delays chosen operations: how tests line up races deterministically.
+pub struct SlowStore {
+    inner: Arc<dyn SessionStore>,
+    /// Milliseconds to wait before `update`, `set` and `destroy`.
+    pub update_ms: std::sync::atomic::AtomicU64,
+    pub set_ms: std::sync::atomic::AtomicU64,
+    pub destroy_ms: std::sync::atomic::AtomicU64,
+}
+
+impl SlowStore {
+    pub fn new(inner: Arc<dyn SessionStore>) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            update_ms: 0.into(),
+            set_ms: 0.into(),
+            destroy_ms: 0.into(),
+        })
+    }
+    async fn pause(ms: &std::sync::atomic::AtomicU64) {
+        let ms = ms.load(std::sync::atomic::Ordering::SeqCst);
+        if ms > 0 {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl SessionStore for SlowStore {
+    async fn get(
+        &self,
+        key: &SessionKey,
+        now: EpochMillis,
+    ) -> Result<Option<Record>, store::Error> {
+        self.inner.get(key, now).await
+    }
+    async fn set(&self, record: &Record) -> Result<(), store::Error> {
+        Self::pause(&self.set_ms).await;
+        self.inner.set(record).await
+    }
+    async fn update(&self, record: &Record) -> Result<store::Update, store::Error> {
+        Self::pause(&self.update_ms).await;
+        self.inner.update(record).await
+    }
+    async fn set_many(&self, records: &[Record]) -> Result<(), store::Error> {
+        self.inner.set_many(records).await
+    }
+    async fn destroy(&self, key: &SessionKey) -> Result<bool, store::Error> {
+        Self::pause(&self.destroy_ms).await;
+        self.inner.destroy(key).await
+    }
+    async fn exists(&self, key: &SessionKey, now: EpochMillis) -> Result<bool, store::Error> {
+        self.inner.exists(key, now).await
+    }
+    async fn ttl(
+        &self,
+        key: &SessionKey,
+        now: EpochMillis,
+    ) -> Result<Option<Duration>, store::Error> {
+        self.inner.ttl(key, now).await
+    }
+    async fn reset_timer(
+        &self,
+        key: &SessionKey,
+        m: EpochMillis,
+        e: EpochMillis,
+    ) -> Result<bool, store::Error> {
+        self.inner.reset_timer(key, m, e).await
+    }
+    async fn length(&self) -> Result<u64, store::Error> {
+        self.inner.length().await
+    }
+    async fn clear(&self) -> Result<(), store::Error> {
+        self.inner.clear().await
+    }
+    async fn list(&self, query: &ListQuery) -> Result<Vec<Meta>, store::Error> {
+        self.inner.list(query).await
+    }
+    async fn purge_expired(&self, now: EpochMillis, batch: u32) -> Result<u64, store::Error> {
+        self.inner.purge_expired(now, batch).await
     }
 }

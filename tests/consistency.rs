@@ -1,0 +1,272 @@
+//! Races between requests and nodes: nothing ended comes back, nothing saved is cut in half.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+use common::{SlowStore, config, items, send, sqlite};
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use session_failover::session::SessionId;
+use session_failover::store::{SessionStore, SqliteStore};
+use session_failover::{SaveMode, Session, SessionFailoverLayer, server};
+use sqlx::Row as _;
+
+const SYNC: &str = "spring.session.enabled=true\nspring.session.storefront.save=sync\n";
+
+fn node(name: &str, store: Arc<dyn SessionStore>) -> Router {
+    server::app(&config(SYNC), name, Some(store))
+}
+
+fn add(sku: &str) -> Option<serde_json::Value> {
+    Some(json!({ "sku": sku, "qty": 1 }))
+}
+
+fn jar(id: &str) -> String {
+    format!("JSESSIONID={id}")
+}
+
+async fn rows(store: &SqliteStore) -> i64 {
+    sqlx::query("SELECT COUNT(*) AS n FROM stored_http_session")
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+        .get("n")
+}
+
+#[tokio::test]
+async fn a_logout_completes_even_if_the_client_goes_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = sqlite(dir.path()).await;
+    let slow = SlowStore::new(Arc::new(sqlite.clone()));
+    let a = node("a", slow.clone());
+    let id = send(&a, "POST", "/cart/items", None, add("A"))
+        .await
+        .cookie("JSESSIONID")
+        .unwrap();
+    slow.destroy_ms.store(300, Ordering::SeqCst);
+    // The client gives up after 30 ms: the response future is dropped mid-delete.
+    let cookie = jar(&id);
+    let logout = send(&a, "POST", "/logout", Some(&cookie), None);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(30), logout)
+            .await
+            .is_err()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rows(&sqlite).await, 0, "the delete ran to completion");
+    let b = node("b", Arc::new(sqlite.clone()));
+    let r = send(&b, "GET", "/cart", Some(&jar(&id)), None).await;
+    assert!(
+        items(&r.body).is_empty(),
+        "the session is gone on every node"
+    );
+}
+
+#[tokio::test]
+async fn a_save_that_lands_after_a_logout_does_not_bring_the_session_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = sqlite(dir.path()).await;
+    let slow = SlowStore::new(Arc::new(sqlite.clone()));
+    let a = node("a", slow.clone());
+    let id = send(&a, "POST", "/cart/items", None, add("A"))
+        .await
+        .cookie("JSESSIONID")
+        .unwrap();
+    slow.update_ms.store(300, Ordering::SeqCst);
+    // R1 adds an item; its save is slow. R2 logs out meanwhile, and its delete lands first.
+    let r1 = {
+        let (a, cookie) = (a.clone(), jar(&id));
+        tokio::spawn(async move { send(&a, "POST", "/cart/items", Some(&cookie), add("B")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let r2 = send(&a, "POST", "/logout", Some(&jar(&id)), None).await;
+    assert_eq!(r2.status, StatusCode::NO_CONTENT);
+    assert_eq!(rows(&sqlite).await, 0);
+    assert_eq!(r1.await.unwrap().status, StatusCode::OK);
+    assert_eq!(
+        rows(&sqlite).await,
+        0,
+        "R1's late update found no row and created none"
+    );
+    slow.update_ms.store(0, Ordering::SeqCst);
+    for node in [&a, &node("b", Arc::new(sqlite.clone()))] {
+        let r = send(node, "GET", "/cart", Some(&jar(&id)), None).await;
+        assert!(items(&r.body).is_empty());
+    }
+}
+
+#[tokio::test]
+async fn a_logout_on_another_node_is_not_undone_by_a_stale_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = sqlite(dir.path()).await;
+    let store: Arc<dyn SessionStore> = Arc::new(sqlite.clone());
+    let a = node("a", store.clone());
+    let b = node("b", store.clone());
+    let id = send(&a, "POST", "/cart/items", None, add("A"))
+        .await
+        .cookie("JSESSIONID")
+        .unwrap();
+    // The user fails over to b and logs out there; a still caches the session.
+    assert_eq!(
+        send(&b, "POST", "/logout", Some(&jar(&id)), None)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(rows(&sqlite).await, 0);
+    // Back on a (sticky again): a write finds the row gone, and a drops its copy.
+    send(&a, "POST", "/cart/items", Some(&jar(&id)), add("B")).await;
+    assert_eq!(
+        rows(&sqlite).await,
+        0,
+        "the stale copy did not re-create the row"
+    );
+    let r = send(&a, "GET", "/cart", Some(&jar(&id)), None).await;
+    assert!(
+        items(&r.body).is_empty(),
+        "a stopped serving the ended session"
+    );
+}
+
+#[tokio::test]
+async fn a_stale_copy_yields_to_the_newer_state_of_another_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = sqlite(dir.path()).await;
+    let store: Arc<dyn SessionStore> = Arc::new(sqlite.clone());
+    let a = node("a", store.clone());
+    let b = node("b", store.clone());
+    let id = send(&a, "POST", "/cart/items", None, add("A"))
+        .await
+        .cookie("JSESSIONID")
+        .unwrap();
+    send(&b, "POST", "/cart/items", Some(&jar(&id)), add("B")).await; // b restores, writes v2
+    // a's copy is v1: its write is refused by the version check, and a drops its copy.
+    send(&a, "POST", "/cart/items", Some(&jar(&id)), add("C")).await;
+    let r = send(&a, "GET", "/cart", Some(&jar(&id)), None).await;
+    assert_eq!(
+        items(&r.body),
+        [("A".to_owned(), 1), ("B".to_owned(), 1)],
+        "a now serves b's state"
+    );
+    let row = sqlx::query("SELECT node, version FROM stored_http_session")
+        .fetch_one(sqlite.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<String, _>("node"), row.get::<i64, _>("version")),
+        ("b".to_owned(), 2)
+    );
+}
+
+#[tokio::test]
+async fn the_old_id_is_dead_at_once_after_a_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = sqlite(dir.path()).await;
+    let slow = SlowStore::new(Arc::new(sqlite.clone()));
+    let a = node("a", slow.clone());
+    let old = send(&a, "POST", "/cart/items", None, add("A"))
+        .await
+        .cookie("JSESSIONID")
+        .unwrap();
+    // The login's insert of the new row is slow; meanwhile the old id must already be dead.
+    slow.set_ms.store(300, Ordering::SeqCst);
+    let login = {
+        let (a, cookie) = (a.clone(), jar(&old));
+        tokio::spawn(async move {
+            send(
+                &a,
+                "POST",
+                "/login",
+                Some(&cookie),
+                Some(json!({"user": "eve"})),
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let r = send(&a, "GET", "/cart", Some(&jar(&old)), None).await;
+    assert!(
+        items(&r.body).is_empty() && r.body["user"].is_null(),
+        "old id sees nothing"
+    );
+    let new = login.await.unwrap().cookie("JSESSIONID").unwrap();
+    let r = send(&a, "GET", "/cart", Some(&jar(&new)), None).await;
+    assert_eq!(r.body["user"], "eve");
+    assert_eq!(items(&r.body), [("A".to_owned(), 1)]);
+    assert!(
+        !SessionStore::exists(&sqlite, &SessionId::parse(&old).unwrap().store_key(), 0)
+            .await
+            .unwrap()
+    );
+}
+
+#[derive(Clone, Serialize, Deserialize, PartialEq, Debug)]
+struct AddressV2 {
+    city: String,
+    #[serde(default)]
+    zip: Option<String>,
+}
+
+#[derive(Clone, Serialize, Deserialize, PartialEq, Debug)]
+struct AddressV1 {
+    city: String,
+}
+
+#[tokio::test]
+async fn an_older_reader_does_not_strip_fields_it_does_not_know() {
+    // During a rolling upgrade, a node running the old build reads the newer struct with fewer
+    // fields and then saves the session for another reason: the newer fields must survive.
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn SessionStore> = Arc::new(sqlite(dir.path()).await);
+    let layer = |node: &str| {
+        SessionFailoverLayer::new("shop")
+            .with_store(store.clone(), SaveMode::Sync)
+            .with_node_name(node)
+    };
+    let new_build = Router::new()
+        .route(
+            "/write",
+            post(|s: Session| async move {
+                s.insert(
+                    "address",
+                    AddressV2 {
+                        city: "Kyiv".into(),
+                        zip: Some("01001".into()),
+                    },
+                );
+            }),
+        )
+        .route(
+            "/read",
+            get(|s: Session| async move { format!("{:?}", s.get::<AddressV2>("address")) }),
+        )
+        .layer(layer("new"));
+    let old_build = Router::new()
+        .route(
+            "/touch",
+            post(|s: Session| async move {
+                let city = s.get::<AddressV1>("address").map(|a| a.city);
+                s.insert("visited", city);
+            }),
+        )
+        .layer(layer("old"));
+    let id = send(&new_build, "POST", "/write", None, None)
+        .await
+        .cookie("JSESSIONID")
+        .unwrap();
+    send(&old_build, "POST", "/touch", Some(&jar(&id)), None).await;
+    let fresh = Router::new()
+        .route("/read", get(|s: Session| async move {
+            axum::Json(json!({ "address": s.get::<AddressV2>("address"), "visited": s.get::<Option<String>>("visited") }))
+        }))
+        .layer(layer("fresh"));
+    let r = send(&fresh, "GET", "/read", Some(&jar(&id)), None).await;
+    assert_eq!(r.body["address"], json!({"city": "Kyiv", "zip": "01001"}));
+    assert_eq!(r.body["visited"], "Kyiv");
+}
