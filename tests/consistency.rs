@@ -88,7 +88,11 @@ async fn a_save_that_lands_after_a_logout_does_not_bring_the_session_back() {
     let r2 = send(&a, "POST", "/logout", Some(&jar(&id)), None).await;
     assert_eq!(r2.status, StatusCode::NO_CONTENT);
     assert_eq!(rows(&sqlite).await, 0);
-    assert_eq!(r1.await.unwrap().status, StatusCode::OK);
+    assert_eq!(
+        r1.await.unwrap().status,
+        StatusCode::CONFLICT,
+        "R1 was not kept"
+    );
     assert_eq!(
         rows(&sqlite).await,
         0,
@@ -121,7 +125,8 @@ async fn a_logout_on_another_node_is_not_undone_by_a_stale_copy() {
     );
     assert_eq!(rows(&sqlite).await, 0);
     // Back on a (sticky again): a write finds the row gone, and a drops its copy.
-    send(&a, "POST", "/cart/items", Some(&jar(&id)), add("B")).await;
+    let r = send(&a, "POST", "/cart/items", Some(&jar(&id)), add("B")).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "not acknowledged");
     assert_eq!(
         rows(&sqlite).await,
         0,
@@ -147,7 +152,9 @@ async fn a_stale_copy_yields_to_the_newer_state_of_another_node() {
         .unwrap();
     send(&b, "POST", "/cart/items", Some(&jar(&id)), add("B")).await; // b restores, writes v2
     // a's copy is v1: its write is refused by the version check, and a drops its copy.
-    send(&a, "POST", "/cart/items", Some(&jar(&id)), add("C")).await;
+    let r = send(&a, "POST", "/cart/items", Some(&jar(&id)), add("C")).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "not acknowledged");
+    assert_eq!(r.body, serde_json::Value::Null, "an empty body");
     let r = send(&a, "GET", "/cart", Some(&jar(&id)), None).await;
     assert_eq!(
         items(&r.body),

@@ -127,8 +127,14 @@ async fn another_node_restores_once_then_serves_from_its_cache() {
     assert_eq!(items(&r.body), [("A".to_owned(), 2)]);
     assert_eq!(r.body["user"], "zoë");
     assert_eq!(counting.calls(), [("get", 1)].into(), "one restore");
+    assert_eq!(
+        r.cookie("JSESSIONID").as_deref(),
+        Some(id.as_str()),
+        "the restoring node re-sends the same cookie, so a cookie-prefix balancer re-sticks"
+    );
     for _ in 0..10 {
-        send(&b, "GET", "/cart", Some(&jar(&id)), None).await;
+        let r = send(&b, "GET", "/cart", Some(&jar(&id)), None).await;
+        assert!(r.set_cookie.is_empty(), "only once");
     }
     assert_eq!(
         counting.calls(),

@@ -69,6 +69,15 @@ pub(crate) struct Finish {
     removed: Vec<SessionId>,
 }
 
+/// Whether the request's change may be acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Saved {
+    /// Saved, or kept in memory to be saved later: the response stands.
+    Done,
+    /// Not kept (a newer state elsewhere, or the session was ended elsewhere): answer 409.
+    Conflict,
+}
+
 /// What a request leaves to persist.
 enum Work {
     None,
@@ -240,9 +249,10 @@ impl AppShared {
             let mut state = entry.lock();
             if !state.invalidated {
                 finish.work = self.work(&mut state, now);
+                let announce = std::mem::take(&mut state.announce);
                 let id = state.id.clone();
                 drop(state);
-                if finish.cache_it {
+                if finish.cache_it || announce {
                     self.set_cookie(headers, Some(&id), secure);
                 }
                 finish.entry = Some((id, entry));
@@ -288,7 +298,11 @@ impl AppShared {
     /// The store and cache work of [`AppShared::plan`]. Run it in its own task: a dropped
     /// response future (a client gone, a timeout) must not cut a save, a logout or a rotation in
     /// half.
-    pub(crate) async fn execute(self: Arc<Self>, finish: Finish) {
+    ///
+    /// Returns [`Saved::Conflict`] when the change was not kept because the store holds a newer
+    /// state or no longer holds the session: the response must not acknowledge it.
+    pub(crate) async fn execute(self: Arc<Self>, finish: Finish) -> Saved {
+        let mut saved = Saved::Done;
         if let Some((id, entry)) = &finish.entry {
             if finish.cache_it {
                 self.cache.insert(id.clone(), Arc::clone(entry)).await;
@@ -297,7 +311,7 @@ impl AppShared {
                 match finish.work {
                     Work::None => {}
                     Work::Touch => self.touch(persister, id, entry).await,
-                    Work::Save(snapshot) => self.save(persister, id, entry, snapshot).await,
+                    Work::Save(snapshot) => saved = self.save(persister, id, entry, snapshot).await,
                 }
             }
         }
@@ -309,6 +323,7 @@ impl AppShared {
                 }
             }
         }
+        saved
     }
 
     async fn touch(&self, persister: &Persister, id: &SessionId, entry: &Entry) {
@@ -323,27 +338,43 @@ impl AppShared {
         }
     }
 
-    async fn save(&self, persister: &Persister, id: &SessionId, entry: &Entry, snapshot: Snapshot) {
+    async fn save(
+        &self,
+        persister: &Persister,
+        id: &SessionId,
+        entry: &Entry,
+        snapshot: Snapshot,
+    ) -> Saved {
         let (version, new) = (snapshot.version, snapshot.new);
         let Some(record) = self.record(id, snapshot) else {
             entry.lock().dirty = true;
-            return;
+            return Saved::Done;
         };
         match persister.save(&record, new).await {
-            Ok(Update::Written) => entry.lock().persisted = true,
-            Ok(Update::Missing) => self.ended_elsewhere(id, entry),
+            Ok(Update::Written) => {
+                entry.lock().persisted = true;
+                Saved::Done
+            }
+            Ok(Update::Missing) => {
+                self.ended_elsewhere(id, entry);
+                Saved::Conflict
+            }
             Ok(Update::Superseded) => {
-                // Another node wrote a newer version: this node's copy is stale. Unless a newer
-                // local save is on its way, drop the copy; the next request restores the newer one.
-                if entry.lock().version <= version {
-                    tracing::warn!(app = %self.settings.app, session = %id.short_hash(), "session was changed on another node; this node's change is discarded and its copy dropped");
-                    self.cache.invalidate(id).await;
+                // A newer local save of this entry got there first: nothing is lost.
+                if entry.lock().version > version {
+                    return Saved::Done;
                 }
+                // Another node wrote a newer version: this node's copy is stale. Drop it; the
+                // next request restores the newer state, and this change is not acknowledged.
+                tracing::warn!(app = %self.settings.app, session = %id.short_hash(), "session was changed on another node; this node's change is refused and its copy dropped");
+                self.cache.invalidate(id).await;
+                Saved::Conflict
             }
             Err(error) => {
                 // Keep it: still in the cache, marked changed, saved by its next request.
                 entry.lock().dirty = true;
                 tracing::error!(app = %self.settings.app, session = %id.short_hash(), error = &error as &dyn std::error::Error, "cannot save session; kept in memory and retried on its next request");
+                Saved::Done
             }
         }
     }

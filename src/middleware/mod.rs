@@ -6,7 +6,10 @@
 //! was only read), and send `Set-Cookie` for a new, rotated or invalidated session.
 //!
 //! The layer always returns a response: a store that cannot be read while restoring answers an
-//! opaque `503 Service Unavailable` (the cause goes to the log), never the store's error text.
+//! opaque `503 Service Unavailable` (the cause goes to the log), never the store's error text. A
+//! change that the store refused because another node holds a newer state of the session, or
+//! because the session was ended elsewhere, answers an empty `409 Conflict` instead of the
+//! handler's response: it was not kept, so it must not be acknowledged.
 
 mod app;
 pub mod future;

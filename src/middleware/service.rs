@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 use http::{Request, Response, StatusCode};
 use tower::Service;
 
-use super::app::{AppShared, Loaded};
+use super::app::{AppShared, Loaded, Saved};
 use super::future::ResponseFuture;
 
 /// Middleware that gives each request its [`crate::Session`] and persists it afterwards.
@@ -69,8 +69,15 @@ where
                 {
                     // Its own task: if this future is dropped (client gone, timeout), the save,
                     // logout or rotation still completes.
-                    if let Err(error) = tokio::spawn(Arc::clone(&app).execute(finish)).await {
-                        tracing::error!(%error, "session save task failed");
+                    match tokio::spawn(Arc::clone(&app).execute(finish)).await {
+                        Ok(Saved::Done) => {}
+                        Ok(Saved::Conflict) => {
+                            // The change was not kept: do not acknowledge it.
+                            let mut conflict = Response::new(ResBody::default());
+                            *conflict.status_mut() = StatusCode::CONFLICT;
+                            return Ok(conflict);
+                        }
+                        Err(error) => tracing::error!(%error, "session save task failed"),
                     }
                 }
                 Ok(response)

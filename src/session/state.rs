@@ -68,6 +68,10 @@ pub(crate) struct State {
     /// entry stays in the cache as a tombstone until its idle expiry, so a concurrent request
     /// cannot restore the old row before it is deleted.
     pub(crate) invalidated: bool,
+    /// Restored from the store on this node and its cookie not yet sent again. The first request
+    /// after a restore re-sends the cookie (same id), so a load balancer that sticks on a cookie
+    /// prefix re-sticks the user to this node.
+    pub(crate) announce: bool,
 }
 
 /// A session as the node cache holds it.
@@ -104,6 +108,7 @@ impl State {
             persisted: false,
             persisted_at: now,
             invalidated: false,
+            announce: false,
         }
     }
 
@@ -132,6 +137,7 @@ impl State {
             persisted: true,
             persisted_at: meta.modified_at,
             invalidated: false,
+            announce: true,
         }
     }
 
@@ -148,6 +154,7 @@ impl State {
             persisted: false,
             persisted_at: self.persisted_at,
             invalidated: false,
+            announce: false,
         };
         self.end();
         moved
