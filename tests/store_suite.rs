@@ -1,4 +1,4 @@
-//! One behaviour suite for every store backend (memory and SQLite here).
+//! One behaviour suite for every store backend: memory, SQLite, PostgreSQL, MariaDB/MySQL.
 #![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // small test data
 
 mod common;
@@ -6,8 +6,11 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::backends::{Backend, TestDb};
 use session_failover::session::{SessionId, SessionKey};
-use session_failover::store::{ListQuery, MemoryStore, Meta, Record, SessionStore};
+use session_failover::store::{
+    ListQuery, MemoryStore, Meta, MySqlStore, PgStore, Record, SessionStore, StoreOptions, Update,
+};
 
 const NOW: i64 = 1_700_000_000_000;
 
@@ -66,6 +69,24 @@ async fn suite(store: Arc<dyn SessionStore>) {
     assert_eq!(
         store.get(&key, NOW).await.unwrap().unwrap().data,
         vec![1, 0, 5]
+    );
+
+    // update: only an existing row, only by a higher version
+    let mut v6 = newer.clone();
+    v6.meta.version = 6;
+    v6.data = vec![1, 0, 6];
+    assert_eq!(store.update(&v6).await.unwrap(), Update::Written);
+    assert_eq!(store.update(&v6).await.unwrap(), Update::Superseded);
+    assert_eq!(
+        store.get(&key, NOW).await.unwrap().unwrap().data,
+        vec![1, 0, 6]
+    );
+    let ghost = record("storefront", None, "a", 9, vec![1, 0]);
+    assert_eq!(store.update(&ghost).await.unwrap(), Update::Missing);
+    assert_eq!(
+        store.get(&ghost.meta.key, NOW).await.unwrap(),
+        None,
+        "update never inserts"
     );
 
     // reset_timer
@@ -243,4 +264,30 @@ async fn sqlite_store_is_shared_between_pools_like_between_processes() {
     let r = record("storefront", None, "a", 1, vec![1, 0]);
     a.set(&r).await.unwrap();
     assert_eq!(b.get(&r.meta.key, NOW).await.unwrap(), Some(r));
+}
+
+#[tokio::test]
+async fn postgres_store() {
+    let Some(db) = TestDb::create(Backend::Postgres, "postgres_store").await else {
+        return;
+    };
+    let store = PgStore::connect(&db.url, &StoreOptions::default())
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    store.migrate().await.unwrap(); // idempotent
+    suite(Arc::new(store)).await;
+}
+
+#[tokio::test]
+async fn mysql_store() {
+    let Some(db) = TestDb::create(Backend::MySql, "mysql_store").await else {
+        return;
+    };
+    let store = MySqlStore::connect(&db.url, &StoreOptions::default())
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    store.migrate().await.unwrap(); // idempotent
+    suite(Arc::new(store)).await;
 }

@@ -2,6 +2,8 @@
 //! `session-failover serve` processes.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod backends;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
