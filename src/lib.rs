@@ -34,11 +34,13 @@
 //! - `cache`: the node cache (the Commerce "session cache region").
 //! - `persist`: writing sessions to the store after the handler.
 //! - [`middleware`]: [`SessionFailoverLayer`], the failover filter.
+//! - [`metrics`]: the counters and timings it records.
 //! - [`server`]: the runnable demo storefront.
 
 mod cache;
 pub mod codec;
 pub mod config;
+pub mod metrics;
 pub mod middleware;
 mod persist;
 pub mod server;

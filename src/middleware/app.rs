@@ -160,10 +160,12 @@ impl AppShared {
                     !state.invalidated && state.id == *id
                 };
                 if live {
+                    crate::metrics::cache_hit(&self.settings.app);
                     return Loaded::Session(Session::new(Some(entry)));
                 }
                 continue;
             }
+            crate::metrics::cache_miss(&self.settings.app);
             let Some(persister) = &self.persister else {
                 tracing::debug!(app = %self.settings.app, session = %id.short_hash(), "unknown session id; a fresh session will be used");
                 continue;
@@ -184,6 +186,7 @@ impl AppShared {
                 Err(miss) => match &*miss {
                     Miss::Absent => {}
                     Miss::Store(error) => {
+                        crate::metrics::store_error(&self.settings.app, "load");
                         tracing::error!(
                             app = %self.settings.app,
                             session = %id.short_hash(),
@@ -215,6 +218,7 @@ impl AppShared {
         match self.codec.decode(&record.data) {
             Ok(attributes) => {
                 tracing::info!(app = %self.settings.app, session = %short, from_node = %record.meta.node, "restored from store");
+                crate::metrics::restored(&self.settings.app);
                 Ok(Some(Entry::new(State::restored(
                     id.clone(),
                     &record.meta,
@@ -306,6 +310,7 @@ impl AppShared {
         if let Some((id, entry)) = &finish.entry {
             if finish.cache_it {
                 self.cache.insert(id.clone(), Arc::clone(entry)).await;
+                crate::metrics::cache_entries(&self.settings.app, self.cache.entry_count());
             }
             if let Some(persister) = &self.persister {
                 match finish.work {
@@ -319,6 +324,7 @@ impl AppShared {
         if let Some(persister) = &self.persister {
             for old in &finish.removed {
                 if let Err(error) = persister.destroy(&old.store_key()).await {
+                    crate::metrics::store_error(&self.settings.app, "destroy");
                     tracing::error!(app = %self.settings.app, session = %old.short_hash(), error = &error as &dyn std::error::Error, "cannot remove ended session from the store");
                 }
             }
@@ -330,9 +336,10 @@ impl AppShared {
         let now = now_millis();
         let expires_at = now.saturating_add(millis(self.settings.timeout));
         match persister.touch(&id.store_key(), now, expires_at).await {
-            Ok(true) => {}
+            Ok(true) => crate::metrics::touched(&self.settings.app),
             Ok(false) => self.ended_elsewhere(id, entry),
             Err(error) => {
+                crate::metrics::store_error(&self.settings.app, "touch");
                 tracing::warn!(app = %self.settings.app, session = %id.short_hash(), error = &error as &dyn std::error::Error, "cannot push session expiry forward")
             }
         }
@@ -346,6 +353,7 @@ impl AppShared {
         snapshot: Snapshot,
     ) -> Saved {
         let (version, new) = (snapshot.version, snapshot.new);
+        let started = std::time::Instant::now();
         let Some(record) = self.record(id, snapshot) else {
             entry.lock().dirty = true;
             return Saved::Done;
@@ -353,9 +361,11 @@ impl AppShared {
         match persister.save(&record, new).await {
             Ok(Update::Written) => {
                 entry.lock().persisted = true;
+                crate::metrics::saved(&self.settings.app, started.elapsed().as_secs_f64());
                 Saved::Done
             }
             Ok(Update::Missing) => {
+                crate::metrics::conflict(&self.settings.app, "missing");
                 self.ended_elsewhere(id, entry);
                 Saved::Conflict
             }
@@ -367,12 +377,14 @@ impl AppShared {
                 // Another node wrote a newer version: this node's copy is stale. Drop it; the
                 // next request restores the newer state, and this change is not acknowledged.
                 tracing::warn!(app = %self.settings.app, session = %id.short_hash(), "session was changed on another node; this node's change is refused and its copy dropped");
+                crate::metrics::conflict(&self.settings.app, "superseded");
                 self.cache.invalidate(id).await;
                 Saved::Conflict
             }
             Err(error) => {
                 // Keep it: still in the cache, marked changed, saved by its next request.
                 entry.lock().dirty = true;
+                crate::metrics::store_error(&self.settings.app, "save");
                 tracing::error!(app = %self.settings.app, session = %id.short_hash(), error = &error as &dyn std::error::Error, "cannot save session; kept in memory and retried on its next request");
                 Saved::Done
             }

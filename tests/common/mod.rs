@@ -233,12 +233,24 @@ pub fn config_dir(dir: &Path, local: &str) -> PathBuf {
 impl Server {
     /// Starts `serve --config DIR --bind 127.0.0.1:0` in `work` and waits until it listens.
     pub fn start(work: &Path, config: &Path, name: &str) -> Server {
+        Self::start_with(work, config, name, "127.0.0.1:0", &[])
+    }
+
+    /// Starts `serve --config DIR --bind BIND` with extra environment variables.
+    pub fn start_with(
+        work: &Path,
+        config: &Path,
+        name: &str,
+        bind: &str,
+        env: &[(&str, &str)],
+    ) -> Server {
         let log = work.join(format!("{name}.log"));
         let mut child = Command::new(env!("CARGO_BIN_EXE_session-failover"))
             .args(["serve", "--config"])
             .arg(config)
-            .args(["--bind", "127.0.0.1:0"])
+            .args(["--bind", bind])
             .current_dir(work)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info,session_failover=debug")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -282,6 +294,10 @@ impl Server {
         self.child.wait().unwrap()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -316,6 +332,19 @@ impl Client {
         path: &str,
         json: Option<serde_json::Value>,
     ) -> (StatusCode, serde_json::Value) {
+        self.try_send(base, method, path, json)
+            .await
+            .expect("the request failed")
+    }
+
+    /// Like [`Client::send`], but `None` when no response arrived (connection reset, timeout).
+    pub async fn try_send(
+        &mut self,
+        base: &str,
+        method: &str,
+        path: &str,
+        json: Option<serde_json::Value>,
+    ) -> Option<(StatusCode, serde_json::Value)> {
         let mut request = self
             .http
             .request(method.parse().unwrap(), format!("{base}{path}"))
@@ -326,7 +355,7 @@ impl Client {
         if let Some(json) = json {
             request = request.json(&json);
         }
-        let response = request.send().await.unwrap();
+        let response = request.send().await.ok()?;
         for value in response.headers().get_all("set-cookie") {
             let parsed = cookie::Cookie::parse(value.to_str().unwrap().to_owned()).unwrap();
             if parsed.name() == "JSESSIONID" {
@@ -335,7 +364,7 @@ impl Client {
         }
         let status = response.status();
         let body = response.json().await.unwrap_or(serde_json::Value::Null);
-        (StatusCode::from_u16(status.as_u16()).unwrap(), body)
+        Some((StatusCode::from_u16(status.as_u16()).unwrap(), body))
     }
 }
 
@@ -419,4 +448,33 @@ impl SessionStore for SlowStore {
     async fn purge_expired(&self, now: EpochMillis, batch: u32) -> Result<u64, store::Error> {
         self.inner.purge_expired(now, batch).await
     }
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests on one machine).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Whether a program is on PATH; in CI a missing one fails the test, elsewhere it is skipped
+/// with a message.
+pub fn require_program(program: &str, test: &str) -> bool {
+    use std::io::Write as _;
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{test}: {program} is not installed; .ci/run must install it");
+        }
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {test}: {program} is not installed"
+        );
+    }
+    found
 }

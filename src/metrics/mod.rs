@@ -1,0 +1,52 @@
+//! Counters and timings of the failover filter, through the `metrics` facade.
+//!
+//! Nothing is recorded unless the embedding program installs a recorder; the demo server
+//! installs a Prometheus one and serves it at `/metrics`. Every series has an `app` label.
+//!
+//! | name | kind | what |
+//! |---|---|---|
+//! | `session_cache_hits_total` | counter | requests whose session was in the node cache |
+//! | `session_cache_misses_total` | counter | session cookies not in the node cache (restore tried) |
+//! | `session_restores_total` | counter | sessions restored from the store (failover restores) |
+//! | `session_saves_total` | counter | sessions written to the store |
+//! | `session_save_seconds` | histogram | time of one save (encode and store write) |
+//! | `session_touches_total` | counter | expiry pushes of read-only sessions |
+//! | `session_store_errors_total` | counter | failed store calls, by `op` (load, save, touch, destroy) |
+//! | `session_conflicts_total` | counter | refused saves, by `kind` (superseded, missing) |
+//! | `session_cache_entries` | gauge | sessions in the node cache (approximate) |
+
+pub(crate) fn cache_hit(app: &str) {
+    metrics::counter!("session_cache_hits_total", "app" => app.to_owned()).increment(1);
+}
+
+pub(crate) fn cache_miss(app: &str) {
+    metrics::counter!("session_cache_misses_total", "app" => app.to_owned()).increment(1);
+}
+
+pub(crate) fn restored(app: &str) {
+    metrics::counter!("session_restores_total", "app" => app.to_owned()).increment(1);
+}
+
+pub(crate) fn saved(app: &str, seconds: f64) {
+    metrics::counter!("session_saves_total", "app" => app.to_owned()).increment(1);
+    metrics::histogram!("session_save_seconds", "app" => app.to_owned()).record(seconds);
+}
+
+pub(crate) fn touched(app: &str) {
+    metrics::counter!("session_touches_total", "app" => app.to_owned()).increment(1);
+}
+
+pub(crate) fn store_error(app: &str, op: &'static str) {
+    metrics::counter!("session_store_errors_total", "app" => app.to_owned(), "op" => op)
+        .increment(1);
+}
+
+pub(crate) fn conflict(app: &str, kind: &'static str) {
+    metrics::counter!("session_conflicts_total", "app" => app.to_owned(), "kind" => kind)
+        .increment(1);
+}
+
+#[allow(clippy::cast_precision_loss)] // a gauge of up to 10^8 entries is exact in f64
+pub(crate) fn cache_entries(app: &str, entries: u64) {
+    metrics::gauge!("session_cache_entries", "app" => app.to_owned()).set(entries as f64);
+}
