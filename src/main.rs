@@ -42,8 +42,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,sqlx=warn".into()),
@@ -59,9 +61,21 @@ fn main() -> ExitCode {
 }
 
 fn load(dir: &Path) -> anyhow::Result<(Config, Properties)> {
+    if dir.is_file() {
+        anyhow::bail!(
+            "--config {} is a file; it takes the directory that holds project.properties and local.properties",
+            dir.display()
+        );
+    }
     if !dir.is_dir() {
         anyhow::bail!(
-            "configuration directory {} does not exist (pass --config DIR; it holds project.properties and local.properties)",
+            "configuration directory {} does not exist (it should hold project.properties and local.properties)",
+            dir.display()
+        );
+    }
+    if !dir.join("project.properties").is_file() && !dir.join("local.properties").is_file() {
+        tracing::warn!(
+            "{} has neither project.properties nor local.properties: using the built-in defaults, in which spring.session.enabled=false",
             dir.display()
         );
     }

@@ -156,11 +156,16 @@ pub fn valid_app_name(app: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
-/// Whether `key` is in one of our namespaces but names nothing we read.
+/// Whether `key` looks like one of ours but names nothing we read: it is under one of our
+/// namespaces, or it is a near miss of a known key (`spring.sesion.enabled`).
 pub fn is_unknown(key: &str) -> bool {
+    if global(key).is_some() || per_app(key).is_some() {
+        return false;
+    }
     NAMESPACES.iter().any(|ns| key.starts_with(ns))
-        && global(key).is_none()
-        && per_app(key).is_none()
+        || KEYS
+            .iter()
+            .any(|spec| strsim::levenshtein(key, spec.key) <= 2)
 }
 
 /// The known key closest to `key` (for "did you mean" warnings).
@@ -207,6 +212,14 @@ mod tests {
         assert!(is_unknown("session.timout"));
         assert!(is_unknown("spring.session.storefront.cookie.nmae"));
         assert!(!is_unknown("my.own.key"));
+        assert!(
+            is_unknown("spring.sesion.enabled"),
+            "a near miss outside our namespaces"
+        );
+        assert_eq!(
+            nearest("spring.sesion.enabled").as_deref(),
+            Some("spring.session.enabled")
+        );
     }
 
     #[test]

@@ -246,11 +246,28 @@ impl Config {
                 }),
                 response_error: boolean(p, "session.serialization.check.response.error")?,
             },
-            store_url: required(
-                p,
-                "session.store.url",
-                "a store URL such as sqlite://data/sessions.db",
-            )?,
+            store_url: {
+                let url = required(
+                    p,
+                    "session.store.url",
+                    "a store URL such as sqlite://data/sessions.db",
+                )?;
+                crate::store::validate_url(&url).map_err(|error| {
+                    let reason = match error {
+                        crate::store::Error::Url { reason, .. } => reason,
+                        other => other.to_string(),
+                    };
+                    Error::Invalid {
+                        origin: setting(p, "session.store.url").source,
+                        key: "session.store.url".to_owned(),
+                        value: crate::store::redact_url(&url),
+                        expected: format!(
+                            "sqlite://PATH, postgres://USER@HOST/DB or mysql://USER@HOST/DB; {reason}"
+                        ),
+                    }
+                })?;
+                url
+            },
             store: crate::store::StoreOptions {
                 migrate: boolean(p, "session.store.migrate")?,
                 pool_size: u32::try_from(number(p, "session.store.pool.size", 1, 1000)?)
@@ -346,9 +363,9 @@ fn parse_bool(value: &str) -> Option<bool> {
 
 fn number(p: &Properties, key: &str, min: u64, max: u64) -> Result<u64, Error> {
     let s = setting(p, key);
-    s.value
-        .parse::<u64>()
-        .ok()
+    Some(s.value.as_str())
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|v| v.parse::<u64>().ok())
         .filter(|n| (min..=max).contains(n))
         .ok_or_else(|| invalid(key, &s, &format!("a whole number from {min} to {max}")))
 }
@@ -458,6 +475,23 @@ mod tests {
                 "session.store.url=\n",
                 "session.store.url = \"\": expected a store URL",
             ),
+            (
+                "session.store.url=sqlite://:memory:\n",
+                "in-memory SQLite database is not shared",
+            ),
+            (
+                "session.store.url=redis://h\n",
+                "scheme \"redis\" is not supported",
+            ),
+            (
+                "session.store.url=data/x.db\n",
+                "local.properties:1: session.store.url = \"data/x.db\"",
+            ),
+            (
+                "session.store.url=postgres://u:pw@h/db\nsession.timeout=x\n",
+                "session.timeout",
+            ),
+            ("session.timeout=+5\n", "expected a whole number"),
         ] {
             let err = parse(text).unwrap_err().to_string();
             assert!(err.contains(needle), "{text:?} gave {err:?}");

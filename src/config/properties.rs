@@ -100,8 +100,24 @@ impl Properties {
         Ok(properties)
     }
 
-    /// Merges one file's key/value pairs (later lines win).
+    /// Merges one file's key/value pairs (later lines win). The file must be UTF-8 (a UTF-8
+    /// byte-order mark is allowed).
     pub fn merge_file(&mut self, path: &Path, bytes: &[u8]) -> Result<(), Error> {
+        let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
+        // Checked here, before the parser sees it: a UTF-16 file must be an error naming the
+        // file and line, not a decoder panic.
+        if let Err(e) = std::str::from_utf8(bytes) {
+            let line = bytes[..e.valid_up_to()]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count()
+                + 1;
+            return Err(Error::Parse {
+                path: path.to_owned(),
+                line: Some(line),
+                message: "the file is not UTF-8 text; save it as UTF-8".to_owned(),
+            });
+        }
         for line in PropertiesIter::new_with_encoding(bytes, encoding_rs::UTF_8) {
             let line = line.map_err(|source| Error::Parse {
                 path: path.to_owned(),
@@ -252,6 +268,38 @@ mod tests {
         );
         assert_eq!(env_var_to_key("PATH"), None);
         assert_eq!(env_var_to_key("y_"), None);
+    }
+
+    #[test]
+    fn only_utf8_files_are_read() {
+        let mut p = Properties::default();
+        let utf16 = b"\xff\xfes\x00.\x00t\x00=\x001\x00\n";
+        let err = p
+            .merge_file(Path::new("local.properties"), utf16)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("local.properties:1") && err.contains("not UTF-8"),
+            "{err}"
+        );
+        let err = p
+            .merge_file(Path::new("l"), b"a=1\nb=caf\xe9\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("l:2"), "{err}");
+        p.merge_file(Path::new("l"), b"\xef\xbb\xbfsession.timeout=5\n")
+            .unwrap();
+        assert_eq!(p.get("session.timeout").unwrap().value, "5");
+        // Whatever the bytes, an error and never a panic.
+        for bytes in [
+            &b"\xff\xfeabc"[..],
+            b"\xfe\xff\x00",
+            b"\\u12",
+            b"a=\\uZZZZ",
+            b"\xc3",
+        ] {
+            let _ = p.merge_file(Path::new("l"), bytes);
+        }
     }
 
     #[test]

@@ -46,12 +46,19 @@ pub enum Error {
 
 /// Opens the configured store if any application persists sessions; `None` otherwise.
 pub async fn open_store(config: &Config) -> Result<Option<Arc<dyn SessionStore>>, store::Error> {
+    for app in config.apps.keys().filter(|app| *app != STOREFRONT_APP) {
+        tracing::warn!(
+            "spring.session.{app}.* configures an application this server does not run (it runs {STOREFRONT_APP}); check the spelling"
+        );
+    }
     if config.save_mode(STOREFRONT_APP).is_none() {
         if !config.enabled {
-            tracing::info!("spring.session.enabled=false: sessions are memory-only");
+            tracing::warn!(
+                "spring.session.enabled=false: sessions are memory-only and lost when this node stops"
+            );
         } else {
-            tracing::info!(
-                "spring.session.{STOREFRONT_APP}.save is not set: {STOREFRONT_APP} sessions are memory-only"
+            tracing::warn!(
+                "spring.session.{STOREFRONT_APP}.save is not set: {STOREFRONT_APP} sessions are memory-only and lost when this node stops"
             );
         }
         return Ok(None);
@@ -72,7 +79,27 @@ pub fn app(config: &Config, node: &str, store: Option<Arc<dyn SessionStore>>) ->
     );
     Router::new()
         .route("/health", get(|| async { "ok" }))
+        .route("/metrics", get(metrics_text))
         .merge(storefront::router().layer(layer))
+}
+
+/// The process-wide Prometheus recorder, installed on first use.
+fn prometheus() -> Option<&'static metrics_exporter_prometheus::PrometheusHandle> {
+    static HANDLE: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .inspect_err(|error| tracing::warn!(%error, "metrics recorder not installed; /metrics stays empty"))
+                .ok()
+        })
+        .as_ref()
+}
+
+/// `GET /metrics`: Prometheus text (see [`crate::metrics`]).
+async fn metrics_text() -> String {
+    prometheus().map(|h| h.render()).unwrap_or_default()
 }
 
 /// Binds `bind` (or `server.bind`), then serves until `shutdown` completes.
@@ -82,10 +109,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let addr = bind.unwrap_or(config.bind);
-    let store = open_store(&config).await?;
+    prometheus();
+    // The port first: a taken port should fail before anything touches the database.
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| Error::Bind { addr, source })?;
+    let store = open_store(&config).await?;
     let local = listener.local_addr()?;
     let node = config
         .node_name

@@ -10,6 +10,7 @@
 //! | `POST /logout` | invalidates the session |
 
 use axum::extract::Path;
+use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -69,6 +70,15 @@ pub fn router() -> Router {
         .route("/logout", post(logout))
 }
 
+/// A body the JSON extractor refused, answered in the same JSON shape as the app's own errors.
+fn json_rejection(rejection: &JsonRejection) -> Response {
+    (
+        rejection.status(),
+        Json(serde_json::json!({ "error": rejection.body_text() })),
+    )
+        .into_response()
+}
+
 fn bad_request(message: String) -> Response {
     (
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -90,7 +100,12 @@ async fn cart(session: Session) -> Json<CartView> {
     Json(view(&session))
 }
 
-async fn add_item(session: Session, Json(item): Json<CartItem>) -> Response {
+async fn add_item(session: Session, item: Result<Json<CartItem>, JsonRejection>) -> Response {
+    let mut item = match item {
+        Ok(Json(item)) => item,
+        Err(rejection) => return json_rejection(&rejection),
+    };
+    item.sku = item.sku.trim().to_owned();
     if item.sku.is_empty()
         || item.sku.chars().count() > MAX_SKU_LEN
         || item.sku.chars().any(char::is_control)
@@ -104,7 +119,13 @@ async fn add_item(session: Session, Json(item): Json<CartItem>) -> Response {
     }
     let mut cart: Cart = session.get(CART).unwrap_or_default();
     if let Some(line) = cart.items.iter_mut().find(|line| line.sku == item.sku) {
-        line.qty = (line.qty + item.qty).min(MAX_QTY);
+        if line.qty + item.qty > MAX_QTY {
+            return bad_request(format!(
+                "the cart holds at most {MAX_QTY} of one sku; it has {} of {}",
+                line.qty, item.sku
+            ));
+        }
+        line.qty += item.qty;
     } else if cart.items.len() >= MAX_LINES {
         return bad_request(format!("the cart holds at most {MAX_LINES} lines"));
     } else {
@@ -129,7 +150,11 @@ async fn remove_item(session: Session, Path(sku): Path<String>) -> Response {
     Json(view(&session)).into_response()
 }
 
-async fn login(session: Session, Json(login): Json<Login>) -> Response {
+async fn login(session: Session, login: Result<Json<Login>, JsonRejection>) -> Response {
+    let login = match login {
+        Ok(Json(login)) => login,
+        Err(rejection) => return json_rejection(&rejection),
+    };
     let user = login.user.trim();
     if user.is_empty() || user.chars().count() > MAX_USER_LEN || user.chars().any(char::is_control)
     {

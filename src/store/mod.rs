@@ -102,6 +102,15 @@ pub enum Error {
     /// Applying the schema migrations failed.
     #[error("applying migrations failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The store could not be opened or reached at start-up.
+    #[error("cannot open {url} (session.store.url)")]
+    Connect {
+        /// The URL (password redacted).
+        url: String,
+        /// The cause.
+        #[source]
+        source: sqlx::Error,
+    },
     /// The store URL is not usable.
     #[error("session.store.url {url:?}: {reason}")]
     Url {
@@ -227,6 +236,26 @@ impl Default for StoreOptions {
     }
 }
 
+/// Checks a store URL without connecting: a supported scheme, and for SQLite a usable path.
+pub fn validate_url(url: &str) -> Result<(), Error> {
+    let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
+    match scheme {
+        "sqlite" => sqlite::sqlite_path(url).map(drop),
+        "postgres" | "postgresql" | "mysql" | "mariadb" if url.len() > scheme.len() + 3 => Ok(()),
+        _ => Err(unsupported(url, scheme)),
+    }
+}
+
+fn unsupported(url: &str, scheme: &str) -> Error {
+    Error::Url {
+        url: redact_url(url),
+        reason: format!(
+            "scheme {scheme:?} is not supported (supported: sqlite://PATH, \
+             postgres://USER@HOST/DB, mysql://USER@HOST/DB)"
+        ),
+    }
+}
+
 /// Opens the store named by `session.store.url` and applies migrations if `options.migrate`.
 ///
 /// `sqlite://PATH` (the parent directory is created), `postgres://…` (or `postgresql://`),
@@ -255,15 +284,7 @@ pub async fn open(url: &str, options: &StoreOptions) -> Result<Arc<dyn SessionSt
             }
             Arc::new(store)
         }
-        _ => {
-            return Err(Error::Url {
-                url: redact_url(url),
-                reason: format!(
-                    "scheme {scheme:?} is not supported (supported: sqlite://PATH, \
-                     postgres://USER@HOST/DB, mysql://USER@HOST/DB)"
-                ),
-            });
-        }
+        _ => return Err(unsupported(url, scheme)),
     };
     Ok(store)
 }

@@ -91,7 +91,11 @@ impl MySqlStore {
             .acquire_timeout(options.timeout)
             .test_before_acquire(false)
             .connect_with(connect)
-            .await?;
+            .await
+            .map_err(|source| Error::Connect {
+                url: super::redact_url(&url),
+                source,
+            })?;
         Ok(Self {
             pool,
             sql: Arc::new(Statements::new()),

@@ -56,7 +56,11 @@ impl SqliteStore {
             .acquire_timeout(options.timeout)
             .test_before_acquire(false)
             .connect_with(connect)
-            .await?;
+            .await
+            .map_err(|source| Error::Connect {
+                url: url.to_owned(),
+                source,
+            })?;
         Ok(Self { pool })
     }
 
@@ -72,7 +76,7 @@ impl SqliteStore {
     }
 }
 
-fn sqlite_path(url: &str) -> Result<PathBuf, Error> {
+pub(super) fn sqlite_path(url: &str) -> Result<PathBuf, Error> {
     let refuse = |reason: &str| Error::Url {
         url: url.to_owned(),
         reason: reason.to_owned(),
@@ -88,6 +92,12 @@ fn sqlite_path(url: &str) -> Result<PathBuf, Error> {
     if path.contains('?') {
         return Err(refuse(
             "query parameters are not supported; the store sets its own pragmas",
+        ));
+    }
+    if path == ":memory:" || path.starts_with("file::memory:") {
+        return Err(refuse(
+            "an in-memory SQLite database is not shared between connections or nodes, so nothing \
+             would fail over; use a file path, e.g. sqlite://data/sessions.db",
         ));
     }
     Ok(Path::new(path).to_owned())

@@ -1,0 +1,220 @@
+//! The database goes away for 20 s and comes back: nodes keep answering from their caches, keep
+//! changes in memory, count the errors, and persist everything after recovery.
+//!
+//! Stops the PostgreSQL server named by `SESSION_FAILOVER_TEST_POSTGRES_URL` with the shell
+//! command in `SESSION_FAILOVER_TEST_POSTGRES_STOP` and starts it again with
+//! `SESSION_FAILOVER_TEST_POSTGRES_START` (`.ci/run` sets both). This is its own test binary:
+//! cargo runs test binaries one after another, so no other test sees the outage.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::Write as _;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::backends::{Backend, TestDb};
+use common::{Client, Server, config_dir, items};
+use http::StatusCode;
+use serde_json::json;
+use session_failover::store::StoreOptions;
+
+const OUTAGE: Duration = Duration::from_secs(20);
+const STORE_TIMEOUT_MS: u64 = 2000;
+
+fn command(var: &str, test: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(cmd) if !cmd.is_empty() => Some(cmd),
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("{test}: {var} is not set; CI must run the outage test")
+        }
+        _ => {
+            let _ = writeln!(std::io::stderr(), "SKIPPED {test}: set {var} to run it");
+            None
+        }
+    }
+}
+
+fn sh(cmd: &str) {
+    let status = Command::new("sh").args(["-c", cmd]).status().unwrap();
+    assert!(status.success(), "{cmd} failed: {status}");
+}
+
+/// Starts the database again however the test ends.
+struct Restart(String);
+
+impl Drop for Restart {
+    fn drop(&mut self) {
+        let _ = Command::new("sh").args(["-c", &self.0]).status();
+    }
+}
+
+async fn timed(
+    client: &mut Client,
+    base: &str,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (StatusCode, serde_json::Value, Duration) {
+    let started = Instant::now();
+    let (status, body) = client.send(base, method, path, body).await;
+    (status, body, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_twenty_second_database_outage_loses_nothing() {
+    let test = "a_twenty_second_database_outage_loses_nothing";
+    let (Some(stop), Some(start)) = (
+        command("SESSION_FAILOVER_TEST_POSTGRES_STOP", test),
+        command("SESSION_FAILOVER_TEST_POSTGRES_START", test),
+    ) else {
+        return;
+    };
+    let Some(db) = TestDb::create(Backend::Postgres, test).await else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let config = config_dir(
+        work.path(),
+        &format!(
+            "session.store.url={}\nsession.store.timeout={STORE_TIMEOUT_MS}\n",
+            db.url
+        ),
+    );
+    let a = Server::start(work.path(), &config, "a");
+    let b = Server::start(work.path(), &config, "b");
+
+    let mut users: Vec<(Client, BTreeSet<String>)> = Vec::new();
+    for u in 0..5 {
+        let mut client = Client::new();
+        let (status, _) = client
+            .send(
+                &a.base,
+                "POST",
+                "/cart/items",
+                Some(json!({"sku": format!("u{u}-before"), "qty": 1})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        users.push((client, BTreeSet::from([format!("u{u}-before")])));
+    }
+
+    sh(&stop);
+    let _restart = Restart(start.clone());
+    let outage = Instant::now();
+    let mut slowest = Duration::ZERO;
+    let mut round: u32 = 0;
+    let mut newcomer = Client::new();
+    while outage.elapsed() < OUTAGE {
+        for (u, (client, expected)) in users.iter_mut().enumerate() {
+            // Reads are answered from a's cache.
+            let (status, body, took) = timed(client, &a.base, "GET", "/cart", None).await;
+            assert_eq!(status, StatusCode::OK);
+            let cart: BTreeSet<String> = items(&body).into_iter().map(|(s, _)| s).collect();
+            assert_eq!(&cart, expected);
+            slowest = slowest.max(took);
+            // Writes are kept in memory (the store write fails and is retried later).
+            let sku = format!("u{u}-outage{round}");
+            let (status, _, took) = timed(
+                client,
+                &a.base,
+                "POST",
+                "/cart/items",
+                Some(json!({"sku": sku, "qty": 1})),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK);
+            expected.insert(sku);
+            slowest = slowest.max(took);
+        }
+        // A node that does not hold the session cannot restore it: 503, not an empty cart.
+        let mut stranger = Client::new();
+        stranger.cookie = users[0].0.cookie.clone();
+        let (status, _, took) = timed(&mut stranger, &b.base, "GET", "/cart", None).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        slowest = slowest.max(took);
+        // A new visitor still gets a (memory-kept) session.
+        let (status, _, took) = timed(
+            &mut newcomer,
+            &a.base,
+            "POST",
+            "/cart/items",
+            Some(json!({"sku": format!("new{round}"), "qty": 1})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        slowest = slowest.max(took);
+        round += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let metrics = reqwest::get(format!("{}/metrics", a.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    sh(&start);
+    let outage_secs = outage.elapsed().as_secs_f64();
+    assert!(
+        slowest <= Duration::from_millis(STORE_TIMEOUT_MS + 1000),
+        "a request waited {slowest:?}, longer than the store timeout of {STORE_TIMEOUT_MS} ms"
+    );
+    let errors: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("session_store_errors_total") && l.contains("op=\"save\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        errors >= f64::from(round),
+        "store errors are counted: {errors} in\n{metrics}"
+    );
+
+    // After recovery the next change of each session persists everything it gathered meanwhile.
+    let store = session_failover::store::open(
+        &db.url,
+        &StoreOptions {
+            migrate: false,
+            ..StoreOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    for (u, (client, expected)) in users.iter_mut().enumerate() {
+        let sku = format!("u{u}-after");
+        let (status, _) = client
+            .send(
+                &a.base,
+                "POST",
+                "/cart/items",
+                Some(json!({"sku": sku, "qty": 1})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        expected.insert(sku);
+        // Read back through another node: from the database.
+        let mut other = Client::new();
+        other.cookie = client.cookie.clone();
+        let (status, body) = other.send(&b.base, "GET", "/cart", None).await;
+        assert_eq!(status, StatusCode::OK);
+        let cart: BTreeSet<String> = items(&body).into_iter().map(|(s, _)| s).collect();
+        assert_eq!(
+            &cart, expected,
+            "user {u}: everything changed during the outage was persisted"
+        );
+    }
+    // The newcomer's session was created during the outage and lives in a's memory; its next
+    // request writes it.
+    assert_eq!(store.length().await.unwrap(), 5);
+    let (status, body) = newcomer.send(&a.base, "GET", "/cart", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(items(&body).len(), usize::try_from(round).unwrap());
+    assert_eq!(
+        store.length().await.unwrap(),
+        6,
+        "five users and the newcomer"
+    );
+    assert!(!a.log_text().contains("panicked") && !b.log_text().contains("panicked"));
+    eprintln!(
+        "{test}: {outage_secs:.1}s outage, {round} rounds, slowest request {slowest:?}, {errors} save errors counted"
+    );
+}
