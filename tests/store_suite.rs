@@ -89,6 +89,58 @@ async fn suite(store: Arc<dyn SessionStore>) {
         "update never inserts"
     );
 
+    // update_many: written, superseded (an older version, and the older of two in the batch),
+    // and missing, in order
+    let a = record("storefront", None, "a", 1, vec![1, 0, 0xa]);
+    let b = record("storefront", None, "a", 3, vec![1, 0, 0xb]);
+    store.set_many(&[a.clone(), b.clone()]).await.unwrap();
+    let mut a2 = a.clone();
+    a2.meta.version = 2;
+    a2.data = vec![1, 0, 0xa, 2];
+    let mut a3 = a2.clone();
+    a3.meta.version = 3;
+    a3.data = vec![1, 0, 0xa, 3];
+    let mut b_old = b.clone();
+    b_old.meta.version = 2;
+    let missing = record("storefront", None, "a", 1, vec![1, 0]);
+    let outcomes = store
+        .update_many(&[a2.clone(), b_old, missing.clone(), a3.clone()])
+        .await
+        .unwrap();
+    // The older of two states of one key in a batch may be reported either way: it was, or
+    // would have been, overwritten by the newer one at once.
+    assert!(matches!(outcomes[0], Update::Written | Update::Superseded));
+    assert_eq!(
+        outcomes[1..],
+        [Update::Superseded, Update::Missing, Update::Written]
+    );
+    assert_eq!(
+        store.get(&a.meta.key, NOW).await.unwrap().unwrap().data,
+        a3.data
+    );
+    assert_eq!(
+        store.get(&b.meta.key, NOW).await.unwrap().unwrap().data,
+        b.data
+    );
+    assert_eq!(
+        store.get(&missing.meta.key, NOW).await.unwrap(),
+        None,
+        "never inserted"
+    );
+    assert!(store.update_many(&[]).await.unwrap().is_empty());
+    assert_eq!(
+        store
+            .destroy_many(&[
+                a.meta.key.clone(),
+                b.meta.key.clone(),
+                missing.meta.key.clone()
+            ])
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(store.get(&a.meta.key, NOW).await.unwrap(), None);
+
     // reset_timer
     assert!(
         store

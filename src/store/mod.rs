@@ -184,6 +184,26 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Inserts or replaces many sessions, in one round trip where the backend allows.
     async fn set_many(&self, records: &[Record]) -> Result<(), Error>;
 
+    /// [`SessionStore::update`] for many sessions, one outcome per record in order, in as few
+    /// round trips as the backend allows. When a batch holds two states of one session, the
+    /// older may be reported `Written` or `Superseded`. The default updates one by one.
+    async fn update_many(&self, records: &[Record]) -> Result<Vec<Update>, Error> {
+        let mut outcomes = Vec::with_capacity(records.len());
+        for record in records {
+            outcomes.push(self.update(record).await?);
+        }
+        Ok(outcomes)
+    }
+
+    /// Removes many sessions; returns how many rows were removed. The default removes one by one.
+    async fn destroy_many(&self, keys: &[SessionKey]) -> Result<u64, Error> {
+        let mut removed = 0;
+        for key in keys {
+            removed += u64::from(self.destroy(key).await?);
+        }
+        Ok(removed)
+    }
+
     /// Removes a session; `true` if a row was removed.
     async fn destroy(&self, key: &SessionKey) -> Result<bool, Error>;
 

@@ -1,5 +1,6 @@
 //! MySQL and MariaDB. `set_many` is one multi-row `INSERT … ON DUPLICATE KEY UPDATE` per batch.
 
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -37,6 +38,18 @@ struct Statements {
     get: Arc<str>,
     list: Arc<str>,
     upsert: Vec<OnceLock<Arc<str>>>,
+    update: Vec<OnceLock<Arc<str>>>,
+    versions: Vec<OnceLock<Arc<str>>>,
+    delete: Vec<OnceLock<Arc<str>>>,
+}
+
+/// The statement of `rows` rows from `slots`, built by `build` on first use.
+fn cached(slots: &[OnceLock<Arc<str>>], rows: usize, build: impl FnOnce() -> String) -> Arc<str> {
+    Arc::clone(slots[rows].get_or_init(|| build().into()))
+}
+
+fn placeholders(n: usize) -> String {
+    vec!["?"; n].join(", ")
 }
 
 impl Statements {
@@ -55,17 +68,60 @@ impl Statements {
             )
             .into(),
             upsert: (0..=MAX_ROWS).map(|_| OnceLock::new()).collect(),
+            update: (0..=MAX_ROWS).map(|_| OnceLock::new()).collect(),
+            versions: (0..=MAX_ROWS).map(|_| OnceLock::new()).collect(),
+            delete: (0..=MAX_ROWS).map(|_| OnceLock::new()).collect(),
         }
     }
 
     /// The upsert of `rows` rows (1..=MAX_ROWS).
     fn upsert(&self, rows: usize) -> Arc<str> {
-        Arc::clone(self.upsert[rows].get_or_init(|| {
-            let row = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
-            let values = vec![row; rows].join(", ");
-            format!("INSERT INTO stored_http_session ({META_COLUMNS}, data) VALUES {values}{ON_DUPLICATE}")
-                .into()
-        }))
+        cached(&self.upsert, rows, || {
+            let values = vec![format!("({})", placeholders(13)); rows].join(", ");
+            format!(
+                "INSERT INTO stored_http_session ({META_COLUMNS}, data) VALUES {values}{ON_DUPLICATE}"
+            )
+        })
+    }
+
+    /// The conditional update of `rows` rows: a join with the new rows as a derived table.
+    fn update(&self, rows: usize) -> Arc<str> {
+        cached(&self.update, rows, || {
+            let first = "SELECT ? AS session_id, ? AS app, ? AS context_path, ? AS node, \
+                 ? AS principal, ? AS created_at, ? AS modified_at, ? AS expires_at, \
+                 ? AS max_inactive_secs, ? AS version, ? AS attributes, ? AS size_bytes, ? AS data";
+            let rest = format!(" UNION ALL SELECT {}", placeholders(13)).repeat(rows - 1);
+            format!(
+                "UPDATE stored_http_session t JOIN ({first}{rest}) n ON t.session_id = n.session_id \
+                 SET t.app = n.app, t.context_path = n.context_path, t.node = n.node, \
+                 t.principal = n.principal, t.created_at = n.created_at, \
+                 t.modified_at = n.modified_at, t.expires_at = n.expires_at, \
+                 t.max_inactive_secs = n.max_inactive_secs, t.attributes = n.attributes, \
+                 t.size_bytes = n.size_bytes, t.data = n.data, t.version = n.version \
+                 WHERE t.version < n.version"
+            )
+        })
+    }
+
+    /// The stored versions of `rows` keys.
+    fn versions(&self, rows: usize) -> Arc<str> {
+        cached(&self.versions, rows, || {
+            format!(
+                "SELECT session_id, version, node, modified_at FROM stored_http_session \
+                 WHERE session_id IN ({})",
+                placeholders(rows)
+            )
+        })
+    }
+
+    /// The delete of `rows` keys.
+    fn delete(&self, rows: usize) -> Arc<str> {
+        cached(&self.delete, rows, || {
+            format!(
+                "DELETE FROM stored_http_session WHERE session_id IN ({})",
+                placeholders(rows)
+            )
+        })
     }
 }
 
@@ -114,7 +170,63 @@ impl MySqlStore {
     }
 
     async fn upsert(&self, records: &[&Record]) -> Result<(), Error> {
-        let mut query = sqlx::query(AssertSqlSafe(self.sql.upsert(records.len())));
+        let query = sqlx::query(AssertSqlSafe(self.sql.upsert(records.len())));
+        bind_rows(query, records).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Updates one chunk; the outcome of each of its (distinct) records.
+    async fn update_chunk(&self, records: &[&Record]) -> Result<Vec<Update>, Error> {
+        let query = sqlx::query(AssertSqlSafe(self.sql.update(records.len())));
+        let done = bind_rows(query, records).execute(&self.pool).await?;
+        if usize::try_from(done.rows_affected()).is_ok_and(|n| n == records.len()) {
+            return Ok(vec![Update::Written; records.len()]);
+        }
+        // Some were not updated: read what the store holds to tell which.
+        let mut query = sqlx::query(AssertSqlSafe(self.sql.versions(records.len())));
+        for record in records {
+            query = query.bind(record.meta.key.as_str());
+        }
+        let stored: HashMap<String, (i64, String, i64)> = query
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("session_id")?,
+                    (
+                        row.try_get("version")?,
+                        row.try_get("node")?,
+                        row.try_get("modified_at")?,
+                    ),
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()?;
+        Ok(records
+            .iter()
+            .map(|r| match stored.get(r.meta.key.as_str()) {
+                None => Update::Missing,
+                Some((version, node, modified)) => {
+                    let ours = *version == r.meta.version
+                        && *node == r.meta.node
+                        && *modified == r.meta.modified_at;
+                    if ours {
+                        Update::Written
+                    } else {
+                        Update::Superseded
+                    }
+                }
+            })
+            .collect())
+    }
+}
+
+/// Binds the 13 columns of each record, in table order.
+fn bind_rows<'q>(
+    mut query: sqlx::query::Query<'q, sqlx::MySql, sqlx::mysql::MySqlArguments>,
+    records: &[&'q Record],
+) -> sqlx::query::Query<'q, sqlx::MySql, sqlx::mysql::MySqlArguments> {
+    {
         for record in records {
             let m = &record.meta;
             query = query
@@ -132,9 +244,8 @@ impl MySqlStore {
                 .bind(size(record))
                 .bind(record.data.as_slice());
         }
-        query.execute(&self.pool).await?;
-        Ok(())
     }
+    query
 }
 
 #[async_trait::async_trait]
@@ -202,6 +313,47 @@ impl SessionStore for MySqlStore {
             self.upsert(chunk).await?;
         }
         Ok(())
+    }
+
+    /// One `UPDATE … JOIN (derived table)` per chunk; a `SELECT` of the chunk's versions only
+    /// when some row was not updated.
+    async fn update_many(&self, records: &[Record]) -> Result<Vec<Update>, Error> {
+        let latest = latest_per_key(records);
+        let mut outcome: HashMap<&str, Update> = HashMap::with_capacity(latest.len());
+        for chunk in chunks(&latest, MAX_ROWS, MAX_BYTES) {
+            for (record, update) in chunk.iter().zip(self.update_chunk(chunk).await?) {
+                outcome.insert(record.meta.key.as_str(), update);
+            }
+        }
+        let sent: HashMap<&str, i64> = latest
+            .iter()
+            .map(|r| (r.meta.key.as_str(), r.meta.version))
+            .collect();
+        Ok(records
+            .iter()
+            .map(|r| {
+                let key = r.meta.key.as_str();
+                match outcome.get(key) {
+                    Some(Update::Written) if sent.get(key) != Some(&r.meta.version) => {
+                        Update::Superseded
+                    }
+                    Some(update) => *update,
+                    None => Update::Missing,
+                }
+            })
+            .collect())
+    }
+
+    async fn destroy_many(&self, keys: &[SessionKey]) -> Result<u64, Error> {
+        let mut removed = 0;
+        for chunk in keys.chunks(MAX_ROWS) {
+            let mut query = sqlx::query(AssertSqlSafe(self.sql.delete(chunk.len())));
+            for key in chunk {
+                query = query.bind(key.as_str());
+            }
+            removed += query.execute(&self.pool).await?.rows_affected();
+        }
+        Ok(removed)
     }
 
     async fn destroy(&self, key: &SessionKey) -> Result<bool, Error> {

@@ -1,5 +1,6 @@
 //! PostgreSQL: what clusters share. `set_many` is one `UNNEST` upsert per batch.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ const ON_CONFLICT: &str = "ON CONFLICT (session_id) DO UPDATE SET app = excluded
 struct Statements {
     get: Arc<str>,
     update: Arc<str>,
+    update_many: Arc<str>,
     upsert_one: Arc<str>,
     upsert_many: Arc<str>,
     list: Arc<str>,
@@ -43,6 +45,19 @@ impl Statements {
                  principal = $5, created_at = $6, modified_at = $7, expires_at = $8, \
                  max_inactive_secs = $9, version = $10, attributes = $11, size_bytes = $12, \
                  data = $13 WHERE session_id = $1 AND version < $10"
+                .into(),
+            update_many: "UPDATE stored_http_session AS t SET app = n.app, \
+                 context_path = n.context_path, node = n.node, principal = n.principal, \
+                 created_at = n.created_at, modified_at = n.modified_at, expires_at = n.expires_at, \
+                 max_inactive_secs = n.max_inactive_secs, version = n.version, \
+                 attributes = n.attributes, size_bytes = n.size_bytes, data = n.data \
+                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                 $6::int8[], $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::text[], \
+                 $12::int8[], $13::bytea[]) AS n(session_id, app, context_path, node, principal, \
+                 created_at, modified_at, expires_at, max_inactive_secs, version, attributes, \
+                 size_bytes, data) \
+                 WHERE t.session_id = n.session_id AND t.version < n.version \
+                 RETURNING t.session_id"
                 .into(),
             upsert_one: format!(
                 "{insert} VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) {ON_CONFLICT}"
@@ -104,6 +119,40 @@ impl PgStore {
     /// The underlying pool (for tests and tools that read the table directly).
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Binds the 13 columns of `records` as arrays, in table order, to `sql`.
+    fn bind_arrays<'q>(
+        &self,
+        sql: &Arc<str>,
+        records: &[&'q Record],
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        let text = |f: &dyn Fn(&Record) -> String| records.iter().map(|r| f(r)).collect::<Vec<_>>();
+        let number = |f: &dyn Fn(&Record) -> i64| records.iter().map(|r| f(r)).collect::<Vec<_>>();
+        sqlx::query(AssertSqlSafe(Arc::clone(sql)))
+            .bind(text(&|r| r.meta.key.as_str().to_owned()))
+            .bind(text(&|r| r.meta.app.clone()))
+            .bind(text(&|r| r.meta.context_path.clone()))
+            .bind(text(&|r| r.meta.node.clone()))
+            .bind(
+                records
+                    .iter()
+                    .map(|r| r.meta.principal.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(number(&|r| r.meta.created_at))
+            .bind(number(&|r| r.meta.modified_at))
+            .bind(number(&|r| r.meta.expires_at))
+            .bind(number(&|r| r.meta.max_inactive_secs))
+            .bind(number(&|r| r.meta.version))
+            .bind(text(&|r| attribute_names(&r.meta)))
+            .bind(number(&size))
+            .bind(
+                records
+                    .iter()
+                    .map(|r| r.data.as_slice())
+                    .collect::<Vec<_>>(),
+            )
     }
 
     /// Binds a record's 13 columns, in table order, to `sql`.
@@ -179,36 +228,69 @@ impl SessionStore for PgStore {
         if records.is_empty() {
             return Ok(());
         }
-        let column =
-            |f: &dyn Fn(&Record) -> String| records.iter().map(|r| f(r)).collect::<Vec<_>>();
-        let number = |f: &dyn Fn(&Record) -> i64| records.iter().map(|r| f(r)).collect::<Vec<_>>();
-        sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.upsert_many)))
-            .bind(column(&|r| r.meta.key.as_str().to_owned()))
-            .bind(column(&|r| r.meta.app.clone()))
-            .bind(column(&|r| r.meta.context_path.clone()))
-            .bind(column(&|r| r.meta.node.clone()))
-            .bind(
-                records
-                    .iter()
-                    .map(|r| r.meta.principal.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(number(&|r| r.meta.created_at))
-            .bind(number(&|r| r.meta.modified_at))
-            .bind(number(&|r| r.meta.expires_at))
-            .bind(number(&|r| r.meta.max_inactive_secs))
-            .bind(number(&|r| r.meta.version))
-            .bind(column(&|r| attribute_names(&r.meta)))
-            .bind(number(&size))
-            .bind(
-                records
-                    .iter()
-                    .map(|r| r.data.as_slice())
-                    .collect::<Vec<_>>(),
-            )
+        self.bind_arrays(&self.sql.upsert_many, &records)
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// One `UPDATE … FROM UNNEST` for the batch; a second statement only if some row was not
+    /// updated, to tell a newer row from a missing one.
+    async fn update_many(&self, records: &[Record]) -> Result<Vec<Update>, Error> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let latest = latest_per_key(records);
+        let written: HashSet<String> = self
+            .bind_arrays(&self.sql.update_many, &latest)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| row.try_get::<String, _>(0))
+            .collect::<Result<_, _>>()?;
+        let mut present = HashSet::new();
+        if written.len() < latest.len() {
+            let unwritten: Vec<&str> = latest
+                .iter()
+                .map(|r| r.meta.key.as_str())
+                .filter(|k| !written.contains(*k))
+                .collect();
+            present = sqlx::query_scalar::<_, String>(
+                "SELECT session_id FROM stored_http_session WHERE session_id = ANY($1)",
+            )
+            .bind(unwritten)
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .collect();
+        }
+        // Only the newest record of a key was sent; older ones in the batch are superseded by it.
+        let sent: HashMap<&str, i64> = latest
+            .iter()
+            .map(|r| (r.meta.key.as_str(), r.meta.version))
+            .collect();
+        Ok(records
+            .iter()
+            .map(|r| {
+                let key = r.meta.key.as_str();
+                if written.contains(key) && sent.get(key) == Some(&r.meta.version) {
+                    Update::Written
+                } else if written.contains(key) || present.contains(key) {
+                    Update::Superseded
+                } else {
+                    Update::Missing
+                }
+            })
+            .collect())
+    }
+
+    async fn destroy_many(&self, keys: &[SessionKey]) -> Result<u64, Error> {
+        let keys: Vec<&str> = keys.iter().map(SessionKey::as_str).collect();
+        let done = sqlx::query("DELETE FROM stored_http_session WHERE session_id = ANY($1)")
+            .bind(keys)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
     }
 
     async fn destroy(&self, key: &SessionKey) -> Result<bool, Error> {

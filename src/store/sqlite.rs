@@ -180,6 +180,44 @@ impl SessionStore for SqliteStore {
         Ok(())
     }
 
+    /// One transaction of prepared single-row updates (see `set_many`).
+    async fn update_many(&self, records: &[Record]) -> Result<Vec<Update>, Error> {
+        let mut tx = self.pool.begin().await?;
+        let mut outcomes = Vec::with_capacity(records.len());
+        for record in records {
+            let done = bind_row(UPDATE, record).execute(&mut *tx).await?;
+            outcomes.push(if done.rows_affected() > 0 {
+                Update::Written
+            } else {
+                let exists = sqlx::query("SELECT 1 FROM stored_http_session WHERE session_id = ?")
+                    .bind(record.meta.key.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if exists.is_some() {
+                    Update::Superseded
+                } else {
+                    Update::Missing
+                }
+            });
+        }
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    async fn destroy_many(&self, keys: &[SessionKey]) -> Result<u64, Error> {
+        let mut tx = self.pool.begin().await?;
+        let mut removed = 0;
+        for key in keys {
+            removed += sqlx::query("DELETE FROM stored_http_session WHERE session_id = ?")
+                .bind(key.as_str())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(removed)
+    }
+
     async fn destroy(&self, key: &SessionKey) -> Result<bool, Error> {
         let done = sqlx::query("DELETE FROM stored_http_session WHERE session_id = ?")
             .bind(key.as_str())
