@@ -32,7 +32,7 @@
 //! - [`codec`]: the versioned, compressed stored form of a session.
 //! - [`store`]: the [`SessionStore`] trait and its backends (SQLite, memory).
 //! - `cache`: the node cache (the Commerce "session cache region").
-//! - `persist`: writing sessions to the store after the handler.
+//! - [`persist`]: writing sessions to the store: sync, group commit, async write-behind.
 //! - [`middleware`]: [`SessionFailoverLayer`], the failover filter.
 //! - [`metrics`]: the counters and timings it records.
 //! - [`server`]: the runnable demo storefront.
@@ -42,7 +42,7 @@ pub mod codec;
 pub mod config;
 pub mod metrics;
 pub mod middleware;
-mod persist;
+pub mod persist;
 pub mod server;
 pub mod session;
 pub mod store;

@@ -12,6 +12,7 @@ use common::{SlowStore, config, items, send, sqlite};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use session_failover::persist::Persistence;
 use session_failover::session::SessionId;
 use session_failover::store::{SessionStore, SqliteStore};
 use session_failover::{SaveMode, Session, SessionFailoverLayer, server};
@@ -20,7 +21,13 @@ use sqlx::Row as _;
 const SYNC: &str = "spring.session.enabled=true\nspring.session.storefront.save=sync\n";
 
 fn node(name: &str, store: Arc<dyn SessionStore>) -> Router {
-    server::app(&config(SYNC), name, Some(store))
+    node_with(SYNC, name, store)
+}
+
+fn node_with(local: &str, name: &str, store: Arc<dyn SessionStore>) -> Router {
+    let config = config(local);
+    let persistence = Persistence::from_config(store, &config);
+    server::app(&config, name, Some(persistence))
 }
 
 fn add(sku: &str) -> Option<serde_json::Value> {
@@ -70,16 +77,34 @@ async fn a_logout_completes_even_if_the_client_goes_away() {
 
 #[tokio::test]
 async fn a_save_that_lands_after_a_logout_does_not_bring_the_session_back() {
+    // Each request writing its own row: the late update finds no row and creates none.
+    let direct = format!("{SYNC}session.save.group.commit=false\n");
+    let (status, rows_after) = save_racing_a_logout(&direct).await;
+    assert_eq!(status, StatusCode::CONFLICT, "R1 was not kept");
+    assert_eq!(
+        rows_after, 0,
+        "R1's late update found no row and created none"
+    );
+    // Through the writer: the logout waits behind R1's batch, so R1 is kept and then ended.
+    let (status, rows_after) = save_racing_a_logout(SYNC).await;
+    assert!(
+        matches!(status, StatusCode::OK | StatusCode::CONFLICT),
+        "{status}"
+    );
+    assert_eq!(rows_after, 0, "the logout won in the end");
+}
+
+/// R1 adds an item with a slow save; R2 logs out meanwhile. R1's status, and the rows after.
+async fn save_racing_a_logout(local: &str) -> (StatusCode, i64) {
     let dir = tempfile::tempdir().unwrap();
     let sqlite = sqlite(dir.path()).await;
     let slow = SlowStore::new(Arc::new(sqlite.clone()));
-    let a = node("a", slow.clone());
+    let a = node_with(local, "a", slow.clone());
     let id = send(&a, "POST", "/cart/items", None, add("A"))
         .await
         .cookie("JSESSIONID")
         .unwrap();
     slow.update_ms.store(300, Ordering::SeqCst);
-    // R1 adds an item; its save is slow. R2 logs out meanwhile, and its delete lands first.
     let r1 = {
         let (a, cookie) = (a.clone(), jar(&id));
         tokio::spawn(async move { send(&a, "POST", "/cart/items", Some(&cookie), add("B")).await })
@@ -87,22 +112,14 @@ async fn a_save_that_lands_after_a_logout_does_not_bring_the_session_back() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     let r2 = send(&a, "POST", "/logout", Some(&jar(&id)), None).await;
     assert_eq!(r2.status, StatusCode::NO_CONTENT);
-    assert_eq!(rows(&sqlite).await, 0);
-    assert_eq!(
-        r1.await.unwrap().status,
-        StatusCode::CONFLICT,
-        "R1 was not kept"
-    );
-    assert_eq!(
-        rows(&sqlite).await,
-        0,
-        "R1's late update found no row and created none"
-    );
+    let status = r1.await.unwrap().status;
+    let rows_after = rows(&sqlite).await;
     slow.update_ms.store(0, Ordering::SeqCst);
     for node in [&a, &node("b", Arc::new(sqlite.clone()))] {
         let r = send(node, "GET", "/cart", Some(&jar(&id)), None).await;
         assert!(items(&r.body).is_empty());
     }
+    (status, rows_after)
 }
 
 #[tokio::test]

@@ -36,6 +36,36 @@ pub const KEYS: &[KeySpec] = &[
         doc: "sessions saved in one async attempt (1..=100000)",
     },
     KeySpec {
+        key: "session.save.group.commit",
+        default: "true",
+        doc: "true/false: concurrent sync saves share one batch (each still waits for its commit)",
+    },
+    KeySpec {
+        key: "session.save.group.commit.window",
+        default: "2",
+        doc: "milliseconds a sync save waits for others to join its batch (0..=1000)",
+    },
+    KeySpec {
+        key: "session.save.retry.delay",
+        default: "1000",
+        doc: "milliseconds before the first retry of a failed write (1..=3600000)",
+    },
+    KeySpec {
+        key: "session.save.retry.multiplier",
+        default: "2",
+        doc: "each further retry waits this many times longer (1..=100)",
+    },
+    KeySpec {
+        key: "session.save.retry.max.delay",
+        default: "10000",
+        doc: "the longest wait between retries, in milliseconds (1..=86400000)",
+    },
+    KeySpec {
+        key: "session.shutdown.drain.timeout",
+        default: "10000",
+        doc: "milliseconds a graceful shutdown spends writing queued sessions (0..=3600000)",
+    },
+    KeySpec {
         key: "session.serialization.check",
         default: "false",
         doc: "true/false: development check that session attributes survive failover",

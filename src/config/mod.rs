@@ -80,17 +80,6 @@ pub enum SaveMode {
     Async,
 }
 
-/// The async writer's settings (`spring.session.save.async.*`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AsyncSaveConfig {
-    /// Time between save attempts.
-    pub interval: Duration,
-    /// Sessions the queue holds.
-    pub queue_size: usize,
-    /// Sessions saved in one attempt.
-    pub max_items: usize,
-}
-
 /// The serializability checker's settings (`session.serialization.check*`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckConfig {
@@ -135,7 +124,11 @@ pub struct Config {
     /// `spring.session.enabled`.
     pub enabled: bool,
     /// `spring.session.save.async.*`.
-    pub async_save: AsyncSaveConfig,
+    pub writer: crate::persist::WriterConfig,
+    /// `session.save.group.commit`: sync saves are grouped by the writer.
+    pub group_commit: bool,
+    /// `session.shutdown.drain.timeout`.
+    pub drain_timeout: Duration,
     /// `session.serialization.check*`.
     pub check: CheckConfig,
     /// `session.store.url`.
@@ -224,16 +217,24 @@ impl Config {
         let extensions = string(p, "session.serialization.check.extensions");
         Ok(Self {
             enabled: boolean(p, "spring.session.enabled")?,
-            async_save: AsyncSaveConfig {
-                interval: Duration::from_millis(number(
-                    p,
-                    "spring.session.save.async.interval",
-                    1,
-                    3_600_000,
-                )?),
+            writer: crate::persist::WriterConfig {
+                interval: millis(p, "spring.session.save.async.interval", 1, 3_600_000)?,
                 queue_size: usize_number(p, "spring.session.save.async.queue.size", 1, 10_000_000)?,
                 max_items: usize_number(p, "spring.session.save.async.max.items", 1, 100_000)?,
+                group_commit_window: millis(p, "session.save.group.commit.window", 0, 1000)?,
+                retry_delay: millis(p, "session.save.retry.delay", 1, 3_600_000)?,
+                retry_multiplier: u32::try_from(number(
+                    p,
+                    "session.save.retry.multiplier",
+                    1,
+                    100,
+                )?)
+                .unwrap_or(100),
+                retry_max_delay: millis(p, "session.save.retry.max.delay", 1, 86_400_000)?,
+                store_timeout: millis(p, "session.store.timeout", 1, 600_000)?,
             },
+            group_commit: boolean(p, "session.save.group.commit")?,
+            drain_timeout: millis(p, "session.shutdown.drain.timeout", 0, 3_600_000)?,
             check: CheckConfig {
                 enabled: boolean(p, "session.serialization.check")?,
                 extensions: (!extensions.is_empty()).then(|| {
@@ -370,6 +371,10 @@ fn number(p: &Properties, key: &str, min: u64, max: u64) -> Result<u64, Error> {
         .ok_or_else(|| invalid(key, &s, &format!("a whole number from {min} to {max}")))
 }
 
+fn millis(p: &Properties, key: &str, min: u64, max: u64) -> Result<Duration, Error> {
+    number(p, key, min, max).map(Duration::from_millis)
+}
+
 fn usize_number(p: &Properties, key: &str, min: u64, max: u64) -> Result<usize, Error> {
     let n = number(p, key, min, max)?;
     usize::try_from(n).map_err(|_| invalid(key, &setting(p, key), "a smaller number"))
@@ -401,9 +406,12 @@ mod tests {
     fn builtin_defaults_match_the_seed() {
         let c = Config::default();
         assert!(!c.enabled);
-        assert_eq!(c.async_save.interval, Duration::from_millis(5000));
-        assert_eq!(c.async_save.queue_size, 10_000);
-        assert_eq!(c.async_save.max_items, 2000);
+        assert_eq!(c.writer.interval, Duration::from_millis(5000));
+        assert_eq!(c.writer.queue_size, 10_000);
+        assert_eq!(c.writer.max_items, 2000);
+        assert_eq!(c.writer, crate::persist::WriterConfig::default());
+        assert!(c.group_commit);
+        assert_eq!(c.drain_timeout, Duration::from_secs(10));
         assert!(!c.check.enabled && !c.check.response_error && c.check.extensions.is_none());
         assert_eq!(c.timeout, Duration::from_secs(3600));
         assert_eq!(c.store_url, "sqlite://data/sessions.db");

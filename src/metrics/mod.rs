@@ -14,6 +14,16 @@
 //! | `session_store_errors_total` | counter | failed store calls, by `op` (load, save, touch, destroy) |
 //! | `session_conflicts_total` | counter | refused saves, by `kind` (superseded, missing) |
 //! | `session_cache_entries` | gauge | sessions in the node cache (approximate) |
+//! | `session_write_queue_depth` | gauge | writes queued in the write-behind writer |
+//! | `session_write_oldest_pending_seconds` | gauge | age of the oldest queued write |
+//! | `session_write_batch_size` | histogram | writes per flush |
+//! | `session_write_flush_seconds` | histogram | time of one flush |
+//! | `session_write_statements_total` | counter | store calls made by the writer |
+//! | `session_write_retries_total` | counter | writes put back for retry after a failure |
+//! | `session_write_failures_total` | counter | writes that failed (and were retried) |
+//! | `session_write_sync_fallbacks_total` | counter | async saves made synchronously (queue full) |
+//!
+//! The writer's series have no `app` label: one writer serves every app sharing a store.
 
 pub(crate) fn cache_hit(app: &str) {
     metrics::counter!("session_cache_hits_total", "app" => app.to_owned()).increment(1);
@@ -49,4 +59,29 @@ pub(crate) fn conflict(app: &str, kind: &'static str) {
 #[allow(clippy::cast_precision_loss)] // a gauge of up to 10^8 entries is exact in f64
 pub(crate) fn cache_entries(app: &str, entries: u64) {
     metrics::gauge!("session_cache_entries", "app" => app.to_owned()).set(entries as f64);
+}
+
+#[allow(clippy::cast_precision_loss)] // queue lengths are far below 2^52
+pub(crate) fn queue_depth(pending: usize) {
+    metrics::gauge!("session_write_queue_depth").set(pending as f64);
+}
+
+pub(crate) fn oldest_pending(age: std::time::Duration) {
+    metrics::gauge!("session_write_oldest_pending_seconds").set(age.as_secs_f64());
+}
+
+#[allow(clippy::cast_precision_loss)]
+pub(crate) fn flushed(report: &crate::persist::FlushReport, seconds: f64) {
+    metrics::histogram!("session_write_batch_size").record(report.taken as f64);
+    metrics::histogram!("session_write_flush_seconds").record(seconds);
+    metrics::counter!("session_write_statements_total").increment(report.statements as u64);
+    metrics::counter!("session_write_failures_total").increment(report.failed as u64);
+}
+
+pub(crate) fn write_retries(writes: usize) {
+    metrics::counter!("session_write_retries_total").increment(writes as u64);
+}
+
+pub(crate) fn sync_fallback() {
+    metrics::counter!("session_write_sync_fallbacks_total").increment(1);
 }

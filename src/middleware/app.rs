@@ -9,7 +9,7 @@ use http::{HeaderMap, HeaderValue, Request};
 
 use crate::cache::NodeCache;
 use crate::codec::{Codec, EncodedAttributes};
-use crate::persist::Persister;
+use crate::persist::{Persister, Saved};
 use crate::session::state::{Entry, State, Value};
 use crate::session::{Session, SessionId};
 use crate::store::{EpochMillis, Meta, Record, Update, now_millis};
@@ -71,7 +71,7 @@ pub(crate) struct Finish {
 
 /// Whether the request's change may be acknowledged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Saved {
+pub(crate) enum Answer {
     /// Saved, or kept in memory to be saved later: the response stands.
     Done,
     /// Not kept (a newer state elsewhere, or the session was ended elsewhere): answer 409.
@@ -154,16 +154,20 @@ impl AppShared {
     pub(crate) async fn load(&self, ids: &[SessionId]) -> Loaded {
         for id in ids {
             if let Some(entry) = self.cache.get(id).await {
-                let live = {
+                let (live, stale) = {
                     let state = entry.lock();
                     // The entry may be a tombstone, or (after a rotation) hold another id.
-                    !state.invalidated && state.id == *id
+                    (!state.invalidated && state.id == *id, state.stale)
                 };
-                if live {
+                if live && !stale {
                     crate::metrics::cache_hit(&self.settings.app);
                     return Loaded::Session(Session::new(Some(entry)));
                 }
-                continue;
+                if !stale {
+                    continue;
+                }
+                // Another node stored a newer state: drop this copy and restore that one.
+                self.cache.invalidate(id).await;
             }
             crate::metrics::cache_miss(&self.settings.app);
             let Some(persister) = &self.persister else {
@@ -292,7 +296,9 @@ impl AppShared {
             });
         }
         let touch_every = millis(self.settings.timeout / TOUCH_DIVISOR);
-        if now.saturating_sub(state.persisted_at) >= touch_every {
+        // Only a row known to exist is touched: a session whose first write is still queued
+        // has none yet, and "not found" would wrongly end it.
+        if state.persisted && now.saturating_sub(state.persisted_at) >= touch_every {
             state.persisted_at = now;
             return Work::Touch;
         }
@@ -303,10 +309,10 @@ impl AppShared {
     /// response future (a client gone, a timeout) must not cut a save, a logout or a rotation in
     /// half.
     ///
-    /// Returns [`Saved::Conflict`] when the change was not kept because the store holds a newer
+    /// Returns [`Answer::Conflict`] when the change was not kept because the store holds a newer
     /// state or no longer holds the session: the response must not acknowledge it.
-    pub(crate) async fn execute(self: Arc<Self>, finish: Finish) -> Saved {
-        let mut saved = Saved::Done;
+    pub(crate) async fn execute(self: Arc<Self>, finish: Finish) -> Answer {
+        let mut saved = Answer::Done;
         if let Some((id, entry)) = &finish.entry {
             if finish.cache_it {
                 self.cache.insert(id.clone(), Arc::clone(entry)).await;
@@ -349,44 +355,49 @@ impl AppShared {
         &self,
         persister: &Persister,
         id: &SessionId,
-        entry: &Entry,
+        entry: &Arc<Entry>,
         snapshot: Snapshot,
-    ) -> Saved {
-        let (version, new) = (snapshot.version, snapshot.new);
+    ) -> Answer {
+        let new = snapshot.new;
         let started = std::time::Instant::now();
         let Some(record) = self.record(id, snapshot) else {
             entry.lock().dirty = true;
-            return Saved::Done;
+            return Answer::Done;
         };
-        match persister.save(&record, new).await {
-            Ok(Update::Written) => {
-                entry.lock().persisted = true;
-                crate::metrics::saved(&self.settings.app, started.elapsed().as_secs_f64());
-                Saved::Done
+        let app = &self.settings.app;
+        match persister.save(record, new, entry).await {
+            Saved::Stored(Update::Written) => {
+                crate::metrics::saved(app, started.elapsed().as_secs_f64());
+                Answer::Done
             }
-            Ok(Update::Missing) => {
-                crate::metrics::conflict(&self.settings.app, "missing");
-                self.ended_elsewhere(id, entry);
-                Saved::Conflict
+            Saved::Queued => Answer::Done,
+            Saved::Stored(Update::Missing) => {
+                crate::metrics::conflict(app, "missing");
+                tracing::info!(%app, session = %id.short_hash(), "session was ended elsewhere; dropped from this node");
+                Answer::Conflict
             }
-            Ok(Update::Superseded) => {
+            Saved::Stored(Update::Superseded) => {
                 // A newer local save of this entry got there first: nothing is lost.
-                if entry.lock().version > version {
-                    return Saved::Done;
+                if !entry.lock().stale {
+                    return Answer::Done;
                 }
-                // Another node wrote a newer version: this node's copy is stale. Drop it; the
-                // next request restores the newer state, and this change is not acknowledged.
-                tracing::warn!(app = %self.settings.app, session = %id.short_hash(), "session was changed on another node; this node's change is refused and its copy dropped");
-                crate::metrics::conflict(&self.settings.app, "superseded");
-                self.cache.invalidate(id).await;
-                Saved::Conflict
+                // Another node wrote a newer version: this node's copy is stale and will be
+                // dropped by the next request; this change is not acknowledged.
+                tracing::warn!(%app, session = %id.short_hash(), "session was changed on another node; this node's change is refused and its copy dropped");
+                crate::metrics::conflict(app, "superseded");
+                Answer::Conflict
             }
-            Err(error) => {
+            Saved::Kept(error) => {
+                crate::metrics::store_error(app, "save");
+                tracing::error!(%app, session = %id.short_hash(), error = &error as &dyn std::error::Error, "cannot save session now; the writer keeps it and retries");
+                Answer::Done
+            }
+            Saved::Failed(error) => {
                 // Keep it: still in the cache, marked changed, saved by its next request.
                 entry.lock().dirty = true;
-                crate::metrics::store_error(&self.settings.app, "save");
-                tracing::error!(app = %self.settings.app, session = %id.short_hash(), error = &error as &dyn std::error::Error, "cannot save session; kept in memory and retried on its next request");
-                Saved::Done
+                crate::metrics::store_error(app, "save");
+                tracing::error!(%app, session = %id.short_hash(), error = &error as &dyn std::error::Error, "cannot save session; kept in memory and retried on its next request");
+                Answer::Done
             }
         }
     }

@@ -9,7 +9,7 @@ use super::app::{AppSettings, AppShared};
 use super::service::SessionFailover;
 use crate::codec::Codec;
 use crate::config::{Config, SaveMode};
-use crate::persist::Persister;
+use crate::persist::{DrainReport, Persistence, Persister, WriterConfig};
 use crate::store::SessionStore;
 
 /// The failover filter of one application (a Commerce "extension").
@@ -67,14 +67,14 @@ impl SessionFailoverLayer {
     }
 
     /// The layer for `app` as configured: cookie settings from `spring.session.<app>.*`, timeout,
-    /// node name and cache size from `session.*`, and `store` used only if failover is enabled
-    /// and the app has a save mode.
+    /// node name and cache size from `session.*`, and `persistence` used only if failover is
+    /// enabled and the app has a save mode. Apps of one process share one [`Persistence`].
     pub fn from_config(
         config: &Config,
         app: &str,
         context_path: &str,
         node: &str,
-        store: Option<Arc<dyn SessionStore>>,
+        persistence: Option<Persistence>,
     ) -> Self {
         let app_config = config.app(app);
         let settings = AppSettings {
@@ -88,20 +88,14 @@ impl SessionFailoverLayer {
             node: node.to_owned(),
             cache_max_entries: config.cache_max_entries,
         };
-        let persister = match (config.save_mode(app), store) {
-            (Some(mode), Some(store)) => Some(Persister::new(store, mode, config.store.timeout)),
+        let persister = match (config.save_mode(app), persistence) {
+            (Some(mode), Some(persistence)) => Some(Persister::new(persistence, mode)),
             _ => None,
         };
         Self::build(settings, persister)
     }
 
     fn build(settings: AppSettings, persister: Option<Persister>) -> Self {
-        if persister.as_ref().map(Persister::mode) == Some(SaveMode::Async) {
-            tracing::warn!(
-                app = %settings.app,
-                "save=async is not implemented in this build yet; sessions are saved synchronously"
-            );
-        }
         let cache = crate::cache::new(
             &settings.app,
             settings.cache_max_entries,
@@ -124,26 +118,34 @@ impl SessionFailoverLayer {
         Self::build(settings, self.shared.persister.clone())
     }
 
-    /// Persists sessions to `store` in `mode`, each store operation bounded by 5 s (see
-    /// [`SessionFailoverLayer::with_store_timeout`]). Default: none (memory-only sessions).
+    /// Persists sessions to `store` in `mode` with the defaults: each store call bounded by 5 s,
+    /// sync saves grouped, async saves every 5 s (see [`WriterConfig`]). Default: none
+    /// (memory-only sessions). Call [`SessionFailoverLayer::drain`] at shutdown.
     pub fn with_store(self, store: Arc<dyn SessionStore>, mode: SaveMode) -> Self {
-        let timeout = crate::store::StoreOptions::default().timeout;
+        let persistence = Persistence::new(
+            store,
+            WriterConfig::default(),
+            crate::store::StoreOptions::default().timeout,
+            true,
+        );
+        self.with_persistence(persistence, mode)
+    }
+
+    /// Persists sessions through `persistence` (shared with other apps of the process) in `mode`.
+    pub fn with_persistence(self, persistence: Persistence, mode: SaveMode) -> Self {
         Self::build(
             self.shared.settings.clone(),
-            Some(Persister::new(store, mode, timeout)),
+            Some(Persister::new(persistence, mode)),
         )
     }
 
-    /// The longest a store operation may take before the request goes on without it (a failed
-    /// save keeps the session in memory; a failed restore answers 503). Default 5 s. Has no
-    /// effect before [`SessionFailoverLayer::with_store`].
-    pub fn with_store_timeout(self, timeout: Duration) -> Self {
-        let persister = self
-            .shared
-            .persister
-            .as_ref()
-            .map(|p| Persister::new(p.store(), p.mode(), timeout));
-        Self::build(self.shared.settings.clone(), persister)
+    /// Writes what the write-behind writer still holds, for at most `timeout`; call it at
+    /// graceful shutdown (async mode loses what is not drained). `None` for memory-only apps.
+    pub async fn drain(&self, timeout: Duration) -> Option<DrainReport> {
+        match &self.shared.persister {
+            Some(persister) => Some(persister.persistence().shutdown(timeout).await),
+            None => None,
+        }
     }
 
     /// The path the application is mounted at; the cookie path unless set. Default `/`.

@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 use http::{Request, Response, StatusCode};
 use tower::Service;
 
-use super::app::{AppShared, Loaded, Saved};
+use super::app::{Answer, AppShared, Loaded};
 use super::future::ResponseFuture;
 
 /// Middleware that gives each request its [`crate::Session`] and persists it afterwards.
@@ -70,8 +70,8 @@ where
                     // Its own task: if this future is dropped (client gone, timeout), the save,
                     // logout or rotation still completes.
                     match tokio::spawn(Arc::clone(&app).execute(finish)).await {
-                        Ok(Saved::Done) => {}
-                        Ok(Saved::Conflict) => {
+                        Ok(Answer::Done) => {}
+                        Ok(Answer::Conflict) => {
                             // The change was not kept: do not acknowledge it.
                             let mut conflict = Response::new(ResBody::default());
                             *conflict.status_mut() = StatusCode::CONFLICT;

@@ -1,40 +1,144 @@
 //! Writing sessions to the store: the failover filter's half that runs after the handler.
 //!
-//! `sync` mode writes before the response leaves. A failed write does not lose the session: it
-//! stays in the node cache, still marked changed, and the next request of that session writes it
-//! again; the error is logged.
+//! - `sync` mode: the write is committed before the response leaves. With group commit
+//!   (`session.save.group.commit=true`, the default) concurrent sync saves are gathered by the
+//!   [`WriteBehind`] writer into one batch (after at most `session.save.group.commit.window`),
+//!   and each request is answered when its own batch has committed. Without it, each request
+//!   writes its own row.
+//! - `async` mode: the write is queued before the response and written by the writer later
+//!   (`spring.session.save.async.*`); when the queue is full, that request saves synchronously.
+//! - Deletes (logout, rotation) always wait for their commit, through the writer when there is
+//!   one, so a queued save can never overtake them.
 //!
-//! A new session is inserted; an existing one is only updated, and only by a higher version, so
-//! a session ended elsewhere (logout on another node, the backoffice) is not brought back.
-//!
-//! `async` mode (write-behind, `spring.session.save.async.*`) is not built yet: an app configured
-//! with `async` is saved synchronously, which keeps every guarantee of `sync`, and a warning says
-//! so at start-up.
+//! A failed write never loses the session: through the writer it stays queued and is retried
+//! with backoff; written directly, it stays in the node cache marked changed and the next
+//! request writes it. A new session is inserted; an existing one is only updated, and only by a
+//! higher version, so a session ended elsewhere is not brought back.
+
+mod writer;
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
+
+pub use writer::{DrainReport, FlushReport, Scope, Worker, WriteBehind, WriterConfig};
+pub(crate) use writer::{Op, Outcome, apply};
 
 use crate::config::SaveMode;
 use crate::session::SessionKey;
+use crate::session::state::Entry;
 use crate::store::{self, EpochMillis, Record, SessionStore, Update};
 
-/// Persists one application's sessions to a store.
-#[derive(Clone)]
-pub(crate) struct Persister {
+/// A store as the applications of a process share it: the store, its write-behind writer, and
+/// the bound on each store call.
+#[derive(Clone, Debug)]
+pub struct Persistence {
     store: Arc<dyn SessionStore>,
-    mode: SaveMode,
-    /// The longest one store operation may take (`session.store.timeout`).
+    writer: WriteBehind,
     timeout: Duration,
+    group_commit: bool,
+}
+
+impl std::fmt::Debug for dyn SessionStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionStore")
+    }
+}
+
+impl Persistence {
+    /// `store` with a writer of `config` (its worker starts on first use), each store call
+    /// bounded by `timeout`, and sync saves grouped if `group_commit`.
+    pub fn new(
+        store: Arc<dyn SessionStore>,
+        config: WriterConfig,
+        timeout: Duration,
+        group_commit: bool,
+    ) -> Self {
+        let config = WriterConfig {
+            store_timeout: timeout,
+            ..config
+        };
+        Self {
+            writer: WriteBehind::new(Arc::clone(&store), config),
+            store,
+            timeout,
+            group_commit,
+        }
+    }
+
+    /// `store` with a writer you drive yourself (see [`WriteBehind::pair`]).
+    pub fn with_writer(
+        store: Arc<dyn SessionStore>,
+        writer: WriteBehind,
+        timeout: Duration,
+        group_commit: bool,
+    ) -> Self {
+        Self {
+            store,
+            writer,
+            timeout,
+            group_commit,
+        }
+    }
+
+    /// The configured persistence: `session.store.timeout`, `session.save.group.commit*`,
+    /// `spring.session.save.async.*` and `session.save.retry.*`.
+    pub fn from_config(store: Arc<dyn SessionStore>, config: &crate::Config) -> Self {
+        Self::new(
+            store,
+            config.writer.clone(),
+            config.store.timeout,
+            config.group_commit,
+        )
+    }
+
+    /// The write-behind writer.
+    pub fn writer(&self) -> &WriteBehind {
+        &self.writer
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.store
+    }
+
+    /// Writes what is queued, for at most `timeout` (graceful shutdown).
+    pub async fn shutdown(&self, timeout: Duration) -> DrainReport {
+        self.writer.shutdown(timeout).await
+    }
+}
+
+/// What became of a save.
+#[derive(Debug)]
+pub(crate) enum Saved {
+    /// Committed, or refused with this outcome.
+    Stored(Update),
+    /// Queued (async mode); the writer reports to the entry later.
+    Queued,
+    /// Not committed now, but still queued: the writer retries it.
+    Kept(store::Error),
+    /// Not committed and not queued: the caller must keep the session marked changed.
+    Failed(store::Error),
+}
+
+/// Persists one application's sessions.
+#[derive(Clone, Debug)]
+pub(crate) struct Persister {
+    persistence: Persistence,
+    mode: SaveMode,
 }
 
 impl Persister {
-    pub(crate) fn new(store: Arc<dyn SessionStore>, mode: SaveMode, timeout: Duration) -> Self {
-        Self {
-            store,
-            mode,
-            timeout,
-        }
+    pub(crate) fn new(persistence: Persistence, mode: SaveMode) -> Self {
+        Self { persistence, mode }
+    }
+
+    pub(crate) fn mode(&self) -> SaveMode {
+        self.mode
+    }
+
+    pub(crate) fn persistence(&self) -> &Persistence {
+        &self.persistence
     }
 
     /// Bounds a store operation: a request never waits longer than the store timeout.
@@ -42,38 +146,70 @@ impl Persister {
         &self,
         operation: impl Future<Output = Result<T, store::Error>>,
     ) -> Result<T, store::Error> {
-        tokio::time::timeout(self.timeout, operation)
+        let timeout = self.persistence.timeout;
+        tokio::time::timeout(timeout, operation)
             .await
-            .unwrap_or(Err(store::Error::Timeout(self.timeout)))
+            .unwrap_or(Err(store::Error::Timeout(timeout)))
     }
 
-    pub(crate) fn mode(&self) -> SaveMode {
-        self.mode
-    }
-
-    pub(crate) fn store(&self) -> Arc<dyn SessionStore> {
-        Arc::clone(&self.store)
-    }
-
-    /// Reads a live session.
+    /// Reads a live session: the newest state queued on this node if there is one, else the row.
     pub(crate) async fn load(
         &self,
         key: &SessionKey,
         now: EpochMillis,
     ) -> Result<Option<Record>, store::Error> {
-        self.bounded(self.store.get(key, now)).await
+        match self.persistence.writer.pending(key) {
+            Some(queued) => Ok(queued.filter(|r| r.meta.expires_at > now)),
+            None => self.bounded(self.persistence.store.get(key, now)).await,
+        }
     }
 
-    /// Writes a changed session; in every mode of this build, before returning.
-    ///
-    /// A session new to the store (`new`) is inserted; one the store already had is only
-    /// updated, so a row deleted meanwhile is not re-created ([`Update::Missing`]).
-    pub(crate) async fn save(&self, record: &Record, new: bool) -> Result<Update, store::Error> {
-        if new {
-            self.bounded(self.store.set(record)).await?;
-            Ok(Update::Written)
+    /// Writes a changed session as the app's mode says (see the module docs), and tells the
+    /// entry what became of it.
+    pub(crate) async fn save(&self, record: Record, new: bool, entry: &Arc<Entry>) -> Saved {
+        let writer = &self.persistence.writer;
+        let key = record.meta.key.clone();
+        match self.mode {
+            SaveMode::Async => {
+                let op = Op::Save {
+                    record: record.clone(),
+                    new,
+                };
+                if writer.enqueue(key, op, Arc::downgrade(entry)).is_ok() {
+                    return Saved::Queued;
+                }
+                crate::metrics::sync_fallback();
+                self.save_directly(record, new, entry).await
+            }
+            SaveMode::Sync if self.persistence.group_commit => {
+                let op = Op::Save { record, new };
+                let wait = writer.enqueue_and_wait(key, op, Arc::downgrade(entry));
+                match tokio::time::timeout(self.persistence.timeout, wait).await {
+                    // The writer has already told the entry.
+                    Ok(Outcome::Stored(update)) => Saved::Stored(update),
+                    Ok(Outcome::Failed(error)) => Saved::Kept(clone_error(&error)),
+                    Err(_) => Saved::Kept(store::Error::Timeout(self.persistence.timeout)),
+                }
+            }
+            SaveMode::Sync => self.save_directly(record, new, entry).await,
+        }
+    }
+
+    async fn save_directly(&self, record: Record, new: bool, entry: &Arc<Entry>) -> Saved {
+        let store = &self.persistence.store;
+        let result = if new {
+            self.bounded(store.set(&record))
+                .await
+                .map(|()| Update::Written)
         } else {
-            self.bounded(self.store.update(record)).await
+            self.bounded(store.update(&record)).await
+        };
+        match result {
+            Ok(update) => {
+                apply(entry, record.meta.version, update);
+                Saved::Stored(update)
+            }
+            Err(error) => Saved::Failed(error),
         }
     }
 
@@ -84,12 +220,40 @@ impl Persister {
         now: EpochMillis,
         expires_at: EpochMillis,
     ) -> Result<bool, store::Error> {
-        self.bounded(self.store.reset_timer(key, now, expires_at))
+        self.bounded(self.persistence.store.reset_timer(key, now, expires_at))
             .await
     }
 
-    /// Removes an ended session.
-    pub(crate) async fn destroy(&self, key: &SessionKey) -> Result<bool, store::Error> {
-        self.bounded(self.store.destroy(key)).await
+    /// Removes an ended session, after any write of it that is already queued.
+    pub(crate) async fn destroy(&self, key: &SessionKey) -> Result<(), store::Error> {
+        let wait = self
+            .persistence
+            .writer
+            .enqueue_and_wait(key.clone(), Op::Delete, Weak::new());
+        match tokio::time::timeout(self.persistence.timeout, wait).await {
+            Ok(Outcome::Stored(_)) => Ok(()),
+            Ok(Outcome::Failed(error)) => Err(clone_error(&error)),
+            Err(_) => Err(store::Error::Timeout(self.persistence.timeout)),
+        }
+    }
+}
+
+/// A shared error as an owned one for the caller's log (the source chain is kept as text).
+fn clone_error(error: &Arc<store::Error>) -> store::Error {
+    store::Error::Backend(Box::new(SharedError(Arc::clone(error))))
+}
+
+#[derive(Debug)]
+struct SharedError(Arc<store::Error>);
+
+impl std::fmt::Display for SharedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for SharedError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&*self.0)
     }
 }

@@ -8,7 +8,6 @@ pub mod storefront;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::get;
@@ -16,7 +15,8 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::middleware::SessionFailoverLayer;
-use crate::store::{self, SessionStore};
+use crate::persist::Persistence;
+use crate::store;
 
 /// The demo storefront's application name (its `spring.session.<app>.*` keys).
 pub const STOREFRONT_APP: &str = "storefront";
@@ -45,7 +45,7 @@ pub enum Error {
 }
 
 /// Opens the configured store if any application persists sessions; `None` otherwise.
-pub async fn open_store(config: &Config) -> Result<Option<Arc<dyn SessionStore>>, store::Error> {
+pub async fn open_store(config: &Config) -> Result<Option<Persistence>, store::Error> {
     for app in config.apps.keys().filter(|app| *app != STOREFRONT_APP) {
         tracing::warn!(
             "spring.session.{app}.* configures an application this server does not run (it runs {STOREFRONT_APP}); check the spelling"
@@ -65,17 +65,17 @@ pub async fn open_store(config: &Config) -> Result<Option<Arc<dyn SessionStore>>
     }
     let store = store::open(&config.store_url, &config.store).await?;
     tracing::info!(url = %store::redact_url(&config.store_url), "session store ready");
-    Ok(Some(store))
+    Ok(Some(Persistence::from_config(store, config)))
 }
 
 /// The router of the whole server: `/health` plus the storefront behind its session layer.
-pub fn app(config: &Config, node: &str, store: Option<Arc<dyn SessionStore>>) -> Router {
+pub fn app(config: &Config, node: &str, persistence: Option<Persistence>) -> Router {
     let layer = SessionFailoverLayer::from_config(
         config,
         STOREFRONT_APP,
         STOREFRONT_CONTEXT_PATH,
         node,
-        store,
+        persistence,
     );
     Router::new()
         .route("/health", get(|| async { "ok" }))
@@ -120,13 +120,17 @@ pub async fn serve(
         .node_name
         .clone()
         .unwrap_or_else(|| format!("{}:{}", host_name(), local.port()));
-    let router = app(&config, &node, store);
+    let router = app(&config, &node, store.clone());
     tracing::info!(%node, "session-failover listening on http://{local}");
     // On stdout too, for scripts and tests that start the server on port 0.
     println!("session-failover listening on http://{local}");
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await?;
+    // The requests in flight have been answered; write what the writer still holds.
+    if let Some(persistence) = store {
+        persistence.shutdown(config.drain_timeout).await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

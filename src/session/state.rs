@@ -68,6 +68,9 @@ pub(crate) struct State {
     /// entry stays in the cache as a tombstone until its idle expiry, so a concurrent request
     /// cannot restore the old row before it is deleted.
     pub(crate) invalidated: bool,
+    /// Another node stored a newer state: this copy must not be served again; the next request
+    /// drops it and restores the newer state.
+    pub(crate) stale: bool,
     /// Restored from the store on this node and its cookie not yet sent again. The first request
     /// after a restore re-sends the cookie (same id), so a load balancer that sticks on a cookie
     /// prefix re-sticks the user to this node.
@@ -108,6 +111,7 @@ impl State {
             persisted: false,
             persisted_at: now,
             invalidated: false,
+            stale: false,
             announce: false,
         }
     }
@@ -137,6 +141,7 @@ impl State {
             persisted: true,
             persisted_at: meta.modified_at,
             invalidated: false,
+            stale: false,
             announce: true,
         }
     }
@@ -154,6 +159,7 @@ impl State {
             persisted: false,
             persisted_at: self.persisted_at,
             invalidated: false,
+            stale: false,
             announce: false,
         };
         self.end();

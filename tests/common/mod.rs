@@ -27,6 +27,7 @@ pub const PROJECT_PROPERTIES: &str = include_str!("../../config/project.properti
 pub struct CountingStore {
     inner: Arc<dyn SessionStore>,
     calls: Mutex<BTreeMap<&'static str, u64>>,
+    rows: std::sync::atomic::AtomicU64,
 }
 
 impl CountingStore {
@@ -34,6 +35,7 @@ impl CountingStore {
         Arc::new(Self {
             inner,
             calls: Mutex::default(),
+            rows: 0.into(),
         })
     }
     fn hit(&self, op: &'static str) {
@@ -41,6 +43,18 @@ impl CountingStore {
     }
     pub fn count(&self, op: &str) -> u64 {
         self.calls.lock().unwrap().get(op).copied().unwrap_or(0)
+    }
+    /// Rows handed to set/update calls (single or batched).
+    pub fn rows_written(&self) -> u64 {
+        self.rows.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn wrote(&self, n: usize) {
+        self.rows
+            .fetch_add(n as u64, std::sync::atomic::Ordering::SeqCst);
+    }
+    /// Calls that read a session (get/exists/ttl).
+    pub fn reads(&self) -> u64 {
+        self.count("get") + self.count("exists") + self.count("ttl")
     }
     pub fn total(&self) -> u64 {
         self.calls.lock().unwrap().values().sum()
@@ -62,15 +76,27 @@ impl SessionStore for CountingStore {
     }
     async fn set(&self, record: &Record) -> Result<(), store::Error> {
         self.hit("set");
+        self.wrote(1);
         self.inner.set(record).await
     }
     async fn update(&self, record: &Record) -> Result<store::Update, store::Error> {
         self.hit("update");
+        self.wrote(1);
         self.inner.update(record).await
     }
     async fn set_many(&self, records: &[Record]) -> Result<(), store::Error> {
         self.hit("set_many");
+        self.wrote(records.len());
         self.inner.set_many(records).await
+    }
+    async fn update_many(&self, records: &[Record]) -> Result<Vec<store::Update>, store::Error> {
+        self.hit("update_many");
+        self.wrote(records.len());
+        self.inner.update_many(records).await
+    }
+    async fn destroy_many(&self, keys: &[SessionKey]) -> Result<u64, store::Error> {
+        self.hit("destroy_many");
+        self.inner.destroy_many(keys).await
     }
     async fn destroy(&self, key: &SessionKey) -> Result<bool, store::Error> {
         self.hit("destroy");

@@ -1,0 +1,704 @@
+//! The write-behind writer: one queue of pending session writes in front of one worker task.
+//!
+//! Shaped like tower's `buffer`: a cheap-clone handle ([`WriteBehind`]) that requests enqueue
+//! into, and a worker ([`Worker`]) whose one testable step is [`Worker::flush_once`] and whose
+//! loop is [`Worker::run_until_stopped`]. [`WriteBehind::new`] spawns the worker on first use;
+//! [`WriteBehind::pair`] hands it to the caller (tests drive it step by step).
+//!
+//! - **Coalescing**: the queue holds one pending write per session; a newer state replaces an
+//!   older one in place, so memory is bounded by sessions, not by writes.
+//! - **Invalidation wins**: a pending delete is never replaced by a save of the same session,
+//!   and the single worker writes batches in order, so a delete is never overtaken.
+//! - **Urgent writes** (sync-mode saves with group commit, and every delete) carry waiters: the
+//!   worker flushes them after a short window, in one batch with whatever else is urgent, and
+//!   answers each waiter when its own batch has committed.
+//! - **Lazy writes** (async mode) are flushed every interval, `max_items` per round trip,
+//!   repeating until the queue is empty or the next interval is due.
+//! - **Failures** keep the write: it goes back to the queue with exponential backoff and
+//!   jitter, unless a newer state of the session arrived meanwhile, which replaces it.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
+
+use crate::session::SessionKey;
+use crate::session::state::Entry;
+use crate::store::{self, Record, SessionStore, Update};
+
+/// How the writer batches and retries (`spring.session.save.async.*`, `session.save.*`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriterConfig {
+    /// Time between flushes of lazy (async) writes. Default 5 s.
+    pub interval: Duration,
+    /// Lazy writes the queue holds; beyond it a request saves synchronously. Default 10,000.
+    pub queue_size: usize,
+    /// Writes in one batch (one round trip per statement kind). Default 2,000.
+    pub max_items: usize,
+    /// How long an urgent write waits for others to join its batch. Default 2 ms.
+    pub group_commit_window: Duration,
+    /// The first retry delay after a failed batch. Default 1 s.
+    pub retry_delay: Duration,
+    /// Each further retry waits this many times longer. Default 2.
+    pub retry_multiplier: u32,
+    /// The longest retry delay. Default 10 s.
+    pub retry_max_delay: Duration,
+    /// The longest one store call may take (`session.store.timeout`). Default 5 s.
+    pub store_timeout: Duration,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(5),
+            queue_size: 10_000,
+            max_items: 2_000,
+            group_commit_window: Duration::from_millis(2),
+            retry_delay: Duration::from_secs(1),
+            retry_multiplier: 2,
+            retry_max_delay: Duration::from_secs(10),
+            store_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A write to make.
+#[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // nearly every op is a save; boxing would only add a hop
+pub(crate) enum Op {
+    /// Write this state; insert if `new` (the store has no row yet), else update only.
+    Save { record: Record, new: bool },
+    /// Remove the row.
+    Delete,
+}
+
+/// What became of a write, as told to a waiting request.
+#[derive(Clone, Debug)]
+pub(crate) enum Outcome {
+    /// Committed (or, for a delete, done).
+    Stored(Update),
+    /// The attempt failed; the write stays queued and is retried.
+    Failed(Arc<store::Error>),
+}
+
+/// The enqueue was refused: the lazy queue is full. The caller saves synchronously.
+#[derive(Debug)]
+pub(crate) struct QueueFull;
+
+struct Pending {
+    op: Op,
+    /// The session's node entry, told what became of the write.
+    entry: Weak<Entry>,
+    waiters: Vec<oneshot::Sender<Outcome>>,
+    /// When the oldest state merged into this one was queued.
+    since: Instant,
+    attempts: u32,
+    /// Retry not before this instant.
+    not_before: Option<Instant>,
+}
+
+#[derive(Default)]
+struct Queue {
+    /// Writes someone waits for.
+    urgent: IndexMap<SessionKey, Pending>,
+    /// Async writes, flushed every interval.
+    lazy: IndexMap<SessionKey, Pending>,
+    /// Failed writes waiting for their backoff.
+    retry: IndexMap<SessionKey, Pending>,
+}
+
+impl Queue {
+    fn len(&self) -> usize {
+        self.urgent.len() + self.lazy.len() + self.retry.len()
+    }
+
+    fn take(&mut self, key: &SessionKey) -> Option<Pending> {
+        self.urgent
+            .shift_remove(key)
+            .or_else(|| self.lazy.shift_remove(key))
+            .or_else(|| self.retry.shift_remove(key))
+    }
+
+    fn find(&self, key: &SessionKey) -> Option<&Pending> {
+        self.urgent
+            .get(key)
+            .or_else(|| self.lazy.get(key))
+            .or_else(|| self.retry.get(key))
+    }
+
+    fn put(&mut self, key: SessionKey, pending: Pending, now: Instant) {
+        if pending.not_before.is_some_and(|t| t > now) {
+            self.retry.insert(key, pending);
+        } else if pending.waiters.is_empty() {
+            self.lazy.insert(key, pending);
+        } else {
+            self.urgent.insert(key, pending);
+        }
+    }
+
+    /// Moves retries whose backoff has passed back to the urgent or lazy queue.
+    fn release_due(&mut self, now: Instant) {
+        let due: Vec<SessionKey> = self
+            .retry
+            .iter()
+            .filter(|(_, p)| p.not_before.is_none_or(|t| t <= now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
+            if let Some(pending) = self.retry.shift_remove(&key) {
+                let pending = Pending {
+                    not_before: None,
+                    ..pending
+                };
+                self.put(key, pending, now);
+            }
+        }
+    }
+
+    fn next_retry(&self) -> Option<Instant> {
+        self.retry.values().filter_map(|p| p.not_before).min()
+    }
+
+    fn oldest(&self) -> Option<Instant> {
+        [&self.urgent, &self.lazy, &self.retry]
+            .into_iter()
+            .filter_map(|q| q.values().map(|p| p.since).min())
+            .min()
+    }
+}
+
+/// Merges a new write into the pending one of the same session.
+fn merge(old: Pending, mut new: Pending) -> Pending {
+    new.since = old.since;
+    new.attempts = old.attempts;
+    new.not_before = old.not_before;
+    let mut waiters = old.waiters;
+    match (&old.op, &mut new.op) {
+        // Invalidation wins: a later save of an ended session is not written, and whoever waits
+        // for it learns that the session is gone.
+        (Op::Delete, Op::Save { .. }) => {
+            for waiter in new.waiters.drain(..) {
+                let _ = waiter.send(Outcome::Stored(Update::Missing));
+            }
+            return Pending { waiters, ..old };
+        }
+        // A session new to the store stays an insert until that insert has happened.
+        (Op::Save { new: was_new, .. }, Op::Save { new: is_new, .. }) => *is_new |= *was_new,
+        _ => {}
+    }
+    waiters.append(&mut new.waiters);
+    new.waiters = waiters;
+    new
+}
+
+/// What one flush did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlushReport {
+    /// Writes taken from the queue.
+    pub taken: usize,
+    /// Rows written (inserted or updated).
+    pub written: usize,
+    /// Saves refused: a newer state in the store, or no row any more.
+    pub conflicts: usize,
+    /// Deletes done.
+    pub deleted: usize,
+    /// Writes that failed and went back to the queue.
+    pub failed: usize,
+    /// Store calls made (each one statement, or one transaction on SQLite).
+    pub statements: usize,
+}
+
+/// Which writes a flush takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Only writes that requests wait for.
+    Urgent,
+    /// Everything that is due.
+    All,
+}
+
+/// What draining the queue at shutdown achieved.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Writes stored while draining.
+    pub written: usize,
+    /// Writes still queued when the drain timeout ran out (lost with the process).
+    pub unwritten: usize,
+}
+
+struct Shared {
+    store: Arc<dyn SessionStore>,
+    config: WriterConfig,
+    /// The queue. A std mutex: every section is a few map operations, never held across
+    /// `.await`.
+    queue: Mutex<Queue>,
+    /// Wakes the worker for urgent writes.
+    urgent: Notify,
+    /// Stops the worker's loop (the drain is then run by whoever stopped it).
+    stop: Notify,
+    /// The worker task, started on first use by [`WriteBehind::new`] handles.
+    started: OnceLock<()>,
+    /// Whether this handle spawns its own worker.
+    autostart: bool,
+    /// The last flush that reached the store failed: urgent writes then do not wait (they would
+    /// only wait for the store timeout) but are queued for the next retry at once.
+    failing: AtomicBool,
+}
+
+impl Shared {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        // Queue operations leave it consistent before anything that could panic.
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The handle requests enqueue writes into. Cheap to clone; all clones share one queue.
+#[derive(Clone)]
+pub struct WriteBehind {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for WriteBehind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteBehind")
+            .field("config", &self.shared.config)
+            .field("pending", &self.shared.queue().len())
+            .finish()
+    }
+}
+
+/// The worker: flushes the queue into the store.
+pub struct Worker {
+    shared: Arc<Shared>,
+}
+
+impl WriteBehind {
+    /// A writer for `store` whose worker task is spawned on the first enqueue.
+    pub fn new(store: Arc<dyn SessionStore>, config: WriterConfig) -> Self {
+        Self::build(store, config, true)
+    }
+
+    /// A writer and its worker, not spawned: run [`Worker::run_until_stopped`] yourself, or
+    /// call [`Worker::flush_once`] step by step.
+    pub fn pair(store: Arc<dyn SessionStore>, config: WriterConfig) -> (Self, Worker) {
+        let handle = Self::build(store, config, false);
+        let worker = Worker {
+            shared: Arc::clone(&handle.shared),
+        };
+        (handle, worker)
+    }
+
+    fn build(store: Arc<dyn SessionStore>, config: WriterConfig, autostart: bool) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                store,
+                config,
+                queue: Mutex::default(),
+                urgent: Notify::new(),
+                stop: Notify::new(),
+                started: OnceLock::new(),
+                autostart,
+                failing: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    fn ensure_started(&self) {
+        if self.shared.autostart {
+            self.shared.started.get_or_init(|| {
+                let worker = Worker {
+                    shared: Arc::clone(&self.shared),
+                };
+                tokio::spawn(async move {
+                    let stop = Arc::clone(&worker.shared);
+                    worker.run_until_stopped(stop.stop.notified()).await;
+                });
+            });
+        }
+    }
+
+    /// Queues an async write. `Err(QueueFull)` if the session has nothing pending and the queue
+    /// is full: the caller then saves synchronously.
+    pub(crate) fn enqueue(
+        &self,
+        key: SessionKey,
+        op: Op,
+        entry: Weak<Entry>,
+    ) -> Result<(), QueueFull> {
+        self.ensure_started();
+        let now = Instant::now();
+        let mut queue = self.shared.queue();
+        if queue.find(&key).is_none() && queue.len() >= self.shared.config.queue_size {
+            return Err(QueueFull);
+        }
+        self.insert(&mut queue, key, op, entry, None, now);
+        crate::metrics::queue_depth(queue.len());
+        Ok(())
+    }
+
+    /// Queues a write someone waits for; the answer comes when its batch has committed.
+    pub(crate) fn enqueue_and_wait(
+        &self,
+        key: SessionKey,
+        op: Op,
+        entry: Weak<Entry>,
+    ) -> impl Future<Output = Outcome> + Send + 'static {
+        self.ensure_started();
+        let (tx, rx) = oneshot::channel();
+        let failing = self.shared.failing.load(Ordering::Relaxed);
+        {
+            let now = Instant::now();
+            let mut queue = self.shared.queue();
+            if failing {
+                // The store is failing: queue the write for the next retry and answer at once.
+                let not_before = queue
+                    .next_retry()
+                    .unwrap_or(now + self.shared.config.retry_delay);
+                self.insert(&mut queue, key.clone(), op, entry, None, now);
+                if let Some(mut pending) = queue.take(&key) {
+                    pending.not_before = Some(not_before);
+                    queue.put(key, pending, now);
+                }
+            } else {
+                self.insert(&mut queue, key, op, entry, Some(tx), now);
+            }
+            crate::metrics::queue_depth(queue.len());
+        }
+        if !failing {
+            self.shared.urgent.notify_one();
+        }
+        async move {
+            if failing {
+                return Outcome::Failed(Arc::new(store::Error::Backend(
+                    "the session store is failing; the write is queued for retry".into(),
+                )));
+            }
+            rx.await.unwrap_or_else(|_| {
+                Outcome::Failed(Arc::new(store::Error::Backend(
+                    "the session writer stopped before this write was made".into(),
+                )))
+            })
+        }
+    }
+
+    fn insert(
+        &self,
+        queue: &mut Queue,
+        key: SessionKey,
+        op: Op,
+        entry: Weak<Entry>,
+        waiter: Option<oneshot::Sender<Outcome>>,
+        now: Instant,
+    ) {
+        let pending = Pending {
+            op,
+            entry,
+            waiters: waiter.into_iter().collect(),
+            since: now,
+            attempts: 0,
+            not_before: None,
+        };
+        let pending = match queue.take(&key) {
+            Some(old) => merge(old, pending),
+            None => pending,
+        };
+        queue.put(key, pending, now);
+    }
+
+    /// The newest state queued for `key`, if any: `Some(None)` if the session is queued for
+    /// deletion. A restore on this node must see it, not the older row in the store.
+    pub(crate) fn pending(&self, key: &SessionKey) -> Option<Option<Record>> {
+        self.shared.queue().find(key).map(|p| match &p.op {
+            Op::Save { record, .. } => Some(record.clone()),
+            Op::Delete => None,
+        })
+    }
+
+    /// Writes queued and not yet stored.
+    pub fn pending_len(&self) -> usize {
+        self.shared.queue().len()
+    }
+
+    /// Stops the worker and writes what is queued, for at most `timeout`; logs and returns what
+    /// was and was not written.
+    pub async fn shutdown(&self, timeout: Duration) -> DrainReport {
+        self.shared.stop.notify_one();
+        let worker = Worker {
+            shared: Arc::clone(&self.shared),
+        };
+        worker.drain(timeout).await
+    }
+}
+
+impl Worker {
+    /// Runs until `shutdown` completes: flushes urgent writes after the group-commit window, lazy
+    /// writes every interval, and failed writes when their backoff has passed. Does not drain;
+    /// see [`WriteBehind::shutdown`].
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) {
+        let config = self.shared.config.clone();
+        let mut next_interval = Instant::now() + config.interval;
+        tokio::pin!(shutdown);
+        loop {
+            let next_retry = self.shared.queue().next_retry();
+            let wake = next_retry.map_or(next_interval, |r| r.min(next_interval));
+            tokio::select! {
+                biased;
+                () = &mut shutdown => return,
+                () = self.shared.urgent.notified() => {
+                    if !config.group_commit_window.is_zero() {
+                        tokio::time::sleep(config.group_commit_window).await;
+                    }
+                    self.flush_once(Scope::Urgent).await;
+                }
+                () = tokio::time::sleep_until(wake) => {
+                    if Instant::now() >= next_interval {
+                        next_interval = Instant::now() + config.interval;
+                        // Keep flushing until empty, but not past the next interval.
+                        loop {
+                            let report = self.flush_once(Scope::All).await;
+                            if report.taken < config.max_items || report.failed > 0 || Instant::now() >= next_interval {
+                                break;
+                            }
+                        }
+                    } else {
+                        self.flush_once(Scope::Urgent).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes up to `max_items` due writes (urgent first) and stores them: deletes in one call,
+    /// new sessions in one `set_many`, existing ones in one `update_many`.
+    pub async fn flush_once(&self, scope: Scope) -> FlushReport {
+        let shared = &self.shared;
+        let now = Instant::now();
+        let batch: Vec<(SessionKey, Pending)> = {
+            let mut queue = shared.queue();
+            queue.release_due(now);
+            let max = shared.config.max_items;
+            let mut batch: Vec<_> = Vec::new();
+            let urgent = queue.urgent.len().min(max);
+            batch.extend(queue.urgent.drain(..urgent));
+            if scope == Scope::All {
+                let lazy = queue.lazy.len().min(max - batch.len());
+                batch.extend(queue.lazy.drain(..lazy));
+            }
+            if let Some(oldest) = queue.oldest() {
+                crate::metrics::oldest_pending(now.saturating_duration_since(oldest));
+            }
+            batch
+        };
+        let mut report = FlushReport {
+            taken: batch.len(),
+            ..FlushReport::default()
+        };
+        if batch.is_empty() {
+            return report;
+        }
+        let started = std::time::Instant::now();
+        let (mut deletes, mut inserts, mut updates) = (Vec::new(), Vec::new(), Vec::new());
+        for (key, pending) in batch {
+            match &pending.op {
+                Op::Delete => deletes.push((key, pending)),
+                Op::Save { new: true, .. } => inserts.push((key, pending)),
+                Op::Save { new: false, .. } => updates.push((key, pending)),
+            }
+        }
+        if !deletes.is_empty() {
+            report.statements += 1;
+            let keys: Vec<SessionKey> = deletes.iter().map(|(k, _)| k.clone()).collect();
+            match self.bounded(shared.store.destroy_many(&keys)).await {
+                Ok(_) => {
+                    report.deleted += deletes.len();
+                    for (_, pending) in deletes {
+                        resolve(pending, Update::Written);
+                    }
+                }
+                Err(error) => self.failed(deletes, error, &mut report),
+            }
+        }
+        if !inserts.is_empty() {
+            report.statements += 1;
+            let records: Vec<Record> = inserts.iter().map(|(_, p)| record_of(p)).collect();
+            match self.bounded(shared.store.set_many(&records)).await {
+                Ok(()) => {
+                    report.written += inserts.len();
+                    for (_, pending) in inserts {
+                        resolve(pending, Update::Written);
+                    }
+                }
+                Err(error) => self.failed(inserts, error, &mut report),
+            }
+        }
+        if !updates.is_empty() {
+            report.statements += 1;
+            let records: Vec<Record> = updates.iter().map(|(_, p)| record_of(p)).collect();
+            match self.bounded(shared.store.update_many(&records)).await {
+                Ok(outcomes) => {
+                    for ((_, pending), outcome) in updates.into_iter().zip(outcomes) {
+                        if outcome == Update::Written {
+                            report.written += 1;
+                        } else {
+                            report.conflicts += 1;
+                        }
+                        resolve(pending, outcome);
+                    }
+                }
+                Err(error) => self.failed(updates, error, &mut report),
+            }
+        }
+        shared.failing.store(report.failed > 0, Ordering::Relaxed);
+        crate::metrics::flushed(&report, started.elapsed().as_secs_f64());
+        crate::metrics::queue_depth(shared.queue().len());
+        report
+    }
+
+    /// A store call bounded by the store timeout: a hung database must not hang the writer.
+    async fn bounded<T>(
+        &self,
+        call: impl Future<Output = Result<T, store::Error>>,
+    ) -> Result<T, store::Error> {
+        let timeout = self.shared.config.store_timeout;
+        tokio::time::timeout(timeout, call)
+            .await
+            .unwrap_or(Err(store::Error::Timeout(timeout)))
+    }
+
+    /// Puts failed writes back with backoff (unless a newer state arrived), and tells their
+    /// waiters.
+    fn failed(
+        &self,
+        writes: Vec<(SessionKey, Pending)>,
+        error: store::Error,
+        report: &mut FlushReport,
+    ) {
+        tracing::error!(
+            writes = writes.len(),
+            error = &error as &dyn std::error::Error,
+            "session writes failed; kept and retried with backoff"
+        );
+        report.failed += writes.len();
+        crate::metrics::write_retries(writes.len());
+        let error = Arc::new(error);
+        let config = &self.shared.config;
+        let now = Instant::now();
+        let mut queue = self.shared.queue();
+        for (key, mut pending) in writes {
+            for waiter in pending.waiters.drain(..) {
+                let _ = waiter.send(Outcome::Failed(Arc::clone(&error)));
+            }
+            pending.attempts = pending.attempts.saturating_add(1);
+            pending.not_before = Some(now + backoff(config, pending.attempts));
+            match queue.take(&key) {
+                // A newer state arrived while this one was being written: it wins.
+                Some(newer) => {
+                    let merged = merge(pending, newer);
+                    queue.put(key, merged, now);
+                }
+                None => queue.put(key, pending, now),
+            }
+        }
+    }
+
+    async fn drain(self, timeout: Duration) -> DrainReport {
+        let deadline = Instant::now() + timeout;
+        let mut report = DrainReport::default();
+        loop {
+            // Retries are due at once while draining: there is no later.
+            {
+                let mut queue = self.shared.queue();
+                let waiting: Vec<SessionKey> = queue.retry.keys().cloned().collect();
+                for key in waiting {
+                    if let Some(mut pending) = queue.retry.shift_remove(&key) {
+                        pending.not_before = None;
+                        queue.put(key, pending, Instant::now());
+                    }
+                }
+            }
+            if self.shared.queue().len() == 0 || Instant::now() >= deadline {
+                break;
+            }
+            let flushed = tokio::time::timeout_at(deadline, self.flush_once(Scope::All)).await;
+            match flushed {
+                Ok(flush) => {
+                    report.written += flush.written + flush.deleted + flush.conflicts;
+                    if flush.failed > 0 {
+                        let pause = self
+                            .shared
+                            .config
+                            .retry_delay
+                            .min(Duration::from_millis(500));
+                        tokio::time::sleep_until((Instant::now() + pause).min(deadline)).await;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        report.unwritten = self.shared.queue().len();
+        if report.unwritten == 0 {
+            tracing::info!(written = report.written, "session writer drained");
+        } else {
+            tracing::error!(
+                written = report.written,
+                unwritten = report.unwritten,
+                "session writer could not write everything before the drain timeout; the rest is lost"
+            );
+        }
+        report
+    }
+}
+
+fn record_of(pending: &Pending) -> Record {
+    match &pending.op {
+        Op::Save { record, .. } => record.clone(),
+        Op::Delete => unreachable!("deletes are batched separately"),
+    }
+}
+
+/// Tells the entry and the waiters what became of a write.
+fn resolve(pending: Pending, outcome: Update) {
+    if let (Op::Save { record, .. }, Some(entry)) = (&pending.op, pending.entry.upgrade()) {
+        apply(&entry, record.meta.version, outcome);
+    }
+    for waiter in pending.waiters {
+        let _ = waiter.send(Outcome::Stored(outcome));
+    }
+}
+
+/// What a stored (or refused) save means for the node's copy of the session.
+pub(crate) fn apply(entry: &Entry, version: i64, outcome: Update) {
+    let mut state = entry.lock();
+    match outcome {
+        Update::Written => state.persisted = true,
+        // The session was ended elsewhere: stop serving it here.
+        Update::Missing => state.end(),
+        // Another node wrote a newer state; unless this node has a newer one on its way, its
+        // copy is stale: the next request restores the newer state.
+        Update::Superseded if state.version <= version => state.stale = true,
+        Update::Superseded => {}
+    }
+}
+
+/// The delay before retry number `attempts` (1-based): exponential, capped, ±20 % jitter.
+fn backoff(config: &WriterConfig, attempts: u32) -> Duration {
+    let factor = config
+        .retry_multiplier
+        .max(1)
+        .saturating_pow(attempts.saturating_sub(1));
+    let delay = config
+        .retry_delay
+        .saturating_mul(factor)
+        .min(config.retry_max_delay);
+    let mut byte = [0u8; 1];
+    let jitter = if getrandom::fill(&mut byte).is_ok() {
+        0.8 + 0.4 * f64::from(byte[0]) / 255.0
+    } else {
+        1.0
+    };
+    delay.mul_f64(jitter)
+}
