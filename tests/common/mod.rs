@@ -320,6 +320,11 @@ impl Server {
         self.child.wait().unwrap()
     }
 
+    /// Waits for a process stopped by someone else's signal.
+    pub fn terminate_wait(mut self) -> std::process::ExitStatus {
+        self.child.wait().unwrap()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -438,7 +443,16 @@ impl SessionStore for SlowStore {
         self.inner.update(record).await
     }
     async fn set_many(&self, records: &[Record]) -> Result<(), store::Error> {
+        Self::pause(&self.set_ms).await;
         self.inner.set_many(records).await
+    }
+    async fn update_many(&self, records: &[Record]) -> Result<Vec<store::Update>, store::Error> {
+        Self::pause(&self.update_ms).await;
+        self.inner.update_many(records).await
+    }
+    async fn destroy_many(&self, keys: &[SessionKey]) -> Result<u64, store::Error> {
+        Self::pause(&self.destroy_ms).await;
+        self.inner.destroy_many(keys).await
     }
     async fn destroy(&self, key: &SessionKey) -> Result<bool, store::Error> {
         Self::pause(&self.destroy_ms).await;
