@@ -46,6 +46,11 @@ pub const KEYS: &[KeySpec] = &[
         doc: "milliseconds a sync save waits for others to join its batch (0..=1000)",
     },
     KeySpec {
+        key: "session.save.concurrency",
+        default: "4",
+        doc: "batches the writer has in flight at once (1..=64)",
+    },
+    KeySpec {
         key: "session.save.retry.delay",
         default: "1000",
         doc: "milliseconds before the first retry of a failed write (1..=3600000)",

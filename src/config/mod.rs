@@ -232,6 +232,7 @@ impl Config {
                 .unwrap_or(100),
                 retry_max_delay: millis(p, "session.save.retry.max.delay", 1, 86_400_000)?,
                 store_timeout: millis(p, "session.store.timeout", 1, 600_000)?,
+                concurrency: usize_number(p, "session.save.concurrency", 1, 64)?,
             },
             group_commit: boolean(p, "session.save.group.commit")?,
             drain_timeout: millis(p, "session.shutdown.drain.timeout", 0, 3_600_000)?,

@@ -17,6 +17,7 @@
 //! - **Failures** keep the write: it goes back to the queue with exponential backoff and
 //!   jitter, unless a newer state of the session arrived meanwhile, which replaces it.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
@@ -24,6 +25,7 @@ use std::time::Duration;
 
 use indexmap::IndexMap;
 use tokio::sync::{Notify, oneshot};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::session::SessionKey;
@@ -49,6 +51,9 @@ pub struct WriterConfig {
     pub retry_max_delay: Duration,
     /// The longest one store call may take (`session.store.timeout`). Default 5 s.
     pub store_timeout: Duration,
+    /// Batches written at the same time (`session.save.concurrency`). Default 4: a database
+    /// commits concurrent transactions with one log flush, so a few batches in flight beat one.
+    pub concurrency: usize,
 }
 
 impl Default for WriterConfig {
@@ -62,6 +67,7 @@ impl Default for WriterConfig {
             retry_multiplier: 2,
             retry_max_delay: Duration::from_secs(10),
             store_timeout: Duration::from_secs(5),
+            concurrency: 4,
         }
     }
 }
@@ -103,6 +109,9 @@ struct Pending {
 
 #[derive(Default)]
 struct Queue {
+    /// Sessions in a batch being written now: not taken into another batch until it is done,
+    /// so the writes of one session are stored in order.
+    in_flight: HashSet<SessionKey>,
     /// Writes someone waits for.
     urgent: IndexMap<SessionKey, Pending>,
     /// Async writes, flushed every interval.
@@ -157,6 +166,39 @@ impl Queue {
                 self.put(key, pending, now);
             }
         }
+    }
+
+    /// Takes up to `max` writes that are not in flight (urgent first, then lazy if `All`), and
+    /// marks them in flight.
+    fn take_batch(&mut self, scope: Scope, max: usize) -> Vec<(SessionKey, Pending)> {
+        let mut batch = Vec::new();
+        let queues: &mut [&mut IndexMap<SessionKey, Pending>] = match scope {
+            Scope::Urgent => &mut [&mut self.urgent],
+            Scope::All => &mut [&mut self.urgent, &mut self.lazy],
+        };
+        for queue in queues.iter_mut() {
+            if batch.len() >= max {
+                break;
+            }
+            let keys: Vec<SessionKey> = queue
+                .keys()
+                .filter(|k| !self.in_flight.contains(*k))
+                .take(max - batch.len())
+                .cloned()
+                .collect();
+            for key in keys {
+                if let Some(pending) = queue.shift_remove(&key) {
+                    self.in_flight.insert(key.clone());
+                    batch.push((key, pending));
+                }
+            }
+        }
+        batch
+    }
+
+    /// Urgent writes that could be taken now.
+    fn urgent_ready(&self) -> bool {
+        self.urgent.keys().any(|k| !self.in_flight.contains(k))
     }
 
     fn next_retry(&self) -> Option<Instant> {
@@ -436,63 +478,154 @@ impl WriteBehind {
 
 impl Worker {
     /// Runs until `shutdown` completes: flushes urgent writes after the group-commit window, lazy
-    /// writes every interval, and failed writes when their backoff has passed. Does not drain;
-    /// see [`WriteBehind::shutdown`].
+    /// writes every interval, and failed writes when their backoff has passed, with up to
+    /// `concurrency` batches in flight. Waits for the batches in flight before returning; does
+    /// not drain (see [`WriteBehind::shutdown`]).
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) {
-        let config = self.shared.config.clone();
+        let shared = self.shared;
+        let config = shared.config.clone();
+        let concurrency = config.concurrency.max(1);
         let mut next_interval = Instant::now() + config.interval;
+        let mut flights: JoinSet<()> = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
-            let next_retry = self.shared.queue().next_retry();
+            let next_retry = shared.queue().next_retry();
             let wake = next_retry.map_or(next_interval, |r| r.min(next_interval));
+            let room = flights.len() < concurrency;
             tokio::select! {
                 biased;
-                () = &mut shutdown => return,
-                () = self.shared.urgent.notified() => {
-                    if !config.group_commit_window.is_zero() {
-                        tokio::time::sleep(config.group_commit_window).await;
+                () = &mut shutdown => break,
+                Some(_) = flights.join_next(), if !flights.is_empty() => {
+                    // Writes that arrived for sessions that were in flight can go now.
+                    if shared.queue().urgent_ready() {
+                        shared.urgent.notify_one();
                     }
-                    self.flush_once(Scope::Urgent).await;
                 }
-                () = tokio::time::sleep_until(wake) => {
-                    if Instant::now() >= next_interval {
+                () = shared.urgent.notified(), if room => {
+                    // The window is waited for in the flight, not here: the loop stays free to
+                    // start other flights.
+                    let (shared, window) = (Arc::clone(&shared), config.group_commit_window);
+                    flights.spawn(async move {
+                        if !window.is_zero() {
+                            tokio::time::sleep(window).await;
+                        }
+                        shared.flush(Scope::Urgent).await;
+                    });
+                }
+                () = tokio::time::sleep_until(wake), if room => {
+                    let interval_due = Instant::now() >= next_interval;
+                    if interval_due {
                         next_interval = Instant::now() + config.interval;
+                    }
+                    let (shared, until) = (Arc::clone(&shared), next_interval);
+                    flights.spawn(async move {
+                        if !interval_due {
+                            shared.flush(Scope::Urgent).await;
+                            return;
+                        }
                         // Keep flushing until empty, but not past the next interval.
                         loop {
-                            let report = self.flush_once(Scope::All).await;
-                            if report.taken < config.max_items || report.failed > 0 || Instant::now() >= next_interval {
+                            let report = shared.flush(Scope::All).await;
+                            if report.taken < config.max_items || report.failed > 0 || Instant::now() >= until {
                                 break;
                             }
                         }
-                    } else {
-                        self.flush_once(Scope::Urgent).await;
-                    }
+                    });
                 }
             }
         }
+        while flights.join_next().await.is_some() {}
     }
 
-    /// Takes up to `max_items` due writes (urgent first) and stores them: deletes in one call,
-    /// new sessions in one `set_many`, existing ones in one `update_many`.
+    /// Takes up to `max_items` due writes (urgent first) that are not in flight, and stores
+    /// them: deletes in one call, new sessions in one `set_many`, existing ones in one
+    /// `update_many`.
     pub async fn flush_once(&self, scope: Scope) -> FlushReport {
-        let shared = &self.shared;
-        let now = Instant::now();
-        let batch: Vec<(SessionKey, Pending)> = {
-            let mut queue = shared.queue();
-            queue.release_due(now);
-            let max = shared.config.max_items;
-            let mut batch: Vec<_> = Vec::new();
-            let urgent = queue.urgent.len().min(max);
-            batch.extend(queue.urgent.drain(..urgent));
-            if scope == Scope::All {
-                let lazy = queue.lazy.len().min(max - batch.len());
-                batch.extend(queue.lazy.drain(..lazy));
+        self.shared.flush(scope).await
+    }
+
+    async fn drain(self, timeout: Duration) -> DrainReport {
+        let deadline = Instant::now() + timeout;
+        let mut report = DrainReport::default();
+        loop {
+            // Retries are due at once while draining: there is no later.
+            {
+                let mut queue = self.shared.queue();
+                let waiting: Vec<SessionKey> = queue.retry.keys().cloned().collect();
+                for key in waiting {
+                    if let Some(mut pending) = queue.retry.shift_remove(&key) {
+                        pending.not_before = None;
+                        queue.put(key, pending, Instant::now());
+                    }
+                }
             }
+            let (queued, flying) = {
+                let queue = self.shared.queue();
+                (queue.len(), queue.in_flight.len())
+            };
+            if (queued == 0 && flying == 0) || Instant::now() >= deadline {
+                break;
+            }
+            if queued == 0 {
+                // Only batches of the stopped loop are in flight: let them land.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
+            let flushed = tokio::time::timeout_at(deadline, self.shared.flush(Scope::All)).await;
+            match flushed {
+                Ok(flush) => {
+                    report.written += flush.written + flush.deleted + flush.conflicts;
+                    if flush.failed > 0 {
+                        let pause = self
+                            .shared
+                            .config
+                            .retry_delay
+                            .min(Duration::from_millis(500));
+                        tokio::time::sleep_until((Instant::now() + pause).min(deadline)).await;
+                    } else if flush.taken == 0 {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        report.unwritten = self.shared.queue().len();
+        if report.unwritten == 0 {
+            tracing::info!(written = report.written, "session writer drained");
+        } else {
+            tracing::error!(
+                written = report.written,
+                unwritten = report.unwritten,
+                "session writer could not write everything before the drain timeout; the rest is lost"
+            );
+        }
+        report
+    }
+}
+
+impl Shared {
+    async fn flush(self: &Arc<Self>, scope: Scope) -> FlushReport {
+        let now = Instant::now();
+        let batch = {
+            let mut queue = self.queue();
+            queue.release_due(now);
+            let batch = queue.take_batch(scope, self.config.max_items);
             if let Some(oldest) = queue.oldest() {
                 crate::metrics::oldest_pending(now.saturating_duration_since(oldest));
             }
             batch
         };
+        let keys: Vec<SessionKey> = batch.iter().map(|(k, _)| k.clone()).collect();
+        let report = self.write(batch).await;
+        let mut queue = self.queue();
+        for key in &keys {
+            queue.in_flight.remove(key);
+        }
+        crate::metrics::queue_depth(queue.len());
+        report
+    }
+
+    async fn write(&self, batch: Vec<(SessionKey, Pending)>) -> FlushReport {
         let mut report = FlushReport {
             taken: batch.len(),
             ..FlushReport::default()
@@ -512,7 +645,7 @@ impl Worker {
         if !deletes.is_empty() {
             report.statements += 1;
             let keys: Vec<SessionKey> = deletes.iter().map(|(k, _)| k.clone()).collect();
-            match self.bounded(shared.store.destroy_many(&keys)).await {
+            match self.bounded(self.store.destroy_many(&keys)).await {
                 Ok(_) => {
                     report.deleted += deletes.len();
                     for (_, pending) in deletes {
@@ -525,7 +658,7 @@ impl Worker {
         if !inserts.is_empty() {
             report.statements += 1;
             let records: Vec<Record> = inserts.iter().map(|(_, p)| record_of(p)).collect();
-            match self.bounded(shared.store.set_many(&records)).await {
+            match self.bounded(self.store.set_many(&records)).await {
                 Ok(()) => {
                     report.written += inserts.len();
                     for (_, pending) in inserts {
@@ -538,7 +671,7 @@ impl Worker {
         if !updates.is_empty() {
             report.statements += 1;
             let records: Vec<Record> = updates.iter().map(|(_, p)| record_of(p)).collect();
-            match self.bounded(shared.store.update_many(&records)).await {
+            match self.bounded(self.store.update_many(&records)).await {
                 Ok(outcomes) => {
                     for ((_, pending), outcome) in updates.into_iter().zip(outcomes) {
                         if outcome == Update::Written {
@@ -552,9 +685,8 @@ impl Worker {
                 Err(error) => self.failed(updates, error, &mut report),
             }
         }
-        shared.failing.store(report.failed > 0, Ordering::Relaxed);
+        self.failing.store(report.failed > 0, Ordering::Relaxed);
         crate::metrics::flushed(&report, started.elapsed().as_secs_f64());
-        crate::metrics::queue_depth(shared.queue().len());
         report
     }
 
@@ -563,7 +695,7 @@ impl Worker {
         &self,
         call: impl Future<Output = Result<T, store::Error>>,
     ) -> Result<T, store::Error> {
-        let timeout = self.shared.config.store_timeout;
+        let timeout = self.config.store_timeout;
         tokio::time::timeout(timeout, call)
             .await
             .unwrap_or(Err(store::Error::Timeout(timeout)))
@@ -585,15 +717,14 @@ impl Worker {
         report.failed += writes.len();
         crate::metrics::write_retries(writes.len());
         let error = Arc::new(error);
-        let config = &self.shared.config;
         let now = Instant::now();
-        let mut queue = self.shared.queue();
+        let mut queue = self.queue();
         for (key, mut pending) in writes {
             for waiter in pending.waiters.drain(..) {
                 let _ = waiter.send(Outcome::Failed(Arc::clone(&error)));
             }
             pending.attempts = pending.attempts.saturating_add(1);
-            pending.not_before = Some(now + backoff(config, pending.attempts));
+            pending.not_before = Some(now + backoff(&self.config, pending.attempts));
             match queue.take(&key) {
                 // A newer state arrived while this one was being written: it wins.
                 Some(newer) => {
@@ -603,53 +734,6 @@ impl Worker {
                 None => queue.put(key, pending, now),
             }
         }
-    }
-
-    async fn drain(self, timeout: Duration) -> DrainReport {
-        let deadline = Instant::now() + timeout;
-        let mut report = DrainReport::default();
-        loop {
-            // Retries are due at once while draining: there is no later.
-            {
-                let mut queue = self.shared.queue();
-                let waiting: Vec<SessionKey> = queue.retry.keys().cloned().collect();
-                for key in waiting {
-                    if let Some(mut pending) = queue.retry.shift_remove(&key) {
-                        pending.not_before = None;
-                        queue.put(key, pending, Instant::now());
-                    }
-                }
-            }
-            if self.shared.queue().len() == 0 || Instant::now() >= deadline {
-                break;
-            }
-            let flushed = tokio::time::timeout_at(deadline, self.flush_once(Scope::All)).await;
-            match flushed {
-                Ok(flush) => {
-                    report.written += flush.written + flush.deleted + flush.conflicts;
-                    if flush.failed > 0 {
-                        let pause = self
-                            .shared
-                            .config
-                            .retry_delay
-                            .min(Duration::from_millis(500));
-                        tokio::time::sleep_until((Instant::now() + pause).min(deadline)).await;
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        report.unwritten = self.shared.queue().len();
-        if report.unwritten == 0 {
-            tracing::info!(written = report.written, "session writer drained");
-        } else {
-            tracing::error!(
-                written = report.written,
-                unwritten = report.unwritten,
-                "session writer could not write everything before the drain timeout; the rest is lost"
-            );
-        }
-        report
     }
 }
 
