@@ -686,7 +686,18 @@ impl Shared {
             }
         }
         self.failing.store(report.failed > 0, Ordering::Relaxed);
-        crate::metrics::flushed(&report, started.elapsed().as_secs_f64());
+        let seconds = started.elapsed().as_secs_f64();
+        crate::metrics::flushed(&report, seconds);
+        tracing::debug!(
+            taken = report.taken,
+            written = report.written,
+            deleted = report.deleted,
+            conflicts = report.conflicts,
+            failed = report.failed,
+            statements = report.statements,
+            ms = seconds * 1e3,
+            "session writer flushed a batch"
+        );
         report
     }
 
