@@ -1,34 +1,54 @@
-//! The stored form of a session's attributes: a versioned envelope around MessagePack.
+//! The stored form of a session's attributes: a versioned envelope around MessagePack,
+//! compressed, and with a secret configured, encrypted.
 //!
 //! ```text
-//! byte 0   format version (1)
-//! byte 1   flags: bit 0 = body deflate-compressed, bit 1 = body encrypted (reserved)
-//! byte 2.. body: a MessagePack map { attribute name: bin(MessagePack of the value) }
+//! byte 0      format version (1)
+//! byte 1      flags: bit 0 = body deflate-compressed, bit 1 = body encrypted
+//! -- if encrypted --
+//! byte 2      key id (which secret's key encrypted it)
+//! bytes 3..27 XChaCha20-Poly1305 nonce (24 random bytes, fresh for every write)
+//! then        ciphertext of the (compressed) body, with its 16-byte tag
+//! -- else --
+//! byte 2..    the (compressed) body
 //! ```
 //!
-//! Each value is encoded on its own (named MessagePack, so structs are maps and survive fields
-//! being added or removed), which lets a value that no longer decodes be dropped while the rest
-//! of the session loads. The body is deflated when it is larger than a threshold and the
-//! compressed form is smaller. Anything that is not a well-formed envelope of a known version is
-//! an [`Error`], never a panic: the caller treats it as a missing session.
+//! The body is a MessagePack map { attribute name: bin(named MessagePack of the value) }. Each
+//! value is encoded on its own (structs as maps, so they survive fields being added or removed),
+//! which lets a value that no longer decodes be dropped while the rest of the session loads. The
+//! body is deflated when it is larger than a threshold and the compressed form is smaller.
+//!
+//! Encryption binds the blob to its row: the header, the application, the store key and the
+//! principal are associated data, so a blob copied onto another row, or a row whose principal was
+//! changed, fails authentication. Keys are derived with HKDF-SHA256 from `session.secret`; older
+//! secrets (`session.secret.previous`) still decrypt, and every write uses the current one.
+//! Docs: `docs/FORMAT.md`. Anything that is not a well-formed, authentic envelope of a known
+//! version is an [`Error`], never a panic: the caller treats it as a missing session.
+
+mod keys;
 
 use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
 
+use chacha20poly1305::aead::Aead as _;
 use flate2::Compression;
 use flate2::read::DeflateDecoder;
 use flate2::write::DeflateEncoder;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use keys::{Keys, MIN_SECRET_LEN};
+
+use crate::session::SessionKey;
+
 /// The envelope format this build writes.
 pub const FORMAT_VERSION: u8 = 1;
 /// Flag: the body is raw-deflate compressed.
 pub const FLAG_COMPRESSED: u8 = 0b0000_0001;
-/// Flag: the body is encrypted (reserved for the encryption format; not written by this build).
+/// Flag: the body is encrypted (XChaCha20-Poly1305; key id and nonce follow the flags).
 pub const FLAG_ENCRYPTED: u8 = 0b0000_0010;
 const KNOWN_FLAGS: u8 = FLAG_COMPRESSED | FLAG_ENCRYPTED;
 const HEADER_LEN: usize = 2;
+const NONCE_LEN: usize = 24;
 
 /// Bodies up to this size are stored uncompressed: deflate does not pay for itself below it.
 pub const DEFAULT_COMPRESS_THRESHOLD: usize = 256;
@@ -38,12 +58,23 @@ pub const MAX_DECODED_LEN: usize = 16 * 1024 * 1024;
 /// Attribute name → the value's own MessagePack bytes.
 pub type EncodedAttributes = BTreeMap<String, Vec<u8>>;
 
+/// What a blob is bound to: the row it belongs to. Encryption authenticates it.
+#[derive(Clone, Copy, Debug)]
+pub struct Binding<'a> {
+    /// The application the session belongs to.
+    pub app: &'a str,
+    /// The row's key.
+    pub key: &'a SessionKey,
+    /// The row's principal.
+    pub principal: Option<&'a str>,
+}
+
 /// Why a blob could not be decoded or a value encoded.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The blob is shorter than the envelope header.
-    #[error("blob of {0} bytes is shorter than the envelope header")]
+    /// The blob is shorter than its envelope header.
+    #[error("blob of {0} bytes is shorter than its envelope header")]
     Truncated(usize),
     /// The blob names a format version this build does not know.
     #[error("unknown session format version {0} (this build reads version {FORMAT_VERSION})")]
@@ -51,9 +82,21 @@ pub enum Error {
     /// The blob sets flags this build does not know.
     #[error("unknown envelope flags {0:#010b}")]
     UnknownFlags(u8),
-    /// The blob is encrypted and this build was not given a way to decrypt it.
+    /// The blob is encrypted and no session secret is configured.
     #[error("blob is encrypted and no session secret is configured")]
     Encrypted,
+    /// The blob is not encrypted but a secret is configured and plaintext is not accepted.
+    #[error("blob is not encrypted and session.secret.accept.plaintext is false")]
+    Plaintext,
+    /// No configured secret has the blob's key id.
+    #[error("blob was encrypted with a key (id {0}) that no configured secret derives")]
+    UnknownKey(u8),
+    /// The ciphertext or its binding (row, app, principal) was altered, or the secret is wrong.
+    #[error("blob failed authentication (altered, moved to another row, or a wrong secret)")]
+    Authentication,
+    /// Encrypting failed.
+    #[error("encrypting the body failed")]
+    Encrypt,
     /// The compressed body is corrupt.
     #[error("corrupt compressed body")]
     Decompress(#[source] std::io::Error),
@@ -82,46 +125,90 @@ pub fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
 }
 
 /// Turns attribute maps into blobs and back.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Codec {
-    compress_threshold: usize,
-}
-
-impl Default for Codec {
-    fn default() -> Self {
-        Self {
-            compress_threshold: DEFAULT_COMPRESS_THRESHOLD,
-        }
-    }
+    compress_threshold: Option<usize>,
+    keys: Option<std::sync::Arc<Keys>>,
+    accept_plaintext: bool,
 }
 
 impl Codec {
     /// A codec that compresses bodies larger than `threshold` bytes (default
     /// [`DEFAULT_COMPRESS_THRESHOLD`]).
     pub fn with_compress_threshold(mut self, threshold: usize) -> Self {
-        self.compress_threshold = threshold;
+        self.compress_threshold = Some(threshold);
         self
     }
 
-    /// Encodes an attribute map into a blob.
-    pub fn encode(&self, attributes: &EncodedAttributes) -> Result<Vec<u8>, Error> {
+    /// Encrypts every blob with `keys`' current key, and decrypts with any of them. Default:
+    /// none (stored unencrypted).
+    pub fn with_keys(mut self, keys: Keys) -> Self {
+        self.keys = Some(std::sync::Arc::new(keys));
+        self
+    }
+
+    /// With keys, still read unencrypted blobs (written before a secret was set). Default false.
+    pub fn with_accept_plaintext(mut self, accept: bool) -> Self {
+        self.accept_plaintext = accept;
+        self
+    }
+
+    /// Whether blobs are encrypted.
+    pub fn encrypts(&self) -> bool {
+        self.keys.is_some()
+    }
+
+    /// Encodes an attribute map into a blob bound to `binding`.
+    pub fn encode(
+        &self,
+        attributes: &EncodedAttributes,
+        binding: Binding<'_>,
+    ) -> Result<Vec<u8>, Error> {
         let map: BTreeMap<&str, &serde_bytes::Bytes> = attributes
             .iter()
             .map(|(name, value)| (name.as_str(), serde_bytes::Bytes::new(value)))
             .collect();
-        let body = rmp_serde::to_vec(&map)?;
-        if body.len() > self.compress_threshold {
+        let mut body = rmp_serde::to_vec(&map)?;
+        let mut flags = 0;
+        if body.len()
+            > self
+                .compress_threshold
+                .unwrap_or(DEFAULT_COMPRESS_THRESHOLD)
+        {
             let compressed = compressed_body(&body)?;
             if compressed.len() < body.len() {
-                return Ok(with_header(FLAG_COMPRESSED, &compressed));
+                body = compressed;
+                flags |= FLAG_COMPRESSED;
             }
         }
-        Ok(with_header(0, &body))
+        let Some(keys) = &self.keys else {
+            return Ok(with_header(&[FORMAT_VERSION, flags], &body));
+        };
+        let key = keys.current();
+        let header = [FORMAT_VERSION, flags | FLAG_ENCRYPTED, key.id];
+        let mut nonce = [0u8; NONCE_LEN];
+        getrandom::fill(&mut nonce).map_err(|_| Error::Encrypt)?;
+        let aad = associated_data(&header, binding);
+        let ciphertext = key
+            .cipher
+            .encrypt(
+                (&nonce).into(),
+                chacha20poly1305::aead::Payload {
+                    msg: &body,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| Error::Encrypt)?;
+        let mut blob = Vec::with_capacity(header.len() + NONCE_LEN + ciphertext.len());
+        blob.extend_from_slice(&header);
+        blob.extend_from_slice(&nonce);
+        blob.extend_from_slice(&ciphertext);
+        Ok(blob)
     }
 
-    /// Decodes a blob into its attribute map.
-    pub fn decode(&self, blob: &[u8]) -> Result<EncodedAttributes, Error> {
-        let [version, flags, body @ ..] = blob else {
+    /// Decodes a blob of the row `binding` into its attribute map.
+    pub fn decode(&self, blob: &[u8], binding: Binding<'_>) -> Result<EncodedAttributes, Error> {
+        let [version, flags, rest @ ..] = blob else {
             return Err(Error::Truncated(blob.len()));
         };
         if *version != FORMAT_VERSION {
@@ -130,9 +217,43 @@ impl Codec {
         if flags & !KNOWN_FLAGS != 0 {
             return Err(Error::UnknownFlags(*flags));
         }
-        if flags & FLAG_ENCRYPTED != 0 {
-            return Err(Error::Encrypted);
-        }
+        let decrypted;
+        let body = if flags & FLAG_ENCRYPTED != 0 {
+            let keys = self.keys.as_ref().ok_or(Error::Encrypted)?;
+            let [key_id, rest @ ..] = rest else {
+                return Err(Error::Truncated(blob.len()));
+            };
+            if rest.len() < NONCE_LEN {
+                return Err(Error::Truncated(blob.len()));
+            }
+            let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
+            let nonce: &[u8; NONCE_LEN] =
+                nonce.try_into().map_err(|_| Error::Truncated(blob.len()))?;
+            let aad = associated_data(&blob[..HEADER_LEN + 1], binding);
+            let mut candidates = keys.with_id(*key_id).peekable();
+            if candidates.peek().is_none() {
+                return Err(Error::UnknownKey(*key_id));
+            }
+            decrypted = candidates
+                .find_map(|key| {
+                    key.cipher
+                        .decrypt(
+                            nonce.into(),
+                            chacha20poly1305::aead::Payload {
+                                msg: ciphertext,
+                                aad: &aad,
+                            },
+                        )
+                        .ok()
+                })
+                .ok_or(Error::Authentication)?;
+            decrypted.as_slice()
+        } else {
+            if self.keys.is_some() && !self.accept_plaintext {
+                return Err(Error::Plaintext);
+            }
+            rest
+        };
         let map: BTreeMap<String, serde_bytes::ByteBuf> = if flags & FLAG_COMPRESSED != 0 {
             let mut plain = Vec::with_capacity(body.len().saturating_mul(3).min(MAX_DECODED_LEN));
             let read = DeflateDecoder::new(body)
@@ -153,6 +274,28 @@ impl Codec {
     }
 }
 
+/// The associated data of an encrypted blob: its header and the row it belongs to, each part
+/// length-prefixed so no two bindings share an encoding.
+fn associated_data(header: &[u8], binding: Binding<'_>) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(header.len() + 128);
+    aad.extend_from_slice(header);
+    for part in [
+        Some(binding.app),
+        Some(binding.key.as_str()),
+        binding.principal,
+    ] {
+        match part {
+            Some(text) => {
+                aad.push(1);
+                aad.extend_from_slice(&u32::try_from(text.len()).unwrap_or(u32::MAX).to_be_bytes());
+                aad.extend_from_slice(text.as_bytes());
+            }
+            None => aad.push(0),
+        }
+    }
+    aad
+}
+
 fn compressed_body(body: &[u8]) -> Result<Vec<u8>, Error> {
     let mut encoder =
         DeflateEncoder::new(Vec::with_capacity(body.len() / 2), Compression::default());
@@ -160,9 +303,9 @@ fn compressed_body(body: &[u8]) -> Result<Vec<u8>, Error> {
     encoder.finish().map_err(Error::Compress)
 }
 
-fn with_header(flags: u8, body: &[u8]) -> Vec<u8> {
-    let mut blob = Vec::with_capacity(HEADER_LEN + body.len());
-    blob.extend_from_slice(&[FORMAT_VERSION, flags]);
+fn with_header(header: &[u8], body: &[u8]) -> Vec<u8> {
+    let mut blob = Vec::with_capacity(header.len() + body.len());
+    blob.extend_from_slice(header);
     blob.extend_from_slice(body);
     blob
 }
@@ -170,6 +313,10 @@ fn with_header(flags: u8, body: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::SessionId;
+
+    const SECRET_A: &str = "a-secret-of-sixty-four-characters-or-more-for-the-tests-0123456789";
+    const SECRET_B: &str = "b-secret-of-sixty-four-characters-or-more-for-the-tests-0123456789";
 
     fn attributes(cart_items: usize) -> EncodedAttributes {
         let cart: Vec<(String, u32)> = (0..cart_items)
@@ -181,75 +328,194 @@ mod tests {
         ])
     }
 
-    #[test]
-    fn round_trips_small_and_large() {
-        let codec = Codec::default();
-        for items in [0, 1, 20, 5_000] {
-            let attrs = attributes(items);
-            let blob = codec.encode(&attrs).unwrap();
-            assert_eq!(blob[0], FORMAT_VERSION);
-            assert_eq!(codec.decode(&blob).unwrap(), attrs, "{items} items");
+    fn binding(key: &SessionKey) -> Binding<'_> {
+        Binding {
+            app: "storefront",
+            key,
+            principal: Some("zoë"),
         }
+    }
+
+    #[test]
+    fn round_trips_small_and_large_plain_and_encrypted() {
+        let key = SessionId::generate().store_key();
+        let encrypted = Codec::default().with_keys(Keys::new(SECRET_A, &[]).unwrap());
+        for codec in [Codec::default(), encrypted] {
+            for items in [0, 1, 20, 5_000] {
+                let attrs = attributes(items);
+                let blob = codec.encode(&attrs, binding(&key)).unwrap();
+                assert_eq!(blob[0], FORMAT_VERSION);
+                assert_eq!(
+                    codec.decode(&blob, binding(&key)).unwrap(),
+                    attrs,
+                    "{items} items"
+                );
+            }
+        }
+        let plain = Codec::default();
         assert_eq!(
-            codec.encode(&attributes(0)).unwrap()[1],
+            plain.encode(&attributes(0), binding(&key)).unwrap()[1],
             0,
             "small bodies stay plain"
         );
         assert_eq!(
-            codec.encode(&attributes(5_000)).unwrap()[1],
+            plain.encode(&attributes(5_000), binding(&key)).unwrap()[1],
             FLAG_COMPRESSED
         );
     }
 
     #[test]
+    fn ciphertext_hides_values_and_is_bound_to_its_row() {
+        let key = SessionId::generate().store_key();
+        let other = SessionId::generate().store_key();
+        let codec = Codec::default().with_keys(Keys::new(SECRET_A, &[]).unwrap());
+        let blob = codec.encode(&attributes(20), binding(&key)).unwrap();
+        assert_eq!(blob[1] & FLAG_ENCRYPTED, FLAG_ENCRYPTED);
+        assert!(!blob.windows(3).any(|w| w == b"SKU"), "no plaintext value");
+        let again = codec.encode(&attributes(20), binding(&key)).unwrap();
+        assert_ne!(blob, again, "a fresh nonce per write");
+        // Another row, another app, another principal, a flipped bit, a truncation: refused.
+        let moved = Binding {
+            key: &other,
+            ..binding(&key)
+        };
+        assert!(matches!(
+            codec.decode(&blob, moved),
+            Err(Error::Authentication)
+        ));
+        let app = Binding {
+            app: "backoffice",
+            ..binding(&key)
+        };
+        assert!(matches!(
+            codec.decode(&blob, app),
+            Err(Error::Authentication)
+        ));
+        let user = Binding {
+            principal: Some("mallory"),
+            ..binding(&key)
+        };
+        assert!(matches!(
+            codec.decode(&blob, user),
+            Err(Error::Authentication)
+        ));
+        for i in 0..blob.len() {
+            let mut bad = blob.clone();
+            bad[i] ^= 0x01;
+            assert!(
+                codec.decode(&bad, binding(&key)).is_err(),
+                "bit flip at {i}"
+            );
+        }
+        for len in 0..blob.len() {
+            assert!(
+                codec.decode(&blob[..len], binding(&key)).is_err(),
+                "truncated to {len}"
+            );
+        }
+    }
+
+    #[test]
+    fn rotation_and_wrong_or_missing_secrets() {
+        let key = SessionId::generate().store_key();
+        let old = Codec::default().with_keys(Keys::new(SECRET_A, &[]).unwrap());
+        let blob = old.encode(&attributes(3), binding(&key)).unwrap();
+        // B is current and A is listed as previous: A's blobs still decrypt, B's are written.
+        let rotated = Codec::default().with_keys(Keys::new(SECRET_B, &[SECRET_A]).unwrap());
+        assert_eq!(rotated.decode(&blob, binding(&key)).unwrap(), attributes(3));
+        let new_blob = rotated.encode(&attributes(3), binding(&key)).unwrap();
+        assert_eq!(new_blob[2], Keys::new(SECRET_B, &[]).unwrap().current_id());
+        assert_ne!(
+            new_blob[2], blob[2],
+            "these two secrets have different key ids"
+        );
+        // B alone cannot read A's blob; no secret cannot read any encrypted blob.
+        let only_b = Codec::default().with_keys(Keys::new(SECRET_B, &[]).unwrap());
+        assert!(matches!(
+            only_b.decode(&blob, binding(&key)),
+            Err(Error::UnknownKey(_) | Error::Authentication)
+        ));
+        assert!(matches!(
+            Codec::default().decode(&blob, binding(&key)),
+            Err(Error::Encrypted)
+        ));
+        // Plaintext blobs are refused once a secret is set, unless accepted explicitly.
+        let plain = Codec::default()
+            .encode(&attributes(3), binding(&key))
+            .unwrap();
+        assert!(matches!(
+            only_b.decode(&plain, binding(&key)),
+            Err(Error::Plaintext)
+        ));
+        let lenient = only_b.clone().with_accept_plaintext(true);
+        assert_eq!(
+            lenient.decode(&plain, binding(&key)).unwrap(),
+            attributes(3)
+        );
+        assert!(Keys::new("short", &[]).is_err());
+        assert!(Keys::new(SECRET_A, &["short"]).is_err());
+        assert!(!format!("{:?}", Keys::new(SECRET_A, &[]).unwrap()).contains("secret"));
+    }
+
+    #[test]
     fn empty_map_round_trips() {
+        let key = SessionId::generate().store_key();
         let codec = Codec::default();
-        let blob = codec.encode(&EncodedAttributes::new()).unwrap();
-        assert!(codec.decode(&blob).unwrap().is_empty());
+        let blob = codec
+            .encode(&EncodedAttributes::new(), binding(&key))
+            .unwrap();
+        assert!(codec.decode(&blob, binding(&key)).unwrap().is_empty());
     }
 
     #[test]
     fn rejects_unknown_versions_flags_and_corruption() {
+        let key = SessionId::generate().store_key();
+        let b = binding(&key);
         let codec = Codec::default();
-        let blob = codec.encode(&attributes(50)).unwrap();
-        assert!(matches!(codec.decode(&[]), Err(Error::Truncated(0))));
-        assert!(matches!(codec.decode(&[1]), Err(Error::Truncated(1))));
+        let blob = codec.encode(&attributes(50), b).unwrap();
+        assert!(matches!(codec.decode(&[], b), Err(Error::Truncated(0))));
+        assert!(matches!(codec.decode(&[1], b), Err(Error::Truncated(1))));
         let mut v9 = blob.clone();
         v9[0] = 9;
-        assert!(matches!(codec.decode(&v9), Err(Error::UnknownVersion(9))));
+        assert!(matches!(
+            codec.decode(&v9, b),
+            Err(Error::UnknownVersion(9))
+        ));
         let mut odd_flags = blob.clone();
         odd_flags[1] |= 0b1000_0000;
         assert!(matches!(
-            codec.decode(&odd_flags),
+            codec.decode(&odd_flags, b),
             Err(Error::UnknownFlags(_))
         ));
         let mut encrypted = blob.clone();
         encrypted[1] |= FLAG_ENCRYPTED;
-        assert!(matches!(codec.decode(&encrypted), Err(Error::Encrypted)));
-        // Every truncation and every single-byte corruption is an error or a (different) map,
-        // never a panic.
+        assert!(matches!(codec.decode(&encrypted, b), Err(Error::Encrypted)));
         for len in 0..blob.len() {
-            let _ = codec.decode(&blob[..len]);
+            let _ = codec.decode(&blob[..len], b);
         }
         for i in HEADER_LEN..blob.len() {
             let mut bad = blob.clone();
             bad[i] ^= 0xff;
-            let _ = codec.decode(&bad);
+            let _ = codec.decode(&bad, b);
         }
-        assert!(codec.decode(&[FORMAT_VERSION, 0, 0xc1]).is_err());
+        assert!(codec.decode(&[FORMAT_VERSION, 0, 0xc1], b).is_err());
         assert!(
             codec
-                .decode(&[FORMAT_VERSION, FLAG_COMPRESSED, 1, 2, 3])
+                .decode(&[FORMAT_VERSION, FLAG_COMPRESSED, 1, 2, 3], b)
                 .is_err()
         );
     }
 
     #[test]
     fn refuses_deflate_bombs() {
+        let key = SessionId::generate().store_key();
         let zeros = vec![0u8; MAX_DECODED_LEN + 10];
-        let blob = with_header(FLAG_COMPRESSED, &compressed_body(&zeros).unwrap());
+        let blob = with_header(
+            &[FORMAT_VERSION, FLAG_COMPRESSED],
+            &compressed_body(&zeros).unwrap(),
+        );
         assert!(matches!(
-            Codec::default().decode(&blob),
+            Codec::default().decode(&blob, binding(&key)),
             Err(Error::TooLarge)
         ));
     }

@@ -106,6 +106,21 @@ pub const KEYS: &[KeySpec] = &[
         doc: "milliseconds a store operation may take before it fails (1..=600000)",
     },
     KeySpec {
+        key: "session.secret",
+        default: "",
+        doc: "encrypts stored sessions (at least 64 characters); unset: stored unencrypted",
+    },
+    KeySpec {
+        key: "session.secret.previous",
+        default: "",
+        doc: "comma-separated older secrets that still decrypt (key rotation)",
+    },
+    KeySpec {
+        key: "session.secret.accept.plaintext",
+        default: "false",
+        doc: "true/false: with a secret, still read sessions stored unencrypted before it was set",
+    },
+    KeySpec {
         key: "session.timeout",
         default: "3600",
         doc: "seconds of inactivity before a session expires (1..=31536000)",

@@ -66,6 +66,16 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A secret is unusable. The message never includes the secret.
+    #[error("{origin}: {key}: {reason}")]
+    Secret {
+        /// Where it was set.
+        origin: Source,
+        /// The key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The configuration directory given on the command line does not exist.
     #[error("configuration directory {} does not exist", .0.display())]
     MissingDir(PathBuf),
@@ -145,6 +155,36 @@ pub struct Config {
     pub bind: SocketAddr,
     /// `spring.session.<app>.*`, by app.
     pub apps: BTreeMap<String, AppConfig>,
+    /// `session.secret` and `session.secret.previous`; `None`: sessions stored unencrypted.
+    pub secrets: Option<Secrets>,
+    /// `session.secret.accept.plaintext`.
+    pub accept_plaintext: bool,
+}
+
+/// The encryption secrets. Never printed: `Debug` shows only how many there are.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secrets {
+    current: zeroize::Zeroizing<String>,
+    previous: Vec<zeroize::Zeroizing<String>>,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Secrets(current + {} previous, redacted)",
+            self.previous.len()
+        )
+    }
+}
+
+impl Secrets {
+    /// The keys derived from the secrets.
+    pub fn keys(&self) -> crate::codec::Keys {
+        let previous: Vec<&str> = self.previous.iter().map(|s| s.as_str()).collect();
+        crate::codec::Keys::new(&self.current, &previous)
+            .expect("secret lengths are checked when the configuration is parsed")
+    }
 }
 
 impl Default for Config {
@@ -287,7 +327,18 @@ impl Config {
                     .map_err(|_| invalid("server.bind", &setting, "IP:PORT, e.g. 127.0.0.1:8080"))?
             },
             apps,
+            secrets: secrets(p)?,
+            accept_plaintext: boolean(p, "session.secret.accept.plaintext")?,
         })
+    }
+
+    /// The codec these settings ask for: encrypting if a secret is set.
+    pub fn codec(&self) -> crate::codec::Codec {
+        let codec = crate::codec::Codec::default().with_accept_plaintext(self.accept_plaintext);
+        match &self.secrets {
+            Some(secrets) => codec.with_keys(secrets.keys()),
+            None => codec,
+        }
     }
 
     /// The settings of `app` (defaults if no key names it).
@@ -309,6 +360,45 @@ impl Config {
                 .as_ref()
                 .is_none_or(|apps| apps.iter().any(|a| a == app))
     }
+}
+
+fn secrets(p: &Properties) -> Result<Option<Secrets>, Error> {
+    let check = |key: &str, value: &str| {
+        let length = value.chars().count();
+        if length < crate::codec::MIN_SECRET_LEN {
+            return Err(Error::Secret {
+                origin: setting(p, key).source,
+                key: key.to_owned(),
+                reason: format!(
+                    "a secret must be at least {} characters; this one has {length} \
+                     (generate one with: openssl rand -base64 48)",
+                    crate::codec::MIN_SECRET_LEN
+                ),
+            });
+        }
+        Ok(zeroize::Zeroizing::new(value.to_owned()))
+    };
+    let current = string(p, "session.secret");
+    let previous = string(p, "session.secret.previous");
+    if current.is_empty() {
+        if !previous.is_empty() {
+            return Err(Error::Secret {
+                origin: setting(p, "session.secret.previous").source,
+                key: "session.secret.previous".to_owned(),
+                reason: "is set but session.secret is not: set the current secret too".to_owned(),
+            });
+        }
+        return Ok(None);
+    }
+    Ok(Some(Secrets {
+        current: check("session.secret", &current)?,
+        previous: previous
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| check("session.secret.previous", s))
+            .collect::<Result<_, _>>()?,
+    }))
 }
 
 fn setting(p: &Properties, key: &str) -> Setting {

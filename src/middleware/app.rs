@@ -8,7 +8,7 @@ use http::header::{COOKIE, SET_COOKIE};
 use http::{HeaderMap, HeaderValue, Request};
 
 use crate::cache::NodeCache;
-use crate::codec::{Codec, EncodedAttributes};
+use crate::codec::{Binding, Codec, EncodedAttributes};
 use crate::persist::{Persister, Saved};
 use crate::session::state::{Entry, State, Value};
 use crate::session::{Session, SessionId};
@@ -32,6 +32,7 @@ pub(crate) struct AppSettings {
     pub(crate) timeout: Duration,
     pub(crate) node: String,
     pub(crate) cache_max_entries: u64,
+    pub(crate) codec: Codec,
 }
 
 /// Everything the filter of one application shares across requests.
@@ -219,7 +220,12 @@ impl AppShared {
             tracing::warn!(app = %self.settings.app, session = %short, stored_app = %record.meta.app, "session belongs to another application; not restored");
             return Ok(None);
         }
-        match self.codec.decode(&record.data) {
+        let binding = Binding {
+            app: &record.meta.app,
+            key: &record.meta.key,
+            principal: record.meta.principal.as_deref(),
+        };
+        match self.codec.decode(&record.data, binding) {
             Ok(attributes) => {
                 tracing::info!(app = %self.settings.app, session = %short, from_node = %record.meta.node, "restored from store");
                 crate::metrics::restored(&self.settings.app);
@@ -437,7 +443,13 @@ impl AppShared {
                 ),
             }
         }
-        let data = match self.codec.encode(&encoded) {
+        let key = id.store_key();
+        let binding = Binding {
+            app: &self.settings.app,
+            key: &key,
+            principal: snapshot.principal.as_deref(),
+        };
+        let data = match self.codec.encode(&encoded, binding) {
             Ok(data) => data,
             Err(error) => {
                 tracing::error!(app = %self.settings.app, session = %id.short_hash(), error = &error as &dyn std::error::Error, "cannot encode session; not saved");
@@ -447,7 +459,7 @@ impl AppShared {
         let now = now_millis();
         Some(Record {
             meta: Meta {
-                key: id.store_key(),
+                key,
                 app: self.settings.app.clone(),
                 context_path: self.settings.context_path.clone(),
                 node: self.settings.node.clone(),

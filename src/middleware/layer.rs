@@ -62,6 +62,7 @@ impl SessionFailoverLayer {
             timeout: Duration::from_secs(3600),
             node: "node".to_owned(),
             cache_max_entries: 100_000,
+            codec: Codec::default(),
         };
         Self::build(settings, None)
     }
@@ -87,6 +88,7 @@ impl SessionFailoverLayer {
             timeout: config.timeout,
             node: node.to_owned(),
             cache_max_entries: config.cache_max_entries,
+            codec: config.codec(),
         };
         let persister = match (config.save_mode(app), persistence) {
             (Some(mode), Some(persistence)) => Some(Persister::new(persistence, mode)),
@@ -96,6 +98,7 @@ impl SessionFailoverLayer {
     }
 
     fn build(settings: AppSettings, persister: Option<Persister>) -> Self {
+        let codec = settings.codec.clone();
         let cache = crate::cache::new(
             &settings.app,
             settings.cache_max_entries,
@@ -107,7 +110,7 @@ impl SessionFailoverLayer {
                 settings,
                 cache,
                 persister,
-                codec: Codec::default(),
+                codec,
             }),
         }
     }
@@ -203,6 +206,12 @@ impl SessionFailoverLayer {
     pub fn with_node_name(self, node: impl Into<String>) -> Self {
         let node = node.into();
         self.rebuild(|s| s.node = node)
+    }
+
+    /// How sessions are stored: e.g. `Codec::default().with_keys(Keys::new(secret, &[])?)` to
+    /// encrypt them. Default: compressed, not encrypted.
+    pub fn with_codec(self, codec: Codec) -> Self {
+        self.rebuild(|s| s.codec = codec)
     }
 
     /// Sessions kept in this node's cache. Default 100,000.

@@ -63,6 +63,11 @@ pub async fn open_store(config: &Config) -> Result<Option<Persistence>, store::E
         }
         return Ok(None);
     }
+    if config.secrets.is_none() {
+        tracing::warn!(
+            "session.secret is not set: sessions are stored unencrypted (set a secret of at least 64 characters to encrypt them)"
+        );
+    }
     let store = store::open(&config.store_url, &config.store).await?;
     tracing::info!(url = %store::redact_url(&config.store_url), "session store ready");
     Ok(Some(Persistence::from_config(store, config)))
