@@ -29,7 +29,8 @@
 //! - [`config`]: `.properties` layers (defaults, `project.properties`, `local.properties`,
 //!   environment) parsed into a typed [`Config`].
 //! - [`session`]: ids, attributes and the [`Session`] extractor.
-//! - [`codec`]: the versioned, compressed stored form of a session.
+//! - [`codec`]: the versioned, compressed, encrypted stored form of a session.
+//! - [`check`]: the serializability checker (a development feature).
 //! - [`store`]: the [`SessionStore`] trait and its backends (SQLite, memory).
 //! - `cache`: the node cache (the Commerce "session cache region").
 //! - [`persist`]: writing sessions to the store: sync, group commit, async write-behind.
@@ -38,6 +39,7 @@
 //! - [`server`]: the runnable demo storefront.
 
 mod cache;
+pub mod check;
 pub mod codec;
 pub mod config;
 pub mod metrics;

@@ -33,6 +33,10 @@ pub(crate) struct AppSettings {
     pub(crate) node: String,
     pub(crate) cache_max_entries: u64,
     pub(crate) codec: Codec,
+    /// The serializability checker runs on every save.
+    pub(crate) check: bool,
+    /// ...and a failure answers 500.
+    pub(crate) check_response_error: bool,
 }
 
 /// Everything the filter of one application shares across requests.
@@ -68,6 +72,9 @@ pub(crate) struct Finish {
     work: Work,
     /// Ids this request ended: their rows are deleted after the session is saved.
     removed: Vec<SessionId>,
+    /// The checker found an attribute that would not survive failover, and the response must
+    /// say so (500).
+    check_failed: bool,
 }
 
 /// Whether the request's change may be acknowledged.
@@ -77,6 +84,8 @@ pub(crate) enum Answer {
     Done,
     /// Not kept (a newer state elsewhere, or the session was ended elsewhere): answer 409.
     Conflict,
+    /// Kept, but the serializability checker failed and asks for a 500.
+    CheckFailed,
 }
 
 /// What a request leaves to persist.
@@ -258,6 +267,7 @@ impl AppShared {
             cache_it: slot.created || slot.cycled,
             work: Work::None,
             removed: slot.removed,
+            check_failed: false,
         };
         if let Some(entry) = slot.entry {
             let mut state = entry.lock();
@@ -269,6 +279,11 @@ impl AppShared {
                 if finish.cache_it || announce {
                     self.set_cookie(headers, Some(&id), secure);
                 }
+                if self.settings.check
+                    && let Work::Save(snapshot) = &finish.work
+                {
+                    finish.check_failed = self.check(&id, snapshot);
+                }
                 finish.entry = Some((id, entry));
             }
         } else if slot.invalidated && had_cookie {
@@ -278,9 +293,28 @@ impl AppShared {
             finish.work = Work::None;
             finish.removed.clear();
         }
-        let idle =
-            !finish.cache_it && finish.removed.is_empty() && matches!(finish.work, Work::None);
+        let idle = !finish.cache_it
+            && finish.removed.is_empty()
+            && !finish.check_failed
+            && matches!(finish.work, Work::None);
         (!idle).then_some(finish)
+    }
+
+    /// Runs the serializability checker on a session about to be saved; whether the response
+    /// must become a 500 (`session.serialization.check.response.error`).
+    fn check(&self, id: &SessionId, snapshot: &Snapshot) -> bool {
+        let failures = crate::check::check(snapshot.attributes.iter().map(|(n, v)| (n, v)));
+        for failure in &failures {
+            tracing::error!(
+                app = %self.settings.app,
+                session = %id.short_hash(),
+                "Failed to serialize attribute: {} ({}): {}",
+                failure.name,
+                failure.rust_type,
+                failure.reason
+            );
+        }
+        !failures.is_empty() && self.settings.check_response_error
     }
 
     /// Decides under the session's lock what to persist, and marks it done.
@@ -331,6 +365,9 @@ impl AppShared {
                     Work::Save(snapshot) => saved = self.save(persister, id, entry, snapshot).await,
                 }
             }
+        }
+        if finish.check_failed && saved == Answer::Done {
+            saved = Answer::CheckFailed;
         }
         // After the save: a rotation whose new row failed must not lose the old one first.
         if let Some(persister) = &self.persister {
@@ -427,8 +464,9 @@ impl AppShared {
                     Err(error) => tracing::error!(
                         app = %self.settings.app,
                         session = %id.short_hash(),
-                        "Failed to serialize attribute: {name} ({}): {error}; it will not survive failover",
-                        live.type_name()
+                        "Failed to serialize attribute: {name} ({}): {}; it will not survive failover",
+                        live.type_name(),
+                        crate::check::chain(&error)
                     ),
                 },
                 Value::Encoded { bytes, .. } => {

@@ -63,6 +63,8 @@ impl SessionFailoverLayer {
             node: "node".to_owned(),
             cache_max_entries: 100_000,
             codec: Codec::default(),
+            check: false,
+            check_response_error: false,
         };
         Self::build(settings, None)
     }
@@ -89,6 +91,8 @@ impl SessionFailoverLayer {
             node: node.to_owned(),
             cache_max_entries: config.cache_max_entries,
             codec: config.codec(),
+            check: config.check_covers(app),
+            check_response_error: config.check.response_error,
         };
         let persister = match (config.save_mode(app), persistence) {
             (Some(mode), Some(persistence)) => Some(Persister::new(persistence, mode)),
@@ -212,6 +216,16 @@ impl SessionFailoverLayer {
     /// encrypt them. Default: compressed, not encrypted.
     pub fn with_codec(self, codec: Codec) -> Self {
         self.rebuild(|s| s.codec = codec)
+    }
+
+    /// Runs the serializability checker on every save (a development feature; see
+    /// [`crate::check`]); with `response_error`, a session that would not survive failover
+    /// answers 500. Default: off, and then it costs nothing.
+    pub fn with_serialization_check(self, enabled: bool, response_error: bool) -> Self {
+        self.rebuild(|s| {
+            s.check = enabled;
+            s.check_response_error = response_error;
+        })
     }
 
     /// Sessions kept in this node's cache. Default 100,000.

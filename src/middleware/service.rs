@@ -77,6 +77,12 @@ where
                             *conflict.status_mut() = StatusCode::CONFLICT;
                             return Ok(conflict);
                         }
+                        Ok(Answer::CheckFailed) => {
+                            // The cause is in the log (the attribute names), not in the body.
+                            let mut error = Response::new(ResBody::default());
+                            *error.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                            return Ok(error);
+                        }
                         Err(error) => tracing::error!(%error, "session save task failed"),
                     }
                 }

@@ -108,8 +108,9 @@ impl Session {
     ///
     /// A value restored from the store is decoded on its first read (outside any lock) and the
     /// result kept for later reads; its stored bytes are what a save writes back until an
-    /// [`Session::insert`] replaces them. A value that does not decode as `T` is logged at ERROR
-    /// (with the attribute name and type) and reads as `None`.
+    /// [`Session::insert`] replaces them. A stored value that does not decode as `T` (its type
+    /// changed incompatibly) is logged at ERROR with the attribute name and type, dropped from
+    /// the session, and reads as `None`; the other attributes are unaffected.
     pub fn get<T>(&self, name: &str) -> Option<T>
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
@@ -140,7 +141,7 @@ impl Session {
                     attribute = name,
                     rust_type = std::any::type_name::<T>(),
                     error = &error as &dyn std::error::Error,
-                    "attribute does not decode as the requested type; treated as absent"
+                    "attribute does not decode as the requested type; dropped from the session"
                 );
                 None
             }
@@ -149,7 +150,17 @@ impl Session {
             // Another type with a compatible serde shape: convert through the codec.
             Decode::Convert(live) => decode(&live.encode().ok()?),
             Decode::Bytes(bytes) => {
-                let value = decode(&bytes)?;
+                let Some(value) = decode(&bytes) else {
+                    // A stored value this build cannot read (its type changed incompatibly):
+                    // dropped, so it is not read again or written back; the rest stays.
+                    let mut state = entry.lock();
+                    if let Some(Value::Encoded { bytes: b, .. }) = state.attributes.get(name)
+                        && Arc::ptr_eq(b, &bytes)
+                    {
+                        state.attributes.remove(name);
+                    }
+                    return None;
+                };
                 let mut state = entry.lock();
                 if let Some(Value::Encoded { bytes: b, decoded }) = state.attributes.get_mut(name)
                     && Arc::ptr_eq(b, &bytes)

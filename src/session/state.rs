@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use super::SessionId;
 use crate::codec::{self, EncodedAttributes};
@@ -13,13 +14,19 @@ use crate::store::EpochMillis;
 /// A serializable value kept live in memory.
 pub(crate) trait LiveValue: Any + Send + Sync {
     fn encode(&self) -> Result<Vec<u8>, codec::Error>;
+    /// Encodes, decodes as its own type and encodes again (for the serializability checker).
+    fn round_trip(&self) -> Result<Vec<u8>, codec::Error>;
     fn type_name(&self) -> &'static str;
     fn as_any(&self) -> &dyn Any;
 }
 
-impl<T: Serialize + Send + Sync + 'static> LiveValue for T {
+impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> LiveValue for T {
     fn encode(&self) -> Result<Vec<u8>, codec::Error> {
         codec::encode_value(self)
+    }
+    fn round_trip(&self) -> Result<Vec<u8>, codec::Error> {
+        let decoded: T = codec::decode_value(&codec::encode_value(self)?)?;
+        codec::encode_value(&decoded)
     }
     fn type_name(&self) -> &'static str {
         std::any::type_name::<T>()
