@@ -221,7 +221,8 @@ impl AppShared {
         id: &SessionId,
     ) -> Result<Option<Arc<Entry>>, crate::store::Error> {
         let short = id.short_hash();
-        let Some(record) = persister.load(&id.store_key(), now_millis()).await? else {
+        let Some((record, row_exists)) = persister.load(&id.store_key(), now_millis()).await?
+        else {
             tracing::debug!(app = %self.settings.app, session = %short, "unknown or expired session id; a fresh session will be used");
             return Ok(None);
         };
@@ -238,11 +239,10 @@ impl AppShared {
             Ok(attributes) => {
                 tracing::info!(app = %self.settings.app, session = %short, from_node = %record.meta.node, "restored from store");
                 crate::metrics::restored(&self.settings.app);
-                Ok(Some(Entry::new(State::restored(
-                    id.clone(),
-                    &record.meta,
-                    attributes,
-                ))))
+                let mut state = State::restored(id.clone(), &record.meta, attributes);
+                // Restored from this node's queue before its first write landed: no row yet.
+                state.persisted = row_exists;
+                Ok(Some(Entry::new(state)))
             }
             Err(error) => {
                 tracing::error!(app = %self.settings.app, session = %short, error = &error as &dyn std::error::Error, "stored session does not decode; a fresh session will be used");
@@ -353,6 +353,8 @@ impl AppShared {
     /// state or no longer holds the session: the response must not acknowledge it.
     pub(crate) async fn execute(self: Arc<Self>, finish: Finish) -> Answer {
         let mut saved = Answer::Done;
+        // Whether this request's new state is in the store (nothing to save counts as yes).
+        let mut committed = true;
         if let Some((id, entry)) = &finish.entry {
             if finish.cache_it {
                 self.cache.insert(id.clone(), Arc::clone(entry)).await;
@@ -362,16 +364,23 @@ impl AppShared {
                 match finish.work {
                     Work::None => {}
                     Work::Touch => self.touch(persister, id, entry).await,
-                    Work::Save(snapshot) => saved = self.save(persister, id, entry, snapshot).await,
+                    Work::Save(snapshot) => {
+                        (saved, committed) = self.save(persister, id, entry, snapshot).await;
+                    }
                 }
             }
         }
         if finish.check_failed && saved == Answer::Done {
             saved = Answer::CheckFailed;
         }
-        // After the save: a rotation whose new row failed must not lose the old one first.
+        // After the save: a rotation's old row goes only once its new row is written; if that
+        // write is still queued (async, or being retried), the delete is queued behind it.
         if let Some(persister) = &self.persister {
             for old in &finish.removed {
+                if !committed {
+                    persister.destroy_later(&old.store_key()).await;
+                    continue;
+                }
                 if let Err(error) = persister.destroy(&old.store_key()).await {
                     crate::metrics::store_error(&self.settings.app, "destroy");
                     tracing::error!(app = %self.settings.app, session = %old.short_hash(), error = &error as &dyn std::error::Error, "cannot remove ended session from the store");
@@ -400,15 +409,17 @@ impl AppShared {
         id: &SessionId,
         entry: &Arc<Entry>,
         snapshot: Snapshot,
-    ) -> Answer {
+    ) -> (Answer, bool) {
         let new = snapshot.new;
         let started = std::time::Instant::now();
         let Some(record) = self.record(id, snapshot) else {
             entry.lock().dirty = true;
-            return Answer::Done;
+            return (Answer::Done, false);
         };
         let app = &self.settings.app;
-        match persister.save(record, new, entry).await {
+        let saved = persister.save(record, new, entry).await;
+        let committed = matches!(saved, Saved::Stored(Update::Written));
+        let answer = match saved {
             Saved::Stored(Update::Written) => {
                 crate::metrics::saved(app, started.elapsed().as_secs_f64());
                 Answer::Done
@@ -422,7 +433,7 @@ impl AppShared {
             Saved::Stored(Update::Superseded) => {
                 // A newer local save of this entry got there first: nothing is lost.
                 if !entry.lock().stale {
-                    return Answer::Done;
+                    return (Answer::Done, true);
                 }
                 // Another node wrote a newer version: this node's copy is stale and will be
                 // dropped by the next request; this change is not acknowledged.
@@ -442,7 +453,8 @@ impl AppShared {
                 tracing::error!(%app, session = %id.short_hash(), error = &error as &dyn std::error::Error, "cannot save session; kept in memory and retried on its next request");
                 Answer::Done
             }
-        }
+        };
+        (answer, committed)
     }
 
     /// The row is gone (logout on another node, the backoffice, the purge): stop serving it.

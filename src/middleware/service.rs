@@ -26,6 +26,19 @@ impl<S> std::fmt::Debug for SessionFailover<S> {
     }
 }
 
+/// An empty response of `status` in place of `original`, keeping its session cookies (a rotated
+/// or new session's id must still reach the client).
+fn replace<B: Default>(original: &Response<B>, status: StatusCode) -> Response<B> {
+    let mut response = Response::new(B::default());
+    *response.status_mut() = status;
+    for cookie in original.headers().get_all(http::header::SET_COOKIE) {
+        response
+            .headers_mut()
+            .append(http::header::SET_COOKIE, cookie.clone());
+    }
+    response
+}
+
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionFailover<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
@@ -71,17 +84,13 @@ where
                     // logout or rotation still completes.
                     match tokio::spawn(Arc::clone(&app).execute(finish)).await {
                         Ok(Answer::Done) => {}
+                        // The change was not kept: do not acknowledge it.
                         Ok(Answer::Conflict) => {
-                            // The change was not kept: do not acknowledge it.
-                            let mut conflict = Response::new(ResBody::default());
-                            *conflict.status_mut() = StatusCode::CONFLICT;
-                            return Ok(conflict);
+                            return Ok(replace(&response, StatusCode::CONFLICT));
                         }
+                        // The cause is in the log (the attribute names), not in the body.
                         Ok(Answer::CheckFailed) => {
-                            // The cause is in the log (the attribute names), not in the body.
-                            let mut error = Response::new(ResBody::default());
-                            *error.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-                            return Ok(error);
+                            return Ok(replace(&response, StatusCode::INTERNAL_SERVER_ERROR));
                         }
                         Err(error) => tracing::error!(%error, "session save task failed"),
                     }

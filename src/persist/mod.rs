@@ -152,15 +152,19 @@ impl Persister {
             .unwrap_or(Err(store::Error::Timeout(timeout)))
     }
 
-    /// Reads a live session: the newest state queued on this node if there is one, else the row.
+    /// Reads a live session: the newest state queued on this node if there is one, else the
+    /// row; and whether the row exists (a queued first write has not made it yet).
     pub(crate) async fn load(
         &self,
         key: &SessionKey,
         now: EpochMillis,
-    ) -> Result<Option<Record>, store::Error> {
+    ) -> Result<Option<(Record, bool)>, store::Error> {
         match self.persistence.writer.pending(key) {
-            Some(queued) => Ok(queued.filter(|r| r.meta.expires_at > now)),
-            None => self.bounded(self.persistence.store.get(key, now)).await,
+            Some(queued) => Ok(queued.filter(|(r, _)| r.meta.expires_at > now)),
+            None => Ok(self
+                .bounded(self.persistence.store.get(key, now))
+                .await?
+                .map(|record| (record, true))),
         }
     }
 
@@ -222,6 +226,20 @@ impl Persister {
     ) -> Result<bool, store::Error> {
         self.bounded(self.persistence.store.reset_timer(key, now, expires_at))
             .await
+    }
+
+    /// Queues the removal of a session's old row behind the writes already queued (a rotation
+    /// whose new row is not written yet): in one batch saves go before deletes.
+    pub(crate) async fn destroy_later(&self, key: &SessionKey) {
+        let queued = self
+            .persistence
+            .writer
+            .enqueue(key.clone(), Op::Delete, Weak::new());
+        if queued.is_err()
+            && let Err(error) = self.destroy(key).await
+        {
+            tracing::error!(session = %key.short_hash(), error = &error as &dyn std::error::Error, "cannot remove ended session from the store");
+        }
     }
 
     /// Removes an ended session, after any write of it that is already queued.

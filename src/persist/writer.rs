@@ -17,7 +17,7 @@
 //! - **Failures** keep the write: it goes back to the queue with exponential backoff and
 //!   jitter, unless a newer state of the session arrived meanwhile, which replaces it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
@@ -109,6 +109,9 @@ struct Pending {
 
 #[derive(Default)]
 struct Queue {
+    /// Sessions this writer deleted recently, and when: a save of one of them arriving late
+    /// (its request encoded it before the logout) is refused, not inserted. Pruned by age.
+    deleted: HashMap<SessionKey, Instant>,
     /// Sessions in a batch being written now: not taken into another batch until it is done,
     /// so the writes of one session are stored in order.
     in_flight: HashSet<SessionKey>,
@@ -228,8 +231,24 @@ fn merge(old: Pending, mut new: Pending) -> Pending {
             }
             return Pending { waiters, ..old };
         }
-        // A session new to the store stays an insert until that insert has happened.
-        (Op::Save { new: was_new, .. }, Op::Save { new: is_new, .. }) => *is_new |= *was_new,
+        (
+            Op::Save {
+                record: old_record,
+                new: was_new,
+            },
+            Op::Save {
+                record: new_record,
+                new: is_new,
+            },
+        ) => {
+            // A session new to the store stays an insert until that insert has happened.
+            *is_new |= *was_new;
+            // Requests of one session encode and enqueue in their own tasks, so states can
+            // arrive out of order: the higher version is the newer state.
+            if old_record.meta.version > new_record.meta.version {
+                *new_record = old_record.clone();
+            }
+        }
         _ => {}
     }
     waiters.append(&mut new.waiters);
@@ -392,10 +411,17 @@ impl WriteBehind {
         self.ensure_started();
         let (tx, rx) = oneshot::channel();
         let failing = self.shared.failing.load(Ordering::Relaxed);
+        let mut full = false;
         {
             let now = Instant::now();
             let mut queue = self.shared.queue();
-            if failing {
+            // Bounded like the async queue (twice over, for the urgent writes on top): beyond it
+            // the caller keeps the change in memory instead.
+            if queue.find(&key).is_none()
+                && queue.len() >= self.shared.config.queue_size.saturating_mul(2)
+            {
+                full = true;
+            } else if failing {
                 // The store is failing: queue the write for the next retry and answer at once.
                 let not_before = queue
                     .next_retry()
@@ -410,10 +436,15 @@ impl WriteBehind {
             }
             crate::metrics::queue_depth(queue.len());
         }
-        if !failing {
+        if !failing && !full {
             self.shared.urgent.notify_one();
         }
         async move {
+            if full {
+                return Outcome::Failed(Arc::new(store::Error::Backend(
+                    "the session write queue is full; the change is kept in memory".into(),
+                )));
+            }
             if failing {
                 return Outcome::Failed(Arc::new(store::Error::Backend(
                     "the session store is failing; the write is queued for retry".into(),
@@ -436,6 +467,16 @@ impl WriteBehind {
         waiter: Option<oneshot::Sender<Outcome>>,
         now: Instant,
     ) {
+        // A save of a session that was ended (here, or by a delete this writer already made) is
+        // never written: it would bring the session back.
+        let ended = entry.upgrade().is_some_and(|e| e.lock().invalidated);
+        if matches!(op, Op::Save { .. }) && (ended || queue.deleted.contains_key(&key)) {
+            if let Some(waiter) = waiter {
+                let _ = waiter.send(Outcome::Stored(Update::Missing));
+            }
+            return;
+        }
+        let urgent = waiter.is_some();
         let pending = Pending {
             op,
             entry,
@@ -444,18 +485,27 @@ impl WriteBehind {
             attempts: 0,
             not_before: None,
         };
-        let pending = match queue.take(&key) {
+        let mut pending = match queue.take(&key) {
             Some(old) => merge(old, pending),
             None => pending,
         };
+        // Someone waits and the store is healthy: do not park them behind an old backoff.
+        if urgent && !self.shared.failing.load(Ordering::Relaxed) {
+            pending.not_before = None;
+        }
         queue.put(key, pending, now);
     }
 
-    /// The newest state queued for `key`, if any: `Some(None)` if the session is queued for
-    /// deletion. A restore on this node must see it, not the older row in the store.
-    pub(crate) fn pending(&self, key: &SessionKey) -> Option<Option<Record>> {
-        self.shared.queue().find(key).map(|p| match &p.op {
-            Op::Save { record, .. } => Some(record.clone()),
+    /// The newest state queued for `key`, if any, and whether its row exists yet:
+    /// `Some(None)` if the session is queued for deletion or was deleted lately. A restore on
+    /// this node must see it, not the older row in the store.
+    pub(crate) fn pending(&self, key: &SessionKey) -> Option<Option<(Record, bool)>> {
+        let queue = self.shared.queue();
+        if queue.deleted.contains_key(key) {
+            return Some(None);
+        }
+        queue.find(key).map(|p| match &p.op {
+            Op::Save { record, new } => Some((record.clone(), !new)),
             Op::Delete => None,
         })
     }
@@ -501,6 +551,22 @@ impl Worker {
                         shared.urgent.notify_one();
                     }
                 }
+                () = tokio::time::sleep_until(wake), if room => {
+                    let interval_due = Instant::now() >= next_interval;
+                    if interval_due {
+                        next_interval = Instant::now() + config.interval;
+                    }
+                    let (shared, until) = (Arc::clone(&shared), next_interval);
+                    flights.spawn(async move {
+                        // Keep flushing until empty, but not past the next interval.
+                        loop {
+                            let report = shared.flush(Scope::All).await;
+                            if !interval_due || report.taken < config.max_items || report.failed > 0 || Instant::now() >= until {
+                                break;
+                            }
+                        }
+                    });
+                }
                 () = shared.urgent.notified(), if room => {
                     // The window is waited for in the flight, not here: the loop stays free to
                     // start other flights.
@@ -510,26 +576,6 @@ impl Worker {
                             tokio::time::sleep(window).await;
                         }
                         shared.flush(Scope::Urgent).await;
-                    });
-                }
-                () = tokio::time::sleep_until(wake), if room => {
-                    let interval_due = Instant::now() >= next_interval;
-                    if interval_due {
-                        next_interval = Instant::now() + config.interval;
-                    }
-                    let (shared, until) = (Arc::clone(&shared), next_interval);
-                    flights.spawn(async move {
-                        if !interval_due {
-                            shared.flush(Scope::Urgent).await;
-                            return;
-                        }
-                        // Keep flushing until empty, but not past the next interval.
-                        loop {
-                            let report = shared.flush(Scope::All).await;
-                            if report.taken < config.max_items || report.failed > 0 || Instant::now() >= until {
-                                break;
-                            }
-                        }
                     });
                 }
             }
@@ -571,25 +617,25 @@ impl Worker {
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 continue;
             }
-            let flushed = tokio::time::timeout_at(deadline, self.shared.flush(Scope::All)).await;
-            match flushed {
-                Ok(flush) => {
-                    report.written += flush.written + flush.deleted + flush.conflicts;
-                    if flush.failed > 0 {
-                        let pause = self
-                            .shared
-                            .config
-                            .retry_delay
-                            .min(Duration::from_millis(500));
-                        tokio::time::sleep_until((Instant::now() + pause).min(deadline)).await;
-                    } else if flush.taken == 0 {
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                }
-                Err(_) => break,
+            // Not cut by the deadline: a dropped flush would lose its batch. Each store call is
+            // bounded by the store timeout instead.
+            let flush = self.shared.flush(Scope::All).await;
+            report.written += flush.written + flush.deleted + flush.conflicts;
+            if flush.failed > 0 {
+                let pause = self
+                    .shared
+                    .config
+                    .retry_delay
+                    .min(Duration::from_millis(500));
+                tokio::time::sleep_until((Instant::now() + pause).min(deadline)).await;
+            } else if flush.taken == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
-        report.unwritten = self.shared.queue().len();
+        report.unwritten = {
+            let queue = self.shared.queue();
+            queue.len() + queue.in_flight.len()
+        };
         if report.unwritten == 0 {
             tracing::info!(written = report.written, "session writer drained");
         } else {
@@ -615,13 +661,14 @@ impl Shared {
             }
             batch
         };
-        let keys: Vec<SessionKey> = batch.iter().map(|(k, _)| k.clone()).collect();
+        // Whatever happens to this future (a panic in a store, a drop), the sessions of this
+        // batch leave the in-flight set, so their later writes are not blocked for good.
+        let _flight = Flight {
+            shared: self,
+            keys: batch.iter().map(|(k, _)| k.clone()).collect(),
+        };
         let report = self.write(batch).await;
-        let mut queue = self.queue();
-        for key in &keys {
-            queue.in_flight.remove(key);
-        }
-        crate::metrics::queue_depth(queue.len());
+        crate::metrics::queue_depth(self.queue().len());
         report
     }
 
@@ -635,26 +682,27 @@ impl Shared {
         }
         let started = std::time::Instant::now();
         let (mut deletes, mut inserts, mut updates) = (Vec::new(), Vec::new(), Vec::new());
-        for (key, pending) in batch {
-            match &pending.op {
-                Op::Delete => deletes.push((key, pending)),
-                Op::Save { new: true, .. } => inserts.push((key, pending)),
-                Op::Save { new: false, .. } => updates.push((key, pending)),
-            }
-        }
-        if !deletes.is_empty() {
-            report.statements += 1;
-            let keys: Vec<SessionKey> = deletes.iter().map(|(k, _)| k.clone()).collect();
-            match self.bounded(self.store.destroy_many(&keys)).await {
-                Ok(_) => {
-                    report.deleted += deletes.len();
-                    for (_, pending) in deletes {
-                        resolve(pending, Update::Written);
+        {
+            let queue = self.queue();
+            for (key, pending) in batch {
+                let ended = pending
+                    .entry
+                    .upgrade()
+                    .is_some_and(|e| e.lock().invalidated)
+                    || queue.deleted.contains_key(&key);
+                match &pending.op {
+                    Op::Delete => deletes.push((key, pending)),
+                    // Ended since it was queued: writing it would bring it back.
+                    Op::Save { .. } if ended => {
+                        report.conflicts += 1;
+                        resolve(pending, Update::Missing);
                     }
+                    Op::Save { new: true, .. } => inserts.push((key, pending)),
+                    Op::Save { new: false, .. } => updates.push((key, pending)),
                 }
-                Err(error) => self.failed(deletes, error, &mut report),
             }
         }
+        // Saves before deletes: a rotation's new row lands before its old row goes.
         if !inserts.is_empty() {
             report.statements += 1;
             let records: Vec<Record> = inserts.iter().map(|(_, p)| record_of(p)).collect();
@@ -665,14 +713,14 @@ impl Shared {
                         resolve(pending, Update::Written);
                     }
                 }
-                Err(error) => self.failed(inserts, error, &mut report),
+                Err(error) => Box::pin(self.failed(inserts, error, &mut report)).await,
             }
         }
         if !updates.is_empty() {
             report.statements += 1;
             let records: Vec<Record> = updates.iter().map(|(_, p)| record_of(p)).collect();
             match self.bounded(self.store.update_many(&records)).await {
-                Ok(outcomes) => {
+                Ok(outcomes) if outcomes.len() == updates.len() => {
                     for ((_, pending), outcome) in updates.into_iter().zip(outcomes) {
                         if outcome == Update::Written {
                             report.written += 1;
@@ -682,10 +730,37 @@ impl Shared {
                         resolve(pending, outcome);
                     }
                 }
-                Err(error) => self.failed(updates, error, &mut report),
+                Ok(outcomes) => {
+                    let error = store::Error::Backend(
+                        format!(
+                            "update_many answered {} outcomes for {} records",
+                            outcomes.len(),
+                            updates.len()
+                        )
+                        .into(),
+                    );
+                    Box::pin(self.failed(updates, error, &mut report)).await;
+                }
+                Err(error) => Box::pin(self.failed(updates, error, &mut report)).await,
             }
         }
-        self.failing.store(report.failed > 0, Ordering::Relaxed);
+        if !deletes.is_empty() {
+            report.statements += 1;
+            let keys: Vec<SessionKey> = deletes.iter().map(|(k, _)| k.clone()).collect();
+            match self.bounded(self.store.destroy_many(&keys)).await {
+                Ok(_) => {
+                    report.deleted += deletes.len();
+                    self.remember_deleted(&keys);
+                    for (_, pending) in deletes {
+                        resolve(pending, Update::Written);
+                    }
+                }
+                Err(error) => Box::pin(self.failed(deletes, error, &mut report)).await,
+            }
+        }
+        if report.failed == 0 {
+            self.failing.store(false, Ordering::Relaxed);
+        }
         let seconds = started.elapsed().as_secs_f64();
         crate::metrics::flushed(&report, seconds);
         tracing::debug!(
@@ -701,6 +776,20 @@ impl Shared {
         report
     }
 
+    /// Keeps deleted keys for a while, so a save arriving late cannot re-insert them.
+    fn remember_deleted(&self, keys: &[SessionKey]) {
+        let now = Instant::now();
+        let mut queue = self.queue();
+        if queue.deleted.len() + keys.len() > DELETED_CAPACITY {
+            queue
+                .deleted
+                .retain(|_, at| now.saturating_duration_since(*at) < DELETED_HORIZON);
+        }
+        for key in keys {
+            queue.deleted.insert(key.clone(), now);
+        }
+    }
+
     /// A store call bounded by the store timeout: a hung database must not hang the writer.
     async fn bounded<T>(
         &self,
@@ -712,19 +801,40 @@ impl Shared {
             .unwrap_or(Err(store::Error::Timeout(timeout)))
     }
 
-    /// Puts failed writes back with backoff (unless a newer state arrived), and tells their
-    /// waiters.
-    fn failed(
+    /// A failed write: a data error in a batch of several is retried record by record at once
+    /// (one bad record must not hold up the others); otherwise the writes go back to the queue
+    /// with backoff (a newer state arriving meanwhile wins), until `MAX_ATTEMPTS` data errors,
+    /// after which the write is given up: logged, and its session marked changed so its next
+    /// request saves it again. Waiters are told.
+    async fn failed(
         &self,
         writes: Vec<(SessionKey, Pending)>,
         error: store::Error,
         report: &mut FlushReport,
     ) {
+        let transient = is_transient(&error);
+        if !transient && writes.len() > 1 {
+            tracing::warn!(
+                writes = writes.len(),
+                error = &error as &dyn std::error::Error,
+                "a batch of session writes was refused; writing its records one by one"
+            );
+            report.statements += writes.len();
+            for write in writes {
+                let single = self.write(vec![write]).await;
+                report.written += single.written;
+                report.conflicts += single.conflicts;
+                report.deleted += single.deleted;
+                report.failed += single.failed;
+            }
+            return;
+        }
         tracing::error!(
             writes = writes.len(),
             error = &error as &dyn std::error::Error,
             "session writes failed; kept and retried with backoff"
         );
+        self.failing.store(transient, Ordering::Relaxed);
         report.failed += writes.len();
         crate::metrics::write_retries(writes.len());
         let error = Arc::new(error);
@@ -735,6 +845,17 @@ impl Shared {
                 let _ = waiter.send(Outcome::Failed(Arc::clone(&error)));
             }
             pending.attempts = pending.attempts.saturating_add(1);
+            if !transient && pending.attempts >= MAX_ATTEMPTS {
+                tracing::error!(
+                    session = %key.short_hash(),
+                    attempts = pending.attempts,
+                    "the store keeps refusing this session's write; given up here, kept in memory for its next request"
+                );
+                if let Some(entry) = pending.entry.upgrade() {
+                    entry.lock().dirty = true;
+                }
+                continue;
+            }
             pending.not_before = Some(now + backoff(&self.config, pending.attempts));
             match queue.take(&key) {
                 // A newer state arrived while this one was being written: it wins.
@@ -762,6 +883,38 @@ fn resolve(pending: Pending, outcome: Update) {
     }
     for waiter in pending.waiters {
         let _ = waiter.send(Outcome::Stored(outcome));
+    }
+}
+
+/// Removes a batch's sessions from the in-flight set when the flush ends, however it ends.
+struct Flight<'a> {
+    shared: &'a Shared,
+    keys: Vec<SessionKey>,
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        let mut queue = self.shared.queue();
+        for key in &self.keys {
+            queue.in_flight.remove(key);
+        }
+    }
+}
+
+/// Failed attempts after which a write the store keeps refusing (not a connection problem) is
+/// given up by the writer and left to the session's next request.
+const MAX_ATTEMPTS: u32 = 5;
+/// How long, and how many, deleted keys are remembered against late saves.
+const DELETED_HORIZON: Duration = Duration::from_secs(600);
+const DELETED_CAPACITY: usize = 100_000;
+
+/// Whether an error says the store is unreachable or slow (retry everything later) rather than
+/// that it refused this data (retry one by one, then give up).
+fn is_transient(error: &store::Error) -> bool {
+    match error {
+        store::Error::Timeout(_) | store::Error::Connect { .. } | store::Error::Backend(_) => true,
+        store::Error::Database(e) => !matches!(e, sqlx::Error::Database(_)),
+        _ => false,
     }
 }
 
@@ -1018,13 +1171,137 @@ mod tests {
         assert_eq!((report.deleted, report.written), (1, 0));
         assert!(matches!(deleted.await, Outcome::Stored(_)));
         assert_eq!(store.inner.get(&k, 0).await.unwrap(), None);
-        // And an update that arrives after the delete landed cannot bring it back.
+        // And a save that arrives after the delete landed (even an insert: a request that
+        // encoded a new session before the logout) cannot bring it back.
+        for new in [false, true] {
+            handle
+                .enqueue(k.clone(), save(&k, 4, new), Weak::new())
+                .unwrap();
+            assert_eq!(handle.pending_len(), 0, "refused at the door");
+            let late = handle.enqueue_and_wait(k.clone(), save(&k, 5, new), Weak::new());
+            assert!(matches!(late.await, Outcome::Stored(Update::Missing)));
+        }
+        assert_eq!(worker.flush_once(Scope::All).await.taken, 0);
+        assert_eq!(store.inner.get(&k, 0).await.unwrap(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn states_arriving_out_of_order_keep_the_newest() {
+        let (store, handle, worker) = writer(config());
+        let k = key();
         handle
-            .enqueue(k.clone(), save(&k, 4, false), Weak::new())
+            .enqueue(k.clone(), save(&k, 7, true), Weak::new())
+            .unwrap();
+        handle
+            .enqueue(k.clone(), save(&k, 6, true), Weak::new())
+            .unwrap();
+        worker.flush_once(Scope::All).await;
+        assert_eq!(
+            store.inner.get(&k, 0).await.unwrap().unwrap().meta.version,
+            7
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_record_the_store_refuses_does_not_hold_up_the_others() {
+        // A data error (not a connection problem) on a batch: the records are retried one by
+        // one at once, the good ones land, and the bad one is given up after a few attempts.
+        #[derive(Default)]
+        struct Picky(MemoryStore);
+        #[async_trait::async_trait]
+        impl SessionStore for Picky {
+            async fn get(
+                &self,
+                key: &SessionKey,
+                now: EpochMillis,
+            ) -> Result<Option<Record>, store::Error> {
+                self.0.get(key, now).await
+            }
+            async fn set(&self, record: &Record) -> Result<(), store::Error> {
+                self.set_many(std::slice::from_ref(record)).await
+            }
+            async fn set_many(&self, records: &[Record]) -> Result<(), store::Error> {
+                if records.iter().any(|r| r.meta.app == "bad") {
+                    return Err(store::Error::CorruptRow {
+                        key: "x".into(),
+                        reason: "refused".into(),
+                    });
+                }
+                self.0.set_many(records).await
+            }
+            async fn destroy(&self, key: &SessionKey) -> Result<bool, store::Error> {
+                self.0.destroy(key).await
+            }
+            async fn exists(
+                &self,
+                key: &SessionKey,
+                now: EpochMillis,
+            ) -> Result<bool, store::Error> {
+                self.0.exists(key, now).await
+            }
+            async fn ttl(
+                &self,
+                key: &SessionKey,
+                now: EpochMillis,
+            ) -> Result<Option<Duration>, store::Error> {
+                self.0.ttl(key, now).await
+            }
+            async fn reset_timer(
+                &self,
+                key: &SessionKey,
+                m: EpochMillis,
+                e: EpochMillis,
+            ) -> Result<bool, store::Error> {
+                self.0.reset_timer(key, m, e).await
+            }
+            async fn length(&self) -> Result<u64, store::Error> {
+                self.0.length().await
+            }
+            async fn clear(&self) -> Result<(), store::Error> {
+                self.0.clear().await
+            }
+            async fn list(&self, query: &ListQuery) -> Result<Vec<Meta>, store::Error> {
+                self.0.list(query).await
+            }
+            async fn purge_expired(
+                &self,
+                now: EpochMillis,
+                batch: u32,
+            ) -> Result<u64, store::Error> {
+                self.0.purge_expired(now, batch).await
+            }
+        }
+        let store = Arc::new(Picky::default());
+        let (handle, worker) = WriteBehind::pair(store.clone(), config());
+        let good: Vec<SessionKey> = (0..3).map(|_| key()).collect();
+        for k in &good {
+            handle
+                .enqueue(k.clone(), save(k, 1, true), Weak::new())
+                .unwrap();
+        }
+        let bad = key();
+        let mut record = record(&bad, 1);
+        record.meta.app = "bad".into();
+        let entry = Entry::new(State::new(SessionId::generate(), 0));
+        entry.lock().dirty = false;
+        handle
+            .enqueue(
+                bad.clone(),
+                Op::Save { record, new: true },
+                Arc::downgrade(&entry),
+            )
             .unwrap();
         let report = worker.flush_once(Scope::All).await;
-        assert_eq!((report.written, report.conflicts), (0, 1));
-        assert_eq!(store.inner.get(&k, 0).await.unwrap(), None);
+        assert_eq!((report.written, report.failed), (3, 1));
+        for k in &good {
+            assert!(store.0.get(k, 0).await.unwrap().is_some());
+        }
+        for _ in 0..MAX_ATTEMPTS {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            worker.flush_once(Scope::All).await;
+        }
+        assert_eq!(handle.pending_len(), 0, "given up");
+        assert!(entry.lock().dirty, "left to the session's next request");
     }
 
     #[tokio::test(start_paused = true)]

@@ -63,6 +63,11 @@ pub async fn open_store(config: &Config) -> Result<Option<Persistence>, store::E
         }
         return Ok(None);
     }
+    if config.secrets.is_some() && config.accept_plaintext {
+        tracing::warn!(
+            "session.secret.accept.plaintext=true: unencrypted sessions are still read, so whoever can write to the table can forge one; turn it off once the old sessions have expired"
+        );
+    }
     if config.secrets.is_none() {
         tracing::warn!(
             "session.secret is not set: sessions are stored unencrypted (set a secret of at least 64 characters to encrypt them)"
