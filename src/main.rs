@@ -97,7 +97,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (config, properties) = load(&dir)?;
             println!("# effective configuration from {}", dir.display());
             for (key, setting) in properties.iter() {
-                let value = if key.contains("secret") || key.contains("password") {
+                let secret = matches!(key, "session.secret" | "session.secret.previous")
+                    || key.contains("password");
+                let value = if secret && !setting.value.is_empty() {
                     "********".to_owned()
                 } else if key == "session.store.url" {
                     store::redact_url(&setting.value)
@@ -117,14 +119,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     Some(mode) => format!("{mode:?}").to_lowercase(),
                     None => "memory-only".to_owned(),
                 };
+                let encryption = if config.secrets.is_some() {
+                    "encrypted"
+                } else {
+                    "not encrypted"
+                };
                 println!(
-                    "# {app}: {mode}, cookie {} path {} secure {} httponly {}",
+                    "# {app}: {mode}, {encryption}, cookie {} path {} secure {} httponly {}",
                     c.cookie_name,
                     c.cookie_path.as_deref().unwrap_or("(context path)"),
                     c.secure
                         .map_or("(follows request)".to_owned(), |b| b.to_string()),
                     c.http_only
-                        .map_or("(follows request)".to_owned(), |b| b.to_string()),
+                        .map_or("true (default)".to_owned(), |b| b.to_string()),
                 );
             }
             println!("# configuration is valid");

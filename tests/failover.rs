@@ -212,7 +212,7 @@ fn check_config_shows_values_sources_and_typos() {
         "{out}"
     );
     assert!(
-        out.contains("# storefront: sync, cookie SF path /"),
+        out.contains("# storefront: sync, not encrypted, cookie SF path / secure (follows request) httponly true (default)"),
         "{out}"
     );
     assert!(
