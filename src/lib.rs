@@ -36,6 +36,7 @@
 //! - [`persist`]: writing sessions to the store: sync, group commit, async write-behind.
 //! - [`middleware`]: [`SessionFailoverLayer`], the failover filter.
 //! - [`metrics`]: the counters and timings it records.
+//! - [`purge`]: deleting expired rows on a cron schedule, one node at a time.
 //! - [`server`]: the runnable demo storefront.
 
 mod cache;
@@ -45,6 +46,7 @@ pub mod config;
 pub mod metrics;
 pub mod middleware;
 pub mod persist;
+pub mod purge;
 pub mod server;
 pub mod session;
 pub mod store;

@@ -121,6 +121,21 @@ pub const KEYS: &[KeySpec] = &[
         doc: "true/false: with a secret, still read sessions stored unencrypted before it was set",
     },
     KeySpec {
+        key: "session.purge.cron",
+        default: "0 * * * * *",
+        doc: "when expired rows are deleted: Quartz-style cron, seconds first, UTC; empty: never",
+    },
+    KeySpec {
+        key: "session.purge.batch.size",
+        default: "1000",
+        doc: "rows deleted per statement (1..=100000)",
+    },
+    KeySpec {
+        key: "session.purge.jitter",
+        default: "10",
+        doc: "seconds of random delay added to each run, so a fleet does not purge in step (0..=3600)",
+    },
+    KeySpec {
         key: "session.timeout",
         default: "3600",
         doc: "seconds of inactivity before a session expires (1..=31536000)",

@@ -159,6 +159,12 @@ pub struct Config {
     pub secrets: Option<Secrets>,
     /// `session.secret.accept.plaintext`.
     pub accept_plaintext: bool,
+    /// `session.purge.cron`, validated; empty: no purge.
+    pub purge_cron: String,
+    /// `session.purge.batch.size`.
+    pub purge_batch_size: u32,
+    /// `session.purge.jitter`.
+    pub purge_jitter: Duration,
 }
 
 /// The encryption secrets. Never printed: `Debug` shows only how many there are.
@@ -328,6 +334,22 @@ impl Config {
             },
             apps,
             secrets: secrets(p)?,
+            purge_cron: {
+                let cron = string(p, "session.purge.cron");
+                if !cron.is_empty() {
+                    crate::purge::PurgeSchedule::parse(&cron).map_err(|e| {
+                        invalid(
+                            "session.purge.cron",
+                            &setting(p, "session.purge.cron"),
+                            &e.to_string(),
+                        )
+                    })?;
+                }
+                cron
+            },
+            purge_batch_size: u32::try_from(number(p, "session.purge.batch.size", 1, 100_000)?)
+                .unwrap_or(100_000),
+            purge_jitter: Duration::from_secs(number(p, "session.purge.jitter", 0, 3600)?),
             accept_plaintext: boolean(p, "session.secret.accept.plaintext")?,
         })
     }
@@ -591,6 +613,10 @@ mod tests {
                 "session.timeout",
             ),
             ("session.timeout=+5\n", "expected a whole number"),
+            (
+                "session.purge.cron=* * * * *\n",
+                "session.purge.cron = \"* * * * *\": expected \"* * * * *\" has 5 fields",
+            ),
         ] {
             let err = parse(text).unwrap_err().to_string();
             assert!(err.contains(needle), "{text:?} gave {err:?}");

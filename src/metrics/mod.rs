@@ -23,6 +23,9 @@
 //! | `session_write_failures_total` | counter | writes that failed (and were retried) |
 //! | `session_write_sync_fallbacks_total` | counter | async saves made synchronously (queue full) |
 //!
+//! | `session_purge_runs_total` / `_rows_total` / `_seconds` | counter / counter / histogram | purge runs, rows deleted, time per run |
+//! | `session_purge_skipped_total` / `_failures_total` | counter | runs skipped (another node purging) / failed |
+//!
 //! The writer's series have no `app` label: one writer serves every app sharing a store.
 
 pub(crate) fn cache_hit(app: &str) {
@@ -80,6 +83,21 @@ pub(crate) fn flushed(report: &crate::persist::FlushReport, seconds: f64) {
 
 pub(crate) fn write_retries(writes: usize) {
     metrics::counter!("session_write_retries_total").increment(writes as u64);
+}
+
+#[allow(clippy::cast_precision_loss)]
+pub(crate) fn purged(report: &crate::purge::PurgeReport) {
+    if report.skipped {
+        metrics::counter!("session_purge_skipped_total").increment(1);
+        return;
+    }
+    metrics::counter!("session_purge_runs_total").increment(1);
+    metrics::counter!("session_purge_rows_total").increment(report.deleted);
+    metrics::histogram!("session_purge_seconds").record(report.took.as_secs_f64());
+}
+
+pub(crate) fn purge_failed() {
+    metrics::counter!("session_purge_failures_total").increment(1);
 }
 
 pub(crate) fn sync_fallback() {

@@ -131,12 +131,34 @@ pub async fn serve(
         .clone()
         .unwrap_or_else(|| format!("{}:{}", host_name(), local.port()));
     let router = app(&config, &node, store.clone());
+    let stop_purge = std::sync::Arc::new(tokio::sync::Notify::new());
+    let purge = match (&store, config.purge_cron.is_empty()) {
+        (Some(persistence), false) => {
+            let schedule = crate::purge::PurgeSchedule::parse(&config.purge_cron)
+                .expect("validated with the configuration");
+            let purger = crate::purge::Purger::new(
+                std::sync::Arc::clone(persistence.store()),
+                schedule,
+                config.purge_batch_size,
+                config.purge_jitter,
+            );
+            let stop = std::sync::Arc::clone(&stop_purge);
+            Some(tokio::spawn(async move {
+                purger.run_until_stopped(stop.notified()).await;
+            }))
+        }
+        _ => None,
+    };
     tracing::info!(%node, "session-failover listening on http://{local}");
     // On stdout too, for scripts and tests that start the server on port 0.
     println!("session-failover listening on http://{local}");
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await?;
+    stop_purge.notify_one();
+    if let Some(purge) = purge {
+        let _ = purge.await;
+    }
     // The requests in flight have been answered; write what the writer still holds.
     if let Some(persistence) = store {
         persistence.shutdown(config.drain_timeout).await;

@@ -22,8 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use memory::MemoryStore;
-pub use mysql::MySqlStore;
-pub use postgres::PgStore;
+pub use mysql::{MySqlStore, PURGE_LOCK as MYSQL_PURGE_LOCK};
+pub use postgres::{PURGE_LOCK as PG_PURGE_LOCK, PgStore};
 pub use sqlite::SqliteStore;
 
 use crate::session::SessionKey;
@@ -232,6 +232,16 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Deletes rows expired at `now`, at most `batch_size` per statement; returns how many.
     async fn purge_expired(&self, now: EpochMillis, batch_size: u32) -> Result<u64, Error>;
+
+    /// [`SessionStore::purge_expired`] by one node at a time: `None` if another node holds the
+    /// purge lock. The default takes no lock (a store with a single writer needs none).
+    async fn purge_expired_exclusive(
+        &self,
+        now: EpochMillis,
+        batch_size: u32,
+    ) -> Result<Option<u64>, Error> {
+        self.purge_expired(now, batch_size).await.map(Some)
+    }
 }
 
 /// How to connect to a store (`session.store.*`).

@@ -11,6 +11,9 @@ use super::sql::{META_COLUMNS, attribute_names, chunks, latest_per_key, meta_fro
 use super::{EpochMillis, Error, ListQuery, Meta, Record, SessionStore, StoreOptions, Update};
 use crate::session::SessionKey;
 
+/// The `GET_LOCK` name of the purge.
+pub const PURGE_LOCK: &str = "session_failover_purge";
+
 /// Rows per multi-row statement (13 placeholders each, far below MySQL's 65,535).
 const MAX_ROWS: usize = 500;
 /// Data per statement, kept well below MariaDB's default `max_allowed_packet` (16 MiB).
@@ -434,6 +437,46 @@ impl SessionStore for MySqlStore {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(meta_from_row).collect()
+    }
+
+    /// Under `GET_LOCK` on one pooled connection: a node that cannot take it at once skips the
+    /// run.
+    async fn purge_expired_exclusive(
+        &self,
+        now: EpochMillis,
+        batch_size: u32,
+    ) -> Result<Option<u64>, Error> {
+        let mut conn = self.pool.acquire().await?;
+        let locked: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, 0)")
+            .bind(PURGE_LOCK)
+            .fetch_one(&mut *conn)
+            .await?;
+        if locked != Some(1) {
+            return Ok(None);
+        }
+        let batch = i64::from(batch_size.max(1));
+        let result = async {
+            let mut total = 0;
+            loop {
+                let done = sqlx::query(
+                    "DELETE FROM stored_http_session WHERE expires_at <= ? ORDER BY expires_at LIMIT ?",
+                )
+                .bind(now)
+                .bind(batch)
+                .execute(&mut *conn)
+                .await?;
+                total += done.rows_affected();
+                if done.rows_affected() < batch.unsigned_abs() {
+                    return Ok::<_, Error>(total);
+                }
+            }
+        }
+        .await;
+        sqlx::query("SELECT RELEASE_LOCK(?)")
+            .bind(PURGE_LOCK)
+            .execute(&mut *conn)
+            .await?;
+        result.map(Some)
     }
 
     async fn purge_expired(&self, now: EpochMillis, batch_size: u32) -> Result<u64, Error> {

@@ -21,6 +21,9 @@ const ON_CONFLICT: &str = "ON CONFLICT (session_id) DO UPDATE SET app = excluded
      attributes = excluded.attributes, size_bytes = excluded.size_bytes, data = excluded.data \
      WHERE stored_http_session.version < excluded.version";
 
+/// The advisory lock key of the purge (an arbitrary constant: "SFPURGE" in ASCII).
+pub const PURGE_LOCK: i64 = 0x0053_4650_5552_4745;
+
 /// The SQL of one store, built once in [`PgStore::connect`].
 #[derive(Debug)]
 struct Statements {
@@ -365,6 +368,47 @@ impl SessionStore for PgStore {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(meta_from_row).collect()
+    }
+
+    /// Under a session-level advisory lock on one pooled connection: a node that cannot take it
+    /// at once skips the run.
+    async fn purge_expired_exclusive(
+        &self,
+        now: EpochMillis,
+        batch_size: u32,
+    ) -> Result<Option<u64>, Error> {
+        let mut conn = self.pool.acquire().await?;
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(PURGE_LOCK)
+            .fetch_one(&mut *conn)
+            .await?;
+        if !locked {
+            return Ok(None);
+        }
+        let batch = i64::from(batch_size.max(1));
+        let result = async {
+            let mut total = 0;
+            loop {
+                let done = sqlx::query(
+                    "DELETE FROM stored_http_session WHERE session_id IN \
+                     (SELECT session_id FROM stored_http_session WHERE expires_at <= $1 LIMIT $2)",
+                )
+                .bind(now)
+                .bind(batch)
+                .execute(&mut *conn)
+                .await?;
+                total += done.rows_affected();
+                if done.rows_affected() < batch.unsigned_abs() {
+                    return Ok::<_, Error>(total);
+                }
+            }
+        }
+        .await;
+        sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(PURGE_LOCK)
+            .execute(&mut *conn)
+            .await?;
+        result.map(Some)
     }
 
     async fn purge_expired(&self, now: EpochMillis, batch_size: u32) -> Result<u64, Error> {

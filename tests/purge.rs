@@ -1,0 +1,266 @@
+//! The purge on every SQL backend: exactly the expired rows go, in bounded batches, while a
+//! writer keeps working; and only one node purges at a time.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::backends::{Backend, TestDb};
+use session_failover::purge::{PurgeSchedule, Purger};
+use session_failover::session::SessionId;
+use session_failover::store::{
+    self, ListQuery, Meta, MySqlStore, PgStore, Record, SessionStore, SqliteStore, StoreOptions,
+};
+use sqlx::Connection as _;
+
+const NOW: i64 = 1_800_000_000_000;
+
+fn live(version: i64) -> Record {
+    Record {
+        meta: Meta {
+            key: SessionId::generate().store_key(),
+            app: "storefront".into(),
+            context_path: "/".into(),
+            node: "n".into(),
+            principal: None,
+            created_at: NOW,
+            modified_at: NOW,
+            expires_at: NOW + 3_600_000,
+            max_inactive_secs: 3600,
+            version,
+            attributes: vec![],
+            size_bytes: 2,
+        },
+        data: vec![1, 0],
+    }
+}
+
+fn purger(store: Arc<dyn SessionStore>) -> Purger {
+    Purger::new(
+        store,
+        PurgeSchedule::parse("0 * * * * *").unwrap(),
+        1000,
+        Duration::ZERO,
+    )
+}
+
+/// Inserts `expired` expired rows with one SQL statement per 10,000 (fast for 200,000).
+async fn fill_expired(backend: Option<Backend>, url: &str, expired: u32) {
+    let sql = |from: u32, to: u32| match backend {
+        Some(Backend::Postgres) => format!(
+            "INSERT INTO stored_http_session SELECT 'expired-' || g, 'storefront', '/', 'n', NULL, 0, 0, \
+             {}, 60, 1, '[]', 2, '\\x0100'::bytea FROM generate_series({from}, {to}) g",
+            NOW - 1
+        ),
+        _ => format!(
+            "INSERT INTO stored_http_session (session_id, app, context_path, node, principal, created_at, \
+             modified_at, expires_at, max_inactive_secs, version, attributes, size_bytes, data) \
+             WITH RECURSIVE g(n) AS (SELECT {from} UNION ALL SELECT n + 1 FROM g WHERE n < {to}) \
+             SELECT CONCAT('expired-', n), 'storefront', '/', 'n', NULL, 0, 0, {}, 60, 1, '[]', 2, x'0100' FROM g",
+            NOW - 1
+        ),
+    };
+    let mut from = 1;
+    while from <= expired {
+        let to = (from + 9_999).min(expired);
+        let statement = sqlx::AssertSqlSafe(sql(from, to));
+        match backend {
+            Some(Backend::Postgres) => {
+                let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+                sqlx::raw_sql(statement).execute(&mut c).await.unwrap();
+            }
+            Some(Backend::MySql) => {
+                let mut c = sqlx::MySqlConnection::connect(url).await.unwrap();
+                // MySQL and MariaDB name the recursion limit differently; each ignores the other.
+                sqlx::raw_sql("SET SESSION cte_max_recursion_depth = 100000")
+                    .execute(&mut c)
+                    .await
+                    .ok();
+                sqlx::raw_sql("SET SESSION max_recursive_iterations = 100000")
+                    .execute(&mut c)
+                    .await
+                    .ok();
+                sqlx::raw_sql(statement).execute(&mut c).await.unwrap();
+            }
+            None => {
+                let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
+                let text = statement
+                    .0
+                    .replace("CONCAT('expired-', n)", "'expired-' || n");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(text))
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+            }
+        }
+        from = to + 1;
+    }
+}
+
+/// Purges `expired` rows while a writer updates live sessions; checks what is left.
+async fn purge_under_load(
+    store: Arc<dyn SessionStore>,
+    backend: Option<Backend>,
+    url: &str,
+    expired: u32,
+) {
+    let lives: Vec<Record> = (0..50).map(|_| live(1)).collect();
+    store.set_many(&lives).await.unwrap();
+    fill_expired(backend, url, expired).await;
+    assert_eq!(store.length().await.unwrap(), u64::from(expired) + 50);
+
+    let writer = {
+        let store = Arc::clone(&store);
+        let lives = lives.clone();
+        tokio::spawn(async move {
+            let (mut writes, mut slowest) = (0, Duration::ZERO);
+            for round in 2..=40 {
+                for record in &lives {
+                    let mut next = record.clone();
+                    next.meta.version = round;
+                    let started = Instant::now();
+                    store.update(&next).await.unwrap();
+                    slowest = slowest.max(started.elapsed());
+                    writes += 1;
+                }
+            }
+            (writes, slowest)
+        })
+    };
+    let report = purger(Arc::clone(&store)).purge_once(NOW).await.unwrap();
+    let (writes, slowest) = writer.await.unwrap();
+    assert!(!report.skipped);
+    assert_eq!(
+        report.deleted,
+        u64::from(expired),
+        "exactly the expired rows"
+    );
+    assert_eq!(store.length().await.unwrap(), 50, "the live rows stay");
+    for record in &lives {
+        assert_eq!(
+            store
+                .get(&record.meta.key, NOW)
+                .await
+                .unwrap()
+                .unwrap()
+                .meta
+                .version,
+            40
+        );
+    }
+    eprintln!(
+        "{backend:?}: purged {} rows in {:?} (batches of 1000) while a writer made {writes} updates, slowest {slowest:?}",
+        report.deleted, report.took
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_purges_exactly_the_expired_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/s.db", dir.path().display());
+    let store = SqliteStore::connect(&url, &StoreOptions::default())
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let file = format!("sqlite:{}/s.db", dir.path().display());
+    purge_under_load(Arc::new(store), None, &file, 20_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_purges_200000_expired_rows_in_batches_under_a_writer() {
+    let Some(db) = TestDb::create(Backend::Postgres, "postgres_purge").await else {
+        return;
+    };
+    let store = PgStore::connect(&db.url, &StoreOptions::default())
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    purge_under_load(Arc::new(store), Some(Backend::Postgres), &db.url, 200_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_purges_exactly_the_expired_rows() {
+    let Some(db) = TestDb::create(Backend::MySql, "mariadb_purge").await else {
+        return;
+    };
+    let store = MySqlStore::connect(&db.url, &StoreOptions::default())
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    purge_under_load(Arc::new(store), Some(Backend::MySql), &db.url, 20_000).await;
+}
+
+#[tokio::test]
+async fn only_one_node_purges_at_a_time() {
+    for backend in [Backend::Postgres, Backend::MySql] {
+        let Some(db) = TestDb::create(backend, "purge_lock").await else {
+            continue;
+        };
+        let store: Arc<dyn SessionStore> = match backend {
+            Backend::Postgres => Arc::new(
+                PgStore::connect(&db.url, &StoreOptions::default())
+                    .await
+                    .unwrap(),
+            ),
+            Backend::MySql => Arc::new(
+                MySqlStore::connect(&db.url, &StoreOptions::default())
+                    .await
+                    .unwrap(),
+            ),
+        };
+        store::open(&db.url, &StoreOptions::default())
+            .await
+            .unwrap(); // migrations
+        fill_expired(Some(backend), &db.url, 100).await;
+        // Another node holds the purge lock (taken here on a connection of our own).
+        let other: Box<dyn std::any::Any> = match backend {
+            Backend::Postgres => {
+                let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+                let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                    .bind(store::PG_PURGE_LOCK)
+                    .fetch_one(&mut c)
+                    .await
+                    .unwrap();
+                assert!(got);
+                Box::new(c)
+            }
+            Backend::MySql => {
+                let mut c = sqlx::MySqlConnection::connect(&db.url).await.unwrap();
+                let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, 0)")
+                    .bind(store::MYSQL_PURGE_LOCK)
+                    .fetch_one(&mut c)
+                    .await
+                    .unwrap();
+                assert_eq!(got, Some(1));
+                Box::new(c)
+            }
+        };
+        let report = purger(Arc::clone(&store)).purge_once(NOW).await.unwrap();
+        assert!(
+            report.skipped,
+            "{backend:?}: a second node skips while one purges"
+        );
+        assert_eq!(
+            store.length().await.unwrap(),
+            100,
+            "{backend:?}: nothing deleted"
+        );
+        drop(other); // the other node's connection (and its lock) goes away
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let report = purger(Arc::clone(&store)).purge_once(NOW).await.unwrap();
+        assert_eq!(
+            (report.skipped, report.deleted),
+            (false, 100),
+            "{backend:?}"
+        );
+        let left = store
+            .list(&ListQuery {
+                limit: 10,
+                ..ListQuery::default()
+            })
+            .await
+            .unwrap();
+        assert!(left.is_empty());
+    }
+}
