@@ -26,6 +26,7 @@
 //! ```
 //!
 //! ## Layout
+//! - [`admin`]: operator operations on stored sessions (the `sessions` command).
 //! - [`config`]: `.properties` layers (defaults, `project.properties`, `local.properties`,
 //!   environment) parsed into a typed [`Config`].
 //! - [`session`]: ids, attributes and the [`Session`] extractor.
@@ -39,6 +40,7 @@
 //! - [`purge`]: deleting expired rows on a cron schedule, one node at a time.
 //! - [`server`]: the runnable demo storefront.
 
+pub mod admin;
 mod cache;
 pub mod check;
 pub mod codec;

@@ -39,6 +39,61 @@ enum Command {
         #[arg(long, default_value = "config")]
         config: PathBuf,
     },
+    /// Look at and manage the persisted sessions of the configured store.
+    Sessions {
+        /// Directory with project.properties and local.properties.
+        #[arg(long, default_value = "config", global = true)]
+        config: PathBuf,
+        /// Print JSON (for scripts) instead of text.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        action: SessionsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionsAction {
+    /// List sessions (metadata and attribute names, never values), a page at a time.
+    List {
+        /// Only this application.
+        #[arg(long)]
+        app: Option<String>,
+        /// Only this user.
+        #[arg(long)]
+        principal: Option<String>,
+        /// Only sessions last written by this node.
+        #[arg(long)]
+        node: Option<String>,
+        /// Start after this key (the `next` of the previous page).
+        #[arg(long)]
+        after: Option<String>,
+        /// Sessions per page (1 to 1000).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Show one session by its key (as listed).
+    Show {
+        /// The session's key.
+        key: String,
+    },
+    /// Delete one session by key, or every session of a user.
+    Delete {
+        /// The session's key.
+        #[arg(required_unless_present = "principal", conflicts_with = "principal")]
+        key: Option<String>,
+        /// Delete every session of this user ("log out everywhere").
+        #[arg(long)]
+        principal: Option<String>,
+    },
+    /// Delete the expired sessions now (unless another node is purging).
+    Purge {
+        /// Rows per statement (default: session.purge.batch.size).
+        #[arg(long)]
+        batch_size: Option<u32>,
+    },
+    /// Count sessions: total, expired, signed in, bytes, by application and node.
+    Stats,
 }
 
 fn main() -> ExitCode {
@@ -84,6 +139,188 @@ fn load(dir: &Path) -> anyhow::Result<(Config, Properties)> {
         tracing::warn!("{warning}");
     }
     Ok((config, properties))
+}
+
+fn key(text: &str) -> anyhow::Result<session_failover::session::SessionKey> {
+    session_failover::session::SessionKey::parse(text).ok_or_else(|| {
+        anyhow::anyhow!("{text:?} is not a session key (43 characters of base64url, as `sessions list` shows them)")
+    })
+}
+
+fn time(millis: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(millis).map_or_else(
+        || millis.to_string(),
+        |t| t.format("%Y-%m-%d %H:%M:%S").to_string(),
+    )
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+async fn sessions(
+    config: &Config,
+    store: &std::sync::Arc<dyn session_failover::SessionStore>,
+    action: SessionsAction,
+    json: bool,
+) -> anyhow::Result<()> {
+    use session_failover::admin;
+    use session_failover::store::ListQuery;
+    match action {
+        SessionsAction::List {
+            app,
+            principal,
+            node,
+            after,
+            limit,
+        } => {
+            let after = after.as_deref().map(key).transpose()?;
+            let page = admin::list(
+                &**store,
+                &ListQuery {
+                    app,
+                    principal,
+                    node,
+                    after,
+                    limit,
+                },
+            )
+            .await?;
+            if json {
+                return print_json(&page);
+            }
+            println!(
+                "{:<43}  {:<12} {:<16} {:<14} {:<19} {:<19} {:>7}  attributes",
+                "key", "app", "principal", "node", "modified (UTC)", "expires (UTC)", "bytes"
+            );
+            for m in &page.sessions {
+                println!(
+                    "{:<43}  {:<12} {:<16} {:<14} {:<19} {:<19} {:>7}  {}",
+                    m.key,
+                    m.app,
+                    m.principal.as_deref().unwrap_or("-"),
+                    m.node,
+                    time(m.modified_at),
+                    time(m.expires_at),
+                    m.size_bytes,
+                    m.attributes.join(",")
+                );
+            }
+            match &page.next {
+                Some(next) => println!("# more: --after {next}"),
+                None => println!("# {} session(s)", page.sessions.len()),
+            }
+        }
+        SessionsAction::Show { key: text } => {
+            let Some(meta) = admin::show(&**store, &key(&text)?).await? else {
+                anyhow::bail!("no session with key {text}");
+            };
+            if json {
+                return print_json(&meta);
+            }
+            println!(
+                "key          {}\napp          {} (context path {})\nprincipal    {}\nnode         {}",
+                meta.key,
+                meta.app,
+                meta.context_path,
+                meta.principal.as_deref().unwrap_or("-"),
+                meta.node
+            );
+            println!(
+                "created      {}\nmodified     {}\nexpires      {}\ntimeout      {} s\nversion      {}\nsize         {} bytes\nattributes   {}",
+                time(meta.created_at),
+                time(meta.modified_at),
+                time(meta.expires_at),
+                meta.max_inactive_secs,
+                meta.version,
+                meta.size_bytes,
+                meta.attributes.join(", ")
+            );
+        }
+        SessionsAction::Delete {
+            key: Some(text), ..
+        } => {
+            let deleted = admin::delete(&**store, &key(&text)?).await?;
+            if json {
+                return print_json(&serde_json::json!({ "deleted": u64::from(deleted) }));
+            }
+            if !deleted {
+                anyhow::bail!("no session with key {text}");
+            }
+            println!("deleted 1 session");
+        }
+        SessionsAction::Delete {
+            principal: Some(principal),
+            ..
+        } => {
+            let deleted = admin::delete_principal(&**store, &principal).await?;
+            if json {
+                return print_json(&serde_json::json!({ "deleted": deleted }));
+            }
+            println!("deleted {deleted} session(s) of {principal}");
+        }
+        SessionsAction::Delete { .. } => anyhow::bail!("give a key or --principal"),
+        SessionsAction::Purge { batch_size } => {
+            let spinner = (!json).then(|| {
+                let bar = indicatif::ProgressBar::new_spinner();
+                bar.set_message("deleting expired sessions…");
+                bar.enable_steady_tick(std::time::Duration::from_millis(120));
+                bar
+            });
+            let started = std::time::Instant::now();
+            let batch = batch_size.unwrap_or(config.purge_batch_size);
+            let result = admin::purge(store, session_failover::store::now_millis(), batch).await?;
+            if let Some(bar) = &spinner {
+                bar.finish_and_clear();
+            }
+            if json {
+                return print_json(
+                    &serde_json::json!({ "deleted": result, "skipped": result.is_none(), "ms": started.elapsed().as_millis() }),
+                );
+            }
+            match result {
+                Some(n) => println!(
+                    "deleted {n} expired session(s) in {:.1} s",
+                    started.elapsed().as_secs_f64()
+                ),
+                None => println!("skipped: another node is purging right now"),
+            }
+        }
+        SessionsAction::Stats => {
+            let bar = (!json).then(|| {
+                let bar = indicatif::ProgressBar::new(0);
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template("{spinner} read {pos} sessions")
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+                );
+                bar
+            });
+            let stats = admin::stats(&**store, session_failover::store::now_millis(), |n| {
+                if let Some(bar) = &bar {
+                    bar.set_position(n);
+                }
+            })
+            .await?;
+            if let Some(bar) = &bar {
+                bar.finish_and_clear();
+            }
+            if json {
+                return print_json(&stats);
+            }
+            println!(
+                "sessions   {}\nexpired    {}\nsigned in  {}\nbytes      {}",
+                stats.sessions, stats.expired, stats.signed_in, stats.bytes
+            );
+            for (app, n) in &stats.by_app {
+                println!("app   {app:<20} {n}");
+            }
+            for (node, n) in &stats.by_node {
+                println!("node  {node:<20} {n}");
+            }
+        }
+    }
+    Ok(())
 }
 
 #[tokio::main]
@@ -135,6 +372,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             println!("# configuration is valid");
+        }
+        Command::Sessions {
+            config,
+            json,
+            action,
+        } => {
+            let (config, _) = load(&config)?;
+            let store = store::open(&config.store_url, &config.store).await?;
+            sessions(&config, &store, action, json).await?;
         }
         Command::Migrate { config } => {
             let (config, _) = load(&config)?;
