@@ -41,6 +41,7 @@
 //! - [`server`]: the runnable demo storefront.
 
 pub mod admin;
+pub mod backoffice;
 mod cache;
 pub mod check;
 pub mod codec;

@@ -39,6 +39,9 @@ enum Command {
         #[arg(long, default_value = "config")]
         config: PathBuf,
     },
+    /// Print the argon2 hash of a password read from standard input (for
+    /// session.backoffice.password.hash).
+    HashPassword,
     /// Look at and manage the persisted sessions of the configured store.
     Sessions {
         /// Directory with project.properties and local.properties.
@@ -254,7 +257,7 @@ async fn sessions(
             principal: Some(principal),
             ..
         } => {
-            let deleted = admin::delete_principal(&**store, &principal).await?;
+            let deleted = admin::delete_principal(&**store, &principal, |_| {}).await?;
             if json {
                 return print_json(&serde_json::json!({ "deleted": deleted }));
             }
@@ -381,6 +384,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (config, _) = load(&config)?;
             let store = store::open(&config.store_url, &config.store).await?;
             sessions(&config, &store, action, json).await?;
+        }
+        Command::HashPassword => {
+            use argon2::password_hash::{PasswordHasher as _, SaltString};
+            let mut password = String::new();
+            std::io::stdin().read_line(&mut password)?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            if password.is_empty() {
+                anyhow::bail!(
+                    "no password on standard input (e.g.: printf '%s' 'secret' | session-failover hash-password)"
+                );
+            }
+            let mut random = [0u8; 16];
+            getrandom::fill(&mut random).map_err(|e| anyhow::anyhow!("no random source: {e}"))?;
+            let salt = SaltString::encode_b64(&random).map_err(|e| anyhow::anyhow!("salt: {e}"))?;
+            let hash = argon2::Argon2::default()
+                .hash_password(password.as_bytes(), &salt)
+                .map_err(|e| anyhow::anyhow!("hashing failed: {e}"))?;
+            println!("{hash}");
         }
         Command::Migrate { config } => {
             let (config, _) = load(&config)?;

@@ -57,9 +57,11 @@ pub async fn delete(store: &dyn SessionStore, key: &SessionKey) -> Result<bool, 
 }
 
 /// Deletes every session of `principal` ("log this user out everywhere"); how many.
+/// `deleting` is told each key first.
 pub async fn delete_principal(
     store: &dyn SessionStore,
     principal: &str,
+    deleting: impl Fn(&SessionKey),
 ) -> Result<u64, store::Error> {
     let mut deleted = 0;
     loop {
@@ -77,6 +79,7 @@ pub async fn delete_principal(
         if keys.is_empty() {
             return Ok(deleted);
         }
+        keys.iter().for_each(&deleting);
         deleted += store.destroy_many(&keys).await?;
     }
 }

@@ -136,6 +136,21 @@ pub const KEYS: &[KeySpec] = &[
         doc: "seconds of random delay added to each run, so a fleet does not purge in step (0..=3600)",
     },
     KeySpec {
+        key: "session.backoffice.user",
+        default: "",
+        doc: "user name of the backoffice at /backoffice; unset: backoffice off",
+    },
+    KeySpec {
+        key: "session.backoffice.password.hash",
+        default: "",
+        doc: "argon2 PHC hash of the backoffice password (session-failover hash-password makes one)",
+    },
+    KeySpec {
+        key: "session.backoffice.show.values",
+        default: "false",
+        doc: "true/false: the backoffice shows decoded attribute values, not only their names",
+    },
+    KeySpec {
         key: "session.timeout",
         default: "3600",
         doc: "seconds of inactivity before a session expires (1..=31536000)",

@@ -159,12 +159,31 @@ pub struct Config {
     pub secrets: Option<Secrets>,
     /// `session.secret.accept.plaintext`.
     pub accept_plaintext: bool,
+    /// `session.backoffice.user` and `.password.hash`; `None`: the backoffice is off.
+    pub backoffice: Option<BackofficeCredentials>,
+    /// `session.backoffice.show.values`.
+    pub backoffice_show_values: bool,
     /// `session.purge.cron`, validated; empty: no purge.
     pub purge_cron: String,
     /// `session.purge.batch.size`.
     pub purge_batch_size: u32,
     /// `session.purge.jitter`.
     pub purge_jitter: Duration,
+}
+
+/// The backoffice's credentials. `Debug` hides the hash.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BackofficeCredentials {
+    /// The user name.
+    pub user: String,
+    /// The argon2 PHC hash of the password.
+    pub password_hash: String,
+}
+
+impl std::fmt::Debug for BackofficeCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BackofficeCredentials({}, hash redacted)", self.user)
+    }
 }
 
 /// The encryption secrets. Never printed: `Debug` shows only how many there are.
@@ -334,6 +353,8 @@ impl Config {
             },
             apps,
             secrets: secrets(p)?,
+            backoffice: backoffice(p)?,
+            backoffice_show_values: boolean(p, "session.backoffice.show.values")?,
             purge_cron: {
                 let cron = string(p, "session.purge.cron");
                 if !cron.is_empty() {
@@ -381,6 +402,39 @@ impl Config {
                 .extensions
                 .as_ref()
                 .is_none_or(|apps| apps.iter().any(|a| a == app))
+    }
+}
+
+fn backoffice(p: &Properties) -> Result<Option<BackofficeCredentials>, Error> {
+    let user = string(p, "session.backoffice.user");
+    let hash = string(p, "session.backoffice.password.hash");
+    let fail = |key: &str, reason: &str| Error::Secret {
+        origin: setting(p, key).source,
+        key: key.to_owned(),
+        reason: reason.to_owned(),
+    };
+    match (user.is_empty(), hash.is_empty()) {
+        (true, true) => Ok(None),
+        (false, true) => Err(fail(
+            "session.backoffice.user",
+            "is set but session.backoffice.password.hash is not (make one with: session-failover hash-password)",
+        )),
+        (true, false) => Err(fail(
+            "session.backoffice.password.hash",
+            "is set but session.backoffice.user is not",
+        )),
+        (false, false) => {
+            argon2::password_hash::PasswordHash::new(&hash).map_err(|_| {
+                fail(
+                    "session.backoffice.password.hash",
+                    "is not an argon2 PHC string ($argon2id$v=19$...); make one with: session-failover hash-password",
+                )
+            })?;
+            Ok(Some(BackofficeCredentials {
+                user,
+                password_hash: hash,
+            }))
+        }
     }
 }
 

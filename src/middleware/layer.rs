@@ -234,6 +234,23 @@ impl SessionFailoverLayer {
     }
 }
 
+impl SessionFailoverLayer {
+    /// Ends the session stored under `key` in this node's cache, if the cache holds it: for a
+    /// session deleted by an operator, so this node stops serving it at once (other nodes stop
+    /// at their next write or touch of it). Scans the cache: an operator's action, not a
+    /// request's. `true` if it was held here.
+    pub fn forget(&self, key: &crate::session::SessionKey) -> bool {
+        let mut found = false;
+        for (id, entry) in &self.shared.cache {
+            if id.store_key() == *key {
+                entry.lock().end();
+                found = true;
+            }
+        }
+        found
+    }
+}
+
 impl<S> Layer<S> for SessionFailoverLayer {
     type Service = SessionFailover<S>;
 

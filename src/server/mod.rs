@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::middleware::SessionFailoverLayer;
 use crate::persist::Persistence;
 use crate::store;
+use std::sync::Arc;
 
 /// The demo storefront's application name (its `spring.session.<app>.*` keys).
 pub const STOREFRONT_APP: &str = "storefront";
@@ -63,6 +64,15 @@ pub async fn open_store(config: &Config) -> Result<Option<Persistence>, store::E
         }
         return Ok(None);
     }
+    match (&config.backoffice, config.save_mode(STOREFRONT_APP)) {
+        (None, _) => tracing::info!(
+            "the backoffice is off: set session.backoffice.user and session.backoffice.password.hash to turn it on"
+        ),
+        (Some(_), None) => tracing::warn!(
+            "the backoffice is off: it shows persisted sessions, and failover is not on (no store is opened)"
+        ),
+        (Some(_), Some(_)) => tracing::info!("the backoffice is at /backoffice"),
+    }
     if config.secrets.is_some() && config.accept_plaintext {
         tracing::warn!(
             "session.secret.accept.plaintext=true: unencrypted sessions are still read, so whoever can write to the table can forge one; turn it off once the old sessions have expired"
@@ -85,12 +95,27 @@ pub fn app(config: &Config, node: &str, persistence: Option<Persistence>) -> Rou
         STOREFRONT_APP,
         STOREFRONT_CONTEXT_PATH,
         node,
-        persistence,
+        persistence.clone(),
     );
+    let backoffice = match (&config.backoffice, &persistence) {
+        (Some(credentials), Some(persistence)) => {
+            let backoffice = crate::backoffice::Backoffice::new(
+                Arc::clone(persistence.store()),
+                config.codec(),
+                credentials.user.clone(),
+                credentials.password_hash.clone(),
+                config.backoffice_show_values,
+            )
+            .with_local_layers(vec![layer.clone()]);
+            Some(crate::backoffice::router(Arc::new(backoffice)))
+        }
+        _ => None,
+    };
     Router::new()
         .route("/health", get(|| async { "ok" }))
         .route("/metrics", get(metrics_text))
         .merge(storefront::router().layer(layer))
+        .merge(backoffice.unwrap_or_default())
 }
 
 /// The process-wide Prometheus recorder, installed on first use.
@@ -199,4 +224,20 @@ fn host_name() -> String {
         .map(|name| name.trim().to_owned())
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// Text made safe for HTML element content and attribute values.
+pub(crate) fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
 }

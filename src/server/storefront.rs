@@ -18,6 +18,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::Session;
+use crate::server::escape;
 
 const CART: &str = "cart";
 const MAX_SKU_LEN: usize = 64;
@@ -212,19 +213,4 @@ document.querySelectorAll('.rm').forEach(b => b.onclick = () => send('DELETE', '
 </body></html>"#,
         count = v.count
     ))
-}
-
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }

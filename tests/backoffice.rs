@@ -1,0 +1,407 @@
+//! The backoffice through the server's router on real SQLite: authentication, listing without
+//! values, search, show, delete (one and a principal's), and the user's next request.
+
+mod common;
+
+use std::sync::Arc;
+
+use argon2::password_hash::{PasswordHasher as _, SaltString};
+use axum::Router;
+use axum::body::Body;
+use base64::Engine as _;
+use common::{config, items, send, sqlite};
+use http::{Request, StatusCode};
+use http_body_util::BodyExt as _;
+use serde_json::{Value, json};
+use session_failover::persist::Persistence;
+use session_failover::server;
+use session_failover::store::SessionStore;
+use tower::ServiceExt as _;
+
+const PASSWORD: &str = "correct horse battery staple";
+
+fn hash() -> String {
+    let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
+    argon2::Argon2::default()
+        .hash_password(PASSWORD.as_bytes(), &salt)
+        .unwrap()
+        .to_string()
+}
+
+fn node(extra: &str, store: Arc<dyn SessionStore>) -> Router {
+    let config = config(&format!(
+        "spring.session.enabled=true\nspring.session.storefront.save=sync\n{extra}"
+    ));
+    let persistence = Persistence::from_config(store, &config);
+    server::app(&config, "a", Some(persistence))
+}
+
+async fn call(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    auth: Option<&str>,
+    cookie: Option<&str>,
+    form: Option<&str>,
+) -> (StatusCode, http::HeaderMap, String) {
+    let mut request = Request::builder().method(method).uri(uri);
+    if let Some(auth) = auth {
+        request = request.header(
+            "authorization",
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(auth)
+            ),
+        );
+    }
+    if let Some(cookie) = cookie {
+        request = request.header("cookie", cookie);
+    }
+    let body = match form {
+        Some(form) => {
+            request = request.header("content-type", "application/x-www-form-urlencoded");
+            Body::from(form.to_owned())
+        }
+        None => Body::empty(),
+    };
+    let response = app
+        .clone()
+        .oneshot(request.body(body).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn without_credentials_the_backoffice_does_not_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = node("", Arc::new(sqlite(dir.path()).await));
+    for uri in [
+        "/backoffice",
+        "/backoffice/login",
+        "/backoffice/api/sessions",
+        "/backoffice/api/stats",
+    ] {
+        let (status, _, _) = call(
+            &app,
+            "GET",
+            uri,
+            Some(&format!("admin:{PASSWORD}")),
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{uri}");
+    }
+}
+
+#[tokio::test]
+async fn operators_sign_in_find_show_and_delete_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn SessionStore> = Arc::new(sqlite(dir.path()).await);
+    let app = node(
+        &format!(
+            "session.backoffice.user=admin\nsession.backoffice.password.hash={}\n",
+            hash()
+        ),
+        store.clone(),
+    );
+
+    // A shopper with a cart, signed in as zoë; another one.
+    let r = send(
+        &app,
+        "POST",
+        "/cart/items",
+        None,
+        Some(json!({"sku": "SECRET-SKU", "qty": 1})),
+    )
+    .await;
+    let first = r.cookie("JSESSIONID").unwrap();
+    let r = send(
+        &app,
+        "POST",
+        "/login",
+        Some(&format!("JSESSIONID={first}")),
+        Some(json!({"user": "zoë"})),
+    )
+    .await;
+    let zoe = r.cookie("JSESSIONID").unwrap();
+    send(
+        &app,
+        "POST",
+        "/cart/items",
+        None,
+        Some(json!({"sku": "X", "qty": 1})),
+    )
+    .await;
+
+    // Refused without credentials, and with wrong ones; never a listing.
+    for auth in [
+        None,
+        Some("admin:wrong"),
+        Some("root:correct horse battery staple"),
+    ] {
+        let (status, headers, body) =
+            call(&app, "GET", "/backoffice/api/sessions", auth, None, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{auth:?}");
+        assert!(headers.contains_key("www-authenticate"));
+        assert!(!body.contains("storefront"), "{body}");
+    }
+    let (status, headers, _) = call(&app, "GET", "/backoffice", None, None, None).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers["location"], "/backoffice/login");
+    let (status, _, body) = call(
+        &app,
+        "POST",
+        "/backoffice/login",
+        None,
+        None,
+        Some("user=admin&password=nope"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(body.contains("wrong user or password"));
+
+    // With Basic credentials: list, search by principal, show; no values by default.
+    let auth = Some(format!("admin:{PASSWORD}"));
+    let (status, _, body) = call(
+        &app,
+        "GET",
+        "/backoffice/api/sessions",
+        auth.as_deref(),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let page: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(page["sessions"].as_array().unwrap().len(), 2);
+    assert!(
+        !body.contains("SECRET-SKU"),
+        "attribute values never listed"
+    );
+    let (_, _, body) = call(
+        &app,
+        "GET",
+        "/backoffice/api/sessions?principal=zo%C3%AB",
+        auth.as_deref(),
+        None,
+        None,
+    )
+    .await;
+    let found: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(found["sessions"].as_array().unwrap().len(), 1);
+    let key = found["sessions"][0]["key"].as_str().unwrap().to_owned();
+    let (status, _, body) = call(
+        &app,
+        "GET",
+        &format!("/backoffice/api/sessions/{key}"),
+        auth.as_deref(),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        body.contains("\"cart\"") && !body.contains("SECRET-SKU"),
+        "{body}"
+    );
+
+    // The page signs in with a form and keeps a session of its own.
+    let (status, headers, _) = call(
+        &app,
+        "POST",
+        "/backoffice/login",
+        None,
+        None,
+        Some(&format!(
+            "user=admin&password={}",
+            PASSWORD.replace(' ', "+")
+        )),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let cookie = headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(cookie.starts_with("BACKOFFICESESSION="));
+    let (status, _, html) = call(
+        &app,
+        "GET",
+        "/backoffice?principal=zo%C3%AB",
+        None,
+        Some(&cookie),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        html.contains("zoë") && html.contains("Signed in as admin"),
+        "{html}"
+    );
+    let (status, _, html) = call(
+        &app,
+        "GET",
+        &format!("/backoffice/sessions/{key}"),
+        None,
+        Some(&cookie),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("Values are not shown"));
+
+    // Delete it: gone from the table, and the shopper's next request (served by this node, which
+    // still cached the session) gets a fresh, empty session.
+    let (status, headers, _) = call(
+        &app,
+        "POST",
+        &format!("/backoffice/sessions/{key}/delete"),
+        None,
+        Some(&cookie),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert!(headers["location"].to_str().unwrap().contains("deleted"));
+    assert_eq!(store.length().await.unwrap(), 1);
+    let r = send(
+        &app,
+        "GET",
+        "/cart",
+        Some(&format!("JSESSIONID={zoe}")),
+        None,
+    )
+    .await;
+    assert!(
+        items(&r.body).is_empty() && r.body["user"].is_null(),
+        "{:?}",
+        r.body
+    );
+    // Nor does a write bring it back.
+    send(
+        &app,
+        "POST",
+        "/cart/items",
+        Some(&format!("JSESSIONID={zoe}")),
+        Some(json!({"sku": "Y", "qty": 1})),
+    )
+    .await;
+    let (_, _, body) = call(
+        &app,
+        "GET",
+        "/backoffice/api/sessions?principal=zo%C3%AB",
+        auth.as_deref(),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["sessions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+
+    // Log a user out everywhere; stats.
+    for _ in 0..3 {
+        let r = send(&app, "POST", "/login", None, Some(json!({"user": "bob"}))).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    let (status, _, body) = call(
+        &app,
+        "DELETE",
+        "/backoffice/api/principals/bob/sessions",
+        auth.as_deref(),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (
+            status,
+            serde_json::from_str::<Value>(&body).unwrap()["deleted"].as_u64()
+        ),
+        (StatusCode::OK, Some(3))
+    );
+    let (_, _, body) = call(
+        &app,
+        "GET",
+        "/backoffice/api/stats",
+        auth.as_deref(),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["signed_in"],
+        0
+    );
+    let (status, _, _) = call(
+        &app,
+        "GET",
+        "/backoffice/api/sessions/not-a-key",
+        auth.as_deref(),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn values_are_shown_only_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn SessionStore> = Arc::new(sqlite(dir.path()).await);
+    let app = node(
+        &format!(
+            "session.backoffice.user=admin\nsession.backoffice.password.hash={}\nsession.backoffice.show.values=true\n",
+            hash()
+        ),
+        store.clone(),
+    );
+    send(
+        &app,
+        "POST",
+        "/cart/items",
+        None,
+        Some(json!({"sku": "SHOWN-SKU", "qty": 2})),
+    )
+    .await;
+    let auth = Some(format!("admin:{PASSWORD}"));
+    let (_, _, body) = call(
+        &app,
+        "GET",
+        "/backoffice/api/sessions",
+        auth.as_deref(),
+        None,
+        None,
+    )
+    .await;
+    let key = serde_json::from_str::<Value>(&body).unwrap()["sessions"][0]["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(!body.contains("SHOWN-SKU"), "never in listings");
+    let (_, _, body) = call(
+        &app,
+        "GET",
+        &format!("/backoffice/api/sessions/{key}"),
+        auth.as_deref(),
+        None,
+        None,
+    )
+    .await;
+    assert!(body.contains("SHOWN-SKU"), "{body}");
+}
