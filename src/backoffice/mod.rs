@@ -14,8 +14,9 @@
 use std::sync::Arc;
 
 use argon2::password_hash::{PasswordHash, PasswordVerifier as _};
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{Form, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -122,12 +123,9 @@ impl Backoffice {
 
 /// The backoffice routes, with their own session layer, to merge into the server's router.
 pub fn router(backoffice: Arc<Backoffice>) -> Router {
-    let routes = Router::new()
-        .route("/", get(page))
-        .route("/login", get(login_page).post(login))
-        .route("/logout", post(logout))
-        .route("/sessions/{key}", get(detail_page))
-        .route("/sessions/{key}/delete", post(delete_from_page))
+    // Every route but sign-in and sign-out requires an operator: the API answers 401, the pages
+    // redirect to the sign-in form. The session layer is outermost, so both can see the session.
+    let api = Router::new()
         .route("/api/sessions", get(api_list))
         .route("/api/sessions/{key}", get(api_show).delete(api_delete))
         .route(
@@ -135,6 +133,17 @@ pub fn router(backoffice: Arc<Backoffice>) -> Router {
             delete(api_delete_principal),
         )
         .route("/api/stats", get(api_stats))
+        .route_layer(from_fn_with_state(Arc::clone(&backoffice), require_api));
+    let pages = Router::new()
+        .route("/", get(page))
+        .route("/sessions/{key}", get(detail_page))
+        .route("/sessions/{key}/delete", post(delete_from_page))
+        .route_layer(from_fn_with_state(Arc::clone(&backoffice), require_page));
+    let routes = Router::new()
+        .route("/login", get(login_page).post(login))
+        .route("/logout", post(logout))
+        .merge(pages)
+        .merge(api)
         .with_state(backoffice)
         .layer(
             SessionFailoverLayer::new("backoffice")
@@ -143,6 +152,48 @@ pub fn router(backoffice: Arc<Backoffice>) -> Router {
                 .with_timeout(std::time::Duration::from_secs(3600)),
         );
     Router::new().nest(PATH, routes)
+}
+
+fn operator(b: &Backoffice, request: &Request) -> bool {
+    request
+        .extensions()
+        .get::<Session>()
+        .is_some_and(|session| b.authorized(session, request.headers()))
+}
+
+async fn require_api(State(b): Shared, request: Request, next: Next) -> Response {
+    if operator(&b, &request) {
+        next.run(request).await
+    } else {
+        unauthorized()
+    }
+}
+
+async fn require_page(State(b): Shared, request: Request, next: Next) -> Response {
+    if operator(&b, &request) {
+        next.run(request).await
+    } else {
+        Redirect::to(&format!("{PATH}/login")).into_response()
+    }
+}
+
+/// A session key from the path; a malformed one is a 400.
+struct Key(SessionKey);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Key {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Response> {
+        let Path(text) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        SessionKey::parse(&text)
+            .map(Key)
+            .ok_or_else(|| bad_key(&text))
+    }
 }
 
 type Shared = State<Arc<Backoffice>>;
@@ -208,15 +259,7 @@ impl Filter {
     }
 }
 
-async fn api_list(
-    State(b): Shared,
-    session: Session,
-    headers: HeaderMap,
-    Query(filter): Query<Filter>,
-) -> Response {
-    if !b.authorized(&session, &headers) {
-        return unauthorized();
-    }
+async fn api_list(State(b): Shared, Query(filter): Query<Filter>) -> Response {
     let query = match filter.query() {
         Ok(q) => q,
         Err(text) => return bad_key(&text),
@@ -260,18 +303,7 @@ async fn describe(
     Ok(Some((record.meta, values)))
 }
 
-async fn api_show(
-    State(b): Shared,
-    session: Session,
-    headers: HeaderMap,
-    Path(text): Path<String>,
-) -> Response {
-    if !b.authorized(&session, &headers) {
-        return unauthorized();
-    }
-    let Some(key) = SessionKey::parse(&text) else {
-        return bad_key(&text);
-    };
+async fn api_show(State(b): Shared, Key(key): Key) -> Response {
     match describe(&b, &key).await {
         Ok(Some((meta, values))) => {
             let mut body = serde_json::to_value(&meta).unwrap_or_default();
@@ -289,18 +321,7 @@ async fn api_show(
     }
 }
 
-async fn api_delete(
-    State(b): Shared,
-    session: Session,
-    headers: HeaderMap,
-    Path(text): Path<String>,
-) -> Response {
-    if !b.authorized(&session, &headers) {
-        return unauthorized();
-    }
-    let Some(key) = SessionKey::parse(&text) else {
-        return bad_key(&text);
-    };
+async fn api_delete(State(b): Shared, Key(key): Key) -> Response {
     match b.delete(&key).await {
         Ok(true) => {
             tracing::info!(session = %key.short_hash(), "backoffice: session deleted");
@@ -315,15 +336,7 @@ async fn api_delete(
     }
 }
 
-async fn api_delete_principal(
-    State(b): Shared,
-    session: Session,
-    headers: HeaderMap,
-    Path(principal): Path<String>,
-) -> Response {
-    if !b.authorized(&session, &headers) {
-        return unauthorized();
-    }
+async fn api_delete_principal(State(b): Shared, Path(principal): Path<String>) -> Response {
     let forget = |key: &SessionKey| {
         for layer in &b.local {
             layer.forget(key);
@@ -341,10 +354,7 @@ async fn api_delete_principal(
     }
 }
 
-async fn api_stats(State(b): Shared, session: Session, headers: HeaderMap) -> Response {
-    if !b.authorized(&session, &headers) {
-        return unauthorized();
-    }
+async fn api_stats(State(b): Shared) -> Response {
     match admin::stats(&*b.store, crate::store::now_millis(), |_| {}).await {
         Ok(stats) => Json(stats).into_response(),
         Err(e) => store_error(&e),
@@ -417,15 +427,7 @@ fn time(millis: i64) -> String {
     )
 }
 
-async fn page(
-    State(b): Shared,
-    session: Session,
-    headers: HeaderMap,
-    Query(filter): Query<Filter>,
-) -> Response {
-    if !b.authorized(&session, &headers) {
-        return Redirect::to(&format!("{PATH}/login")).into_response();
-    }
+async fn page(State(b): Shared, Query(filter): Query<Filter>) -> Response {
     let query = match filter.query() {
         Ok(q) => q,
         Err(text) => return bad_key(&text),
@@ -501,18 +503,7 @@ fn urlencode(text: &str) -> String {
         .collect()
 }
 
-async fn detail_page(
-    State(b): Shared,
-    session: Session,
-    headers: HeaderMap,
-    Path(text): Path<String>,
-) -> Response {
-    if !b.authorized(&session, &headers) {
-        return Redirect::to(&format!("{PATH}/login")).into_response();
-    }
-    let Some(key) = SessionKey::parse(&text) else {
-        return bad_key(&text);
-    };
+async fn detail_page(State(b): Shared, Key(key): Key) -> Response {
     let (meta, values) = match describe(&b, &key).await {
         Ok(Some(found)) => found,
         Ok(None) => {
@@ -555,18 +546,7 @@ async fn detail_page(
     Html(layout("Session", &body)).into_response()
 }
 
-async fn delete_from_page(
-    State(b): Shared,
-    session: Session,
-    headers: HeaderMap,
-    Path(text): Path<String>,
-) -> Response {
-    if !b.authorized(&session, &headers) {
-        return Redirect::to(&format!("{PATH}/login")).into_response();
-    }
-    let Some(key) = SessionKey::parse(&text) else {
-        return bad_key(&text);
-    };
+async fn delete_from_page(State(b): Shared, Key(key): Key) -> Response {
     match b.delete(&key).await {
         Ok(_) => {
             tracing::info!(session = %key.short_hash(), "backoffice: session deleted");
