@@ -150,12 +150,7 @@ fn key(text: &str) -> anyhow::Result<session_failover::session::SessionKey> {
     })
 }
 
-fn time(millis: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(millis).map_or_else(
-        || millis.to_string(),
-        |t| t.format("%Y-%m-%d %H:%M:%S").to_string(),
-    )
-}
+use session_failover::admin::format_time as time;
 
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);

@@ -12,6 +12,14 @@ use serde::Serialize;
 use crate::session::SessionKey;
 use crate::store::{self, EpochMillis, ListQuery, Meta, SessionStore};
 
+/// An epoch-millisecond time as `YYYY-MM-DD HH:MM:SS` (UTC), for operators.
+pub fn format_time(millis: EpochMillis) -> String {
+    chrono::DateTime::from_timestamp_millis(millis).map_or_else(
+        || millis.to_string(),
+        |t| t.format("%Y-%m-%d %H:%M:%S").to_string(),
+    )
+}
+
 /// The largest page [`list`] returns.
 pub const MAX_PAGE: u32 = 1000;
 

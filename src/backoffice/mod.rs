@@ -420,12 +420,7 @@ fn layout(title: &str, body: &str) -> String {
     )
 }
 
-fn time(millis: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(millis).map_or_else(
-        || millis.to_string(),
-        |t| t.format("%Y-%m-%d %H:%M:%S").to_string(),
-    )
-}
+use crate::admin::format_time as time;
 
 async fn page(State(b): Shared, Query(filter): Query<Filter>) -> Response {
     let query = match filter.query() {

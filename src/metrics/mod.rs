@@ -28,25 +28,33 @@
 //!
 //! The writer's series have no `app` label: one writer serves every app sharing a store.
 
-pub(crate) fn cache_hit(app: &str) {
-    metrics::counter!("session_cache_hits_total", "app" => app.to_owned()).increment(1);
+/// One application's per-request series, registered once when its layer is built, so the
+/// request path does not build label strings or look the series up on every request. (Install
+/// the recorder before building layers; the server does.)
+#[derive(Clone)]
+pub(crate) struct AppMetrics {
+    pub(crate) cache_hits: metrics::Counter,
+    pub(crate) cache_misses: metrics::Counter,
+    pub(crate) restores: metrics::Counter,
+    pub(crate) saves: metrics::Counter,
+    pub(crate) save_seconds: metrics::Histogram,
+    pub(crate) touches: metrics::Counter,
+    pub(crate) cache_entries: metrics::Gauge,
 }
 
-pub(crate) fn cache_miss(app: &str) {
-    metrics::counter!("session_cache_misses_total", "app" => app.to_owned()).increment(1);
-}
-
-pub(crate) fn restored(app: &str) {
-    metrics::counter!("session_restores_total", "app" => app.to_owned()).increment(1);
-}
-
-pub(crate) fn saved(app: &str, seconds: f64) {
-    metrics::counter!("session_saves_total", "app" => app.to_owned()).increment(1);
-    metrics::histogram!("session_save_seconds", "app" => app.to_owned()).record(seconds);
-}
-
-pub(crate) fn touched(app: &str) {
-    metrics::counter!("session_touches_total", "app" => app.to_owned()).increment(1);
+impl AppMetrics {
+    pub(crate) fn new(app: &str) -> Self {
+        let label = || [("app", app.to_owned())];
+        Self {
+            cache_hits: metrics::counter!("session_cache_hits_total", &label()),
+            cache_misses: metrics::counter!("session_cache_misses_total", &label()),
+            restores: metrics::counter!("session_restores_total", &label()),
+            saves: metrics::counter!("session_saves_total", &label()),
+            save_seconds: metrics::histogram!("session_save_seconds", &label()),
+            touches: metrics::counter!("session_touches_total", &label()),
+            cache_entries: metrics::gauge!("session_cache_entries", &label()),
+        }
+    }
 }
 
 pub(crate) fn store_error(app: &str, op: &'static str) {
@@ -57,11 +65,6 @@ pub(crate) fn store_error(app: &str, op: &'static str) {
 pub(crate) fn conflict(app: &str, kind: &'static str) {
     metrics::counter!("session_conflicts_total", "app" => app.to_owned(), "kind" => kind)
         .increment(1);
-}
-
-#[allow(clippy::cast_precision_loss)] // a gauge of up to 10^8 entries is exact in f64
-pub(crate) fn cache_entries(app: &str, entries: u64) {
-    metrics::gauge!("session_cache_entries", "app" => app.to_owned()).set(entries as f64);
 }
 
 #[allow(clippy::cast_precision_loss)] // queue lengths are far below 2^52

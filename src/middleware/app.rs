@@ -47,6 +47,8 @@ pub(crate) struct AppShared {
     /// `None`: memory-only sessions.
     pub(crate) persister: Option<Persister>,
     pub(crate) codec: Codec,
+    /// The per-request series of this app, registered once.
+    pub(crate) metrics: crate::metrics::AppMetrics,
 }
 
 /// What loading a request's session gave.
@@ -170,7 +172,7 @@ impl AppShared {
                     (!state.invalidated && state.id == *id, state.stale)
                 };
                 if live && !stale {
-                    crate::metrics::cache_hit(&self.settings.app);
+                    self.metrics.cache_hits.increment(1);
                     return Loaded::Session(Session::new(Some(entry)));
                 }
                 if !stale {
@@ -179,7 +181,7 @@ impl AppShared {
                 // Another node stored a newer state: drop this copy and restore that one.
                 self.cache.invalidate(id).await;
             }
-            crate::metrics::cache_miss(&self.settings.app);
+            self.metrics.cache_misses.increment(1);
             let Some(persister) = &self.persister else {
                 tracing::debug!(app = %self.settings.app, session = %id.short_hash(), "unknown session id; a fresh session will be used");
                 continue;
@@ -238,7 +240,7 @@ impl AppShared {
         match self.codec.decode(&record.data, binding) {
             Ok(attributes) => {
                 tracing::info!(app = %self.settings.app, session = %short, from_node = %record.meta.node, "restored from store");
-                crate::metrics::restored(&self.settings.app);
+                self.metrics.restores.increment(1);
                 let mut state = State::restored(id.clone(), &record.meta, attributes);
                 // Restored from this node's queue before its first write landed: no row yet.
                 state.persisted = row_exists;
@@ -358,7 +360,10 @@ impl AppShared {
         if let Some((id, entry)) = &finish.entry {
             if finish.cache_it {
                 self.cache.insert(id.clone(), Arc::clone(entry)).await;
-                crate::metrics::cache_entries(&self.settings.app, self.cache.entry_count());
+                #[allow(clippy::cast_precision_loss)] // up to 10^8 entries: exact in f64
+                self.metrics
+                    .cache_entries
+                    .set(self.cache.entry_count() as f64);
             }
             if let Some(persister) = &self.persister {
                 match finish.work {
@@ -394,7 +399,7 @@ impl AppShared {
         let now = now_millis();
         let expires_at = now.saturating_add(millis(self.settings.timeout));
         match persister.touch(&id.store_key(), now, expires_at).await {
-            Ok(true) => crate::metrics::touched(&self.settings.app),
+            Ok(true) => self.metrics.touches.increment(1),
             Ok(false) => self.ended_elsewhere(id, entry),
             Err(error) => {
                 crate::metrics::store_error(&self.settings.app, "touch");
@@ -421,7 +426,10 @@ impl AppShared {
         let committed = matches!(saved, Saved::Stored(Update::Written));
         let answer = match saved {
             Saved::Stored(Update::Written) => {
-                crate::metrics::saved(app, started.elapsed().as_secs_f64());
+                self.metrics.saves.increment(1);
+                self.metrics
+                    .save_seconds
+                    .record(started.elapsed().as_secs_f64());
                 Answer::Done
             }
             Saved::Queued => Answer::Done,

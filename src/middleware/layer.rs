@@ -103,6 +103,7 @@ impl SessionFailoverLayer {
 
     fn build(settings: AppSettings, persister: Option<Persister>) -> Self {
         let codec = settings.codec.clone();
+        let metrics = crate::metrics::AppMetrics::new(&settings.app);
         let cache = crate::cache::new(
             &settings.app,
             settings.cache_max_entries,
@@ -115,6 +116,7 @@ impl SessionFailoverLayer {
                 cache,
                 persister,
                 codec,
+                metrics,
             }),
         }
     }
