@@ -68,8 +68,8 @@ enum SessionsAction {
         /// Only sessions last written by this node.
         #[arg(long)]
         node: Option<String>,
-        /// Start after this key (the `next` of the previous page).
-        #[arg(long)]
+        /// Start after this key (the `next` of the previous page). Keys may begin with `-`.
+        #[arg(long, allow_hyphen_values = true)]
         after: Option<String>,
         /// Sessions per page (1 to 1000).
         #[arg(long, default_value_t = 50)]
@@ -77,13 +77,18 @@ enum SessionsAction {
     },
     /// Show one session by its key (as listed).
     Show {
-        /// The session's key.
+        /// The session's key (keys may begin with `-`).
+        #[arg(allow_hyphen_values = true)]
         key: String,
     },
     /// Delete one session by key, or every session of a user.
     Delete {
-        /// The session's key.
-        #[arg(required_unless_present = "principal", conflicts_with = "principal")]
+        /// The session's key (keys may begin with `-`).
+        #[arg(
+            required_unless_present = "principal",
+            conflicts_with = "principal",
+            allow_hyphen_values = true
+        )]
         key: Option<String>,
         /// Delete every session of this user ("log out everywhere").
         #[arg(long)]

@@ -52,6 +52,25 @@ fn json(out: &str) -> Value {
     serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
 
+#[test]
+fn keys_that_begin_with_a_hyphen_are_keys_not_flags() {
+    // base64url keys begin with '-' one time in 64: `--after -x…` and `show -x…` must work.
+    let work = tempfile::tempdir().unwrap();
+    let config = config_dir(
+        work.path(),
+        &format!(
+            "session.store.url=sqlite://{}/s.db\n",
+            work.path().display()
+        ),
+    );
+    let key = format!("-{}", &SessionId::generate().store_key().as_str()[1..]);
+    let (code, _, err) = cli(work.path(), &config, &["list", "--json", "--after", &key]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = cli(work.path(), &config, &["show", &key]);
+    assert_eq!(code, 2);
+    assert!(err.contains("no session with key"), "{err}");
+}
+
 async fn exercise(url: &str) {
     let work = tempfile::tempdir().unwrap();
     let config = config_dir(work.path(), &format!("session.store.url={url}\n"));
