@@ -13,7 +13,7 @@ use axum::routing::post;
 use common::{Client, CountingStore, Server, SlowStore, config, config_dir, items, send, sqlite};
 use http::StatusCode;
 use serde_json::json;
-use session_failover::persist::{Persistence, WriterConfig};
+use session_failover::persist::{Persistence, Scope, WriteBehind, WriterConfig};
 use session_failover::session::SessionId;
 use session_failover::store::SessionStore;
 use session_failover::{SaveMode, Session, SessionFailoverLayer, server};
@@ -307,4 +307,72 @@ async fn sigkill_under_load_loses_at_most_the_last_interval_in_async_mode() {
         users.len() * per_user_bound,
         (killed_at - started).as_secs_f64()
     );
+}
+
+/// Async mode encodes a session once per write, not once per request: later changes are folded
+/// into the queued write and encoded when the writer makes it. A node that restores the session
+/// from the queue meanwhile (it left the cache) must see the folded changes, and its own changes
+/// must be the ones written.
+fn counter(name: &'static str) -> Router {
+    Router::new().route(
+        "/visit",
+        post(move |session: Session| async move {
+            let n: u32 = session.get("n").unwrap_or(0) + 1;
+            session.insert("n", n);
+            axum::Json(json!({"by": name, "n": n}))
+        }),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_changes_folded_into_a_queued_write_are_seen_and_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = sqlite(dir.path()).await;
+    let counting = CountingStore::new(Arc::new(sqlite.clone()));
+    let (writer, worker) = WriteBehind::pair(counting.clone(), WriterConfig::default());
+    let persistence =
+        Persistence::with_writer(counting.clone(), writer, Duration::from_secs(5), true);
+    let layer = || {
+        SessionFailoverLayer::new("news")
+            .with_cookie_name("NEWS")
+            .with_persistence(persistence.clone(), SaveMode::Async)
+    };
+    // Two layers of one app with their own caches: the second restores the session as a node
+    // does after its cache dropped it.
+    let (first, second) = (
+        counter("first").layer(layer()),
+        counter("second").layer(layer()),
+    );
+    let id = send(&first, "POST", "/visit", None, None)
+        .await
+        .cookie("NEWS")
+        .unwrap();
+    let cookie = format!("NEWS={id}");
+    for n in 2..=5 {
+        let r = send(&first, "POST", "/visit", Some(&cookie), None).await;
+        assert_eq!(r.body, json!({"by": "first", "n": n}));
+    }
+    assert_eq!(counting.rows_written(), 0, "async: nothing written yet");
+    let r = send(&second, "POST", "/visit", Some(&cookie), None).await;
+    assert_eq!(
+        r.body,
+        json!({"by": "second", "n": 6}),
+        "restored from the queue with the folded changes"
+    );
+    let report = worker.flush_once(Scope::All).await;
+    assert_eq!(report.written, 1, "{report:?}");
+    let key = SessionId::parse(&id).unwrap().store_key();
+    let row = SessionStore::get(&sqlite, &key, 0).await.unwrap().unwrap();
+    assert_eq!(
+        row.meta.version, 6,
+        "the newest state, from the second layer"
+    );
+    // A third node with nothing queued reads the row.
+    let third = counter("third").layer(
+        SessionFailoverLayer::new("news")
+            .with_cookie_name("NEWS")
+            .with_store(Arc::new(sqlite.clone()), SaveMode::Async),
+    );
+    let r = send(&third, "POST", "/visit", Some(&cookie), None).await;
+    assert_eq!(r.body, json!({"by": "third", "n": 7}));
 }

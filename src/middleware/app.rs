@@ -9,7 +9,8 @@ use http::{HeaderMap, HeaderValue, Request};
 
 use crate::cache::NodeCache;
 use crate::codec::{Binding, Codec, EncodedAttributes};
-use crate::persist::{Persister, Saved};
+use crate::config::SaveMode;
+use crate::persist::{Persister, Refresh, Saved};
 use crate::session::state::{Entry, State, Value};
 use crate::session::{Session, SessionId};
 use crate::store::{EpochMillis, Meta, Record, Update, now_millis};
@@ -409,12 +410,22 @@ impl AppShared {
     }
 
     async fn save(
-        &self,
+        self: &Arc<Self>,
         persister: &Persister,
         id: &SessionId,
         entry: &Arc<Entry>,
         snapshot: Snapshot,
     ) -> (Answer, bool) {
+        // Async mode, and the session already has a write queued: this change goes with it,
+        // encoded once when the writer makes it, not on every request.
+        if persister.mode() == SaveMode::Async
+            && persister
+                .persistence()
+                .writer()
+                .fold(&id.store_key(), entry, || self.refresh(id, entry))
+        {
+            return (Answer::Done, false);
+        }
         let new = snapshot.new;
         let started = std::time::Instant::now();
         let Some(record) = self.record(id, snapshot) else {
@@ -469,6 +480,40 @@ impl AppShared {
     fn ended_elsewhere(&self, id: &SessionId, entry: &Entry) {
         tracing::info!(app = %self.settings.app, session = %id.short_hash(), "session was ended elsewhere; dropped from this node");
         entry.lock().end();
+    }
+
+    /// How the writer encodes `entry`'s newest state under `id` when it writes a folded change.
+    fn refresh(self: &Arc<Self>, id: &SessionId, entry: &Arc<Entry>) -> Refresh {
+        let app = Arc::clone(self);
+        let id = id.clone();
+        let encode = move |entry: &Entry| {
+            let snapshot = {
+                let state = entry.lock();
+                // Ended, or rotated to another key: the queued record stands (and the delete
+                // or the new key's own write follows). A request between its change and its
+                // save (`dirty`) will save the whole state itself: the queued record stands, so
+                // no half-made change is written.
+                if state.invalidated || state.dirty || state.id != id {
+                    return None;
+                }
+                Snapshot {
+                    principal: state.principal.clone(),
+                    created_at: state.created_at,
+                    version: state.version,
+                    new: !state.persisted,
+                    attributes: state
+                        .attributes
+                        .iter()
+                        .map(|(name, value)| (name.clone(), value.clone()))
+                        .collect(),
+                }
+            };
+            app.record(&id, snapshot)
+        };
+        Refresh {
+            entry: Arc::clone(entry),
+            encode: Arc::new(encode),
+        }
     }
 
     /// Encodes a snapshot (user `Serialize` impls run here, outside any lock). `None` if the

@@ -1,5 +1,6 @@
 //! The [`SessionFailover`] service.
 
+use std::future::Future as _;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -80,9 +81,21 @@ where
                 let had_cookie = !ids.is_empty();
                 if let Some(finish) = app.plan(&session, had_cookie, secure, response.headers_mut())
                 {
-                    // Its own task: if this future is dropped (client gone, timeout), the save,
-                    // logout or rotation still completes.
-                    match tokio::spawn(Arc::clone(&app).execute(finish)).await {
+                    // If this future is dropped (client gone, timeout), the save, logout or
+                    // rotation must still complete. Polled once here, it often completes at once
+                    // (async mode queues, memory-only has nothing to write): nothing can cut
+                    // that short. Otherwise it finishes in its own task, which is what a spawn
+                    // per request would cost every time.
+                    let mut finish = Box::pin(Arc::clone(&app).execute(finish));
+                    let answer = match std::future::poll_fn(|cx| {
+                        Poll::Ready(finish.as_mut().poll(cx))
+                    })
+                    .await
+                    {
+                        Poll::Ready(answer) => Ok(answer),
+                        Poll::Pending => tokio::spawn(finish).await,
+                    };
+                    match answer {
                         Ok(Answer::Done) => {}
                         // The change was not kept: do not acknowledge it.
                         Ok(Answer::Conflict) => {

@@ -22,7 +22,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 pub use writer::{DrainReport, FlushReport, Scope, Worker, WriteBehind, WriterConfig};
-pub(crate) use writer::{Op, Outcome, apply};
+pub(crate) use writer::{Op, Outcome, Refresh, apply};
 
 use crate::config::SaveMode;
 use crate::session::SessionKey;

@@ -95,10 +95,37 @@ pub(crate) enum Outcome {
 #[derive(Debug)]
 pub(crate) struct QueueFull;
 
+/// Encodes a node entry's current state as the record of a queued key.
+pub(crate) type EncodeEntry = dyn Fn(&Entry) -> Option<Record> + Send + Sync;
+
+/// Re-encodes a queued session from its node entry, for the newest state at write time.
+#[derive(Clone)]
+pub(crate) struct Refresh {
+    /// Held strongly: the newest state may be nowhere else until it is written.
+    pub(crate) entry: Arc<Entry>,
+    /// The record of the entry's current state under the queued key; `None` if there is none
+    /// to write (ended, rotated away, or not encodable), and the queued record stands.
+    pub(crate) encode: Arc<EncodeEntry>,
+}
+
+impl Refresh {
+    /// The newer of `record` and the entry's current state.
+    fn newest(&self, record: &mut Record) {
+        if let Some(fresh) = (self.encode)(&self.entry)
+            && fresh.meta.version > record.meta.version
+        {
+            *record = fresh;
+        }
+    }
+}
+
 struct Pending {
     op: Op,
     /// The session's node entry, told what became of the write.
     entry: Weak<Entry>,
+    /// Set when later changes of the session were folded into this write without being
+    /// encoded (async mode): the write takes the entry's state when it is made.
+    refresh: Option<Refresh>,
     waiters: Vec<oneshot::Sender<Outcome>>,
     /// When the oldest state merged into this one was queued.
     since: Instant,
@@ -219,6 +246,7 @@ impl Queue {
 /// Merges a new write into the pending one of the same session.
 fn merge(old: Pending, mut new: Pending) -> Pending {
     new.since = old.since;
+    new.refresh = new.refresh.or_else(|| old.refresh.clone());
     new.attempts = old.attempts;
     new.not_before = old.not_before;
     let mut waiters = old.waiters;
@@ -480,6 +508,7 @@ impl WriteBehind {
         let pending = Pending {
             op,
             entry,
+            refresh: None,
             waiters: waiter.into_iter().collect(),
             since: now,
             attempts: 0,
@@ -500,14 +529,55 @@ impl WriteBehind {
     /// `Some(None)` if the session is queued for deletion or was deleted lately. A restore on
     /// this node must see it, not the older row in the store.
     pub(crate) fn pending(&self, key: &SessionKey) -> Option<Option<(Record, bool)>> {
-        let queue = self.shared.queue();
-        if queue.deleted.contains_key(key) {
-            return Some(None);
+        let (found, refresh) = {
+            let queue = self.shared.queue();
+            if queue.deleted.contains_key(key) {
+                return Some(None);
+            }
+            let pending = queue.find(key)?;
+            let found = match &pending.op {
+                Op::Save { record, new } => Some((record.clone(), !new)),
+                Op::Delete => None,
+            };
+            (found, pending.refresh.clone())
+        };
+        // Encoded outside the queue's lock.
+        Some(found.map(|(mut record, exists)| {
+            if let Some(refresh) = refresh {
+                refresh.newest(&mut record);
+            }
+            (record, exists)
+        }))
+    }
+
+    /// Folds a later change of `key` into its queued async write without encoding it now:
+    /// `true` if there was such a write (not yet taken for writing), which will then take the
+    /// entry's state when it is made. `false`: the caller encodes and enqueues as usual.
+    ///
+    /// `entry` is the session's node entry now. If the write holds another one (the session
+    /// left the cache and was restored from this queue since), the write follows the new one,
+    /// which started from the old one's state.
+    pub(crate) fn fold(
+        &self,
+        key: &SessionKey,
+        entry: &Arc<Entry>,
+        refresh: impl FnOnce() -> Refresh,
+    ) -> bool {
+        let mut queue = self.shared.queue();
+        match queue.lazy.get_mut(key) {
+            Some(pending) if matches!(pending.op, Op::Save { .. }) => {
+                let same = pending
+                    .refresh
+                    .as_ref()
+                    .is_some_and(|r| Arc::ptr_eq(&r.entry, entry));
+                if !same {
+                    pending.refresh = Some(refresh());
+                    pending.entry = Arc::downgrade(entry);
+                }
+                true
+            }
+            _ => false,
         }
-        queue.find(key).map(|p| match &p.op {
-            Op::Save { record, new } => Some((record.clone(), !new)),
-            Op::Delete => None,
-        })
     }
 
     /// Writes queued and not yet stored.
@@ -672,7 +742,13 @@ impl Shared {
         report
     }
 
-    async fn write(&self, batch: Vec<(SessionKey, Pending)>) -> FlushReport {
+    async fn write(&self, mut batch: Vec<(SessionKey, Pending)>) -> FlushReport {
+        // Folded changes are encoded now, once per session and batch, outside the queue's lock.
+        for (_, pending) in &mut batch {
+            if let (Some(refresh), Op::Save { record, .. }) = (&pending.refresh, &mut pending.op) {
+                refresh.newest(record);
+            }
+        }
         let mut report = FlushReport {
             taken: batch.len(),
             ..FlushReport::default()
