@@ -1,0 +1,816 @@
+//! The benchmark driver: every target under every workload, A B A B interleaved, repeated, with
+//! medians; database counters and stored bytes per session; a table of ratios.
+//!
+//! Each measurement starts its server as a fresh process on 127.0.0.1 (port 0), runs the load
+//! generator in this process, then stops the server with SIGTERM. Stopping it closes its database
+//! connections, and a PostgreSQL backend flushes its statistics when it exits, so the
+//! `pg_stat_database` counters read afterwards hold all of the run's transactions.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{ConnectOptions, Connection, PgConnection, Row, SqliteConnection};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::loadgen::{self, LoadConfig, Workload};
+
+/// What is measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Target {
+    /// The same routes without a session layer.
+    Ceiling,
+    /// session-failover, sync mode (group commit, the default), SQLite.
+    SfSqliteSync,
+    /// session-failover, async mode, SQLite.
+    SfSqliteAsync,
+    /// session-failover, sync mode (group commit, the default), PostgreSQL.
+    SfPgSync,
+    /// session-failover, async mode, PostgreSQL.
+    SfPgAsync,
+    /// tower-sessions with its SQLite store.
+    TsSqlite,
+    /// tower-sessions with its PostgreSQL store.
+    TsPg,
+    /// tower-sessions with a moka cache in front of its PostgreSQL store.
+    TsPgMoka,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    None,
+    Sqlite,
+    Postgres,
+}
+
+impl Target {
+    /// Every target, in the order they run within a round.
+    pub const ALL: [Target; 8] = [
+        Target::Ceiling,
+        Target::SfSqliteSync,
+        Target::SfSqliteAsync,
+        Target::TsSqlite,
+        Target::SfPgSync,
+        Target::SfPgAsync,
+        Target::TsPg,
+        Target::TsPgMoka,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Ceiling => "ceiling (no session)",
+            Self::SfSqliteSync => "session-failover sync, SQLite",
+            Self::SfSqliteAsync => "session-failover async, SQLite",
+            Self::SfPgSync => "session-failover sync, PostgreSQL",
+            Self::SfPgAsync => "session-failover async, PostgreSQL",
+            Self::TsSqlite => "tower-sessions, SQLite",
+            Self::TsPg => "tower-sessions, PostgreSQL",
+            Self::TsPgMoka => "tower-sessions + moka, PostgreSQL",
+        }
+    }
+
+    fn backend(self) -> Backend {
+        match self {
+            Self::Ceiling => Backend::None,
+            Self::SfSqliteSync | Self::SfSqliteAsync | Self::TsSqlite => Backend::Sqlite,
+            Self::SfPgSync | Self::SfPgAsync | Self::TsPg | Self::TsPgMoka => Backend::Postgres,
+        }
+    }
+
+    fn is_ours(self) -> bool {
+        matches!(
+            self,
+            Self::SfSqliteSync | Self::SfSqliteAsync | Self::SfPgSync | Self::SfPgAsync
+        )
+    }
+
+    /// The tower-sessions target on the same database, to compare with.
+    fn tower_sessions_peer(self) -> Option<Target> {
+        match self.backend() {
+            Backend::None => None,
+            Backend::Sqlite => Some(Self::TsSqlite),
+            Backend::Postgres => Some(Self::TsPg),
+        }
+    }
+}
+
+/// The driver's options.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Targets to run.
+    pub targets: Vec<Target>,
+    /// Workloads to run.
+    pub workloads: Vec<Workload>,
+    /// Concurrent users.
+    pub users: usize,
+    /// Warm-up per measurement.
+    pub warmup: Duration,
+    /// Measured window per measurement.
+    pub duration: Duration,
+    /// Rounds (each round measures every target under every workload once).
+    pub rounds: usize,
+    /// The PostgreSQL database the PostgreSQL targets use (created if missing, emptied before
+    /// each measurement).
+    pub postgres_url: String,
+    /// The session-failover binary; built with `cargo build --release` when not given.
+    pub session_failover_bin: Option<PathBuf>,
+}
+
+/// One measurement.
+#[derive(Clone, Debug)]
+struct Measurement {
+    rps: f64,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    errors: u64,
+    lost: u64,
+    requests_total: u64,
+    /// PostgreSQL transactions committed or rolled back in the bench database during the run.
+    transactions: Option<u64>,
+    /// Rows inserted, updated or deleted in the bench database during the run.
+    row_writes: Option<u64>,
+    /// Sessions stored after the run, and their mean stored size in bytes.
+    stored: Option<(u64, f64)>,
+}
+
+/// A 64-character secret: session-failover encrypts at rest, as in production.
+const SECRET: &str = "bench-secret-bench-secret-bench-secret-bench-secret-bench-secret-";
+
+/// Runs the benchmark and prints the table.
+pub async fn run(options: Options) -> anyhow::Result<()> {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("bench/ has a parent")?
+        .to_path_buf();
+    let needs_ours = options.targets.iter().any(|t| t.is_ours());
+    let sf_bin = match (&options.session_failover_bin, needs_ours) {
+        (Some(bin), _) => bin.clone(),
+        (None, true) => build_session_failover(&repo).await?,
+        (None, false) => PathBuf::new(),
+    };
+    let needs_pg = options
+        .targets
+        .iter()
+        .any(|t| t.backend() == Backend::Postgres);
+    if needs_pg {
+        prepare_postgres(&options.postgres_url).await?;
+    }
+    print_machine(&options, &sf_bin).await;
+
+    let mut results: BTreeMap<(Workload, Target), Vec<Measurement>> = BTreeMap::new();
+    for round in 1..=options.rounds {
+        for &workload in &options.workloads {
+            for &target in &options.targets {
+                let m = measure(&options, &repo, &sf_bin, target, workload)
+                    .await
+                    .with_context(|| format!("{} under {}", target.label(), workload.name()))?;
+                eprintln!(
+                    "round {round}/{rounds} {workload:<6} {label:<36} {rps:>9.0} req/s  p99 {p99:>6.1} ms  errors {errors}  lost {lost}",
+                    rounds = options.rounds,
+                    workload = workload.name(),
+                    label = target.label(),
+                    rps = m.rps,
+                    p99 = m.p99,
+                    errors = m.errors,
+                    lost = m.lost,
+                );
+                results.entry((workload, target)).or_default().push(m);
+            }
+        }
+    }
+    let medians: BTreeMap<(Workload, Target), Measurement> =
+        results.iter().map(|(key, ms)| (*key, median(ms))).collect();
+    print_tables(&options, &medians);
+    print_targets(&medians);
+    Ok(())
+}
+
+async fn build_session_failover(repo: &Path) -> anyhow::Result<PathBuf> {
+    eprintln!("building session-failover (cargo build --release)…");
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--release", "--quiet", "--bin", "session-failover"])
+        .current_dir(repo)
+        .status()
+        .await
+        .context("running cargo build --release")?;
+    if !status.success() {
+        bail!("cargo build --release of session-failover failed ({status})");
+    }
+    Ok(repo.join("target/release/session-failover"))
+}
+
+/// Creates the bench database if it is missing.
+async fn prepare_postgres(url: &str) -> anyhow::Result<()> {
+    let options = PgConnectOptions::from_str(url)
+        .with_context(|| format!("--postgres-url {url} is not a PostgreSQL URL"))?;
+    let database = options
+        .get_database()
+        .context("--postgres-url must name a database (it is created if missing)")?
+        .to_owned();
+    let mut admin = options
+        .clone()
+        .database("postgres")
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach PostgreSQL at {url} (is it running?)"))?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&database)
+            .fetch_one(&mut admin)
+            .await?;
+    if !exists {
+        sqlx::query(&format!(
+            r#"CREATE DATABASE "{}""#,
+            database.replace('"', "\"\"")
+        ))
+        .execute(&mut admin)
+        .await
+        .with_context(|| format!("creating database {database}"))?;
+    }
+    Ok(())
+}
+
+async fn print_machine(options: &Options, sf_bin: &Path) {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|line| line.starts_with("model name"))
+                .and_then(|line| line.split(':').nth(1))
+                .map(|name| name.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    println!("# session-failover benchmark");
+    println!();
+    println!(
+        "machine: {cores} cores ({cpu}); the load generator, the server and the database share them"
+    );
+    println!(
+        "load: {} users, {} s warm-up, {} s measured, {} round(s), medians; targets interleaved within each round",
+        options.users,
+        options.warmup.as_secs_f64(),
+        options.duration.as_secs_f64(),
+        options.rounds
+    );
+    if options
+        .targets
+        .iter()
+        .any(|t| t.backend() == Backend::Postgres)
+        && let Ok(mut conn) = PgConnection::connect(&options.postgres_url).await
+        && let Ok(version) = sqlx::query_scalar::<_, String>("SHOW server_version")
+            .fetch_one(&mut conn)
+            .await
+    {
+        println!("PostgreSQL {version} at {}", redact(&options.postgres_url));
+    }
+    if !sf_bin.as_os_str().is_empty() {
+        println!("session-failover: {}", sf_bin.display());
+    }
+    println!();
+}
+
+/// The URL without a password.
+fn redact(url: &str) -> String {
+    match url.split_once('@') {
+        Some((scheme_user, rest)) => match scheme_user.rsplit_once(':') {
+            Some((scheme_user, _password)) if scheme_user.contains("//") => {
+                format!("{scheme_user}:***@{rest}")
+            }
+            _ => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+/// A server process for one measurement, with its scratch directory.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+async fn measure(
+    options: &Options,
+    repo: &Path,
+    sf_bin: &Path,
+    target: Target,
+    workload: Workload,
+) -> anyhow::Result<Measurement> {
+    let pg = target.backend() == Backend::Postgres;
+    if pg {
+        empty_postgres(&options.postgres_url).await?;
+    }
+    let before = if pg {
+        Some(pg_counters(&options.postgres_url).await?)
+    } else {
+        None
+    };
+    let mut server = start(options, repo, sf_bin, target).await?;
+    let report = loadgen::run(LoadConfig {
+        addr: server.addr,
+        users: options.users,
+        warmup: options.warmup,
+        duration: options.duration,
+        workload,
+        check_state: true,
+    })
+    .await;
+    stop(&mut server).await?;
+    let report = report?;
+    let (transactions, row_writes) = match before {
+        Some(before) => {
+            // A backend flushes its statistics when it exits, just after the server closed its
+            // connections.
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            let after = pg_counters(&options.postgres_url).await?;
+            (
+                Some(after.0.saturating_sub(before.0)),
+                Some(after.1.saturating_sub(before.1)),
+            )
+        }
+        None => (None, None),
+    };
+    let stored = if workload == Workload::Health {
+        None
+    } else {
+        stored_sessions(options, &server, target).await?
+    };
+    Ok(Measurement {
+        rps: report.rps(),
+        p50: report.ms(0.50),
+        p99: report.ms(0.99),
+        p999: report.ms(0.999),
+        errors: report.errors,
+        lost: report.lost,
+        requests_total: report.requests_total,
+        transactions,
+        row_writes,
+        stored,
+    })
+}
+
+async fn start(
+    options: &Options,
+    repo: &Path,
+    sf_bin: &Path,
+    target: Target,
+) -> anyhow::Result<Server> {
+    let dir = tempfile::tempdir()?;
+    let me = std::env::current_exe()?;
+    let mut command = match target {
+        Target::Ceiling => {
+            let mut command = Command::new(&me);
+            command.args(["serve-ceiling", "--bind", "127.0.0.1:0"]);
+            command
+        }
+        Target::TsSqlite | Target::TsPg | Target::TsPgMoka => {
+            let (store, url) = match target {
+                Target::TsSqlite => (
+                    "sqlite",
+                    format!("sqlite://{}", dir.path().join("ts.db").display()),
+                ),
+                Target::TsPg => ("postgres", options.postgres_url.clone()),
+                _ => ("postgres-moka", options.postgres_url.clone()),
+            };
+            let mut command = Command::new(&me);
+            command.args([
+                "serve-tower-sessions",
+                "--bind",
+                "127.0.0.1:0",
+                "--store",
+                store,
+                "--url",
+                &url,
+            ]);
+            command
+        }
+        Target::SfSqliteSync | Target::SfSqliteAsync | Target::SfPgSync | Target::SfPgAsync => {
+            let config = dir.path().join("config");
+            std::fs::create_dir(&config)?;
+            // The shipped defaults, and a local.properties as an operator would write one.
+            std::fs::copy(
+                repo.join("config/project.properties"),
+                config.join("project.properties"),
+            )
+            .context("copying config/project.properties")?;
+            let url = match target.backend() {
+                Backend::Postgres => options.postgres_url.clone(),
+                _ => format!("sqlite://{}", dir.path().join("sessions.db").display()),
+            };
+            let mode = match target {
+                Target::SfSqliteAsync | Target::SfPgAsync => "async",
+                _ => "sync",
+            };
+            std::fs::write(
+                config.join("local.properties"),
+                format!(
+                    "spring.session.storefront.save={mode}\n\
+                     session.store.url={url}\n\
+                     session.secret={SECRET}\n\
+                     session.node.name=bench\n\
+                     # No purge during a measurement (tower-sessions runs none either).\n\
+                     session.purge.cron=\n"
+                ),
+            )?;
+            let mut command = Command::new(sf_bin);
+            command
+                .args(["serve", "--bind", "127.0.0.1:0", "--config"])
+                .arg(&config)
+                .env("RUST_LOG", "warn");
+            command
+        }
+    };
+    let log = std::fs::File::create(dir.path().join("server.log"))?;
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", target.label()))?;
+    let stdout = child.stdout.take().context("server stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(url) = line.split("listening on http://").nth(1) {
+                return Ok::<_, anyhow::Error>(Some(url.trim().parse::<SocketAddr>()?));
+            }
+        }
+        Ok(None)
+    })
+    .await
+    .context("the server did not say where it listens within 60 s")??;
+    let Some(addr) = addr else {
+        let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
+        bail!("{} exited before listening:\n{log}", target.label());
+    };
+    // Keep reading stdout so the server never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(Server { child, addr, dir })
+}
+
+/// SIGTERM, then waits (session-failover drains its write-behind queue before it exits).
+async fn stop(server: &mut Server) -> anyhow::Result<()> {
+    if let Some(pid) = server.child.id() {
+        let status = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await?;
+        if !status.success() {
+            bail!("kill -TERM {pid} failed");
+        }
+    }
+    match tokio::time::timeout(Duration::from_secs(60), server.child.wait()).await {
+        Ok(status) => {
+            let status = status?;
+            if !status.success() {
+                let log = std::fs::read_to_string(server.dir.path().join("server.log"))
+                    .unwrap_or_default();
+                bail!("the server exited with {status}:\n{log}");
+            }
+            Ok(())
+        }
+        Err(_) => {
+            server.child.kill().await?;
+            bail!("the server did not stop within 60 s of SIGTERM")
+        }
+    }
+}
+
+async fn empty_postgres(url: &str) -> anyhow::Result<()> {
+    let mut conn = PgConnection::connect(url).await?;
+    for table in ["stored_http_session", "tower_sessions.session"] {
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(table)
+            .fetch_one(&mut conn)
+            .await?;
+        if exists {
+            sqlx::query(&format!("TRUNCATE {table}"))
+                .execute(&mut conn)
+                .await?;
+        }
+    }
+    conn.close().await?;
+    Ok(())
+}
+
+/// (transactions, row writes) of the bench database so far, read from another database so the
+/// reading itself is not counted.
+async fn pg_counters(url: &str) -> anyhow::Result<(u64, u64)> {
+    let options = PgConnectOptions::from_str(url)?;
+    let database = options.get_database().unwrap_or("postgres").to_owned();
+    let mut conn = options.database("postgres").connect().await?;
+    sqlx::query("SELECT pg_stat_clear_snapshot()")
+        .execute(&mut conn)
+        .await?;
+    let row = sqlx::query(
+        "SELECT (xact_commit + xact_rollback)::int8, (tup_inserted + tup_updated + tup_deleted)::int8 \
+         FROM pg_stat_database WHERE datname = $1",
+    )
+    .bind(&database)
+    .fetch_one(&mut conn)
+    .await?;
+    conn.close().await?;
+    let transactions: i64 = row.try_get(0)?;
+    let writes: i64 = row.try_get(1)?;
+    Ok((
+        u64::try_from(transactions).unwrap_or(0),
+        u64::try_from(writes).unwrap_or(0),
+    ))
+}
+
+/// How many sessions the run left in the store, and their mean stored size.
+async fn stored_sessions(
+    options: &Options,
+    server: &Server,
+    target: Target,
+) -> anyhow::Result<Option<(u64, f64)>> {
+    let (table, column) = if target.is_ours() {
+        ("stored_http_session", "data")
+    } else {
+        match target.backend() {
+            Backend::Sqlite => ("tower_sessions", "data"),
+            _ => ("tower_sessions.session", "data"),
+        }
+    };
+    let row = match target.backend() {
+        Backend::None => return Ok(None),
+        Backend::Postgres => {
+            let mut conn = PgConnection::connect(&options.postgres_url).await?;
+            let row = sqlx::query(&format!(
+                "SELECT count(*)::int8, coalesce(avg(octet_length({column})), 0)::float8 FROM {table}"
+            ))
+            .fetch_one(&mut conn)
+            .await?;
+            (row.try_get::<i64, _>(0)?, row.try_get::<f64, _>(1)?)
+        }
+        Backend::Sqlite => {
+            let file = if target.is_ours() {
+                "sessions.db"
+            } else {
+                "ts.db"
+            };
+            let mut conn = SqliteConnectOptions::new()
+                .filename(server.dir.path().join(file))
+                .connect()
+                .await?;
+            let row: (i64, f64) = sqlx::query_as(&format!(
+                "SELECT count(*), coalesce(avg(length({column})), 0.0) FROM {table}"
+            ))
+            .fetch_one(&mut conn)
+            .await?;
+            let _ = SqliteConnection::close(conn).await;
+            row
+        }
+    };
+    Ok(Some((u64::try_from(row.0).unwrap_or(0), row.1)))
+}
+
+fn median_of(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+fn median_u64(values: impl Iterator<Item = u64>) -> u64 {
+    let mut values: Vec<u64> = values.collect();
+    values.sort_unstable();
+    values.get(values.len() / 2).copied().unwrap_or(0)
+}
+
+/// Medians of throughput and latencies; sums of errors and lost users; per-request database
+/// figures of the median-throughput round.
+fn median(ms: &[Measurement]) -> Measurement {
+    let rps = median_of(ms.iter().map(|m| m.rps).collect());
+    let closest = ms
+        .iter()
+        .min_by(|a, b| (a.rps - rps).abs().total_cmp(&(b.rps - rps).abs()))
+        .expect("at least one measurement");
+    Measurement {
+        rps,
+        p50: median_of(ms.iter().map(|m| m.p50).collect()),
+        p99: median_of(ms.iter().map(|m| m.p99).collect()),
+        p999: median_of(ms.iter().map(|m| m.p999).collect()),
+        errors: ms.iter().map(|m| m.errors).sum(),
+        lost: ms.iter().map(|m| m.lost).sum(),
+        requests_total: median_u64(ms.iter().map(|m| m.requests_total)),
+        transactions: closest.transactions,
+        row_writes: closest.row_writes,
+        stored: closest.stored,
+    }
+}
+
+fn ratio(a: Option<&Measurement>, b: Option<&Measurement>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b.rps > 0.0 => format!("{:.2}×", a.rps / b.rps),
+        _ => "–".to_owned(),
+    }
+}
+
+fn per_request(count: Option<u64>, m: &Measurement) -> String {
+    match count {
+        Some(count) if m.requests_total > 0 => {
+            format!("{:.3}", count as f64 / m.requests_total as f64)
+        }
+        _ => "–".to_owned(),
+    }
+}
+
+fn thousands(n: f64) -> String {
+    let n = n.round() as i64;
+    let digits = n.abs().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 { format!("-{out}") } else { out }
+}
+
+fn print_tables(options: &Options, medians: &BTreeMap<(Workload, Target), Measurement>) {
+    for &workload in &options.workloads {
+        println!("## {}", workload.name());
+        println!();
+        println!(
+            "| target | req/s | × ceiling | × tower-sessions | × ts + moka | p50 ms | p99 ms | p99.9 ms | errors | lost | db xact/req | row writes/req | sessions stored | bytes/session |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let ceiling = medians.get(&(workload, Target::Ceiling));
+        for &target in &options.targets {
+            let Some(m) = medians.get(&(workload, target)) else {
+                continue;
+            };
+            let versus_ts = target
+                .tower_sessions_peer()
+                .filter(|&peer| peer != target)
+                .and_then(|peer| medians.get(&(workload, peer)));
+            let versus_moka = (target.backend() == Backend::Postgres && target != Target::TsPgMoka)
+                .then(|| medians.get(&(workload, Target::TsPgMoka)))
+                .flatten();
+            let (rows, bytes) = match m.stored {
+                Some((rows, bytes)) => (rows.to_string(), format!("{bytes:.0}")),
+                None => ("–".to_owned(), "–".to_owned()),
+            };
+            println!(
+                "| {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} |",
+                target.label(),
+                thousands(m.rps),
+                if target == Target::Ceiling {
+                    "1.00×".to_owned()
+                } else {
+                    ratio(Some(m), ceiling)
+                },
+                ratio(Some(m), versus_ts),
+                ratio(Some(m), versus_moka),
+                m.p50,
+                m.p99,
+                m.p999,
+                m.errors,
+                m.lost,
+                per_request(m.transactions, m),
+                per_request(m.row_writes, m),
+                rows,
+                bytes,
+            );
+        }
+        println!();
+    }
+}
+
+/// The issue's targets, each with the figure that decides it.
+fn print_targets(medians: &BTreeMap<(Workload, Target), Measurement>) {
+    let get = |w: Workload, t: Target| medians.get(&(w, t));
+    let mut lines = Vec::new();
+    let mut check = |name: String, value: Option<f64>, bound: f64, at_least: bool, unit: &str| {
+        let line = match value {
+            Some(v) if v.is_finite() => {
+                let met = if at_least { v >= bound } else { v <= bound };
+                format!(
+                    "- {} {name}: {v:.2}{unit} (target {} {bound}{unit})",
+                    if met { "MET " } else { "MISS" },
+                    if at_least { "≥" } else { "≤" }
+                )
+            }
+            _ => format!("- n/a  {name}: not measured in this run"),
+        };
+        lines.push(line);
+    };
+    let rps_ratio = |a: Option<&Measurement>, b: Option<&Measurement>| match (a, b) {
+        (Some(a), Some(b)) if b.rps > 0.0 => Some(a.rps / b.rps),
+        _ => None,
+    };
+    for target in [
+        Target::SfPgSync,
+        Target::SfPgAsync,
+        Target::SfSqliteSync,
+        Target::SfSqliteAsync,
+    ] {
+        check(
+            format!("sticky read, {} vs ceiling", target.label()),
+            rps_ratio(
+                get(Workload::Read, target),
+                get(Workload::Read, Target::Ceiling),
+            ),
+            0.90,
+            true,
+            "×",
+        );
+    }
+    for target in [Target::SfPgSync, Target::SfPgAsync] {
+        // Transactions beyond the one insert per user that creates each session.
+        let reads = get(Workload::Read, target).and_then(|m| {
+            m.transactions
+                .map(|t| t as f64 / m.requests_total.max(1) as f64)
+        });
+        check(
+            format!(
+                "database transactions per read, {} (whole run, session creation included)",
+                target.label()
+            ),
+            reads,
+            0.001,
+            false,
+            "",
+        );
+    }
+    check(
+        "write, session-failover async PostgreSQL vs ceiling".to_owned(),
+        rps_ratio(
+            get(Workload::Write, Target::SfPgAsync),
+            get(Workload::Write, Target::Ceiling),
+        ),
+        0.80,
+        true,
+        "×",
+    );
+    check(
+        "row writes per write request, session-failover async PostgreSQL".to_owned(),
+        get(Workload::Write, Target::SfPgAsync).and_then(|m| {
+            m.row_writes
+                .map(|w| w as f64 / m.requests_total.max(1) as f64)
+        }),
+        0.10,
+        false,
+        "",
+    );
+    check(
+        "write, session-failover sync (group commit) PostgreSQL vs tower-sessions PostgreSQL"
+            .to_owned(),
+        rps_ratio(
+            get(Workload::Write, Target::SfPgSync),
+            get(Workload::Write, Target::TsPg),
+        ),
+        3.0,
+        true,
+        "×",
+    );
+    for target in [Target::SfPgSync, Target::SfPgAsync] {
+        check(
+            format!(
+                "mixed, {} vs tower-sessions + moka PostgreSQL",
+                target.label()
+            ),
+            rps_ratio(
+                get(Workload::Mixed, target),
+                get(Workload::Mixed, Target::TsPgMoka),
+            ),
+            3.0,
+            true,
+            "×",
+        );
+    }
+    for target in [Target::SfPgSync, Target::SfSqliteSync] {
+        check(
+            format!(
+                "stored bytes per session after the write workload (≤ 20-line carts, encrypted), {}",
+                target.label()
+            ),
+            get(Workload::Write, target).and_then(|m| m.stored.map(|(_, bytes)| bytes)),
+            1024.0,
+            false,
+            " B",
+        );
+    }
+    println!("## Targets");
+    println!();
+    for line in lines {
+        println!("{line}");
+    }
+}

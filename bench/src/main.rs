@@ -1,0 +1,172 @@
+//! `session-failover-bench`: the load generator, the comparison servers and the driver that runs
+//! them side by side with session-failover. See docs/BENCHMARKS.md in the repository.
+
+mod driver;
+mod loadgen;
+mod servers;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::driver::Target;
+use crate::loadgen::Workload;
+
+#[derive(Parser)]
+#[command(about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every target under every workload, interleaved, and print the table.
+    Run {
+        /// Targets (comma-separated); all by default.
+        #[arg(long, value_delimiter = ',', value_enum)]
+        targets: Option<Vec<Target>>,
+        /// Workloads (comma-separated).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            value_enum,
+            default_value = "health,read,write,mixed"
+        )]
+        workloads: Vec<Workload>,
+        /// Concurrent users.
+        #[arg(long, default_value_t = 64)]
+        users: usize,
+        /// Warm-up per measurement, seconds.
+        #[arg(long, default_value_t = 3.0)]
+        warmup: f64,
+        /// Measured window per measurement, seconds.
+        #[arg(long, default_value_t = 15.0)]
+        seconds: f64,
+        /// Rounds; each measures every target under every workload once.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// PostgreSQL database for the PostgreSQL targets (created if missing, emptied before
+        /// each measurement).
+        #[arg(
+            long,
+            env = "BENCH_POSTGRES_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/sfbench"
+        )]
+        postgres_url: String,
+        /// The session-failover binary (default: `cargo build --release` in the repository).
+        #[arg(long)]
+        session_failover: Option<std::path::PathBuf>,
+    },
+    /// Run the load generator alone against a server on 127.0.0.1.
+    Load {
+        /// The server's address (loopback only).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: SocketAddr,
+        /// What the users do.
+        #[arg(long, value_enum, default_value = "read")]
+        workload: Workload,
+        /// Concurrent users.
+        #[arg(long, default_value_t = 64)]
+        users: usize,
+        /// Warm-up, seconds.
+        #[arg(long, default_value_t = 3.0)]
+        warmup: f64,
+        /// Measured window, seconds.
+        #[arg(long, default_value_t = 15.0)]
+        seconds: f64,
+        /// Do not check cart answers (for a server without sessions).
+        #[arg(long)]
+        stateless: bool,
+    },
+    /// Serve the storefront routes without any session (the ceiling).
+    ServeCeiling {
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        bind: SocketAddr,
+    },
+    /// Serve the storefront routes with tower-sessions.
+    ServeTowerSessions {
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        bind: SocketAddr,
+        /// The store.
+        #[arg(long, value_enum)]
+        store: servers::tower_sessions::StoreKind,
+        /// Its database URL.
+        #[arg(long)]
+        url: String,
+    },
+}
+
+fn seconds(value: f64, flag: &str) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(value)
+        .map_err(|_| anyhow::anyhow!("--{flag} must be a number of seconds ≥ 0, not {value}"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Run {
+            targets,
+            workloads,
+            users,
+            warmup,
+            seconds: measured,
+            rounds,
+            postgres_url,
+            session_failover,
+        } => {
+            let duration = seconds(measured, "seconds")?;
+            if duration.is_zero() {
+                anyhow::bail!("--seconds must be more than 0");
+            }
+            driver::run(driver::Options {
+                targets: targets.unwrap_or_else(|| Target::ALL.to_vec()),
+                workloads,
+                users,
+                warmup: seconds(warmup, "warmup")?,
+                duration,
+                rounds: rounds.max(1),
+                postgres_url,
+                session_failover_bin: session_failover,
+            })
+            .await
+        }
+        Command::Load {
+            addr,
+            workload,
+            users,
+            warmup,
+            seconds: measured,
+            stateless,
+        } => {
+            let report = loadgen::run(loadgen::LoadConfig {
+                addr,
+                users,
+                warmup: seconds(warmup, "warmup")?,
+                duration: seconds(measured, "seconds")?,
+                workload,
+                check_state: !stateless,
+            })
+            .await?;
+            println!(
+                "{workload}: {rps:.0} req/s, p50 {p50:.2} ms, p99 {p99:.2} ms, p99.9 {p999:.2} ms, {errors} errors, {lost} lost sessions ({requests} requests measured)",
+                workload = workload.name(),
+                rps = report.rps(),
+                p50 = report.ms(0.5),
+                p99 = report.ms(0.99),
+                p999 = report.ms(0.999),
+                errors = report.errors,
+                lost = report.lost,
+                requests = report.requests,
+            );
+            Ok(())
+        }
+        Command::ServeCeiling { bind } => servers::ceiling::run(bind).await,
+        Command::ServeTowerSessions { bind, store, url } => {
+            servers::tower_sessions::run(bind, store, &url).await
+        }
+    }
+}
