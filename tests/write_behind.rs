@@ -376,3 +376,62 @@ async fn async_changes_folded_into_a_queued_write_are_seen_and_written() {
     let r = send(&third, "POST", "/visit", Some(&cookie), None).await;
     assert_eq!(r.body, json!({"by": "third", "n": 7}));
 }
+
+/// A change folded into a queued async write is written even while another request of the same
+/// session is between its change and its save: the write carries the state its request
+/// acknowledged, not whatever the entry holds at that moment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folded_change_is_written_while_another_request_is_mid_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = sqlite(dir.path()).await;
+    let (writer, worker) = WriteBehind::pair(Arc::new(sqlite.clone()), WriterConfig::default());
+    let persistence = Persistence::with_writer(
+        Arc::new(sqlite.clone()),
+        writer,
+        Duration::from_secs(5),
+        true,
+    );
+    let started = Arc::new(tokio::sync::Notify::new());
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (s, r) = (Arc::clone(&started), Arc::clone(&release));
+    let app = counter("shop")
+        .route(
+            "/slow",
+            post(move |session: Session| {
+                let (started, release) = (Arc::clone(&s), Arc::clone(&r));
+                async move {
+                    session.insert("x", 1u32);
+                    started.notify_one();
+                    release.notified().await;
+                    "done"
+                }
+            }),
+        )
+        .layer(SessionFailoverLayer::new("shop").with_persistence(persistence, SaveMode::Async));
+    let id = send(&app, "POST", "/visit", None, None)
+        .await
+        .cookie("JSESSIONID")
+        .unwrap();
+    let cookie = format!("JSESSIONID={id}");
+    let r = send(&app, "POST", "/visit", Some(&cookie), None).await;
+    assert_eq!(
+        r.body,
+        json!({"by": "shop", "n": 2}),
+        "acknowledged, folded"
+    );
+    let slow = {
+        let (app, cookie) = (app.clone(), cookie.clone());
+        tokio::spawn(async move { send(&app, "POST", "/slow", Some(&cookie), None).await })
+    };
+    started.notified().await;
+    let report = worker.flush_once(Scope::All).await;
+    assert_eq!(report.written, 1, "{report:?}");
+    let key = SessionId::parse(&id).unwrap().store_key();
+    let row = SessionStore::get(&sqlite, &key, 0).await.unwrap().unwrap();
+    assert_eq!(
+        row.meta.version, 2,
+        "the acknowledged second visit is written"
+    );
+    release.notify_one();
+    assert_eq!(slow.await.unwrap().status, StatusCode::OK);
+}

@@ -304,7 +304,7 @@ thread_local! {
     static DEFLATE: RefCell<Compress> = RefCell::new(Compress::new(Compression::fast(), false));
 }
 
-/// Raw deflate of `body` (the same bytes as a fresh `DeflateEncoder` at the default level).
+/// Raw deflate of `body` at level 1 (the bytes a fresh `DeflateEncoder` at that level makes).
 fn compressed_body(body: &[u8]) -> Result<Vec<u8>, Error> {
     DEFLATE.with(|deflate| {
         let mut deflate = deflate.borrow_mut();

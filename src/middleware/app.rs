@@ -10,7 +10,7 @@ use http::{HeaderMap, HeaderValue, Request};
 use crate::cache::NodeCache;
 use crate::codec::{Binding, Codec, EncodedAttributes};
 use crate::config::SaveMode;
-use crate::persist::{Persister, Refresh, Saved};
+use crate::persist::{Folded, Persister, Saved};
 use crate::session::state::{Entry, State, Value};
 use crate::session::{Session, SessionId};
 use crate::store::{EpochMillis, Meta, Record, Update, now_millis};
@@ -42,7 +42,7 @@ pub(crate) struct AppSettings {
 
 /// Everything the filter of one application shares across requests.
 pub(crate) struct AppShared {
-    pub(crate) settings: AppSettings,
+    pub(crate) settings: Arc<AppSettings>,
     /// Live sessions on this node, and tombstones of sessions ended here.
     pub(crate) cache: NodeCache,
     /// `None`: memory-only sessions.
@@ -99,6 +99,7 @@ enum Work {
 }
 
 /// The parts of a session to write, taken under its lock.
+#[derive(Clone)]
 struct Snapshot {
     principal: Option<String>,
     created_at: EpochMillis,
@@ -134,6 +135,71 @@ pub(crate) fn request_is_secure<B>(request: &Request<B>) -> bool {
 
 fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl AppSettings {
+    /// Encodes a snapshot (user `Serialize` impls run here, outside any lock). `None` if the
+    /// envelope cannot be built, which must not overwrite a good row.
+    fn record(&self, id: &SessionId, snapshot: Snapshot) -> Option<Record> {
+        let mut encoded = EncodedAttributes::new();
+        for (name, value) in snapshot.attributes {
+            match value {
+                Value::Live(live) => match live.encode() {
+                    Ok(bytes) => {
+                        encoded.insert(name, bytes);
+                    }
+                    Err(error) => tracing::error!(
+                        app = %self.app,
+                        session = %id.short_hash(),
+                        "Failed to serialize attribute: {name} ({}): {}; it will not survive failover",
+                        live.type_name(),
+                        crate::check::chain(&error)
+                    ),
+                },
+                Value::Encoded { bytes, .. } => {
+                    encoded.insert(name, bytes.to_vec());
+                }
+                Value::Local { type_name, .. } => tracing::debug!(
+                    app = %self.app,
+                    session = %id.short_hash(),
+                    attribute = %name,
+                    rust_type = type_name,
+                    "node-local attribute not persisted"
+                ),
+            }
+        }
+        let key = id.store_key();
+        let binding = Binding {
+            app: &self.app,
+            key: &key,
+            principal: snapshot.principal.as_deref(),
+        };
+        let data = match self.codec.encode(&encoded, binding) {
+            Ok(data) => data,
+            Err(error) => {
+                tracing::error!(app = %self.app, session = %id.short_hash(), error = &error as &dyn std::error::Error, "cannot encode session; not saved");
+                return None;
+            }
+        };
+        let now = now_millis();
+        Some(Record {
+            meta: Meta {
+                key,
+                app: self.app.clone(),
+                context_path: self.context_path.clone(),
+                node: self.node.clone(),
+                principal: snapshot.principal,
+                created_at: snapshot.created_at,
+                modified_at: now,
+                expires_at: now.saturating_add(millis(self.timeout)),
+                max_inactive_secs: i64::try_from(self.timeout.as_secs()).unwrap_or(i64::MAX),
+                version: snapshot.version,
+                attributes: encoded.keys().cloned().collect(),
+                size_bytes: i64::try_from(data.len()).unwrap_or(i64::MAX),
+            },
+            data,
+        })
+    }
 }
 
 impl AppShared {
@@ -418,14 +484,20 @@ impl AppShared {
     ) -> (Answer, bool) {
         // Async mode, and the session already has a write queued: this change goes with it,
         // encoded once when the writer makes it, not on every request.
-        if persister.mode() == SaveMode::Async
-            && persister
+        let snapshot = if persister.mode() == SaveMode::Async {
+            let snapshot = Arc::new(snapshot);
+            let folded = self.folded(id, &snapshot);
+            if persister
                 .persistence()
                 .writer()
-                .fold(&id.store_key(), entry, || self.refresh(id, entry))
-        {
-            return (Answer::Done, false);
-        }
+                .fold(&id.store_key(), entry, folded)
+            {
+                return (Answer::Done, false);
+            }
+            Arc::try_unwrap(snapshot).unwrap_or_else(|shared| (*shared).clone())
+        } else {
+            snapshot
+        };
         let new = snapshot.new;
         let started = std::time::Instant::now();
         let Some(record) = self.record(id, snapshot) else {
@@ -482,102 +554,20 @@ impl AppShared {
         entry.lock().end();
     }
 
-    /// How the writer encodes `entry`'s newest state under `id` when it writes a folded change.
-    fn refresh(self: &Arc<Self>, id: &SessionId, entry: &Arc<Entry>) -> Refresh {
-        let app = Arc::clone(self);
-        let id = id.clone();
-        let encode = move |entry: &Entry| {
-            let snapshot = {
-                let state = entry.lock();
-                // Ended, or rotated to another key: the queued record stands (and the delete
-                // or the new key's own write follows). A request between its change and its
-                // save (`dirty`) will save the whole state itself: the queued record stands, so
-                // no half-made change is written.
-                if state.invalidated || state.dirty || state.id != id {
-                    return None;
-                }
-                Snapshot {
-                    principal: state.principal.clone(),
-                    created_at: state.created_at,
-                    version: state.version,
-                    new: !state.persisted,
-                    attributes: state
-                        .attributes
-                        .iter()
-                        .map(|(name, value)| (name.clone(), value.clone()))
-                        .collect(),
-                }
-            };
-            app.record(&id, snapshot)
-        };
-        Refresh {
-            entry: Arc::clone(entry),
-            encode: Arc::new(encode),
+    /// `snapshot` as a change folded into a queued write: encoded when the writer makes it,
+    /// with the app's settings only (no reference back to the app, its cache or its writer;
+    /// the writer drains after the app is gone).
+    fn folded(&self, id: &SessionId, snapshot: &Arc<Snapshot>) -> Folded {
+        let (settings, id, state) = (Arc::clone(&self.settings), id.clone(), Arc::clone(snapshot));
+        Folded {
+            version: snapshot.version,
+            encode: Arc::new(move || settings.record(&id, (*state).clone())),
         }
     }
 
-    /// Encodes a snapshot (user `Serialize` impls run here, outside any lock). `None` if the
-    /// envelope cannot be built, which must not overwrite a good row.
+    /// Encodes a snapshot (see [`AppSettings::record`]).
     fn record(&self, id: &SessionId, snapshot: Snapshot) -> Option<Record> {
-        let mut encoded = EncodedAttributes::new();
-        for (name, value) in snapshot.attributes {
-            match value {
-                Value::Live(live) => match live.encode() {
-                    Ok(bytes) => {
-                        encoded.insert(name, bytes);
-                    }
-                    Err(error) => tracing::error!(
-                        app = %self.settings.app,
-                        session = %id.short_hash(),
-                        "Failed to serialize attribute: {name} ({}): {}; it will not survive failover",
-                        live.type_name(),
-                        crate::check::chain(&error)
-                    ),
-                },
-                Value::Encoded { bytes, .. } => {
-                    encoded.insert(name, bytes.to_vec());
-                }
-                Value::Local { type_name, .. } => tracing::debug!(
-                    app = %self.settings.app,
-                    session = %id.short_hash(),
-                    attribute = %name,
-                    rust_type = type_name,
-                    "node-local attribute not persisted"
-                ),
-            }
-        }
-        let key = id.store_key();
-        let binding = Binding {
-            app: &self.settings.app,
-            key: &key,
-            principal: snapshot.principal.as_deref(),
-        };
-        let data = match self.codec.encode(&encoded, binding) {
-            Ok(data) => data,
-            Err(error) => {
-                tracing::error!(app = %self.settings.app, session = %id.short_hash(), error = &error as &dyn std::error::Error, "cannot encode session; not saved");
-                return None;
-            }
-        };
-        let now = now_millis();
-        Some(Record {
-            meta: Meta {
-                key,
-                app: self.settings.app.clone(),
-                context_path: self.settings.context_path.clone(),
-                node: self.settings.node.clone(),
-                principal: snapshot.principal,
-                created_at: snapshot.created_at,
-                modified_at: now,
-                expires_at: now.saturating_add(millis(self.settings.timeout)),
-                max_inactive_secs: i64::try_from(self.settings.timeout.as_secs())
-                    .unwrap_or(i64::MAX),
-                version: snapshot.version,
-                attributes: encoded.keys().cloned().collect(),
-                size_bytes: i64::try_from(data.len()).unwrap_or(i64::MAX),
-            },
-            data,
-        })
+        self.settings.record(id, snapshot)
     }
 
     /// Sets the session cookie, or expires it when `id` is `None`.

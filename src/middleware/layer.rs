@@ -112,7 +112,7 @@ impl SessionFailoverLayer {
         );
         Self {
             shared: Arc::new(AppShared {
-                settings,
+                settings: Arc::new(settings),
                 cache,
                 persister,
                 codec,
@@ -122,7 +122,7 @@ impl SessionFailoverLayer {
     }
 
     fn rebuild(self, change: impl FnOnce(&mut AppSettings)) -> Self {
-        let mut settings = self.shared.settings.clone();
+        let mut settings = (*self.shared.settings).clone();
         change(&mut settings);
         Self::build(settings, self.shared.persister.clone())
     }
@@ -143,7 +143,7 @@ impl SessionFailoverLayer {
     /// Persists sessions through `persistence` (shared with other apps of the process) in `mode`.
     pub fn with_persistence(self, persistence: Persistence, mode: SaveMode) -> Self {
         Self::build(
-            self.shared.settings.clone(),
+            (*self.shared.settings).clone(),
             Some(Persister::new(persistence, mode)),
         )
     }

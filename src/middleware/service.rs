@@ -87,25 +87,37 @@ where
                     // that short. Otherwise it finishes in its own task, which is what a spawn
                     // per request would cost every time.
                     let mut finish = Box::pin(Arc::clone(&app).execute(finish));
-                    let answer = match std::future::poll_fn(|cx| {
-                        Poll::Ready(finish.as_mut().poll(cx))
+                    // A panic (a user `Serialize`, say) is contained as it is in a task: logged,
+                    // and the response still sent.
+                    let polled = std::future::poll_fn(|cx| {
+                        Poll::Ready(std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+                            || finish.as_mut().poll(cx),
+                        )))
                     })
-                    .await
-                    {
-                        Poll::Ready(answer) => Ok(answer),
-                        Poll::Pending => tokio::spawn(finish).await,
+                    .await;
+                    let answer = match polled {
+                        Ok(Poll::Ready(answer)) => Some(answer),
+                        Ok(Poll::Pending) => tokio::spawn(finish)
+                            .await
+                            .inspect_err(|error| {
+                                tracing::error!(%error, "session save task failed");
+                            })
+                            .ok(),
+                        Err(_) => {
+                            tracing::error!("session save panicked");
+                            None
+                        }
                     };
                     match answer {
-                        Ok(Answer::Done) => {}
+                        Some(Answer::Done) | None => {}
                         // The change was not kept: do not acknowledge it.
-                        Ok(Answer::Conflict) => {
+                        Some(Answer::Conflict) => {
                             return Ok(replace(&response, StatusCode::CONFLICT));
                         }
                         // The cause is in the log (the attribute names), not in the body.
-                        Ok(Answer::CheckFailed) => {
+                        Some(Answer::CheckFailed) => {
                             return Ok(replace(&response, StatusCode::INTERNAL_SERVER_ERROR));
                         }
-                        Err(error) => tracing::error!(%error, "session save task failed"),
                     }
                 }
                 Ok(response)

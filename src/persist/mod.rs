@@ -22,7 +22,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 pub use writer::{DrainReport, FlushReport, Scope, Worker, WriteBehind, WriterConfig};
-pub(crate) use writer::{Op, Outcome, Refresh, apply};
+pub(crate) use writer::{Folded, Op, Outcome, apply};
 
 use crate::config::SaveMode;
 use crate::session::SessionKey;

@@ -95,27 +95,49 @@ pub(crate) enum Outcome {
 #[derive(Debug)]
 pub(crate) struct QueueFull;
 
-/// Encodes a node entry's current state as the record of a queued key.
-pub(crate) type EncodeEntry = dyn Fn(&Entry) -> Option<Record> + Send + Sync;
+/// Encodes a folded change as the record of its queued key.
+pub(crate) type EncodeFolded = dyn Fn() -> Option<Record> + Send + Sync;
 
-/// Re-encodes a queued session from its node entry, for the newest state at write time.
+/// A later change of a session folded into its queued async write, encoded only when the write
+/// is made: the state the request that made it acknowledged, not whatever the entry holds then.
 #[derive(Clone)]
-pub(crate) struct Refresh {
-    /// Held strongly: the newest state may be nowhere else until it is written.
-    pub(crate) entry: Arc<Entry>,
-    /// The record of the entry's current state under the queued key; `None` if there is none
-    /// to write (ended, rotated away, or not encodable), and the queued record stands.
-    pub(crate) encode: Arc<EncodeEntry>,
+pub(crate) struct Folded {
+    /// The version of that state.
+    pub(crate) version: i64,
+    /// Its record; `None` if it cannot be encoded (logged where it fails).
+    pub(crate) encode: Arc<EncodeFolded>,
 }
 
-impl Refresh {
-    /// The newer of `record` and the entry's current state.
-    fn newest(&self, record: &mut Record) {
-        if let Some(fresh) = (self.encode)(&self.entry)
-            && fresh.meta.version > record.meta.version
-        {
-            *record = fresh;
+impl Folded {
+    /// Makes `record` the folded state if that is newer. `false` if the folded state could not
+    /// be encoded (or its encoding panicked): `record` stands, and the caller must keep the
+    /// change for the session's next request.
+    fn newest(&self, record: &mut Record) -> bool {
+        if self.version <= record.meta.version {
+            return true;
         }
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.encode)())) {
+            Ok(Some(fresh)) => {
+                *record = fresh;
+                true
+            }
+            Ok(None) => false,
+            Err(_) => {
+                tracing::error!(
+                    session = %record.meta.key.short_hash(),
+                    "encoding the session panicked; its older queued state is written and the change is kept in memory"
+                );
+                false
+            }
+        }
+    }
+}
+
+/// The newer of two folded changes.
+fn newer(a: Option<Folded>, b: Option<Folded>) -> Option<Folded> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if a.version >= b.version { a } else { b }),
+        (a, b) => a.or(b),
     }
 }
 
@@ -123,9 +145,8 @@ struct Pending {
     op: Op,
     /// The session's node entry, told what became of the write.
     entry: Weak<Entry>,
-    /// Set when later changes of the session were folded into this write without being
-    /// encoded (async mode): the write takes the entry's state when it is made.
-    refresh: Option<Refresh>,
+    /// A later change folded into this write without being encoded yet (async mode).
+    folded: Option<Folded>,
     waiters: Vec<oneshot::Sender<Outcome>>,
     /// When the oldest state merged into this one was queued.
     since: Instant,
@@ -246,7 +267,7 @@ impl Queue {
 /// Merges a new write into the pending one of the same session.
 fn merge(old: Pending, mut new: Pending) -> Pending {
     new.since = old.since;
-    new.refresh = new.refresh.or_else(|| old.refresh.clone());
+    new.folded = newer(old.folded.clone(), new.folded.take());
     new.attempts = old.attempts;
     new.not_before = old.not_before;
     let mut waiters = old.waiters;
@@ -508,7 +529,7 @@ impl WriteBehind {
         let pending = Pending {
             op,
             entry,
-            refresh: None,
+            folded: None,
             waiters: waiter.into_iter().collect(),
             since: now,
             attempts: 0,
@@ -529,7 +550,7 @@ impl WriteBehind {
     /// `Some(None)` if the session is queued for deletion or was deleted lately. A restore on
     /// this node must see it, not the older row in the store.
     pub(crate) fn pending(&self, key: &SessionKey) -> Option<Option<(Record, bool)>> {
-        let (found, refresh) = {
+        let (found, folded) = {
             let queue = self.shared.queue();
             if queue.deleted.contains_key(key) {
                 return Some(None);
@@ -539,39 +560,32 @@ impl WriteBehind {
                 Op::Save { record, new } => Some((record.clone(), !new)),
                 Op::Delete => None,
             };
-            (found, pending.refresh.clone())
+            (found, pending.folded.clone())
         };
         // Encoded outside the queue's lock.
         Some(found.map(|(mut record, exists)| {
-            if let Some(refresh) = refresh {
-                refresh.newest(&mut record);
+            if let Some(folded) = folded {
+                folded.newest(&mut record);
             }
             (record, exists)
         }))
     }
 
-    /// Folds a later change of `key` into its queued async write without encoding it now:
-    /// `true` if there was such a write (not yet taken for writing), which will then take the
-    /// entry's state when it is made. `false`: the caller encodes and enqueues as usual.
-    ///
-    /// `entry` is the session's node entry now. If the write holds another one (the session
-    /// left the cache and was restored from this queue since), the write follows the new one,
-    /// which started from the old one's state.
-    pub(crate) fn fold(
-        &self,
-        key: &SessionKey,
-        entry: &Arc<Entry>,
-        refresh: impl FnOnce() -> Refresh,
-    ) -> bool {
+    /// Folds a later change of `key` (made on `entry`) into its queued async write without
+    /// encoding it now: `true` if there was such a write not yet taken for writing; it will
+    /// encode the newest folded change when it is made. `false`: the caller encodes and
+    /// enqueues as usual.
+    pub(crate) fn fold(&self, key: &SessionKey, entry: &Arc<Entry>, folded: Folded) -> bool {
         let mut queue = self.shared.queue();
         match queue.lazy.get_mut(key) {
             Some(pending) if matches!(pending.op, Op::Save { .. }) => {
-                let same = pending
-                    .refresh
+                if pending
+                    .folded
                     .as_ref()
-                    .is_some_and(|r| Arc::ptr_eq(&r.entry, entry));
-                if !same {
-                    pending.refresh = Some(refresh());
+                    .is_none_or(|f| f.version < folded.version)
+                {
+                    pending.folded = Some(folded);
+                    // Told what became of the write: the entry whose state it carries.
                     pending.entry = Arc::downgrade(entry);
                 }
                 true
@@ -745,8 +759,12 @@ impl Shared {
     async fn write(&self, mut batch: Vec<(SessionKey, Pending)>) -> FlushReport {
         // Folded changes are encoded now, once per session and batch, outside the queue's lock.
         for (_, pending) in &mut batch {
-            if let (Some(refresh), Op::Save { record, .. }) = (&pending.refresh, &mut pending.op) {
-                refresh.newest(record);
+            if let (Some(folded), Op::Save { record, .. }) = (&pending.folded, &mut pending.op)
+                && !folded.newest(record)
+                && let Some(entry) = pending.entry.upgrade()
+            {
+                // Not encodable now: the session's next request saves it again.
+                entry.lock().dirty = true;
             }
         }
         let mut report = FlushReport {
