@@ -195,7 +195,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
 
 async fn build_session_failover(repo: &Path) -> anyhow::Result<PathBuf> {
     eprintln!("building session-failover (cargo build --release)…");
-    let status = Command::new(env!("CARGO"))
+    let status = Command::new("cargo")
         .args(["build", "--release", "--quiet", "--bin", "session-failover"])
         .current_dir(repo)
         .status()
