@@ -227,11 +227,12 @@ async fn only_one_node_purges_at_a_time() {
             }
             Backend::MySql => {
                 let mut c = sqlx::MySqlConnection::connect(&db.url).await.unwrap();
-                let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, 0)")
-                    .bind(store::MYSQL_PURGE_LOCK)
-                    .fetch_one(&mut c)
-                    .await
-                    .unwrap();
+                let got: Option<i64> =
+                    sqlx::query_scalar("SELECT GET_LOCK(CONCAT(?, MD5(DATABASE())), 0)")
+                        .bind(store::MYSQL_PURGE_LOCK)
+                        .fetch_one(&mut c)
+                        .await
+                        .unwrap();
                 assert_eq!(got, Some(1));
                 Box::new(c)
             }
@@ -240,6 +241,20 @@ async fn only_one_node_purges_at_a_time() {
         assert!(
             report.skipped,
             "{backend:?}: a second node skips while one purges"
+        );
+        // The lock is per database: a deployment in another database of the same server purges.
+        let elsewhere = TestDb::create(backend, "purge_lock_elsewhere")
+            .await
+            .unwrap();
+        let elsewhere_store = store::open(&elsewhere.url, &StoreOptions::default())
+            .await
+            .unwrap();
+        fill_expired(Some(backend), &elsewhere.url, 10).await;
+        let report = purger(elsewhere_store).purge_once(NOW).await.unwrap();
+        assert_eq!(
+            (report.skipped, report.deleted),
+            (false, 10),
+            "{backend:?}: another database is not blocked"
         );
         assert_eq!(
             store.length().await.unwrap(),

@@ -11,8 +11,11 @@ use super::sql::{META_COLUMNS, attribute_names, chunks, latest_per_key, meta_fro
 use super::{EpochMillis, Error, ListQuery, Meta, Record, SessionStore, StoreOptions, Update};
 use crate::session::SessionKey;
 
-/// The `GET_LOCK` name of the purge.
-pub const PURGE_LOCK: &str = "session_failover_purge";
+/// The prefix of the purge's `GET_LOCK` name. `GET_LOCK` names are global to the server, so the
+/// name is this prefix plus the MD5 of the database's name (at most 55 characters; MySQL allows
+/// 64): deployments in two databases of one server do not skip each other's purge. Take it as
+/// `GET_LOCK(CONCAT(PURGE_LOCK, MD5(DATABASE())), 0)`.
+pub const PURGE_LOCK: &str = "session_failover_purge:";
 
 /// Rows per multi-row statement (13 placeholders each, far below MySQL's 65,535).
 const MAX_ROWS: usize = 500;
@@ -447,10 +450,11 @@ impl SessionStore for MySqlStore {
         batch_size: u32,
     ) -> Result<Option<u64>, Error> {
         let mut conn = self.pool.acquire().await?;
-        let locked: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, 0)")
-            .bind(PURGE_LOCK)
-            .fetch_one(&mut *conn)
-            .await?;
+        let locked: Option<i64> =
+            sqlx::query_scalar("SELECT GET_LOCK(CONCAT(?, MD5(DATABASE())), 0)")
+                .bind(PURGE_LOCK)
+                .fetch_one(&mut *conn)
+                .await?;
         if locked != Some(1) {
             return Ok(None);
         }
@@ -472,7 +476,7 @@ impl SessionStore for MySqlStore {
             }
         }
         .await;
-        sqlx::query("SELECT RELEASE_LOCK(?)")
+        sqlx::query("SELECT RELEASE_LOCK(CONCAT(?, MD5(DATABASE())))")
             .bind(PURGE_LOCK)
             .execute(&mut *conn)
             .await?;
