@@ -533,20 +533,17 @@ async fn stored_sessions(
     server: &Server,
     target: Target,
 ) -> anyhow::Result<Option<(u64, f64)>> {
-    let (table, column) = if target.is_ours() {
-        ("stored_http_session", "data")
-    } else {
-        match target.backend() {
-            Backend::Sqlite => ("tower_sessions", "data"),
-            _ => ("tower_sessions.session", "data"),
-        }
+    let table = match (target.is_ours(), target.backend()) {
+        (true, _) => "stored_http_session",
+        (false, Backend::Sqlite) => "tower_sessions",
+        (false, _) => "tower_sessions.session",
     };
     let row = match target.backend() {
         Backend::None => return Ok(None),
         Backend::Postgres => {
             let mut conn = PgConnection::connect(&options.postgres_url).await?;
             let row = sqlx::query(&format!(
-                "SELECT count(*)::int8, coalesce(avg(octet_length({column})), 0)::float8 FROM {table}"
+                "SELECT count(*)::int8, coalesce(avg(octet_length(data)), 0)::float8 FROM {table}"
             ))
             .fetch_one(&mut conn)
             .await?;
@@ -563,7 +560,7 @@ async fn stored_sessions(
                 .connect()
                 .await?;
             let row: (i64, f64) = sqlx::query_as(&format!(
-                "SELECT count(*), coalesce(avg(length({column})), 0.0) FROM {table}"
+                "SELECT count(*), coalesce(avg(length(data)), 0.0) FROM {table}"
             ))
             .fetch_one(&mut conn)
             .await?;

@@ -35,15 +35,8 @@ enum Command {
             default_value = "health,read,write,mixed"
         )]
         workloads: Vec<Workload>,
-        /// Concurrent users.
-        #[arg(long, default_value_t = 64)]
-        users: usize,
-        /// Warm-up per measurement, seconds.
-        #[arg(long, default_value_t = 3.0)]
-        warmup: f64,
-        /// Measured window per measurement, seconds.
-        #[arg(long, default_value_t = 15.0)]
-        seconds: f64,
+        #[command(flatten)]
+        load: LoadArgs,
         /// Rounds; each measures every target under every workload once.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
@@ -67,15 +60,8 @@ enum Command {
         /// What the users do.
         #[arg(long, value_enum, default_value = "read")]
         workload: Workload,
-        /// Concurrent users.
-        #[arg(long, default_value_t = 64)]
-        users: usize,
-        /// Warm-up, seconds.
-        #[arg(long, default_value_t = 3.0)]
-        warmup: f64,
-        /// Measured window, seconds.
-        #[arg(long, default_value_t = 15.0)]
-        seconds: f64,
+        #[command(flatten)]
+        load: LoadArgs,
         /// Do not check cart answers (for a server without sessions).
         #[arg(long)]
         stateless: bool,
@@ -100,9 +86,34 @@ enum Command {
     },
 }
 
-fn seconds(value: f64, flag: &str) -> anyhow::Result<Duration> {
-    Duration::try_from_secs_f64(value)
-        .map_err(|_| anyhow::anyhow!("--{flag} must be a number of seconds ≥ 0, not {value}"))
+/// How many users, and for how long (per measurement, for `run`).
+#[derive(clap::Args)]
+struct LoadArgs {
+    /// Concurrent users.
+    #[arg(long, default_value_t = 64)]
+    users: usize,
+    /// Warm-up, seconds.
+    #[arg(long, default_value_t = 3.0)]
+    warmup: f64,
+    /// Measured window, seconds.
+    #[arg(long, default_value_t = 15.0)]
+    seconds: f64,
+}
+
+impl LoadArgs {
+    /// The warm-up and the measured window; the window must be more than 0.
+    fn durations(&self) -> anyhow::Result<(Duration, Duration)> {
+        let seconds = |value: f64, flag: &str| {
+            Duration::try_from_secs_f64(value).map_err(|_| {
+                anyhow::anyhow!("--{flag} must be a number of seconds ≥ 0, not {value}")
+            })
+        };
+        let duration = seconds(self.seconds, "seconds")?;
+        if duration.is_zero() {
+            anyhow::bail!("--seconds must be more than 0");
+        }
+        Ok((seconds(self.warmup, "warmup")?, duration))
+    }
 }
 
 #[tokio::main]
@@ -111,22 +122,17 @@ async fn main() -> anyhow::Result<()> {
         Command::Run {
             targets,
             workloads,
-            users,
-            warmup,
-            seconds: measured,
+            load,
             rounds,
             postgres_url,
             session_failover,
         } => {
-            let duration = seconds(measured, "seconds")?;
-            if duration.is_zero() {
-                anyhow::bail!("--seconds must be more than 0");
-            }
+            let (warmup, duration) = load.durations()?;
             driver::run(driver::Options {
                 targets: targets.unwrap_or_else(|| Target::ALL.to_vec()),
                 workloads,
-                users,
-                warmup: seconds(warmup, "warmup")?,
+                users: load.users,
+                warmup,
                 duration,
                 rounds: rounds.max(1),
                 postgres_url,
@@ -137,16 +143,15 @@ async fn main() -> anyhow::Result<()> {
         Command::Load {
             addr,
             workload,
-            users,
-            warmup,
-            seconds: measured,
+            load,
             stateless,
         } => {
+            let (warmup, duration) = load.durations()?;
             let report = loadgen::run(loadgen::LoadConfig {
                 addr,
-                users,
-                warmup: seconds(warmup, "warmup")?,
-                duration: seconds(measured, "seconds")?,
+                users: load.users,
+                warmup,
+                duration,
                 workload,
                 check_state: !stateless,
             })

@@ -500,7 +500,7 @@ impl AppShared {
         };
         let new = snapshot.new;
         let started = std::time::Instant::now();
-        let Some(record) = self.record(id, snapshot) else {
+        let Some(record) = self.settings.record(id, snapshot) else {
             entry.lock().dirty = true;
             return (Answer::Done, false);
         };
@@ -563,11 +563,6 @@ impl AppShared {
             version: snapshot.version,
             encode: Arc::new(move || settings.record(&id, (*state).clone())),
         }
-    }
-
-    /// Encodes a snapshot (see [`AppSettings::record`]).
-    fn record(&self, id: &SessionId, snapshot: Snapshot) -> Option<Record> {
-        self.settings.record(id, snapshot)
     }
 
     /// Sets the session cookie, or expires it when `id` is `None`.
