@@ -25,86 +25,24 @@ use std::time::{Duration, Instant};
 
 use session_failover::config::Properties;
 use session_failover::persist::Persistence;
-use session_failover::session::SessionKey;
-use session_failover::store::{
-    self, EpochMillis, ListQuery, Meta, Record, SessionStore, StoreOptions, Update,
-};
+use session_failover::store::testing::{Call, Hook, Wrapped};
+use session_failover::store::{self, SessionAdmin, StoreOptions};
 use session_failover::{Config, server};
 
 /// Counts statements (store calls that write) and rows written.
+#[derive(Default)]
 struct Counting {
-    inner: Arc<dyn SessionStore>,
     statements: AtomicU64,
     rows: AtomicU64,
 }
 
-impl Counting {
-    fn wrote(&self, rows: usize) {
-        self.statements.fetch_add(1, Ordering::Relaxed);
-        self.rows.fetch_add(rows as u64, Ordering::Relaxed);
-    }
-}
-
-#[async_trait::async_trait]
-impl SessionStore for Counting {
-    async fn get(
-        &self,
-        key: &SessionKey,
-        now: EpochMillis,
-    ) -> Result<Option<Record>, store::Error> {
-        self.inner.get(key, now).await
-    }
-    async fn set(&self, record: &Record) -> Result<(), store::Error> {
-        self.wrote(1);
-        self.inner.set(record).await
-    }
-    async fn update(&self, record: &Record) -> Result<Update, store::Error> {
-        self.wrote(1);
-        self.inner.update(record).await
-    }
-    async fn set_many(&self, records: &[Record]) -> Result<(), store::Error> {
-        self.wrote(records.len());
-        self.inner.set_many(records).await
-    }
-    async fn update_many(&self, records: &[Record]) -> Result<Vec<Update>, store::Error> {
-        self.wrote(records.len());
-        self.inner.update_many(records).await
-    }
-    async fn destroy(&self, key: &SessionKey) -> Result<bool, store::Error> {
-        self.inner.destroy(key).await
-    }
-    async fn destroy_many(&self, keys: &[SessionKey]) -> Result<u64, store::Error> {
-        self.inner.destroy_many(keys).await
-    }
-    async fn exists(&self, key: &SessionKey, now: EpochMillis) -> Result<bool, store::Error> {
-        self.inner.exists(key, now).await
-    }
-    async fn ttl(
-        &self,
-        key: &SessionKey,
-        now: EpochMillis,
-    ) -> Result<Option<Duration>, store::Error> {
-        self.inner.ttl(key, now).await
-    }
-    async fn reset_timer(
-        &self,
-        key: &SessionKey,
-        m: EpochMillis,
-        e: EpochMillis,
-    ) -> Result<bool, store::Error> {
-        self.inner.reset_timer(key, m, e).await
-    }
-    async fn length(&self) -> Result<u64, store::Error> {
-        self.inner.length().await
-    }
-    async fn clear(&self) -> Result<(), store::Error> {
-        self.inner.clear().await
-    }
-    async fn list(&self, query: &ListQuery) -> Result<Vec<Meta>, store::Error> {
-        self.inner.list(query).await
-    }
-    async fn purge_expired(&self, now: EpochMillis, batch: u32) -> Result<u64, store::Error> {
-        self.inner.purge_expired(now, batch).await
+impl Hook for Counting {
+    async fn before(&self, call: Call<'_>) -> Result<(), store::Error> {
+        if let Call::Write(_, records) = call {
+            self.statements.fetch_add(1, Ordering::Relaxed);
+            self.rows.fetch_add(records.len() as u64, Ordering::Relaxed);
+        }
+        Ok(())
     }
 }
 
@@ -140,16 +78,12 @@ fn config(mode: &str) -> Config {
 
 async fn run(
     mode: &str,
-    store: Arc<dyn SessionStore>,
+    store: Arc<dyn SessionAdmin>,
     users: usize,
     warmup: Duration,
     measure: Duration,
 ) -> Outcome {
-    let counting = Arc::new(Counting {
-        inner: store,
-        statements: 0.into(),
-        rows: 0.into(),
-    });
+    let counting: Arc<Wrapped<Counting>> = Wrapped::new(store);
     let config = config(mode);
     let persistence = Persistence::from_config(counting.clone(), &config);
     let router = server::app(&config, "bench", Some(persistence.clone()));

@@ -41,6 +41,7 @@
 //! - [`server`]: the runnable demo storefront.
 
 pub mod admin;
+#[cfg(feature = "backoffice")]
 pub mod backoffice;
 mod cache;
 pub mod check;
@@ -50,6 +51,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod persist;
 pub mod purge;
+#[cfg(feature = "cli")]
 pub mod server;
 pub mod session;
 pub mod store;
@@ -57,7 +59,7 @@ pub mod store;
 pub use config::{Config, SaveMode};
 pub use middleware::SessionFailoverLayer;
 pub use session::Session;
-pub use store::SessionStore;
+pub use store::{SessionAdmin, SessionStore};
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

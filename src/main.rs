@@ -164,7 +164,7 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
 
 async fn sessions(
     config: &Config,
-    store: &std::sync::Arc<dyn session_failover::SessionStore>,
+    store: &std::sync::Arc<dyn session_failover::SessionAdmin>,
     action: SessionsAction,
     json: bool,
 ) -> anyhow::Result<()> {

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::json;
 use session_failover::persist::Persistence;
 use session_failover::session::SessionId;
-use session_failover::store::SessionStore;
+use session_failover::store::SessionAdmin;
 use session_failover::{SaveMode, Session, SessionFailoverLayer, server};
 use sqlx::Row as _;
 
@@ -27,7 +27,7 @@ fn encrypted(secret: &str, previous: &str) -> String {
     )
 }
 
-fn node(local: &str, name: &str, store: Arc<dyn SessionStore>) -> Router {
+fn node(local: &str, name: &str, store: Arc<dyn SessionAdmin>) -> Router {
     let config = config(local);
     let persistence = Persistence::from_config(store, &config);
     server::app(&config, name, Some(persistence))
@@ -57,7 +57,7 @@ async fn set_blob(sqlite: &session_failover::store::SqliteStore, id: &str, data:
 async fn the_table_holds_ciphertext_and_tampering_gives_a_fresh_session() {
     let dir = tempfile::tempdir().unwrap();
     let sqlite = sqlite(dir.path()).await;
-    let store: Arc<dyn SessionStore> = Arc::new(sqlite.clone());
+    let store: Arc<dyn SessionAdmin> = Arc::new(sqlite.clone());
     let local = encrypted(SECRET_A, "");
     let a = node(&local, "a", store.clone());
     let mut ids = Vec::new();
@@ -277,7 +277,7 @@ struct CartV2 {
 async fn an_attribute_whose_type_changed_is_dropped_and_named_while_the_others_load() {
     let (logs, _guard) = Logs::capture();
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn SessionStore> = Arc::new(sqlite(dir.path()).await);
+    let store: Arc<dyn SessionAdmin> = Arc::new(sqlite(dir.path()).await);
     let old = Router::new()
         .route(
             "/",
@@ -347,7 +347,7 @@ struct Lossy {
     lost: u32,
 }
 
-fn checked(store: Arc<dyn SessionStore>, check: bool, response_error: bool) -> Router {
+fn checked(store: Arc<dyn SessionAdmin>, check: bool, response_error: bool) -> Router {
     Router::new()
         .route(
             "/bad",
@@ -377,7 +377,7 @@ fn checked(store: Arc<dyn SessionStore>, check: bool, response_error: bool) -> R
 async fn the_checker_names_what_would_not_survive_failover() {
     let (logs, _guard) = Logs::capture();
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn SessionStore> = Arc::new(sqlite(dir.path()).await);
+    let store: Arc<dyn SessionAdmin> = Arc::new(sqlite(dir.path()).await);
 
     // Off: nothing extra is encoded, whatever the session holds.
     let before = session_failover::check::encodings();

@@ -15,7 +15,7 @@ use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
 use session_failover::persist::Persistence;
 use session_failover::server;
-use session_failover::store::SessionStore;
+use session_failover::store::SessionAdmin;
 use tower::ServiceExt as _;
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -28,7 +28,7 @@ fn hash() -> String {
         .to_string()
 }
 
-fn node(extra: &str, store: Arc<dyn SessionStore>) -> Router {
+fn node(extra: &str, store: Arc<dyn SessionAdmin>) -> Router {
     let config = config(&format!(
         "spring.session.enabled=true\nspring.session.storefront.save=sync\n{extra}"
     ));
@@ -104,7 +104,7 @@ async fn without_credentials_the_backoffice_does_not_exist() {
 #[tokio::test]
 async fn operators_sign_in_find_show_and_delete_sessions() {
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn SessionStore> = Arc::new(sqlite(dir.path()).await);
+    let store: Arc<dyn SessionAdmin> = Arc::new(sqlite(dir.path()).await);
     let app = node(
         &format!(
             "session.backoffice.user=admin\nsession.backoffice.password.hash={}\n",
@@ -363,7 +363,7 @@ async fn operators_sign_in_find_show_and_delete_sessions() {
 #[tokio::test]
 async fn values_are_shown_only_when_configured() {
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn SessionStore> = Arc::new(sqlite(dir.path()).await);
+    let store: Arc<dyn SessionAdmin> = Arc::new(sqlite(dir.path()).await);
     let app = node(
         &format!(
             "session.backoffice.user=admin\nsession.backoffice.password.hash={}\nsession.backoffice.show.values=true\n",

@@ -14,7 +14,7 @@ use common::backends::{Backend, TestDb};
 use common::{Client, Server, config_dir, free_port, items, require_program};
 use http::StatusCode;
 use serde_json::json;
-use session_failover::store::{ListQuery, SessionStore, StoreOptions};
+use session_failover::store::{ListQuery, SessionAdmin, StoreOptions};
 
 const USERS: usize = 24;
 const ADDS_BEFORE: usize = 4;
@@ -138,7 +138,7 @@ async fn cluster_failover(backend: Backend, test: &str) {
     let base = format!("http://127.0.0.1:{front}");
     wait_until_all_up(&base).await;
 
-    let store: Arc<dyn SessionStore> =
+    let store: Arc<dyn SessionAdmin> =
         session_failover::store::open(&db.url, &StoreOptions::default())
             .await
             .unwrap();
@@ -255,7 +255,7 @@ async fn wait_until_all_up(base: &str) {
     panic!("HAProxy did not come up at {base}");
 }
 
-async fn rows_by_node(store: &dyn SessionStore) -> BTreeMap<String, usize> {
+async fn rows_by_node(store: &dyn SessionAdmin) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
     for meta in store
         .list(&ListQuery {

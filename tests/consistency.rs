@@ -14,17 +14,17 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use session_failover::persist::Persistence;
 use session_failover::session::SessionId;
-use session_failover::store::{SessionStore, SqliteStore};
+use session_failover::store::{SessionAdmin, SqliteStore};
 use session_failover::{SaveMode, Session, SessionFailoverLayer, server};
 use sqlx::Row as _;
 
 const SYNC: &str = "spring.session.enabled=true\nspring.session.storefront.save=sync\n";
 
-fn node(name: &str, store: Arc<dyn SessionStore>) -> Router {
+fn node(name: &str, store: Arc<dyn SessionAdmin>) -> Router {
     node_with(SYNC, name, store)
 }
 
-fn node_with(local: &str, name: &str, store: Arc<dyn SessionStore>) -> Router {
+fn node_with(local: &str, name: &str, store: Arc<dyn SessionAdmin>) -> Router {
     let config = config(local);
     let persistence = Persistence::from_config(store, &config);
     server::app(&config, name, Some(persistence))
@@ -126,7 +126,7 @@ async fn save_racing_a_logout(local: &str) -> (StatusCode, i64) {
 async fn a_logout_on_another_node_is_not_undone_by_a_stale_copy() {
     let dir = tempfile::tempdir().unwrap();
     let sqlite = sqlite(dir.path()).await;
-    let store: Arc<dyn SessionStore> = Arc::new(sqlite.clone());
+    let store: Arc<dyn SessionAdmin> = Arc::new(sqlite.clone());
     let a = node("a", store.clone());
     let b = node("b", store.clone());
     let id = send(&a, "POST", "/cart/items", None, add("A"))
@@ -160,7 +160,7 @@ async fn a_logout_on_another_node_is_not_undone_by_a_stale_copy() {
 async fn a_stale_copy_yields_to_the_newer_state_of_another_node() {
     let dir = tempfile::tempdir().unwrap();
     let sqlite = sqlite(dir.path()).await;
-    let store: Arc<dyn SessionStore> = Arc::new(sqlite.clone());
+    let store: Arc<dyn SessionAdmin> = Arc::new(sqlite.clone());
     let a = node("a", store.clone());
     let b = node("b", store.clone());
     let id = send(&a, "POST", "/cart/items", None, add("A"))
@@ -224,7 +224,7 @@ async fn the_old_id_is_dead_at_once_after_a_rotation() {
     assert_eq!(r.body["user"], "eve");
     assert_eq!(items(&r.body), [("A".to_owned(), 1)]);
     assert!(
-        !SessionStore::exists(&sqlite, &SessionId::parse(&old).unwrap().store_key(), 0)
+        !SessionAdmin::exists(&sqlite, &SessionId::parse(&old).unwrap().store_key(), 0)
             .await
             .unwrap()
     );
@@ -247,7 +247,7 @@ async fn an_older_reader_does_not_strip_fields_it_does_not_know() {
     // During a rolling upgrade, a node running the old build reads the newer struct with fewer
     // fields and then saves the session for another reason: the newer fields must survive.
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn SessionStore> = Arc::new(sqlite(dir.path()).await);
+    let store: Arc<dyn SessionAdmin> = Arc::new(sqlite(dir.path()).await);
     let layer = |node: &str| {
         SessionFailoverLayer::new("shop")
             .with_store(store.clone(), SaveMode::Sync)

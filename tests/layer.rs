@@ -11,13 +11,13 @@ use serde_json::json;
 use session_failover::persist::Persistence;
 use session_failover::server;
 use session_failover::session::SessionId;
-use session_failover::store::{ListQuery, SessionStore, SqliteStore};
+use session_failover::store::{ListQuery, SessionAdmin, SqliteStore};
 use sqlx::Row as _;
 
 const SYNC: &str = "spring.session.enabled=true\nspring.session.storefront.save=sync\n";
 
 /// A "node": the demo server's router with its own cache, on a shared store.
-fn node(local: &str, name: &str, store: Arc<dyn SessionStore>) -> Router {
+fn node(local: &str, name: &str, store: Arc<dyn SessionAdmin>) -> Router {
     {
         let config = config(local);
         let persistence = Persistence::from_config(store, &config);
@@ -246,7 +246,7 @@ fn parse_cookie(header: &str) -> cookie::Cookie<'static> {
 #[tokio::test]
 async fn per_app_cookie_settings_appear_in_set_cookie() {
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn SessionStore> = Arc::new(sqlite(dir.path()).await);
+    let store: Arc<dyn SessionAdmin> = Arc::new(sqlite(dir.path()).await);
 
     let app = node(
         &format!(
@@ -328,7 +328,7 @@ async fn per_app_cookie_settings_appear_in_set_cookie() {
 async fn cycle_id_and_invalidate_end_the_old_id_everywhere() {
     let dir = tempfile::tempdir().unwrap();
     let sqlite = sqlite(dir.path()).await;
-    let store: Arc<dyn SessionStore> = Arc::new(sqlite.clone());
+    let store: Arc<dyn SessionAdmin> = Arc::new(sqlite.clone());
     let a = node(SYNC, "a", store.clone());
 
     let before = send(&a, "POST", "/cart/items", None, add("A", 3))
@@ -384,7 +384,7 @@ async fn cycle_id_and_invalidate_end_the_old_id_everywhere() {
 async fn bad_cookies_get_a_fresh_session_and_never_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let sqlite = sqlite(dir.path()).await;
-    let store: Arc<dyn SessionStore> = Arc::new(sqlite.clone());
+    let store: Arc<dyn SessionAdmin> = Arc::new(sqlite.clone());
     let app = node(SYNC, "a", store.clone());
     let real = send(&app, "POST", "/cart/items", None, add("REAL", 1))
         .await
@@ -462,7 +462,7 @@ async fn bad_cookies_get_a_fresh_session_and_never_an_error() {
 async fn corrupt_or_foreign_rows_give_a_fresh_session() {
     let dir = tempfile::tempdir().unwrap();
     let sqlite = sqlite(dir.path()).await;
-    let store: Arc<dyn SessionStore> = Arc::new(sqlite.clone());
+    let store: Arc<dyn SessionAdmin> = Arc::new(sqlite.clone());
     let a = node(SYNC, "a", store.clone());
     let mut ids = Vec::new();
     for _ in 0..4 {
@@ -520,7 +520,7 @@ async fn corrupt_or_foreign_rows_give_a_fresh_session() {
 async fn an_unreachable_store_answers_503_not_a_fresh_session() {
     let dir = tempfile::tempdir().unwrap();
     let sqlite = sqlite(dir.path()).await;
-    let store: Arc<dyn SessionStore> = Arc::new(sqlite.clone());
+    let store: Arc<dyn SessionAdmin> = Arc::new(sqlite.clone());
     let a = node(SYNC, "a", store.clone());
     let id = send(&a, "POST", "/cart/items", None, add("A", 1))
         .await
@@ -547,7 +547,7 @@ async fn a_failed_save_is_retried_by_the_next_request() {
     // tests/writer.rs.)
     let dir = tempfile::tempdir().unwrap();
     let sqlite = sqlite(dir.path()).await;
-    let store: Arc<dyn SessionStore> = Arc::new(sqlite.clone());
+    let store: Arc<dyn SessionAdmin> = Arc::new(sqlite.clone());
     let direct = format!("{SYNC}session.save.group.commit=false\n");
     let a = node(&direct, "a", store.clone());
     let id = send(&a, "POST", "/cart/items", None, add("A", 1))
@@ -621,7 +621,7 @@ async fn reads_touch_the_row_at_most_once_per_tenth_of_the_timeout() {
 async fn expired_sessions_never_restore() {
     let dir = tempfile::tempdir().unwrap();
     let sqlite = sqlite(dir.path()).await;
-    let store: Arc<dyn SessionStore> = Arc::new(sqlite.clone());
+    let store: Arc<dyn SessionAdmin> = Arc::new(sqlite.clone());
     let local = format!("{SYNC}session.timeout=1\n");
     let a = node(&local, "a", store.clone());
     let id = send(&a, "POST", "/cart/items", None, add("A", 1))

@@ -10,7 +10,7 @@ use common::backends::{Backend, TestDb};
 use session_failover::purge::{PurgeSchedule, Purger};
 use session_failover::session::SessionId;
 use session_failover::store::{
-    self, ListQuery, Meta, MySqlStore, PgStore, Record, SessionStore, SqliteStore, StoreOptions,
+    self, ListQuery, Meta, MySqlStore, PgStore, Record, SessionAdmin, SqliteStore, StoreOptions,
 };
 use sqlx::Connection as _;
 
@@ -36,7 +36,7 @@ fn live(version: i64) -> Record {
     }
 }
 
-fn purger(store: Arc<dyn SessionStore>) -> Purger {
+fn purger(store: Arc<dyn SessionAdmin>) -> Purger {
     Purger::new(
         store,
         PurgeSchedule::parse("0 * * * * *").unwrap(),
@@ -100,7 +100,7 @@ async fn fill_expired(backend: Option<Backend>, url: &str, expired: u32) {
 
 /// Purges `expired` rows while a writer updates live sessions; checks what is left.
 async fn purge_under_load(
-    store: Arc<dyn SessionStore>,
+    store: Arc<dyn SessionAdmin>,
     backend: Option<Backend>,
     url: &str,
     expired: u32,
@@ -197,7 +197,7 @@ async fn only_one_node_purges_at_a_time() {
         let Some(db) = TestDb::create(backend, "purge_lock").await else {
             continue;
         };
-        let store: Arc<dyn SessionStore> = match backend {
+        let store: Arc<dyn SessionAdmin> = match backend {
             Backend::Postgres => Arc::new(
                 PgStore::connect(&db.url, &StoreOptions::default())
                     .await

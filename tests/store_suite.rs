@@ -9,7 +9,8 @@ use std::time::Duration;
 use common::backends::{Backend, TestDb};
 use session_failover::session::{SessionId, SessionKey};
 use session_failover::store::{
-    ListQuery, MemoryStore, Meta, MySqlStore, PgStore, Record, SessionStore, StoreOptions, Update,
+    ListQuery, MemoryStore, Meta, MySqlStore, PgStore, Record, SessionAdmin, SessionStore,
+    StoreOptions, Update,
 };
 
 const NOW: i64 = 1_700_000_000_000;
@@ -35,7 +36,7 @@ fn record(app: &str, principal: Option<&str>, node: &str, version: i64, data: Ve
     }
 }
 
-async fn suite(store: Arc<dyn SessionStore>) {
+async fn suite(store: Arc<dyn SessionAdmin>) {
     store.clear().await.unwrap();
     assert_eq!(store.length().await.unwrap(), 0);
 

@@ -15,7 +15,7 @@ use http::StatusCode;
 use serde_json::json;
 use session_failover::persist::{Persistence, Scope, WriteBehind, WriterConfig};
 use session_failover::session::SessionId;
-use session_failover::store::SessionStore;
+use session_failover::store::{SessionAdmin, SessionStore};
 use session_failover::{SaveMode, Session, SessionFailoverLayer, server};
 
 const SYNC: &str = "spring.session.enabled=true\nspring.session.storefront.save=sync\n";
@@ -51,7 +51,7 @@ async fn concurrent_sync_saves_share_statements_and_each_waits_for_its_commit() 
                 let id = r.cookie("JSESSIONID").unwrap();
                 // The row is there the moment the response is.
                 let key = SessionId::parse(&id).unwrap().store_key();
-                let committed = SessionStore::exists(&sqlite, &key, 0).await.unwrap();
+                let committed = SessionAdmin::exists(&sqlite, &key, 0).await.unwrap();
                 (r.status, answered, committed)
             })
         })
@@ -125,11 +125,11 @@ async fn a_sync_app_and_an_async_app_share_one_store() {
     let shop_key = SessionId::parse(&shop_id).unwrap().store_key();
     let news_key = SessionId::parse(&news_id).unwrap().store_key();
     assert!(
-        SessionStore::exists(&sqlite, &shop_key, 0).await.unwrap(),
+        SessionAdmin::exists(&sqlite, &shop_key, 0).await.unwrap(),
         "sync: written at once"
     );
     assert!(
-        !SessionStore::exists(&sqlite, &news_key, 0).await.unwrap(),
+        !SessionAdmin::exists(&sqlite, &news_key, 0).await.unwrap(),
         "async: not yet"
     );
     tokio::time::sleep(Duration::from_millis(700)).await;

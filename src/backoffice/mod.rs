@@ -27,7 +27,7 @@ use crate::admin;
 use crate::codec::{Binding, Codec};
 use crate::server::escape;
 use crate::session::SessionKey;
-use crate::store::{ListQuery, Meta, SessionStore};
+use crate::store::{ListQuery, Meta, SessionAdmin};
 use crate::{Session, SessionFailoverLayer};
 
 /// Where the backoffice is mounted.
@@ -37,7 +37,7 @@ const PAGE: u32 = 50;
 
 /// The backoffice's settings and store.
 pub struct Backoffice {
-    store: Arc<dyn SessionStore>,
+    store: Arc<dyn SessionAdmin>,
     /// The session layers of this process: a deleted session is ended in their caches at once.
     local: Vec<SessionFailoverLayer>,
     codec: Codec,
@@ -57,7 +57,7 @@ impl std::fmt::Debug for Backoffice {
 impl Backoffice {
     /// A backoffice over `store` for `user` with the argon2 PHC `password_hash`.
     pub fn new(
-        store: Arc<dyn SessionStore>,
+        store: Arc<dyn SessionAdmin>,
         codec: Codec,
         user: String,
         password_hash: String,

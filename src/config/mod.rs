@@ -424,6 +424,8 @@ fn backoffice(p: &Properties) -> Result<Option<BackofficeCredentials>, Error> {
             "is set but session.backoffice.user is not",
         )),
         (false, false) => {
+            // Without the backoffice compiled in, the hash is kept but never checked against.
+            #[cfg(feature = "backoffice")]
             argon2::password_hash::PasswordHash::new(&hash).map_err(|_| {
                 fail(
                     "session.backoffice.password.hash",

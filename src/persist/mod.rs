@@ -27,22 +27,18 @@ pub(crate) use writer::{Folded, Op, Outcome, apply};
 use crate::config::SaveMode;
 use crate::session::SessionKey;
 use crate::session::state::Entry;
-use crate::store::{self, EpochMillis, Record, SessionStore, Update};
+use crate::store::{self, EpochMillis, Record, SessionAdmin, SessionStore, Update};
 
 /// A store as the applications of a process share it: the store, its write-behind writer, and
 /// the bound on each store call.
 #[derive(Clone, Debug)]
 pub struct Persistence {
     store: Arc<dyn SessionStore>,
+    /// The same store as the operator tools see it, when it offers them.
+    admin: Option<Arc<dyn SessionAdmin>>,
     writer: WriteBehind,
     timeout: Duration,
     group_commit: bool,
-}
-
-impl std::fmt::Debug for dyn SessionStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SessionStore")
-    }
 }
 
 impl Persistence {
@@ -61,6 +57,7 @@ impl Persistence {
         Self {
             writer: WriteBehind::new(Arc::clone(&store), config),
             store,
+            admin: None,
             timeout,
             group_commit,
         }
@@ -75,6 +72,7 @@ impl Persistence {
     ) -> Self {
         Self {
             store,
+            admin: None,
             writer,
             timeout,
             group_commit,
@@ -83,13 +81,25 @@ impl Persistence {
 
     /// The configured persistence: `session.store.timeout`, `session.save.group.commit*`,
     /// `spring.session.save.async.*` and `session.save.retry.*`.
-    pub fn from_config(store: Arc<dyn SessionStore>, config: &crate::Config) -> Self {
+    pub fn from_config(store: Arc<dyn SessionAdmin>, config: &crate::Config) -> Self {
         Self::new(
-            store,
+            Arc::clone(&store) as Arc<dyn SessionStore>,
             config.writer.clone(),
             config.store.timeout,
             config.group_commit,
         )
+        .with_admin(store)
+    }
+
+    /// The same, with `store`'s operator side for the backoffice and the purge.
+    pub fn with_admin(mut self, store: Arc<dyn SessionAdmin>) -> Self {
+        self.admin = Some(store);
+        self
+    }
+
+    /// The store's operator side, if it was given ([`Persistence::with_admin`]).
+    pub fn admin(&self) -> Option<&Arc<dyn SessionAdmin>> {
+        self.admin.as_ref()
     }
 
     /// The write-behind writer.

@@ -906,7 +906,7 @@ impl Shared {
         error: store::Error,
         report: &mut FlushReport,
     ) {
-        let transient = is_transient(&error);
+        let transient = error.is_transient();
         if !transient && writes.len() > 1 {
             tracing::warn!(
                 writes = writes.len(),
@@ -1002,16 +1002,6 @@ const MAX_ATTEMPTS: u32 = 5;
 const DELETED_HORIZON: Duration = Duration::from_secs(600);
 const DELETED_CAPACITY: usize = 100_000;
 
-/// Whether an error says the store is unreachable or slow (retry everything later) rather than
-/// that it refused this data (retry one by one, then give up).
-fn is_transient(error: &store::Error) -> bool {
-    match error {
-        store::Error::Timeout(_) | store::Error::Connect { .. } | store::Error::Backend(_) => true,
-        store::Error::Database(e) => !matches!(e, sqlx::Error::Database(_)),
-        _ => false,
-    }
-}
-
 /// What a stored (or refused) save means for the node's copy of the session.
 pub(crate) fn apply(entry: &Entry, version: i64, outcome: Update) {
     let mut state = entry.lock();
@@ -1052,91 +1042,58 @@ mod tests {
     use super::*;
     use crate::session::SessionId;
     use crate::session::state::State;
-    use crate::store::{EpochMillis, ListQuery, MemoryStore, Meta};
+    use crate::store::testing::{Call, Hook, Wrapped};
+    use crate::store::{MemoryStore, Meta};
 
-    /// A memory store that counts calls and rows, and fails while told to.
+    /// Counts calls and rows handed to writes, and fails them while told to.
     #[derive(Default)]
-    struct TestStore {
-        inner: MemoryStore,
+    struct Faults {
         calls: AtomicUsize,
         rows: AtomicUsize,
         fail: AtomicBool,
     }
 
-    impl TestStore {
-        fn check(&self, rows: usize) -> Result<(), store::Error> {
+    impl Hook for Faults {
+        async fn before(&self, call: Call<'_>) -> Result<(), store::Error> {
+            if matches!(call, Call::Read(..)) {
+                return Ok(());
+            }
             self.calls.fetch_add(1, Ordering::SeqCst);
             if self.fail.load(Ordering::SeqCst) {
                 return Err(store::Error::Backend("injected failure".into()));
             }
-            self.rows.fetch_add(rows, Ordering::SeqCst);
+            self.rows.fetch_add(call.records().len(), Ordering::SeqCst);
             Ok(())
         }
+    }
+
+    /// A memory store behind [`Faults`].
+    struct TestStore {
+        inner: Arc<MemoryStore>,
+        wrapped: Arc<Wrapped<Faults>>,
+    }
+
+    impl Default for TestStore {
+        fn default() -> Self {
+            let inner = Arc::new(MemoryStore::new());
+            let wrapped = Wrapped::new(inner.clone());
+            Self { inner, wrapped }
+        }
+    }
+
+    impl std::ops::Deref for TestStore {
+        type Target = Faults;
+        fn deref(&self) -> &Faults {
+            &self.wrapped
+        }
+    }
+
+    impl TestStore {
         fn calls(&self) -> usize {
             self.calls.load(Ordering::SeqCst)
         }
         fn rows(&self) -> usize {
             self.rows.load(Ordering::SeqCst)
-        }
-    }
-
-    #[async_trait::async_trait]
-    impl SessionStore for TestStore {
-        async fn get(
-            &self,
-            key: &SessionKey,
-            now: EpochMillis,
-        ) -> Result<Option<Record>, store::Error> {
-            self.inner.get(key, now).await
-        }
-        async fn set(&self, record: &Record) -> Result<(), store::Error> {
-            self.check(1)?;
-            self.inner.set(record).await
-        }
-        async fn set_many(&self, records: &[Record]) -> Result<(), store::Error> {
-            self.check(records.len())?;
-            self.inner.set_many(records).await
-        }
-        async fn update_many(&self, records: &[Record]) -> Result<Vec<Update>, store::Error> {
-            self.check(records.len())?;
-            self.inner.update_many(records).await
-        }
-        async fn destroy_many(&self, keys: &[SessionKey]) -> Result<u64, store::Error> {
-            self.check(0)?;
-            self.inner.destroy_many(keys).await
-        }
-        async fn destroy(&self, key: &SessionKey) -> Result<bool, store::Error> {
-            self.inner.destroy(key).await
-        }
-        async fn exists(&self, key: &SessionKey, now: EpochMillis) -> Result<bool, store::Error> {
-            self.inner.exists(key, now).await
-        }
-        async fn ttl(
-            &self,
-            key: &SessionKey,
-            now: EpochMillis,
-        ) -> Result<Option<Duration>, store::Error> {
-            self.inner.ttl(key, now).await
-        }
-        async fn reset_timer(
-            &self,
-            key: &SessionKey,
-            m: EpochMillis,
-            e: EpochMillis,
-        ) -> Result<bool, store::Error> {
-            self.inner.reset_timer(key, m, e).await
-        }
-        async fn length(&self) -> Result<u64, store::Error> {
-            self.inner.length().await
-        }
-        async fn clear(&self) -> Result<(), store::Error> {
-            self.inner.clear().await
-        }
-        async fn list(&self, query: &ListQuery) -> Result<Vec<Meta>, store::Error> {
-            self.inner.list(query).await
-        }
-        async fn purge_expired(&self, now: EpochMillis, batch: u32) -> Result<u64, store::Error> {
-            self.inner.purge_expired(now, batch).await
         }
     }
 
@@ -1178,7 +1135,7 @@ mod tests {
 
     fn writer(config: WriterConfig) -> (Arc<TestStore>, WriteBehind, Worker) {
         let store = Arc::new(TestStore::default());
-        let (handle, worker) = WriteBehind::pair(store.clone(), config);
+        let (handle, worker) = WriteBehind::pair(store.wrapped.clone(), config);
         (store, handle, worker)
     }
 
@@ -1300,73 +1257,23 @@ mod tests {
     async fn one_record_the_store_refuses_does_not_hold_up_the_others() {
         // A data error (not a connection problem) on a batch: the records are retried one by
         // one at once, the good ones land, and the bad one is given up after a few attempts.
+        /// Refuses (as a data error) any write of a record of app "bad".
         #[derive(Default)]
-        struct Picky(MemoryStore);
-        #[async_trait::async_trait]
-        impl SessionStore for Picky {
-            async fn get(
-                &self,
-                key: &SessionKey,
-                now: EpochMillis,
-            ) -> Result<Option<Record>, store::Error> {
-                self.0.get(key, now).await
-            }
-            async fn set(&self, record: &Record) -> Result<(), store::Error> {
-                self.set_many(std::slice::from_ref(record)).await
-            }
-            async fn set_many(&self, records: &[Record]) -> Result<(), store::Error> {
-                if records.iter().any(|r| r.meta.app == "bad") {
+        struct Picky;
+        impl Hook for Picky {
+            async fn before(&self, call: Call<'_>) -> Result<(), store::Error> {
+                if call.records().iter().any(|r| r.meta.app == "bad") {
                     return Err(store::Error::CorruptRow {
                         key: "x".into(),
                         reason: "refused".into(),
                     });
                 }
-                self.0.set_many(records).await
-            }
-            async fn destroy(&self, key: &SessionKey) -> Result<bool, store::Error> {
-                self.0.destroy(key).await
-            }
-            async fn exists(
-                &self,
-                key: &SessionKey,
-                now: EpochMillis,
-            ) -> Result<bool, store::Error> {
-                self.0.exists(key, now).await
-            }
-            async fn ttl(
-                &self,
-                key: &SessionKey,
-                now: EpochMillis,
-            ) -> Result<Option<Duration>, store::Error> {
-                self.0.ttl(key, now).await
-            }
-            async fn reset_timer(
-                &self,
-                key: &SessionKey,
-                m: EpochMillis,
-                e: EpochMillis,
-            ) -> Result<bool, store::Error> {
-                self.0.reset_timer(key, m, e).await
-            }
-            async fn length(&self) -> Result<u64, store::Error> {
-                self.0.length().await
-            }
-            async fn clear(&self) -> Result<(), store::Error> {
-                self.0.clear().await
-            }
-            async fn list(&self, query: &ListQuery) -> Result<Vec<Meta>, store::Error> {
-                self.0.list(query).await
-            }
-            async fn purge_expired(
-                &self,
-                now: EpochMillis,
-                batch: u32,
-            ) -> Result<u64, store::Error> {
-                self.0.purge_expired(now, batch).await
+                Ok(())
             }
         }
-        let store = Arc::new(Picky::default());
-        let (handle, worker) = WriteBehind::pair(store.clone(), config());
+        let memory = Arc::new(MemoryStore::new());
+        let store: Arc<Wrapped<Picky>> = Wrapped::new(memory.clone());
+        let (handle, worker) = WriteBehind::pair(store, config());
         let good: Vec<SessionKey> = (0..3).map(|_| key()).collect();
         for k in &good {
             handle
@@ -1388,7 +1295,7 @@ mod tests {
         let report = worker.flush_once(Scope::All).await;
         assert_eq!((report.written, report.failed), (3, 1));
         for k in &good {
-            assert!(store.0.get(k, 0).await.unwrap().is_some());
+            assert!(memory.get(k, 0).await.unwrap().is_some());
         }
         for _ in 0..MAX_ATTEMPTS {
             tokio::time::sleep(Duration::from_secs(60)).await;

@@ -16,7 +16,7 @@ use std::str::FromStr as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::store::{self, EpochMillis, SessionStore};
+use crate::store::{self, EpochMillis, SessionAdmin};
 
 /// A cron expression that is not usable.
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +72,7 @@ pub struct PurgeReport {
 /// Deletes expired rows of one store on a schedule.
 #[derive(Clone)]
 pub struct Purger {
-    store: Arc<dyn SessionStore>,
+    store: Arc<dyn SessionAdmin>,
     schedule: PurgeSchedule,
     batch_size: u32,
     jitter: Duration,
@@ -82,7 +82,7 @@ impl Purger {
     /// A purger of `store`, `batch_size` rows per statement, runs on `schedule` delayed by a
     /// random part of `jitter`.
     pub fn new(
-        store: Arc<dyn SessionStore>,
+        store: Arc<dyn SessionAdmin>,
         schedule: PurgeSchedule,
         batch_size: u32,
         jitter: Duration,

@@ -97,10 +97,11 @@ pub fn app(config: &Config, node: &str, persistence: Option<Persistence>) -> Rou
         node,
         persistence.clone(),
     );
-    let backoffice = match (&config.backoffice, &persistence) {
-        (Some(credentials), Some(persistence)) => {
+    let admin = persistence.as_ref().and_then(Persistence::admin);
+    let backoffice = match (&config.backoffice, admin) {
+        (Some(credentials), Some(admin)) => {
             let backoffice = crate::backoffice::Backoffice::new(
-                Arc::clone(persistence.store()),
+                Arc::clone(admin),
                 config.codec(),
                 credentials.user.clone(),
                 credentials.password_hash.clone(),
@@ -157,12 +158,13 @@ pub async fn serve(
         .unwrap_or_else(|| format!("{}:{}", host_name(), local.port()));
     let router = app(&config, &node, store.clone());
     let stop_purge = std::sync::Arc::new(tokio::sync::Notify::new());
-    let purge = match (&store, config.purge_cron.is_empty()) {
-        (Some(persistence), false) => {
+    let admin = store.as_ref().and_then(Persistence::admin);
+    let purge = match (admin, config.purge_cron.is_empty()) {
+        (Some(admin), false) => {
             let schedule = crate::purge::PurgeSchedule::parse(&config.purge_cron)
                 .expect("validated with the configuration");
             let purger = crate::purge::Purger::new(
-                std::sync::Arc::clone(persistence.store()),
+                std::sync::Arc::clone(admin),
                 schedule,
                 config.purge_batch_size,
                 config.purge_jitter,

@@ -91,6 +91,7 @@ impl SessionKey {
     }
 
     /// A key from a trusted source (the store's own column), unchecked.
+    #[cfg_attr(not(feature = "sql"), allow(dead_code))]
     pub(crate) fn from_stored(text: String) -> Self {
         Self(text)
     }

@@ -2,9 +2,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::Duration;
 
-use super::{EpochMillis, Error, ListQuery, Meta, Record, SessionStore, Update};
+use super::{EpochMillis, Error, ListQuery, Meta, Record, SessionAdmin, SessionStore, Update};
 use crate::session::SessionKey;
 
 /// Sessions in a `BTreeMap` in this process; gone when it exits.
@@ -49,23 +48,6 @@ impl SessionStore for MemoryStore {
         Ok(self.rows().get(key).filter(|r| live(r, now)).cloned())
     }
 
-    async fn set(&self, record: &Record) -> Result<(), Error> {
-        Self::upsert(&mut self.rows(), record);
-        Ok(())
-    }
-
-    async fn update(&self, record: &Record) -> Result<Update, Error> {
-        let mut rows = self.rows();
-        match rows.get_mut(&record.meta.key) {
-            None => Ok(Update::Missing),
-            Some(stored) if stored.meta.version >= record.meta.version => Ok(Update::Superseded),
-            Some(stored) => {
-                *stored = record.clone();
-                Ok(Update::Written)
-            }
-        }
-    }
-
     async fn set_many(&self, records: &[Record]) -> Result<(), Error> {
         let mut rows = self.rows();
         for record in records {
@@ -74,20 +56,24 @@ impl SessionStore for MemoryStore {
         Ok(())
     }
 
-    async fn destroy(&self, key: &SessionKey) -> Result<bool, Error> {
-        Ok(self.rows().remove(key).is_some())
+    async fn update_many(&self, records: &[Record]) -> Result<Vec<Update>, Error> {
+        let mut rows = self.rows();
+        Ok(records
+            .iter()
+            .map(|record| match rows.get_mut(&record.meta.key) {
+                None => Update::Missing,
+                Some(stored) if stored.meta.version >= record.meta.version => Update::Superseded,
+                Some(stored) => {
+                    *stored = record.clone();
+                    Update::Written
+                }
+            })
+            .collect())
     }
 
-    async fn exists(&self, key: &SessionKey, now: EpochMillis) -> Result<bool, Error> {
-        Ok(self.rows().get(key).is_some_and(|r| live(r, now)))
-    }
-
-    async fn ttl(&self, key: &SessionKey, now: EpochMillis) -> Result<Option<Duration>, Error> {
-        Ok(self
-            .rows()
-            .get(key)
-            .filter(|r| live(r, now))
-            .map(|r| Duration::from_millis((r.meta.expires_at - now).unsigned_abs())))
+    async fn destroy_many(&self, keys: &[SessionKey]) -> Result<u64, Error> {
+        let mut rows = self.rows();
+        Ok(keys.iter().filter(|k| rows.remove(*k).is_some()).count() as u64)
     }
 
     async fn reset_timer(
@@ -106,16 +92,10 @@ impl SessionStore for MemoryStore {
             None => Ok(false),
         }
     }
+}
 
-    async fn length(&self) -> Result<u64, Error> {
-        Ok(self.rows().len() as u64)
-    }
-
-    async fn clear(&self) -> Result<(), Error> {
-        self.rows().clear();
-        Ok(())
-    }
-
+#[async_trait::async_trait]
+impl SessionAdmin for MemoryStore {
     async fn list(&self, query: &ListQuery) -> Result<Vec<Meta>, Error> {
         let rows = self.rows();
         let start = match &query.after {
@@ -143,5 +123,14 @@ impl SessionStore for MemoryStore {
         let before = rows.len();
         rows.retain(|_, r| live(r, now));
         Ok((before - rows.len()) as u64)
+    }
+
+    async fn length(&self) -> Result<u64, Error> {
+        Ok(self.rows().len() as u64)
+    }
+
+    async fn clear(&self) -> Result<(), Error> {
+        self.rows().clear();
+        Ok(())
     }
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use axum::Router;
@@ -16,41 +16,41 @@ use axum::body::Body;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt as _;
 use session_failover::config::{Config, Properties};
-use session_failover::session::SessionKey;
-use session_failover::store::{self, EpochMillis, ListQuery, Meta, Record, SessionStore};
+use session_failover::store;
+use session_failover::store::testing::{Call, Hook, Wrapped};
 use tower::ServiceExt as _;
 
 /// The shipped `config/project.properties`, so tests run on what users get.
 pub const PROJECT_PROPERTIES: &str = include_str!("../../config/project.properties");
 
 /// A store wrapper that counts calls per operation: how we prove what the layer asks of a store.
-pub struct CountingStore {
-    inner: Arc<dyn SessionStore>,
+pub type CountingStore = Wrapped<Counter>;
+
+/// The counts of a [`CountingStore`].
+#[derive(Default)]
+pub struct Counter {
     calls: Mutex<BTreeMap<&'static str, u64>>,
     rows: std::sync::atomic::AtomicU64,
 }
 
-impl CountingStore {
-    pub fn new(inner: Arc<dyn SessionStore>) -> Arc<Self> {
-        Arc::new(Self {
-            inner,
-            calls: Mutex::default(),
-            rows: 0.into(),
-        })
+impl Hook for Counter {
+    async fn before(&self, call: Call<'_>) -> Result<(), store::Error> {
+        *self.calls.lock().unwrap().entry(call.name()).or_default() += 1;
+        self.rows.fetch_add(
+            call.records().len() as u64,
+            std::sync::atomic::Ordering::SeqCst,
+        );
+        Ok(())
     }
-    fn hit(&self, op: &'static str) {
-        *self.calls.lock().unwrap().entry(op).or_default() += 1;
-    }
+}
+
+impl Counter {
     pub fn count(&self, op: &str) -> u64 {
         self.calls.lock().unwrap().get(op).copied().unwrap_or(0)
     }
     /// Rows handed to set/update calls (single or batched).
     pub fn rows_written(&self) -> u64 {
         self.rows.load(std::sync::atomic::Ordering::SeqCst)
-    }
-    fn wrote(&self, n: usize) {
-        self.rows
-            .fetch_add(n as u64, std::sync::atomic::Ordering::SeqCst);
     }
     /// Calls that read a session (get/exists/ttl).
     pub fn reads(&self) -> u64 {
@@ -61,83 +61,6 @@ impl CountingStore {
     }
     pub fn calls(&self) -> BTreeMap<&'static str, u64> {
         self.calls.lock().unwrap().clone()
-    }
-}
-
-#[async_trait::async_trait]
-impl SessionStore for CountingStore {
-    async fn get(
-        &self,
-        key: &SessionKey,
-        now: EpochMillis,
-    ) -> Result<Option<Record>, store::Error> {
-        self.hit("get");
-        self.inner.get(key, now).await
-    }
-    async fn set(&self, record: &Record) -> Result<(), store::Error> {
-        self.hit("set");
-        self.wrote(1);
-        self.inner.set(record).await
-    }
-    async fn update(&self, record: &Record) -> Result<store::Update, store::Error> {
-        self.hit("update");
-        self.wrote(1);
-        self.inner.update(record).await
-    }
-    async fn set_many(&self, records: &[Record]) -> Result<(), store::Error> {
-        self.hit("set_many");
-        self.wrote(records.len());
-        self.inner.set_many(records).await
-    }
-    async fn update_many(&self, records: &[Record]) -> Result<Vec<store::Update>, store::Error> {
-        self.hit("update_many");
-        self.wrote(records.len());
-        self.inner.update_many(records).await
-    }
-    async fn destroy_many(&self, keys: &[SessionKey]) -> Result<u64, store::Error> {
-        self.hit("destroy_many");
-        self.inner.destroy_many(keys).await
-    }
-    async fn destroy(&self, key: &SessionKey) -> Result<bool, store::Error> {
-        self.hit("destroy");
-        self.inner.destroy(key).await
-    }
-    async fn exists(&self, key: &SessionKey, now: EpochMillis) -> Result<bool, store::Error> {
-        self.hit("exists");
-        self.inner.exists(key, now).await
-    }
-    async fn ttl(
-        &self,
-        key: &SessionKey,
-        now: EpochMillis,
-    ) -> Result<Option<Duration>, store::Error> {
-        self.hit("ttl");
-        self.inner.ttl(key, now).await
-    }
-    async fn reset_timer(
-        &self,
-        key: &SessionKey,
-        m: EpochMillis,
-        e: EpochMillis,
-    ) -> Result<bool, store::Error> {
-        self.hit("reset_timer");
-        self.inner.reset_timer(key, m, e).await
-    }
-    async fn length(&self) -> Result<u64, store::Error> {
-        self.hit("length");
-        self.inner.length().await
-    }
-    async fn clear(&self) -> Result<(), store::Error> {
-        self.hit("clear");
-        self.inner.clear().await
-    }
-    async fn list(&self, query: &ListQuery) -> Result<Vec<Meta>, store::Error> {
-        self.hit("list");
-        self.inner.list(query).await
-    }
-    async fn purge_expired(&self, now: EpochMillis, batch: u32) -> Result<u64, store::Error> {
-        self.hit("purge_expired");
-        self.inner.purge_expired(now, batch).await
     }
 }
 
@@ -400,93 +323,30 @@ impl Client {
 }
 
 /// A store wrapper that delays chosen operations: how tests line up races deterministically.
-pub struct SlowStore {
-    inner: Arc<dyn SessionStore>,
-    /// Milliseconds to wait before `update`, `set` and `destroy`.
+pub type SlowStore = Wrapped<Delays>;
+
+/// The delays of a [`SlowStore`].
+#[derive(Default)]
+pub struct Delays {
+    /// Milliseconds to wait before `update`, `set` and `destroy` (single or batched).
     pub update_ms: std::sync::atomic::AtomicU64,
     pub set_ms: std::sync::atomic::AtomicU64,
     pub destroy_ms: std::sync::atomic::AtomicU64,
 }
 
-impl SlowStore {
-    pub fn new(inner: Arc<dyn SessionStore>) -> Arc<Self> {
-        Arc::new(Self {
-            inner,
-            update_ms: 0.into(),
-            set_ms: 0.into(),
-            destroy_ms: 0.into(),
-        })
-    }
-    async fn pause(ms: &std::sync::atomic::AtomicU64) {
+impl Hook for Delays {
+    async fn before(&self, call: Call<'_>) -> Result<(), store::Error> {
+        let ms = match call.name() {
+            "set" | "set_many" => &self.set_ms,
+            "update" | "update_many" => &self.update_ms,
+            "destroy" | "destroy_many" => &self.destroy_ms,
+            _ => return Ok(()),
+        };
         let ms = ms.load(std::sync::atomic::Ordering::SeqCst);
         if ms > 0 {
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
-    }
-}
-
-#[async_trait::async_trait]
-impl SessionStore for SlowStore {
-    async fn get(
-        &self,
-        key: &SessionKey,
-        now: EpochMillis,
-    ) -> Result<Option<Record>, store::Error> {
-        self.inner.get(key, now).await
-    }
-    async fn set(&self, record: &Record) -> Result<(), store::Error> {
-        Self::pause(&self.set_ms).await;
-        self.inner.set(record).await
-    }
-    async fn update(&self, record: &Record) -> Result<store::Update, store::Error> {
-        Self::pause(&self.update_ms).await;
-        self.inner.update(record).await
-    }
-    async fn set_many(&self, records: &[Record]) -> Result<(), store::Error> {
-        Self::pause(&self.set_ms).await;
-        self.inner.set_many(records).await
-    }
-    async fn update_many(&self, records: &[Record]) -> Result<Vec<store::Update>, store::Error> {
-        Self::pause(&self.update_ms).await;
-        self.inner.update_many(records).await
-    }
-    async fn destroy_many(&self, keys: &[SessionKey]) -> Result<u64, store::Error> {
-        Self::pause(&self.destroy_ms).await;
-        self.inner.destroy_many(keys).await
-    }
-    async fn destroy(&self, key: &SessionKey) -> Result<bool, store::Error> {
-        Self::pause(&self.destroy_ms).await;
-        self.inner.destroy(key).await
-    }
-    async fn exists(&self, key: &SessionKey, now: EpochMillis) -> Result<bool, store::Error> {
-        self.inner.exists(key, now).await
-    }
-    async fn ttl(
-        &self,
-        key: &SessionKey,
-        now: EpochMillis,
-    ) -> Result<Option<Duration>, store::Error> {
-        self.inner.ttl(key, now).await
-    }
-    async fn reset_timer(
-        &self,
-        key: &SessionKey,
-        m: EpochMillis,
-        e: EpochMillis,
-    ) -> Result<bool, store::Error> {
-        self.inner.reset_timer(key, m, e).await
-    }
-    async fn length(&self) -> Result<u64, store::Error> {
-        self.inner.length().await
-    }
-    async fn clear(&self) -> Result<(), store::Error> {
-        self.inner.clear().await
-    }
-    async fn list(&self, query: &ListQuery) -> Result<Vec<Meta>, store::Error> {
-        self.inner.list(query).await
-    }
-    async fn purge_expired(&self, now: EpochMillis, batch: u32) -> Result<u64, store::Error> {
-        self.inner.purge_expired(now, batch).await
+        Ok(())
     }
 }
 

@@ -1,0 +1,138 @@
+//! The two store traits: [`SessionStore`], what the layer and the writer need (five required
+//! methods), and [`SessionAdmin`], what operators' tools add (list, stats, purge, …).
+
+use std::time::Duration;
+
+use super::{EpochMillis, Error, ListQuery, Meta, Record, Stats, Update};
+use crate::session::SessionKey;
+
+/// A session store: what the failover filter and its writer ask of one. Implement it (and
+/// [`SessionAdmin`] for the operator tools) to plug in a store of your own.
+///
+/// Every method is one logical operation, and each `_many` should be one round trip.
+/// Implementations must treat rows with `expires_at <= now` as absent, and must not let a write
+/// replace a row whose `version` is greater than or equal to the written one (it is skipped, not
+/// an error). The single-record methods default to their `_many` form.
+#[async_trait::async_trait]
+pub trait SessionStore: Send + Sync + 'static {
+    /// The session stored under `key`, unless it is absent or expired at `now`.
+    async fn get(&self, key: &SessionKey, now: EpochMillis) -> Result<Option<Record>, Error>;
+
+    /// Inserts or replaces many sessions (see the version rule above), in one round trip where
+    /// the backend allows.
+    async fn set_many(&self, records: &[Record]) -> Result<(), Error>;
+
+    /// Replaces existing sessions' rows where `record.version` is higher than the stored one;
+    /// never creates a row, so a session deleted meanwhile stays deleted. One outcome per record,
+    /// in order. When a batch holds two states of one session, the older may be reported
+    /// `Written` or `Superseded`.
+    async fn update_many(&self, records: &[Record]) -> Result<Vec<Update>, Error>;
+
+    /// Removes many sessions; returns how many rows were removed.
+    async fn destroy_many(&self, keys: &[SessionKey]) -> Result<u64, Error>;
+
+    /// Pushes a live session's expiry forward without rewriting its data; `true` if it was found.
+    async fn reset_timer(
+        &self,
+        key: &SessionKey,
+        modified_at: EpochMillis,
+        expires_at: EpochMillis,
+    ) -> Result<bool, Error>;
+
+    /// Inserts or replaces one session: [`SessionStore::set_many`] of one.
+    async fn set(&self, record: &Record) -> Result<(), Error> {
+        self.set_many(std::slice::from_ref(record)).await
+    }
+
+    /// [`SessionStore::update_many`] of one.
+    async fn update(&self, record: &Record) -> Result<Update, Error> {
+        let outcomes = self.update_many(std::slice::from_ref(record)).await?;
+        outcomes
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Backend("update_many answered no outcome for one record".into()))
+    }
+
+    /// Removes a session; `true` if a row was removed: [`SessionStore::destroy_many`] of one.
+    async fn destroy(&self, key: &SessionKey) -> Result<bool, Error> {
+        Ok(self.destroy_many(std::slice::from_ref(key)).await? > 0)
+    }
+}
+
+/// What operators' tools (the `sessions` command, the backoffice, the purge) ask of a store on
+/// top of [`SessionStore`].
+#[async_trait::async_trait]
+pub trait SessionAdmin: SessionStore {
+    /// Metadata of stored sessions matching `query` (expired ones not yet purged included),
+    /// ordered by key.
+    async fn list(&self, query: &ListQuery) -> Result<Vec<Meta>, Error>;
+
+    /// Deletes rows expired at `now`, at most `batch_size` per statement; returns how many.
+    async fn purge_expired(&self, now: EpochMillis, batch_size: u32) -> Result<u64, Error>;
+
+    /// [`SessionAdmin::purge_expired`] by one node at a time: `None` if another node holds the
+    /// purge lock. The default takes no lock (a store with a single writer needs none).
+    async fn purge_expired_exclusive(
+        &self,
+        now: EpochMillis,
+        batch_size: u32,
+    ) -> Result<Option<u64>, Error> {
+        self.purge_expired(now, batch_size).await.map(Some)
+    }
+
+    /// Counts of the stored sessions at `now`. The default pages through [`SessionAdmin::list`];
+    /// the SQL stores count with one `GROUP BY`.
+    async fn stats(&self, now: EpochMillis) -> Result<Stats, Error> {
+        let mut stats = Stats::default();
+        let mut after = None;
+        loop {
+            let page = self
+                .list(&ListQuery {
+                    after: after.clone(),
+                    limit: 1000,
+                    ..ListQuery::default()
+                })
+                .await?;
+            let Some(last) = page.last() else {
+                return Ok(stats);
+            };
+            after = Some(last.key.clone());
+            for meta in &page {
+                stats.add_row(meta, now);
+            }
+        }
+    }
+
+    /// Number of stored rows (expired ones not yet purged included).
+    async fn length(&self) -> Result<u64, Error> {
+        Ok(self.stats(EpochMillis::MIN).await?.sessions)
+    }
+
+    /// Removes every session.
+    async fn clear(&self) -> Result<(), Error>;
+
+    /// Whether a live session is stored under `key` at `now`.
+    async fn exists(&self, key: &SessionKey, now: EpochMillis) -> Result<bool, Error> {
+        Ok(self.get(key, now).await?.is_some())
+    }
+
+    /// How long until the session expires, if it is live at `now`.
+    async fn ttl(&self, key: &SessionKey, now: EpochMillis) -> Result<Option<Duration>, Error> {
+        Ok(self
+            .get(key, now)
+            .await?
+            .map(|r| Duration::from_millis((r.meta.expires_at - now).unsigned_abs())))
+    }
+}
+
+impl std::fmt::Debug for dyn SessionStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionStore")
+    }
+}
+
+impl std::fmt::Debug for dyn SessionAdmin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionAdmin")
+    }
+}

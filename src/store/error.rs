@@ -1,0 +1,73 @@
+//! [`Error`]: what a store call can fail with.
+
+use std::time::Duration;
+
+/// A store failure. The source error is kept.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The database answered with an error or could not be reached.
+    #[cfg(feature = "sql")]
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    /// Applying the schema migrations failed.
+    #[cfg(feature = "sql")]
+    #[error("applying migrations failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The store could not be opened or reached at start-up.
+    #[cfg(feature = "sql")]
+    #[error("cannot open {url} (session.store.url)")]
+    Connect {
+        /// The URL (password redacted).
+        url: String,
+        /// The cause.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The store URL is not usable.
+    #[error("session.store.url {url:?}: {reason}")]
+    Url {
+        /// The URL as configured (credentials are not part of the message).
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Preparing the store's files failed (e.g. creating the SQLite data directory).
+    #[error("cannot prepare {path:?}")]
+    Io {
+        /// The path at fault.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The store did not answer within `session.store.timeout`.
+    #[error("store did not answer within {0:?} (session.store.timeout)")]
+    Timeout(Duration),
+    /// A store of your own failed (for [`SessionStore`] implementations outside this crate).
+    #[error("session store error")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A row holds a value this build cannot read (e.g. attribute names that are not JSON).
+    #[error("corrupt row {key}: {reason}")]
+    CorruptRow {
+        /// The row's key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// Whether the store is unreachable or slow (retry everything later) rather than refusing
+    /// this data (retry one by one, then give up).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Timeout(_) | Error::Backend(_) => true,
+            #[cfg(feature = "sql")]
+            Error::Connect { .. } => true,
+            #[cfg(feature = "sql")]
+            Error::Database(e) => !matches!(e, sqlx::Error::Database(_)),
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! PostgreSQL: batches travel as 13 arrays (`UNNEST`), so one prepared statement serves every
+//! batch size; the purge lock is a session-level advisory lock.
+
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+
+use super::{COLUMNS, Dialect, Query, assignments, attribute_names, size};
+use crate::store::{Error, Record, StoreOptions};
+
+/// The advisory lock key of the purge (an arbitrary constant: "SFPURGE" in ASCII).
+pub const PURGE_LOCK: i64 = 0x0053_4650_5552_4745;
+
+/// The new rows of a batch, from 13 arrays in table order.
+const UNNEST: &str = "UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+     $6::int8[], $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::text[], $12::int8[], \
+     $13::bytea[]) AS n(session_id, app, context_path, node, principal, created_at, modified_at, \
+     expires_at, max_inactive_secs, version, attributes, size_bytes, data)";
+
+/// The PostgreSQL dialect of [`super::SqlStore`].
+#[derive(Debug)]
+pub struct Postgres;
+
+impl Dialect for Postgres {
+    type Db = sqlx::Postgres;
+
+    const ARRAYS: bool = true;
+    const MAX_ROWS: usize = usize::MAX;
+    const MAX_BYTES: usize = usize::MAX;
+    const BIGINT: &'static str = "BIGINT";
+    const PURGE: &'static str = "DELETE FROM stored_http_session WHERE session_id IN \
+         (SELECT session_id FROM stored_http_session WHERE expires_at <= $1 LIMIT $2)";
+
+    fn param(n: usize) -> String {
+        format!("${n}")
+    }
+
+    fn upsert(_rows: usize) -> String {
+        format!(
+            "INSERT INTO stored_http_session ({COLUMNS}) SELECT * FROM {UNNEST} \
+             ON CONFLICT (session_id) DO UPDATE SET {} \
+             WHERE stored_http_session.version < excluded.version",
+            assignments("excluded")
+        )
+    }
+
+    fn update(_rows: usize) -> String {
+        format!(
+            "UPDATE stored_http_session AS t SET {} FROM {UNNEST} \
+             WHERE t.session_id = n.session_id AND t.version < n.version",
+            assignments("n")
+        )
+    }
+
+    fn bind_batch<'q>(query: Query<'q, Self>, records: &[&'q Record]) -> Query<'q, Self> {
+        let text = |f: fn(&Record) -> String| records.iter().map(|r| f(r)).collect::<Vec<_>>();
+        let number = |f: fn(&Record) -> i64| records.iter().map(|r| f(r)).collect::<Vec<_>>();
+        query
+            .bind(text(|r| r.meta.key.as_str().to_owned()))
+            .bind(text(|r| r.meta.app.clone()))
+            .bind(text(|r| r.meta.context_path.clone()))
+            .bind(text(|r| r.meta.node.clone()))
+            .bind(
+                records
+                    .iter()
+                    .map(|r| r.meta.principal.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(number(|r| r.meta.created_at))
+            .bind(number(|r| r.meta.modified_at))
+            .bind(number(|r| r.meta.expires_at))
+            .bind(number(|r| r.meta.max_inactive_secs))
+            .bind(number(|r| r.meta.version))
+            .bind(text(|r| attribute_names(&r.meta)))
+            .bind(number(size))
+            .bind(
+                records
+                    .iter()
+                    .map(|r| r.data.as_slice())
+                    .collect::<Vec<_>>(),
+            )
+    }
+
+    async fn connect(url: &str, options: &StoreOptions) -> Result<PgPool, Error> {
+        let connect: PgConnectOptions = url.parse()?;
+        PgPoolOptions::new()
+            .max_connections(options.pool_size)
+            .acquire_timeout(options.timeout)
+            .test_before_acquire(false)
+            .connect_with(connect)
+            .await
+            .map_err(|source| Error::Connect {
+                url: crate::store::redact_url(url),
+                source,
+            })
+    }
+
+    async fn migrate(pool: &PgPool) -> Result<(), Error> {
+        sqlx::migrate!("migrations/postgres").run(pool).await?;
+        Ok(())
+    }
+
+    async fn try_lock(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
+        sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(PURGE_LOCK)
+            .fetch_one(conn)
+            .await
+    }
+
+    async fn unlock(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(PURGE_LOCK)
+            .execute(conn)
+            .await
+            .map(drop)
+    }
+}

@@ -1,0 +1,504 @@
+//! [`SqlStore`]: every statement and method of the SQL stores, once, over a [`Dialect`].
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::{Arc, OnceLock};
+
+use sqlx::{AssertSqlSafe, Database, Executor, Row as _};
+
+use super::{
+    Dialect, META_COLUMNS, Query, StoreOptions, chunks, latest_per_key, meta_from_row, values,
+};
+use crate::session::SessionKey;
+use crate::store::{
+    EpochMillis, Error, ListQuery, Meta, Record, SessionAdmin, SessionStore, Stats, StatsGroup,
+    Update,
+};
+
+/// The largest number of keys in one `IN (…)` list.
+const MAX_KEYS: usize = 500;
+
+/// A [`SessionStore`] on a SQL database: PostgreSQL ([`crate::store::PgStore`]), MySQL and
+/// MariaDB ([`crate::store::MySqlStore`]) or SQLite ([`crate::store::SqliteStore`]).
+///
+/// Its statements are built once, when it connects (batch statements of a given row count on
+/// first use). The pool does not ping connections before use.
+pub struct SqlStore<D: Dialect> {
+    pool: sqlx::Pool<D::Db>,
+    sql: Arc<Statements>,
+    dialect: PhantomData<D>,
+}
+
+impl<D: Dialect> Clone for SqlStore<D> {
+    fn clone(&self) -> Self {
+        Self {
+            pool: self.pool.clone(),
+            sql: Arc::clone(&self.sql),
+            dialect: PhantomData,
+        }
+    }
+}
+
+impl<D: Dialect> std::fmt::Debug for SqlStore<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlStore")
+            .field("dialect", &std::any::type_name::<D>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A statement per batch size, built on first use.
+type BySize = Vec<OnceLock<Arc<str>>>;
+
+/// The SQL of one store.
+#[derive(Debug)]
+struct Statements {
+    get: Arc<str>,
+    reset_timer: Arc<str>,
+    purge: Arc<str>,
+    stats: Arc<str>,
+    /// By filter: bit 0 app, 1 principal, 2 node, 3 after. Built for the filters given, so each
+    /// can use its index.
+    list: Vec<Arc<str>>,
+    upsert: BySize,
+    update: BySize,
+    versions: BySize,
+    delete: BySize,
+}
+
+impl Statements {
+    fn new<D: Dialect>() -> Self {
+        let sizes = |n: usize| (0..=n).map(|_| OnceLock::new()).collect();
+        // With arrays, one statement serves every batch size.
+        let batch_sizes = if D::ARRAYS { 1 } else { D::MAX_ROWS };
+        Self {
+            get: format!(
+                "SELECT {META_COLUMNS}, data FROM stored_http_session \
+                 WHERE session_id = {} AND expires_at > {}",
+                D::param(1),
+                D::param(2)
+            )
+            .into(),
+            reset_timer: format!(
+                "UPDATE stored_http_session SET modified_at = {}, expires_at = {} \
+                 WHERE session_id = {} AND expires_at > {}",
+                D::param(1),
+                D::param(2),
+                D::param(3),
+                D::param(4)
+            )
+            .into(),
+            purge: D::PURGE.into(),
+            stats: format!(
+                "SELECT app, node, COUNT(*) AS sessions, \
+                 CAST(COALESCE(SUM(CASE WHEN expires_at <= {} THEN 1 ELSE 0 END), 0) AS {int}) AS expired, \
+                 CAST(COALESCE(SUM(CASE WHEN principal IS NOT NULL THEN 1 ELSE 0 END), 0) AS {int}) AS signed_in, \
+                 CAST(COALESCE(SUM(size_bytes), 0) AS {int}) AS bytes \
+                 FROM stored_http_session GROUP BY app, node",
+                D::param(1),
+                int = D::BIGINT
+            )
+            .into(),
+            list: (0..16).map(|filters| list::<D>(filters).into()).collect(),
+            upsert: sizes(batch_sizes),
+            update: sizes(batch_sizes),
+            versions: sizes(MAX_KEYS),
+            delete: sizes(MAX_KEYS),
+        }
+    }
+
+    /// The statement of `rows` rows from `slots`, built by `build` on first use.
+    fn sized(slots: &BySize, rows: usize, build: impl FnOnce() -> String) -> Arc<str> {
+        Arc::clone(slots[rows].get_or_init(|| build().into()))
+    }
+}
+
+/// The list statement for a filter set (see [`Statements::list`]).
+fn list<D: Dialect>(filters: usize) -> String {
+    let columns = ["app = ", "principal = ", "node = ", "session_id > "];
+    let mut conditions = Vec::new();
+    for (bit, column) in columns.iter().enumerate() {
+        if filters & (1 << bit) != 0 {
+            conditions.push(format!("{column}{}", D::param(conditions.len() + 1)));
+        }
+    }
+    let limit = D::param(conditions.len() + 1);
+    let filter = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {} ", conditions.join(" AND "))
+    };
+    format!(
+        "SELECT {META_COLUMNS} FROM stored_http_session {filter}ORDER BY session_id LIMIT {limit}"
+    )
+}
+
+impl<D: Dialect> SqlStore<D>
+where
+    for<'c> &'c mut <D::Db as Database>::Connection: Executor<'c, Database = D::Db>,
+{
+    /// Connects with a pool of `options.pool_size` connections, waiting at most
+    /// `options.timeout` for one.
+    pub async fn connect(url: &str, options: &StoreOptions) -> Result<Self, Error> {
+        Ok(Self {
+            pool: D::connect(url, options).await?,
+            sql: Arc::new(Statements::new::<D>()),
+            dialect: PhantomData,
+        })
+    }
+
+    /// Applies the migrations in `migrations/<dialect>/`.
+    pub async fn migrate(&self) -> Result<(), Error> {
+        D::migrate(&self.pool).await
+    }
+
+    /// The underlying pool (for tests and tools that read the table directly).
+    pub fn pool(&self) -> &sqlx::Pool<D::Db> {
+        &self.pool
+    }
+
+    fn query(sql: &Arc<str>) -> Query<'static, D> {
+        sqlx::query(AssertSqlSafe(Arc::clone(sql)))
+    }
+}
+
+#[async_trait::async_trait]
+impl<D: Dialect> SessionStore for SqlStore<D>
+where
+    for<'c> &'c mut <D::Db as Database>::Connection: Executor<'c, Database = D::Db>,
+    <D::Db as Database>::Arguments: sqlx::IntoArguments<D::Db>,
+    for<'t> &'t str: sqlx::Encode<'t, D::Db> + sqlx::Type<D::Db>,
+    i64: for<'t> sqlx::Encode<'t, D::Db> + for<'r> sqlx::Decode<'r, D::Db> + sqlx::Type<D::Db>,
+    String: for<'r> sqlx::Decode<'r, D::Db> + sqlx::Type<D::Db>,
+    Option<String>: for<'r> sqlx::Decode<'r, D::Db> + sqlx::Type<D::Db>,
+    Vec<u8>: for<'r> sqlx::Decode<'r, D::Db> + sqlx::Type<D::Db>,
+    &'static str: sqlx::ColumnIndex<<D::Db as Database>::Row>,
+    <D::Db as Database>::QueryResult: QueryResultExt,
+{
+    async fn get(&self, key: &SessionKey, now: EpochMillis) -> Result<Option<Record>, Error> {
+        let row = Self::query(&self.sql.get)
+            .bind(key.as_str())
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| {
+            Ok(Record {
+                meta: meta_from_row(&row)?,
+                data: row.try_get("data")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// One statement per chunk of [`Dialect::MAX_ROWS`] rows (any size with arrays), in one
+    /// transaction when there are several.
+    async fn set_many(&self, records: &[Record]) -> Result<(), Error> {
+        let latest = latest_per_key(records);
+        let chunks = chunks(&latest, D::MAX_ROWS, D::MAX_BYTES);
+        match chunks.as_slice() {
+            [] => {}
+            [one] => {
+                self.upsert(one).execute(&self.pool).await?;
+            }
+            many => {
+                let mut tx = self.pool.begin().await?;
+                for chunk in many {
+                    self.upsert(chunk).execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One conditional update per chunk; a `SELECT` of the chunk's versions only when some row
+    /// was not updated, to tell a newer row from a missing one.
+    async fn update_many(&self, records: &[Record]) -> Result<Vec<Update>, Error> {
+        let latest = latest_per_key(records);
+        let mut outcome: HashMap<&str, Update> = HashMap::with_capacity(latest.len());
+        for chunk in chunks(&latest, D::MAX_ROWS, D::MAX_BYTES) {
+            let sql = self.batch(&self.sql.update, chunk.len(), D::update);
+            let done = D::bind_batch(Self::query(&sql), chunk)
+                .execute(&self.pool)
+                .await?;
+            let written = usize::try_from(done.rows_affected()).unwrap_or(usize::MAX);
+            let all = written == chunk.len();
+            let stored = if all {
+                HashMap::new()
+            } else {
+                self.versions(chunk).await?
+            };
+            for record in chunk {
+                let update = if all {
+                    Update::Written
+                } else {
+                    match stored.get(record.meta.key.as_str()) {
+                        None => Update::Missing,
+                        // Some rows of the chunk were written: the stored row is this record's
+                        // if it carries its version, node and time.
+                        Some((version, node, modified))
+                            if written > 0
+                                && *version == record.meta.version
+                                && *node == record.meta.node
+                                && *modified == record.meta.modified_at =>
+                        {
+                            Update::Written
+                        }
+                        Some(_) => Update::Superseded,
+                    }
+                };
+                outcome.insert(record.meta.key.as_str(), update);
+            }
+        }
+        // Only the newest record of a key was sent; older ones in the batch are superseded by it.
+        let sent: HashMap<&str, i64> = latest
+            .iter()
+            .map(|r| (r.meta.key.as_str(), r.meta.version))
+            .collect();
+        Ok(records
+            .iter()
+            .map(|r| {
+                let key = r.meta.key.as_str();
+                match outcome.get(key) {
+                    Some(Update::Written) if sent.get(key) != Some(&r.meta.version) => {
+                        Update::Superseded
+                    }
+                    Some(update) => *update,
+                    None => Update::Missing,
+                }
+            })
+            .collect())
+    }
+
+    async fn destroy_many(&self, keys: &[SessionKey]) -> Result<u64, Error> {
+        let mut removed = 0;
+        for chunk in keys.chunks(MAX_KEYS) {
+            let sql = Statements::sized(&self.sql.delete, chunk.len(), || {
+                format!(
+                    "DELETE FROM stored_http_session WHERE session_id IN {}",
+                    values::<D>(1, chunk.len())
+                )
+            });
+            let mut query = Self::query(&sql);
+            for key in chunk {
+                query = query.bind(key.as_str());
+            }
+            removed += query.execute(&self.pool).await?.rows_affected();
+        }
+        Ok(removed)
+    }
+
+    async fn reset_timer(
+        &self,
+        key: &SessionKey,
+        modified_at: EpochMillis,
+        expires_at: EpochMillis,
+    ) -> Result<bool, Error> {
+        let done = Self::query(&self.sql.reset_timer)
+            .bind(modified_at)
+            .bind(expires_at)
+            .bind(key.as_str())
+            .bind(modified_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+}
+
+#[async_trait::async_trait]
+impl<D: Dialect> SessionAdmin for SqlStore<D>
+where
+    for<'c> &'c mut <D::Db as Database>::Connection: Executor<'c, Database = D::Db>,
+    <D::Db as Database>::Arguments: sqlx::IntoArguments<D::Db>,
+    for<'t> &'t str: sqlx::Encode<'t, D::Db> + sqlx::Type<D::Db>,
+    for<'t> Option<&'t str>: sqlx::Encode<'t, D::Db> + sqlx::Type<D::Db>,
+    i64: for<'t> sqlx::Encode<'t, D::Db> + for<'r> sqlx::Decode<'r, D::Db> + sqlx::Type<D::Db>,
+    String: for<'r> sqlx::Decode<'r, D::Db> + sqlx::Type<D::Db>,
+    Option<String>: for<'r> sqlx::Decode<'r, D::Db> + sqlx::Type<D::Db>,
+    Vec<u8>: for<'r> sqlx::Decode<'r, D::Db> + sqlx::Type<D::Db>,
+    &'static str: sqlx::ColumnIndex<<D::Db as Database>::Row>,
+    <D::Db as Database>::QueryResult: QueryResultExt,
+{
+    async fn list(&self, query: &ListQuery) -> Result<Vec<Meta>, Error> {
+        let filters = [
+            query.app.as_deref(),
+            query.principal.as_deref(),
+            query.node.as_deref(),
+            query.after.as_ref().map(SessionKey::as_str),
+        ];
+        let set = filters
+            .iter()
+            .enumerate()
+            .fold(0, |bits, (bit, f)| bits | (usize::from(f.is_some()) << bit));
+        let mut statement = Self::query(&self.sql.list[set]);
+        for value in filters.into_iter().flatten() {
+            statement = statement.bind(value);
+        }
+        let rows = statement
+            .bind(i64::from(query.limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(meta_from_row).collect()
+    }
+
+    async fn purge_expired(&self, now: EpochMillis, batch_size: u32) -> Result<u64, Error> {
+        let mut conn = self.pool.acquire().await?;
+        self.purge_on(&mut conn, now, batch_size).await
+    }
+
+    /// Under the dialect's lock, on one pooled connection: a node that cannot take it at once
+    /// skips the run.
+    async fn purge_expired_exclusive(
+        &self,
+        now: EpochMillis,
+        batch_size: u32,
+    ) -> Result<Option<u64>, Error> {
+        let mut conn = self.pool.acquire().await?;
+        if !D::try_lock(&mut conn).await? {
+            return Ok(None);
+        }
+        let result = self.purge_on(&mut conn, now, batch_size).await;
+        D::unlock(&mut conn).await?;
+        result.map(Some)
+    }
+
+    /// One `GROUP BY app, node`.
+    async fn stats(&self, now: EpochMillis) -> Result<Stats, Error> {
+        let rows = Self::query(&self.sql.stats)
+            .bind(now)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut stats = Stats::default();
+        for row in rows {
+            let count = |column: &'static str| -> Result<u64, Error> {
+                Ok(row.try_get::<i64, _>(column)?.unsigned_abs())
+            };
+            let group = StatsGroup {
+                sessions: count("sessions")?,
+                expired: count("expired")?,
+                signed_in: count("signed_in")?,
+                bytes: count("bytes")?,
+            };
+            let (app, node): (String, String) = (row.try_get("app")?, row.try_get("node")?);
+            stats.add(&app, &node, group);
+        }
+        Ok(stats)
+    }
+
+    async fn length(&self) -> Result<u64, Error> {
+        let n: i64 = Self::query(&"SELECT COUNT(*) AS n FROM stored_http_session".into())
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")?;
+        Ok(n.unsigned_abs())
+    }
+
+    async fn clear(&self) -> Result<(), Error> {
+        Self::query(&"DELETE FROM stored_http_session".into())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+impl<D: Dialect> SqlStore<D>
+where
+    for<'c> &'c mut <D::Db as Database>::Connection: Executor<'c, Database = D::Db>,
+    <D::Db as Database>::Arguments: sqlx::IntoArguments<D::Db>,
+    for<'t> &'t str: sqlx::Encode<'t, D::Db> + sqlx::Type<D::Db>,
+    i64: for<'t> sqlx::Encode<'t, D::Db> + for<'r> sqlx::Decode<'r, D::Db> + sqlx::Type<D::Db>,
+    String: for<'r> sqlx::Decode<'r, D::Db> + sqlx::Type<D::Db>,
+    &'static str: sqlx::ColumnIndex<<D::Db as Database>::Row>,
+    <D::Db as Database>::QueryResult: QueryResultExt,
+{
+    /// The batch statement of `rows` rows (one for any size with arrays).
+    fn batch(&self, slots: &BySize, rows: usize, build: fn(usize) -> String) -> Arc<str> {
+        let rows = if D::ARRAYS { 1 } else { rows };
+        Statements::sized(slots, rows, || build(rows))
+    }
+
+    fn upsert<'q>(&self, records: &[&'q Record]) -> Query<'q, D> {
+        let sql = self.batch(&self.sql.upsert, records.len(), D::upsert);
+        D::bind_batch(Self::query(&sql), records)
+    }
+
+    /// The stored version, node and modification time of each of `records`' keys.
+    async fn versions(
+        &self,
+        records: &[&Record],
+    ) -> Result<HashMap<String, (i64, String, i64)>, Error> {
+        let sql = Statements::sized(&self.sql.versions, records.len(), || {
+            format!(
+                "SELECT session_id, version, node, modified_at FROM stored_http_session \
+                 WHERE session_id IN {}",
+                values::<D>(1, records.len())
+            )
+        });
+        let mut query = Self::query(&sql);
+        for record in records {
+            query = query.bind(record.meta.key.as_str());
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("session_id")?,
+                    (
+                        row.try_get("version")?,
+                        row.try_get("node")?,
+                        row.try_get("modified_at")?,
+                    ),
+                ))
+            })
+            .collect()
+    }
+
+    /// Deletes expired rows in batches on one connection until a batch comes back short.
+    async fn purge_on(
+        &self,
+        conn: &mut <D::Db as Database>::Connection,
+        now: EpochMillis,
+        batch_size: u32,
+    ) -> Result<u64, Error> {
+        let batch = i64::from(batch_size.max(1));
+        let mut total = 0;
+        loop {
+            let done = Self::query(&self.sql.purge)
+                .bind(now)
+                .bind(batch)
+                .execute(&mut *conn)
+                .await?;
+            total += done.rows_affected();
+            if done.rows_affected() < batch.unsigned_abs() {
+                return Ok(total);
+            }
+        }
+    }
+}
+
+/// `rows_affected` of every driver's query result.
+pub trait QueryResultExt {
+    /// Rows the statement changed.
+    fn rows_affected(&self) -> u64;
+}
+
+#[cfg(feature = "postgres")]
+impl QueryResultExt for sqlx::postgres::PgQueryResult {
+    fn rows_affected(&self) -> u64 {
+        self.rows_affected()
+    }
+}
+
+#[cfg(feature = "mysql")]
+impl QueryResultExt for sqlx::mysql::MySqlQueryResult {
+    fn rows_affected(&self) -> u64 {
+        self.rows_affected()
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl QueryResultExt for sqlx::sqlite::SqliteQueryResult {
+    fn rows_affected(&self) -> u64 {
+        self.rows_affected()
+    }
+}
