@@ -330,8 +330,7 @@ async fn async_changes_folded_into_a_queued_write_are_seen_and_written() {
     let sqlite = sqlite(dir.path()).await;
     let counting = CountingStore::new(Arc::new(sqlite.clone()));
     let (writer, worker) = WriteBehind::pair(counting.clone(), WriterConfig::default());
-    let persistence =
-        Persistence::with_writer(counting.clone(), writer, Duration::from_secs(5), true);
+    let persistence = Persistence::with_writer(writer, true);
     let layer = || {
         SessionFailoverLayer::new("news")
             .with_cookie_name("NEWS")
@@ -385,12 +384,7 @@ async fn a_folded_change_is_written_while_another_request_is_mid_change() {
     let dir = tempfile::tempdir().unwrap();
     let sqlite = sqlite(dir.path()).await;
     let (writer, worker) = WriteBehind::pair(Arc::new(sqlite.clone()), WriterConfig::default());
-    let persistence = Persistence::with_writer(
-        Arc::new(sqlite.clone()),
-        writer,
-        Duration::from_secs(5),
-        true,
-    );
+    let persistence = Persistence::with_writer(writer, true);
     let started = Arc::new(tokio::sync::Notify::new());
     let release = Arc::new(tokio::sync::Notify::new());
     let (s, r) = (Arc::clone(&started), Arc::clone(&release));

@@ -17,6 +17,7 @@ mod properties;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use properties::{ENV_PREFIX, Properties, Setting, Source, env_var_to_key, key_to_env_var};
@@ -81,13 +82,20 @@ pub enum Error {
     MissingDir(PathBuf),
 }
 
-/// How an application's sessions are persisted (`spring.session.<app>.save`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SaveMode {
-    /// Saved after the handler, before the response leaves.
-    Sync,
-    /// Queued before the response and written later by a background writer.
-    Async,
+pub use crate::persist::SaveMode;
+
+impl crate::persist::Persistence {
+    /// The configured persistence of `store`: `session.store.timeout`,
+    /// `session.save.group.commit*`, `spring.session.save.async.*` and `session.save.retry.*`.
+    pub fn from_config(store: Arc<dyn crate::store::SessionAdmin>, config: &Config) -> Self {
+        Self::new(
+            Arc::clone(&store) as Arc<dyn crate::store::SessionStore>,
+            config.writer.clone(),
+            config.store.timeout,
+            config.group_commit,
+        )
+        .with_admin(store)
+    }
 }
 
 /// The serializability checker's settings (`session.serialization.check*`).

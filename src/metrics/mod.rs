@@ -77,11 +77,11 @@ pub(crate) fn oldest_pending(age: std::time::Duration) {
 }
 
 #[allow(clippy::cast_precision_loss)]
-pub(crate) fn flushed(report: &crate::persist::FlushReport, seconds: f64) {
-    metrics::histogram!("session_write_batch_size").record(report.taken as f64);
+pub(crate) fn flushed(taken: usize, statements: usize, failed: usize, seconds: f64) {
+    metrics::histogram!("session_write_batch_size").record(taken as f64);
     metrics::histogram!("session_write_flush_seconds").record(seconds);
-    metrics::counter!("session_write_statements_total").increment(report.statements as u64);
-    metrics::counter!("session_write_failures_total").increment(report.failed as u64);
+    metrics::counter!("session_write_statements_total").increment(statements as u64);
+    metrics::counter!("session_write_failures_total").increment(failed as u64);
 }
 
 pub(crate) fn write_retries(writes: usize) {
@@ -89,14 +89,15 @@ pub(crate) fn write_retries(writes: usize) {
 }
 
 #[allow(clippy::cast_precision_loss)]
-pub(crate) fn purged(report: &crate::purge::PurgeReport) {
-    if report.skipped {
+/// A purge run: `None` if it was skipped (another node purging), else the rows it deleted.
+pub(crate) fn purged(deleted: Option<u64>, took: std::time::Duration) {
+    let Some(deleted) = deleted else {
         metrics::counter!("session_purge_skipped_total").increment(1);
         return;
-    }
+    };
     metrics::counter!("session_purge_runs_total").increment(1);
-    metrics::counter!("session_purge_rows_total").increment(report.deleted);
-    metrics::histogram!("session_purge_seconds").record(report.took.as_secs_f64());
+    metrics::counter!("session_purge_rows_total").increment(deleted);
+    metrics::histogram!("session_purge_seconds").record(took.as_secs_f64());
 }
 
 pub(crate) fn purge_failed() {

@@ -107,7 +107,7 @@ impl Purger {
             skipped: deleted.is_none(),
             took: started.elapsed(),
         };
-        crate::metrics::purged(&report);
+        crate::metrics::purged((!report.skipped).then_some(report.deleted), report.took);
         Ok(report)
     }
 

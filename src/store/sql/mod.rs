@@ -96,6 +96,25 @@ pub trait Dialect: std::fmt::Debug + Send + Sync + Sized + 'static {
     }
 }
 
+/// A pool of `options.pool_size` connections to `connect`, waiting at most `options.timeout` for
+/// one and not pinging them before use; `url` (redacted) names it in the error.
+pub(crate) async fn pool<DB: Database>(
+    url: &str,
+    options: &StoreOptions,
+    connect: <DB::Connection as sqlx::Connection>::Options,
+) -> Result<sqlx::Pool<DB>, Error> {
+    sqlx::pool::PoolOptions::<DB>::new()
+        .max_connections(options.pool_size)
+        .acquire_timeout(options.timeout)
+        .test_before_acquire(false)
+        .connect_with(connect)
+        .await
+        .map_err(|source| Error::Connect {
+            url: crate::store::redact_url(url),
+            source,
+        })
+}
+
 /// `(p, p, …), (p, …)`: `rows` groups of `columns` parameters, numbered from 1.
 pub(crate) fn values<D: Dialect>(rows: usize, columns: usize) -> String {
     (0..rows)

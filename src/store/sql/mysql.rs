@@ -1,7 +1,7 @@
 //! MySQL and MariaDB: batches are multi-row statements (up to 500 rows or 4 MiB); the purge
 //! lock is `GET_LOCK`, named per database.
 
-use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOptions};
+use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool};
 
 use super::{COLUMNS, Dialect, Query, bind_rows, values};
 use crate::store::{Error, Record, StoreOptions};
@@ -77,16 +77,7 @@ impl Dialect for MySql {
             None => url.to_owned(),
         };
         let connect: MySqlConnectOptions = url.parse()?;
-        MySqlPoolOptions::new()
-            .max_connections(options.pool_size)
-            .acquire_timeout(options.timeout)
-            .test_before_acquire(false)
-            .connect_with(connect)
-            .await
-            .map_err(|source| Error::Connect {
-                url: crate::store::redact_url(&url),
-                source,
-            })
+        super::pool(&url, options, connect).await
     }
 
     async fn migrate(pool: &MySqlPool) -> Result<(), Error> {

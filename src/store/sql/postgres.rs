@@ -1,7 +1,7 @@
 //! PostgreSQL: batches travel as 13 arrays (`UNNEST`), so one prepared statement serves every
 //! batch size; the purge lock is a session-level advisory lock.
 
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool};
 
 use super::{COLUMNS, Dialect, Query, assignments, attribute_names, size};
 use crate::store::{Error, Record, StoreOptions};
@@ -81,16 +81,7 @@ impl Dialect for Postgres {
 
     async fn connect(url: &str, options: &StoreOptions) -> Result<PgPool, Error> {
         let connect: PgConnectOptions = url.parse()?;
-        PgPoolOptions::new()
-            .max_connections(options.pool_size)
-            .acquire_timeout(options.timeout)
-            .test_before_acquire(false)
-            .connect_with(connect)
-            .await
-            .map_err(|source| Error::Connect {
-                url: crate::store::redact_url(url),
-                source,
-            })
+        super::pool(url, options, connect).await
     }
 
     async fn migrate(pool: &PgPool) -> Result<(), Error> {

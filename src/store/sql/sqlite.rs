@@ -5,9 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::str::FromStr as _;
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteSynchronous};
 
 use super::{COLUMNS, Dialect, Query, assignments, bind_rows, values};
 use crate::store::{Error, Record, StoreOptions};
@@ -76,16 +74,7 @@ impl Dialect for Sqlite {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(options.timeout);
-        SqlitePoolOptions::new()
-            .max_connections(options.pool_size)
-            .acquire_timeout(options.timeout)
-            .test_before_acquire(false)
-            .connect_with(connect)
-            .await
-            .map_err(|source| Error::Connect {
-                url: url.to_owned(),
-                source,
-            })
+        super::pool(url, options, connect).await
     }
 
     async fn migrate(pool: &SqlitePool) -> Result<(), Error> {

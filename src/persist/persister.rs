@@ -1,0 +1,151 @@
+//! [`Persister`]: what saving, touching and deleting one application's sessions does in its
+//! save mode.
+
+use std::sync::{Arc, Weak};
+
+use super::{Op, Outcome, Persistence, SaveMode, WriteError};
+use crate::session::SessionKey;
+use crate::session::state::Entry;
+use crate::store::{self, EpochMillis, Record, Update};
+
+/// What became of a save.
+#[derive(Debug)]
+pub(crate) enum Saved {
+    /// Committed, or refused with this outcome.
+    Stored(Update),
+    /// Queued (async mode); the writer reports to the entry later.
+    Queued,
+    /// Not committed now, but still queued: the writer retries it.
+    Kept(WriteError),
+    /// Not committed and not queued: the session stays marked changed for its next request.
+    Failed(WriteError),
+}
+
+/// Persists one application's sessions.
+#[derive(Clone, Debug)]
+pub(crate) struct Persister {
+    persistence: Persistence,
+    mode: SaveMode,
+}
+
+impl Persister {
+    pub(crate) fn new(persistence: Persistence, mode: SaveMode) -> Self {
+        Self { persistence, mode }
+    }
+
+    pub(crate) fn mode(&self) -> SaveMode {
+        self.mode
+    }
+
+    pub(crate) fn persistence(&self) -> &Persistence {
+        &self.persistence
+    }
+
+    /// Reads a live session: the newest state queued on this node if there is one, else the
+    /// row; and whether the row exists (a queued first write has not made it yet).
+    pub(crate) async fn load(
+        &self,
+        key: &SessionKey,
+        now: EpochMillis,
+    ) -> Result<Option<(Record, bool)>, store::Error> {
+        let writer = &self.persistence.writer;
+        match writer.pending(key) {
+            Some(queued) => Ok(queued.filter(|(r, _)| r.meta.expires_at > now)),
+            None => Ok(writer
+                .bounded(writer.store().get(key, now))
+                .await?
+                .map(|record| (record, true))),
+        }
+    }
+
+    /// Writes a changed session as the app's mode says (see the module docs). The entry is told
+    /// what became of it.
+    pub(crate) async fn save(&self, record: Record, new: bool, entry: &Arc<Entry>) -> Saved {
+        let writer = &self.persistence.writer;
+        let key = record.meta.key.clone();
+        match self.mode {
+            SaveMode::Async => {
+                let op = Op::Save {
+                    record: record.clone(),
+                    new,
+                };
+                if writer
+                    .enqueue(key.clone(), op, Arc::downgrade(entry))
+                    .is_ok()
+                {
+                    return Saved::Queued;
+                }
+                crate::metrics::sync_fallback();
+                self.save_directly(key, Op::Save { record, new }, entry)
+                    .await
+            }
+            SaveMode::Sync if self.persistence.group_commit => {
+                let op = Op::Save { record, new };
+                let wait = writer.enqueue_and_wait(key, op, Arc::downgrade(entry));
+                // The request's deadline: the window and the commit of its batch. The write
+                // itself stays queued if it is not made by then.
+                let timeout = writer.store_timeout();
+                match tokio::time::timeout(timeout, wait).await {
+                    // The writer has already told the entry.
+                    Ok(Outcome::Stored(update)) => Saved::Stored(update),
+                    Ok(Outcome::Failed(WriteError::QueueFull)) => {
+                        Saved::Failed(WriteError::QueueFull)
+                    }
+                    Ok(Outcome::Failed(error)) => Saved::Kept(error),
+                    Err(_) => Saved::Kept(WriteError::Timeout(timeout)),
+                }
+            }
+            SaveMode::Sync => {
+                self.save_directly(key, Op::Save { record, new }, entry)
+                    .await
+            }
+        }
+    }
+
+    async fn save_directly(&self, key: SessionKey, op: Op, entry: &Arc<Entry>) -> Saved {
+        let writer = &self.persistence.writer;
+        match writer.write_direct(key, op, Arc::downgrade(entry)).await {
+            Outcome::Stored(update) => Saved::Stored(update),
+            Outcome::Failed(error) => Saved::Failed(error),
+        }
+    }
+
+    /// Pushes an unchanged session's expiry forward.
+    pub(crate) async fn touch(
+        &self,
+        key: &SessionKey,
+        now: EpochMillis,
+        expires_at: EpochMillis,
+    ) -> Result<bool, store::Error> {
+        let writer = &self.persistence.writer;
+        writer
+            .bounded(writer.store().reset_timer(key, now, expires_at))
+            .await
+    }
+
+    /// Queues the removal of a session's old row behind the writes already queued (a rotation
+    /// whose new row is not written yet): in one batch saves go before deletes.
+    pub(crate) async fn destroy_later(&self, key: &SessionKey) {
+        let queued = self
+            .persistence
+            .writer
+            .enqueue(key.clone(), Op::Delete, Weak::new());
+        if queued.is_err()
+            && let Err(error) = self.destroy(key).await
+        {
+            tracing::error!(session = %key.short_hash(), error = &error as &dyn std::error::Error, "cannot remove ended session from the store");
+        }
+    }
+
+    /// Removes an ended session, after any write of it that is already queued.
+    pub(crate) async fn destroy(&self, key: &SessionKey) -> Result<(), WriteError> {
+        let writer = &self.persistence.writer;
+        let wait = writer.enqueue_and_wait(key.clone(), Op::Delete, Weak::new());
+        let timeout = writer.store_timeout();
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Outcome::Stored(_)) => Ok(()),
+            Ok(Outcome::Failed(error)) => Err(error),
+            Err(_) => Err(WriteError::Timeout(timeout)),
+        }
+    }
+}

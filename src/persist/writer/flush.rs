@@ -1,0 +1,351 @@
+//! One flush: a batch's store calls (deletes, inserts, updates), what their outcomes mean for
+//! the node's entries and the waiting requests, and what a failure does (retry with backoff, or
+//! give up and leave the change to the session's next request).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::handle::Shared;
+use super::queue::{Op, Outcome, Pending, merge};
+use super::{FlushReport, Scope, WriterConfig};
+use crate::persist::WriteError;
+use crate::session::SessionKey;
+use crate::session::state::Entry;
+use crate::store::{self, Record, Update};
+
+impl Shared {
+    pub(super) async fn flush(self: &Arc<Self>, scope: Scope) -> FlushReport {
+        let now = Instant::now();
+        let batch = {
+            let mut queue = self.queue();
+            queue.release_due(now);
+            let batch = queue.take_batch(scope, self.config.max_items);
+            if let Some(oldest) = queue.oldest() {
+                crate::metrics::oldest_pending(now.saturating_duration_since(oldest));
+            }
+            batch
+        };
+        // Whatever happens to this future (a panic in a store, a drop), the sessions of this
+        // batch leave the in-flight set, so their later writes are not blocked for good.
+        let _flight = Flight {
+            shared: self,
+            keys: batch.iter().map(|(k, _)| k.clone()).collect(),
+        };
+        let report = self.write(batch, Disposition::Requeue).await;
+        crate::metrics::queue_depth(self.queue().len());
+        report
+    }
+
+    /// Stores a batch: deletes in one call, new sessions in one `set_many`, existing ones in one
+    /// `update_many`; tells each entry and waiter what became of its write.
+    pub(super) async fn write(
+        &self,
+        mut batch: Vec<(SessionKey, Pending)>,
+        disposition: Disposition,
+    ) -> FlushReport {
+        // Folded changes are encoded now, once per session and batch, outside the queue's lock.
+        for (_, pending) in &mut batch {
+            if let (Some(folded), Op::Save { record, .. }) = (&pending.folded, &mut pending.op)
+                && !folded.newest(record)
+                && let Some(entry) = pending.entry.upgrade()
+            {
+                // Not encodable now: the session's next request saves it again.
+                entry.lock().dirty = true;
+            }
+        }
+        let mut report = FlushReport {
+            taken: batch.len(),
+            ..FlushReport::default()
+        };
+        if batch.is_empty() {
+            return report;
+        }
+        let started = std::time::Instant::now();
+        let (mut deletes, mut inserts, mut updates) = (Vec::new(), Vec::new(), Vec::new());
+        {
+            let queue = self.queue();
+            for (key, pending) in batch {
+                let ended = pending
+                    .entry
+                    .upgrade()
+                    .is_some_and(|e| e.lock().invalidated)
+                    || queue.deleted.contains_key(&key);
+                match &pending.op {
+                    Op::Delete => deletes.push((key, pending)),
+                    // Ended since it was queued: writing it would bring it back.
+                    Op::Save { .. } if ended => {
+                        report.conflicts += 1;
+                        resolve(pending, Update::Missing);
+                    }
+                    Op::Save { new: true, .. } => inserts.push((key, pending)),
+                    Op::Save { new: false, .. } => updates.push((key, pending)),
+                }
+            }
+        }
+        // Saves before deletes: a rotation's new row lands before its old row goes.
+        if !inserts.is_empty() {
+            report.statements += 1;
+            let records: Vec<Record> = inserts.iter().map(|(_, p)| record_of(p)).collect();
+            match self.bounded(self.store.set_many(&records)).await {
+                Ok(()) => {
+                    report.written += inserts.len();
+                    for (_, pending) in inserts {
+                        resolve(pending, Update::Written);
+                    }
+                }
+                Err(error) => Box::pin(self.failed(inserts, error, disposition, &mut report)).await,
+            }
+        }
+        if !updates.is_empty() {
+            report.statements += 1;
+            let records: Vec<Record> = updates.iter().map(|(_, p)| record_of(p)).collect();
+            match self.bounded(self.store.update_many(&records)).await {
+                Ok(outcomes) if outcomes.len() == updates.len() => {
+                    for ((_, pending), outcome) in updates.into_iter().zip(outcomes) {
+                        if outcome == Update::Written {
+                            report.written += 1;
+                        } else {
+                            report.conflicts += 1;
+                        }
+                        resolve(pending, outcome);
+                    }
+                }
+                Ok(outcomes) => {
+                    let error = store::Error::Backend(
+                        format!(
+                            "update_many answered {} outcomes for {} records",
+                            outcomes.len(),
+                            updates.len()
+                        )
+                        .into(),
+                    );
+                    Box::pin(self.failed(updates, error, disposition, &mut report)).await;
+                }
+                Err(error) => Box::pin(self.failed(updates, error, disposition, &mut report)).await,
+            }
+        }
+        if !deletes.is_empty() {
+            report.statements += 1;
+            let keys: Vec<SessionKey> = deletes.iter().map(|(k, _)| k.clone()).collect();
+            match self.bounded(self.store.destroy_many(&keys)).await {
+                Ok(_) => {
+                    report.deleted += deletes.len();
+                    self.remember_deleted(&keys);
+                    for (_, pending) in deletes {
+                        resolve(pending, Update::Written);
+                    }
+                }
+                Err(error) => Box::pin(self.failed(deletes, error, disposition, &mut report)).await,
+            }
+        }
+        if report.failed == 0 {
+            self.failing.store(false, Ordering::Relaxed);
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        crate::metrics::flushed(report.taken, report.statements, report.failed, seconds);
+        tracing::debug!(
+            taken = report.taken,
+            written = report.written,
+            deleted = report.deleted,
+            conflicts = report.conflicts,
+            failed = report.failed,
+            statements = report.statements,
+            ms = seconds * 1e3,
+            "session writer flushed a batch"
+        );
+        report
+    }
+
+    /// Keeps deleted keys for a while, so a save arriving late cannot re-insert them.
+    fn remember_deleted(&self, keys: &[SessionKey]) {
+        let now = Instant::now();
+        let mut queue = self.queue();
+        if queue.deleted.len() + keys.len() > DELETED_CAPACITY {
+            queue
+                .deleted
+                .retain(|_, at| now.saturating_duration_since(*at) < DELETED_HORIZON);
+        }
+        for key in keys {
+            queue.deleted.insert(key.clone(), now);
+        }
+    }
+
+    /// A store call bounded by the store timeout: a hung database must not hang the writer, and
+    /// no request waits on one call longer than that. Every store call of the layer goes
+    /// through here; nothing else applies the timeout.
+    pub(super) async fn bounded<T>(
+        &self,
+        call: impl Future<Output = Result<T, store::Error>>,
+    ) -> Result<T, store::Error> {
+        let timeout = self.config.store_timeout;
+        tokio::time::timeout(timeout, call)
+            .await
+            .unwrap_or(Err(store::Error::Timeout(timeout)))
+    }
+
+    /// A failed write: a data error in a batch of several is retried record by record at once
+    /// (one bad record must not hold up the others); otherwise the writes go back to the queue
+    /// with backoff (a newer state arriving meanwhile wins), until `MAX_ATTEMPTS` data errors,
+    /// after which the write is given up: logged, and its session marked changed so its next
+    /// request saves it again. Waiters are told.
+    async fn failed(
+        &self,
+        writes: Vec<(SessionKey, Pending)>,
+        error: store::Error,
+        disposition: Disposition,
+        report: &mut FlushReport,
+    ) {
+        let transient = error.is_transient();
+        if !transient && writes.len() > 1 {
+            tracing::warn!(
+                writes = writes.len(),
+                error = &error as &dyn std::error::Error,
+                "a batch of session writes was refused; writing its records one by one"
+            );
+            report.statements += writes.len();
+            for write in writes {
+                let single = self.write(vec![write], disposition).await;
+                report.written += single.written;
+                report.conflicts += single.conflicts;
+                report.deleted += single.deleted;
+                report.failed += single.failed;
+            }
+            return;
+        }
+        report.failed += writes.len();
+        let error = Arc::new(error);
+        if disposition == Disposition::LeaveToEntry {
+            // Written in the request's own task: the session's next request saves it again.
+            for (_, pending) in writes {
+                if let Some(entry) = pending.entry.upgrade() {
+                    entry.lock().dirty = true;
+                }
+                for waiter in pending.waiters {
+                    let _ = waiter.send(Outcome::Failed(WriteError::Store(Arc::clone(&error))));
+                }
+            }
+            return;
+        }
+        tracing::error!(
+            writes = writes.len(),
+            error = &*error as &dyn std::error::Error,
+            "session writes failed; kept and retried with backoff"
+        );
+        self.failing.store(transient, Ordering::Relaxed);
+        crate::metrics::write_retries(writes.len());
+        let now = Instant::now();
+        let mut queue = self.queue();
+        for (key, mut pending) in writes {
+            for waiter in pending.waiters.drain(..) {
+                let _ = waiter.send(Outcome::Failed(WriteError::Store(Arc::clone(&error))));
+            }
+            pending.attempts = pending.attempts.saturating_add(1);
+            if !transient && pending.attempts >= MAX_ATTEMPTS {
+                tracing::error!(
+                    session = %key.short_hash(),
+                    attempts = pending.attempts,
+                    "the store keeps refusing this session's write; given up here, kept in memory for its next request"
+                );
+                if let Some(entry) = pending.entry.upgrade() {
+                    entry.lock().dirty = true;
+                }
+                continue;
+            }
+            pending.not_before = Some(now + backoff(&self.config, pending.attempts));
+            match queue.take(&key) {
+                // A newer state arrived while this one was being written: it wins.
+                Some(newer) => {
+                    let merged = merge(pending, newer);
+                    queue.put(key, merged, now);
+                }
+                None => queue.put(key, pending, now),
+            }
+        }
+    }
+}
+
+/// What a failed write becomes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Disposition {
+    /// Back to the queue, retried with backoff by the worker.
+    Requeue,
+    /// A direct write (in the request's own task, not queued): the entry is marked changed and
+    /// the session's next request saves it again.
+    LeaveToEntry,
+}
+
+fn record_of(pending: &Pending) -> Record {
+    match &pending.op {
+        Op::Save { record, .. } => record.clone(),
+        Op::Delete => unreachable!("deletes are batched separately"),
+    }
+}
+
+/// Tells the entry and the waiters what became of a write.
+fn resolve(pending: Pending, outcome: Update) {
+    if let (Op::Save { record, .. }, Some(entry)) = (&pending.op, pending.entry.upgrade()) {
+        apply(&entry, record.meta.version, outcome);
+    }
+    for waiter in pending.waiters {
+        let _ = waiter.send(Outcome::Stored(outcome));
+    }
+}
+
+/// Removes a batch's sessions from the in-flight set when the flush ends, however it ends.
+struct Flight<'a> {
+    shared: &'a Shared,
+    keys: Vec<SessionKey>,
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        let mut queue = self.shared.queue();
+        for key in &self.keys {
+            queue.in_flight.remove(key);
+        }
+    }
+}
+
+/// Failed attempts after which a write the store keeps refusing (not a connection problem) is
+/// given up by the writer and left to the session's next request.
+pub(super) const MAX_ATTEMPTS: u32 = 5;
+/// How long, and how many, deleted keys are remembered against late saves.
+const DELETED_HORIZON: Duration = Duration::from_secs(600);
+const DELETED_CAPACITY: usize = 100_000;
+
+/// What a stored (or refused) save means for the node's copy of the session.
+pub(crate) fn apply(entry: &Entry, version: i64, outcome: Update) {
+    let mut state = entry.lock();
+    match outcome {
+        Update::Written => state.persisted = true,
+        // The session was ended elsewhere: stop serving it here.
+        Update::Missing => state.end(),
+        // Another node wrote a newer state; unless this node has a newer one on its way, its
+        // copy is stale: the next request restores the newer state.
+        Update::Superseded if state.version <= version => state.stale = true,
+        Update::Superseded => {}
+    }
+}
+
+/// The delay before retry number `attempts` (1-based): exponential, capped, ±20 % jitter.
+fn backoff(config: &WriterConfig, attempts: u32) -> Duration {
+    let factor = config
+        .retry_multiplier
+        .max(1)
+        .saturating_pow(attempts.saturating_sub(1));
+    let delay = config
+        .retry_delay
+        .saturating_mul(factor)
+        .min(config.retry_max_delay);
+    let mut byte = [0u8; 1];
+    let jitter = if getrandom::fill(&mut byte).is_ok() {
+        0.8 + 0.4 * f64::from(byte[0]) / 255.0
+    } else {
+        1.0
+    };
+    delay.mul_f64(jitter)
+}
