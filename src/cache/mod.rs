@@ -26,7 +26,7 @@ pub(crate) fn new(app: &str, max_entries: u64, idle: Duration, persistent: bool)
         .time_to_idle(idle)
         .eviction_listener(move |id: Arc<SessionId>, entry: Arc<Entry>, cause| {
             let state = entry.lock();
-            if persistent && state.dirty && !state.invalidated && cause.was_evicted() {
+            if persistent && state.has_unsaved_change() && cause.was_evicted() {
                 tracing::error!(%app, session = %id.short_hash(), ?cause, "session evicted from the node cache with a change that could not be saved; that change is lost");
             }
         })

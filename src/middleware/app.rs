@@ -10,8 +10,8 @@ use http::{HeaderMap, HeaderValue, Request};
 use crate::cache::NodeCache;
 use crate::codec::{Binding, Codec, EncodedAttributes};
 use crate::config::SaveMode;
-use crate::persist::{Folded, Persister, Saved};
-use crate::session::state::{Entry, State, Value};
+use crate::persist::{Folded, Owner, Persister, Saved};
+use crate::session::state::{Due, Entry, State, Value};
 use crate::session::{Session, SessionId};
 use crate::store::{EpochMillis, Meta, Record, Update, now_millis};
 
@@ -106,6 +106,32 @@ struct Snapshot {
     version: i64,
     new: bool,
     attributes: Vec<(String, Value)>,
+}
+
+/// A node-cache entry as the writer sees it.
+fn owner(entry: &Arc<Entry>) -> std::sync::Weak<dyn Owner> {
+    let weak: std::sync::Weak<Entry> = Arc::downgrade(entry);
+    weak
+}
+
+impl Owner for Entry {
+    fn is_ended(&self) -> bool {
+        self.lock().is_ended()
+    }
+
+    fn stored(&self, version: i64, outcome: Update) {
+        let mut state = self.lock();
+        match outcome {
+            Update::Written => state.mark_written(),
+            // The session was ended elsewhere: stop serving it here.
+            Update::Missing => state.end(),
+            Update::Superseded => state.mark_superseded(version),
+        }
+    }
+
+    fn not_saved(&self) {
+        self.lock().keep_change();
+    }
 }
 
 /// Whether the request arrived over TLS, directly or through a proxy that says so
@@ -236,7 +262,7 @@ impl AppShared {
                 let (live, stale) = {
                     let state = entry.lock();
                     // The entry may be a tombstone, or (after a rotation) hold another id.
-                    (!state.invalidated && state.id == *id, state.stale)
+                    (!state.is_ended() && state.id == *id, state.is_stale())
                 };
                 if live && !stale {
                     self.metrics.cache_hits.increment(1);
@@ -310,7 +336,9 @@ impl AppShared {
                 self.metrics.restores.increment(1);
                 let mut state = State::restored(id.clone(), &record.meta, attributes);
                 // Restored from this node's queue before its first write landed: no row yet.
-                state.persisted = row_exists;
+                if !row_exists {
+                    state.restored_without_row();
+                }
                 Ok(Some(Entry::new(state)))
             }
             Err(error) => {
@@ -340,9 +368,9 @@ impl AppShared {
         };
         if let Some(entry) = slot.entry {
             let mut state = entry.lock();
-            if !state.invalidated {
+            if !state.is_ended() {
                 finish.work = self.work(&mut state, now);
-                let announce = std::mem::take(&mut state.announce);
+                let announce = state.take_announce();
                 let id = state.id.clone();
                 drop(state);
                 if finish.cache_it || announce {
@@ -388,30 +416,22 @@ impl AppShared {
 
     /// Decides under the session's lock what to persist, and marks it done.
     fn work(&self, state: &mut State, now: EpochMillis) -> Work {
-        if state.dirty {
-            state.dirty = false;
-            state.version = state.version.saturating_add(1);
-            state.persisted_at = now;
-            return Work::Save(Snapshot {
+        let touch_every = millis(self.settings.timeout / TOUCH_DIVISOR);
+        match state.take_work(now, touch_every) {
+            Due::Nothing => Work::None,
+            Due::Touch => Work::Touch,
+            Due::Save { version, new } => Work::Save(Snapshot {
                 principal: state.principal.clone(),
                 created_at: state.created_at,
-                version: state.version,
-                new: !state.persisted,
+                version,
+                new,
                 attributes: state
                     .attributes
                     .iter()
                     .map(|(name, value)| (name.clone(), value.clone()))
                     .collect(),
-            });
+            }),
         }
-        let touch_every = millis(self.settings.timeout / TOUCH_DIVISOR);
-        // Only a row known to exist is touched: a session whose first write is still queued
-        // has none yet, and "not found" would wrongly end it.
-        if state.persisted && now.saturating_sub(state.persisted_at) >= touch_every {
-            state.persisted_at = now;
-            return Work::Touch;
-        }
-        Work::None
     }
 
     /// The store and cache work of [`AppShared::plan`]. Run it in its own task: a dropped
@@ -490,7 +510,7 @@ impl AppShared {
             if persister
                 .persistence()
                 .writer()
-                .fold(&id.store_key(), entry, folded)
+                .fold(&id.store_key(), owner(entry), folded)
             {
                 return (Answer::Done, false);
             }
@@ -501,11 +521,11 @@ impl AppShared {
         let new = snapshot.new;
         let started = std::time::Instant::now();
         let Some(record) = self.settings.record(id, snapshot) else {
-            entry.lock().dirty = true;
+            entry.lock().keep_change();
             return (Answer::Done, false);
         };
         let app = &self.settings.app;
-        let saved = persister.save(record, new, entry).await;
+        let saved = persister.save(record, new, owner(entry)).await;
         let committed = matches!(saved, Saved::Stored(Update::Written));
         let answer = match saved {
             Saved::Stored(Update::Written) => {
@@ -523,7 +543,7 @@ impl AppShared {
             }
             Saved::Stored(Update::Superseded) => {
                 // A newer local save of this entry got there first: nothing is lost.
-                if !entry.lock().stale {
+                if !entry.lock().is_stale() {
                     return (Answer::Done, true);
                 }
                 // Another node wrote a newer version: this node's copy is stale and will be
@@ -538,8 +558,8 @@ impl AppShared {
                 Answer::Done
             }
             Saved::Failed(error) => {
-                // Keep it: still in the cache, marked changed, saved by its next request.
-                entry.lock().dirty = true;
+                // Kept: still in the cache, marked changed (by the writer), saved by its next
+                // request.
                 crate::metrics::store_error(app, "save");
                 tracing::error!(%app, session = %id.short_hash(), error = &error as &dyn std::error::Error, "cannot save session; kept in memory and retried on its next request");
                 Answer::Done

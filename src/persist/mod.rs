@@ -33,6 +33,31 @@ pub(crate) use writer::{Folded, Op, Outcome};
 
 use crate::store::{SessionAdmin, SessionStore};
 
+/// The session a write belongs to, as the writer sees it: asked whether it was ended, and told
+/// what became of its writes. The node cache's entries implement it; the writer knows no more
+/// of them than this.
+pub(crate) trait Owner: Send + Sync {
+    /// The session was ended here (a save of it must not be written).
+    fn is_ended(&self) -> bool;
+    /// The write of `version` was committed or refused with `outcome`.
+    fn stored(&self, version: i64, outcome: crate::store::Update);
+    /// A write of it was not made and nobody retries it: its next request must save again.
+    fn not_saved(&self);
+}
+
+/// The owner of a write nobody is told about (deletes).
+pub(crate) fn nobody() -> std::sync::Weak<dyn Owner> {
+    struct Nobody;
+    impl Owner for Nobody {
+        fn is_ended(&self) -> bool {
+            false
+        }
+        fn stored(&self, _: i64, _: crate::store::Update) {}
+        fn not_saved(&self) {}
+    }
+    std::sync::Weak::<Nobody>::new()
+}
+
 /// How an application's sessions are persisted (`spring.session.<app>.save`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SaveMode {

@@ -1,11 +1,10 @@
 //! [`Persister`]: what saving, touching and deleting one application's sessions does in its
 //! save mode.
 
-use std::sync::{Arc, Weak};
+use std::sync::Weak;
 
-use super::{Op, Outcome, Persistence, SaveMode, WriteError};
+use super::{Op, Outcome, Owner, Persistence, SaveMode, WriteError, nobody};
 use crate::session::SessionKey;
-use crate::session::state::Entry;
 use crate::store::{self, EpochMillis, Record, Update};
 
 /// What became of a save.
@@ -60,7 +59,7 @@ impl Persister {
 
     /// Writes a changed session as the app's mode says (see the module docs). The entry is told
     /// what became of it.
-    pub(crate) async fn save(&self, record: Record, new: bool, entry: &Arc<Entry>) -> Saved {
+    pub(crate) async fn save(&self, record: Record, new: bool, entry: Weak<dyn Owner>) -> Saved {
         let writer = &self.persistence.writer;
         let key = record.meta.key.clone();
         match self.mode {
@@ -69,10 +68,7 @@ impl Persister {
                     record: record.clone(),
                     new,
                 };
-                if writer
-                    .enqueue(key.clone(), op, Arc::downgrade(entry))
-                    .is_ok()
-                {
+                if writer.enqueue(key.clone(), op, entry.clone()).is_ok() {
                     return Saved::Queued;
                 }
                 crate::metrics::sync_fallback();
@@ -81,7 +77,7 @@ impl Persister {
             }
             SaveMode::Sync if self.persistence.group_commit => {
                 let op = Op::Save { record, new };
-                let wait = writer.enqueue_and_wait(key, op, Arc::downgrade(entry));
+                let wait = writer.enqueue_and_wait(key, op, entry);
                 // The request's deadline: the window and the commit of its batch. The write
                 // itself stays queued if it is not made by then.
                 let timeout = writer.store_timeout();
@@ -102,9 +98,9 @@ impl Persister {
         }
     }
 
-    async fn save_directly(&self, key: SessionKey, op: Op, entry: &Arc<Entry>) -> Saved {
+    async fn save_directly(&self, key: SessionKey, op: Op, entry: Weak<dyn Owner>) -> Saved {
         let writer = &self.persistence.writer;
-        match writer.write_direct(key, op, Arc::downgrade(entry)).await {
+        match writer.write_direct(key, op, entry).await {
             Outcome::Stored(update) => Saved::Stored(update),
             Outcome::Failed(error) => Saved::Failed(error),
         }
@@ -129,7 +125,7 @@ impl Persister {
         let queued = self
             .persistence
             .writer
-            .enqueue(key.clone(), Op::Delete, Weak::new());
+            .enqueue(key.clone(), Op::Delete, nobody());
         if queued.is_err()
             && let Err(error) = self.destroy(key).await
         {
@@ -140,7 +136,7 @@ impl Persister {
     /// Removes an ended session, after any write of it that is already queued.
     pub(crate) async fn destroy(&self, key: &SessionKey) -> Result<(), WriteError> {
         let writer = &self.persistence.writer;
-        let wait = writer.enqueue_and_wait(key.clone(), Op::Delete, Weak::new());
+        let wait = writer.enqueue_and_wait(key.clone(), Op::Delete, nobody());
         let timeout = writer.store_timeout();
         match tokio::time::timeout(timeout, wait).await {
             Ok(Outcome::Stored(_)) => Ok(()),

@@ -72,14 +72,14 @@ impl Session {
     /// The live entry of this request, if any (an entry ended by a concurrent request is none).
     fn entry(&self) -> Option<Arc<Entry>> {
         let entry = self.slot().entry.clone()?;
-        let ended = entry.lock().invalidated;
+        let ended = entry.lock().is_ended();
         (!ended).then_some(entry)
     }
 
     fn with_state<R>(&self, f: impl FnOnce(&mut State) -> R) -> Option<R> {
         let entry = self.entry()?;
         let mut state = entry.lock();
-        (!state.invalidated).then(|| f(&mut state))
+        (!state.is_ended()).then(|| f(&mut state))
     }
 
     fn with_state_or_create<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
@@ -91,7 +91,7 @@ impl Session {
                 );
             }
             match &slot.entry {
-                Some(entry) if !entry.lock().invalidated => Arc::clone(entry),
+                Some(entry) if !entry.lock().is_ended() => Arc::clone(entry),
                 _ => {
                     let entry = Entry::new(State::new(SessionId::generate(), now_millis()));
                     slot.entry = Some(Arc::clone(&entry));
@@ -229,10 +229,7 @@ impl Session {
     /// Call [`Session::cycle_id`] at the same time when signing in, against session fixation.
     pub fn set_principal(&self, principal: Option<String>) {
         let creates = principal.is_some();
-        let update = |state: &mut State| {
-            state.dirty |= state.principal != principal;
-            state.principal = principal;
-        };
+        let update = |state: &mut State| state.set_principal(principal);
         match creates {
             true => self.with_state_or_create(update),
             false => {
@@ -255,7 +252,7 @@ impl Session {
             return;
         };
         let mut state = entry.lock();
-        if !state.invalidated && !slot.created {
+        if !state.is_ended() && !slot.created {
             slot.removed.push(state.id.clone());
         }
         state.end();
@@ -276,7 +273,7 @@ impl Session {
         };
         let (old, moved) = {
             let mut state = entry.lock();
-            if state.invalidated {
+            if state.is_ended() {
                 return;
             }
             let old = state.id.clone();

@@ -55,33 +55,46 @@ pub(crate) enum Value {
     },
 }
 
-/// The mutable part of a session.
+/// The mutable part of a session. The data (`id`, `principal`, `created_at`, `attributes`) is
+/// read and written by the handle; the persistence state is private and changes only through
+/// the transition methods below, each named for the event that causes it.
 pub(crate) struct State {
     pub(crate) id: SessionId,
     pub(crate) principal: Option<String>,
     pub(crate) created_at: EpochMillis,
     pub(crate) attributes: BTreeMap<String, Value>,
     /// Changed since the last successful save.
-    pub(crate) dirty: bool,
+    dirty: bool,
     /// The version of the last snapshot taken for saving; the next save writes `version + 1`.
-    pub(crate) version: i64,
+    version: i64,
     /// The store has a row for this id (restored from it, or saved once): later saves only
     /// update that row, so a row deleted meanwhile (logout elsewhere, backoffice) is not
     /// re-created.
-    pub(crate) persisted: bool,
+    persisted: bool,
     /// When the row was last written or touched (for the touch throttle).
-    pub(crate) persisted_at: EpochMillis,
+    persisted_at: EpochMillis,
     /// Ended (invalidated, rotated away, or deleted elsewhere): never served or saved again. The
     /// entry stays in the cache as a tombstone until its idle expiry, so a concurrent request
     /// cannot restore the old row before it is deleted.
-    pub(crate) invalidated: bool,
+    invalidated: bool,
     /// Another node stored a newer state: this copy must not be served again; the next request
     /// drops it and restores the newer state.
-    pub(crate) stale: bool,
+    stale: bool,
     /// Restored from the store on this node and its cookie not yet sent again. The first request
     /// after a restore re-sends the cookie (same id), so a load balancer that sticks on a cookie
     /// prefix re-sticks the user to this node.
-    pub(crate) announce: bool,
+    announce: bool,
+}
+
+/// What a request leaves to persist, decided by [`State::take_work`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Due {
+    /// Nothing.
+    Nothing,
+    /// Push the row's expiry forward.
+    Touch,
+    /// Write this version; insert it if `new` (the store has no row yet).
+    Save { version: i64, new: bool },
 }
 
 /// A session as the node cache holds it.
@@ -151,6 +164,92 @@ impl State {
             stale: false,
             announce: true,
         }
+    }
+
+    /// Restored from this node's write queue before its first write landed: no row yet.
+    pub(crate) fn restored_without_row(&mut self) {
+        self.persisted = false;
+    }
+
+    /// Whether the session was ended (a tombstone).
+    pub(crate) fn is_ended(&self) -> bool {
+        self.invalidated
+    }
+
+    /// Whether another node stored a newer state (this copy must be dropped).
+    pub(crate) fn is_stale(&self) -> bool {
+        self.stale
+    }
+
+    /// Whether it holds a change not yet saved (and is not ended).
+    pub(crate) fn has_unsaved_change(&self) -> bool {
+        self.dirty && !self.invalidated
+    }
+
+    /// Whether the cookie must be sent again (first request after a restore); once.
+    pub(crate) fn take_announce(&mut self) -> bool {
+        std::mem::take(&mut self.announce)
+    }
+
+    /// After a request: what to persist, marked as taken. A change becomes the next version; an
+    /// unchanged session with a row is touched at most once per `touch_every` ms.
+    pub(crate) fn take_work(&mut self, now: EpochMillis, touch_every: EpochMillis) -> Due {
+        if self.dirty {
+            self.dirty = false;
+            self.version = self.version.saturating_add(1);
+            self.persisted_at = now;
+            return Due::Save {
+                version: self.version,
+                new: !self.persisted,
+            };
+        }
+        // Only a row known to exist is touched: a session whose first write is still queued
+        // has none yet, and "not found" would wrongly end it.
+        if self.persisted && now.saturating_sub(self.persisted_at) >= touch_every {
+            self.persisted_at = now;
+            return Due::Touch;
+        }
+        Due::Nothing
+    }
+
+    /// A save taken by [`State::take_work`] was not made (not encodable, or the store failed
+    /// and nobody retries it): the session's next request saves it again.
+    pub(crate) fn keep_change(&mut self) {
+        if !self.invalidated {
+            self.dirty = true;
+        }
+    }
+
+    /// The store holds the state of `version` (or newer from this node).
+    pub(crate) fn mark_written(&mut self) {
+        self.persisted = true;
+    }
+
+    /// Another node wrote a newer state than `version`: unless this node has a newer one on its
+    /// way, its copy is stale and the next request restores the newer state.
+    pub(crate) fn mark_superseded(&mut self, version: i64) {
+        if self.version <= version {
+            self.stale = true;
+        }
+    }
+
+    /// Test support: as if version `version` had just been taken for saving.
+    #[cfg(test)]
+    pub(crate) fn saved_as(&mut self, version: i64) {
+        self.dirty = false;
+        self.version = version;
+    }
+
+    /// Test support: whether the store is known to hold a row.
+    #[cfg(test)]
+    pub(crate) fn has_row(&self) -> bool {
+        self.persisted
+    }
+
+    /// Sets the principal; a change is a change of the session.
+    pub(crate) fn set_principal(&mut self, principal: Option<String>) {
+        self.dirty |= self.principal != principal;
+        self.principal = principal;
     }
 
     /// Moves the data out into a state under a new id, leaving this one an empty tombstone.

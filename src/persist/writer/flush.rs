@@ -14,7 +14,6 @@ use super::queue::{Op, Outcome, Pending, merge};
 use super::{FlushReport, Scope, WriterConfig};
 use crate::persist::WriteError;
 use crate::session::SessionKey;
-use crate::session::state::Entry;
 use crate::store::{self, Record, Update};
 
 impl Shared {
@@ -54,7 +53,7 @@ impl Shared {
                 && let Some(entry) = pending.entry.upgrade()
             {
                 // Not encodable now: the session's next request saves it again.
-                entry.lock().dirty = true;
+                entry.not_saved();
             }
         }
         let mut report = FlushReport {
@@ -69,10 +68,7 @@ impl Shared {
         {
             let queue = self.queue();
             for (key, pending) in batch {
-                let ended = pending
-                    .entry
-                    .upgrade()
-                    .is_some_and(|e| e.lock().invalidated)
+                let ended = pending.entry.upgrade().is_some_and(|e| e.is_ended())
                     || queue.deleted.contains_key(&key);
                 match &pending.op {
                     Op::Delete => deletes.push((key, pending)),
@@ -222,7 +218,7 @@ impl Shared {
             // Written in the request's own task: the session's next request saves it again.
             for (_, pending) in writes {
                 if let Some(entry) = pending.entry.upgrade() {
-                    entry.lock().dirty = true;
+                    entry.not_saved();
                 }
                 for waiter in pending.waiters {
                     let _ = waiter.send(Outcome::Failed(WriteError::Store(Arc::clone(&error))));
@@ -251,7 +247,7 @@ impl Shared {
                     "the store keeps refusing this session's write; given up here, kept in memory for its next request"
                 );
                 if let Some(entry) = pending.entry.upgrade() {
-                    entry.lock().dirty = true;
+                    entry.not_saved();
                 }
                 continue;
             }
@@ -288,7 +284,7 @@ fn record_of(pending: &Pending) -> Record {
 /// Tells the entry and the waiters what became of a write.
 fn resolve(pending: Pending, outcome: Update) {
     if let (Op::Save { record, .. }, Some(entry)) = (&pending.op, pending.entry.upgrade()) {
-        apply(&entry, record.meta.version, outcome);
+        entry.stored(record.meta.version, outcome);
     }
     for waiter in pending.waiters {
         let _ = waiter.send(Outcome::Stored(outcome));
@@ -316,20 +312,6 @@ pub(super) const MAX_ATTEMPTS: u32 = 5;
 /// How long, and how many, deleted keys are remembered against late saves.
 const DELETED_HORIZON: Duration = Duration::from_secs(600);
 const DELETED_CAPACITY: usize = 100_000;
-
-/// What a stored (or refused) save means for the node's copy of the session.
-pub(crate) fn apply(entry: &Entry, version: i64, outcome: Update) {
-    let mut state = entry.lock();
-    match outcome {
-        Update::Written => state.persisted = true,
-        // The session was ended elsewhere: stop serving it here.
-        Update::Missing => state.end(),
-        // Another node wrote a newer state; unless this node has a newer one on its way, its
-        // copy is stale: the next request restores the newer state.
-        Update::Superseded if state.version <= version => state.stale = true,
-        Update::Superseded => {}
-    }
-}
 
 /// The delay before retry number `attempts` (1-based): exponential, capped, ±20 % jitter.
 fn backoff(config: &WriterConfig, attempts: u32) -> Duration {

@@ -11,9 +11,8 @@ use tokio::time::Instant;
 use super::flush::Disposition;
 use super::queue::{Op, Outcome, Pending, Queue, merge};
 use super::{DrainReport, Folded, Worker, WriterConfig};
-use crate::persist::WriteError;
+use crate::persist::{Owner, WriteError};
 use crate::session::SessionKey;
-use crate::session::state::Entry;
 use crate::store::{Record, SessionStore, Update};
 
 pub(super) struct Shared {
@@ -108,7 +107,7 @@ impl WriteBehind {
         &self,
         key: SessionKey,
         op: Op,
-        entry: Weak<Entry>,
+        entry: Weak<dyn Owner>,
     ) -> Result<(), WriteError> {
         self.ensure_started();
         let now = Instant::now();
@@ -126,7 +125,7 @@ impl WriteBehind {
         &self,
         key: SessionKey,
         op: Op,
-        entry: Weak<Entry>,
+        entry: Weak<dyn Owner>,
     ) -> impl Future<Output = Outcome> + Send + 'static {
         self.ensure_started();
         let (tx, rx) = oneshot::channel();
@@ -178,7 +177,7 @@ impl WriteBehind {
         &self,
         key: SessionKey,
         op: Op,
-        entry: Weak<Entry>,
+        entry: Weak<dyn Owner>,
     ) -> Outcome {
         let (tx, rx) = oneshot::channel();
         let pending = Pending {
@@ -219,13 +218,13 @@ impl WriteBehind {
         queue: &mut Queue,
         key: SessionKey,
         op: Op,
-        entry: Weak<Entry>,
+        entry: Weak<dyn Owner>,
         waiter: Option<oneshot::Sender<Outcome>>,
         now: Instant,
     ) {
         // A save of a session that was ended (here, or by a delete this writer already made) is
         // never written: it would bring the session back.
-        let ended = entry.upgrade().is_some_and(|e| e.lock().invalidated);
+        let ended = entry.upgrade().is_some_and(|e| e.is_ended());
         if matches!(op, Op::Save { .. }) && (ended || queue.deleted.contains_key(&key)) {
             if let Some(waiter) = waiter {
                 let _ = waiter.send(Outcome::Stored(Update::Missing));
@@ -282,7 +281,7 @@ impl WriteBehind {
     /// encoding it now: `true` if there was such a write not yet taken for writing; it will
     /// encode the newest folded change when it is made. `false`: the caller encodes and
     /// enqueues as usual.
-    pub(crate) fn fold(&self, key: &SessionKey, entry: &Arc<Entry>, folded: Folded) -> bool {
+    pub(crate) fn fold(&self, key: &SessionKey, entry: Weak<dyn Owner>, folded: Folded) -> bool {
         let mut queue = self.shared.queue();
         match queue.lazy.get_mut(key) {
             Some(pending) if matches!(pending.op, Op::Save { .. }) => {
@@ -293,7 +292,7 @@ impl WriteBehind {
                 {
                     pending.folded = Some(folded);
                     // Told what became of the write: the entry whose state it carries.
-                    pending.entry = Arc::downgrade(entry);
+                    pending.entry = entry;
                 }
                 true
             }

@@ -9,9 +9,8 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::Scope;
-use crate::persist::WriteError;
+use crate::persist::{Owner, WriteError};
 use crate::session::SessionKey;
-use crate::session::state::Entry;
 use crate::store::{Record, Update};
 
 /// A write to make.
@@ -82,7 +81,7 @@ pub(super) fn newer(a: Option<Folded>, b: Option<Folded>) -> Option<Folded> {
 pub(super) struct Pending {
     pub(super) op: Op,
     /// The session's node entry, told what became of the write.
-    pub(super) entry: Weak<Entry>,
+    pub(super) entry: Weak<dyn Owner>,
     /// A later change folded into this write without being encoded yet (async mode).
     pub(super) folded: Option<Folded>,
     pub(super) waiters: Vec<oneshot::Sender<Outcome>>,

@@ -2,6 +2,8 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
+
+use crate::persist::{Owner, nobody};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -112,6 +114,12 @@ fn writer(config: WriterConfig) -> (Arc<TestStore>, WriteBehind, Worker) {
     (store, handle, worker)
 }
 
+/// The writer's view of a node-cache entry.
+fn owner(entry: &Arc<Entry>) -> Weak<dyn Owner> {
+    let weak: Weak<Entry> = Arc::downgrade(entry);
+    weak
+}
+
 fn key() -> SessionKey {
     SessionId::generate().store_key()
 }
@@ -122,7 +130,7 @@ async fn a_thousand_updates_of_one_session_are_one_row_write() {
     let k = key();
     for v in 1..=1000 {
         handle
-            .enqueue(k.clone(), save(&k, v, v == 1), Weak::new())
+            .enqueue(k.clone(), save(&k, v, v == 1), nobody())
             .unwrap();
     }
     assert_eq!(
@@ -146,7 +154,7 @@ async fn batches_respect_max_items_and_the_interval_loop_empties_the_queue() {
     for _ in 0..35 {
         let k = key();
         handle
-            .enqueue(k.clone(), save(&k, 1, true), Weak::new())
+            .enqueue(k.clone(), save(&k, 1, true), nobody())
             .unwrap();
     }
     let report = worker.flush_once(Scope::All).await;
@@ -181,11 +189,11 @@ async fn an_invalidation_is_never_overtaken_by_a_stale_write() {
     let k = key();
     store.inner.set(&record(&k, 1)).await.unwrap();
     handle
-        .enqueue(k.clone(), save(&k, 2, false), Weak::new())
+        .enqueue(k.clone(), save(&k, 2, false), nobody())
         .unwrap();
-    let deleted = handle.enqueue_and_wait(k.clone(), Op::Delete, Weak::new());
+    let deleted = handle.enqueue_and_wait(k.clone(), Op::Delete, nobody());
     // A stale request saves the session after the logout was queued.
-    let late = handle.enqueue_and_wait(k.clone(), save(&k, 3, false), Weak::new());
+    let late = handle.enqueue_and_wait(k.clone(), save(&k, 3, false), nobody());
     assert!(
         matches!(late.await, Outcome::Stored(Update::Missing)),
         "told at once"
@@ -199,10 +207,10 @@ async fn an_invalidation_is_never_overtaken_by_a_stale_write() {
     // encoded a new session before the logout) cannot bring it back.
     for new in [false, true] {
         handle
-            .enqueue(k.clone(), save(&k, 4, new), Weak::new())
+            .enqueue(k.clone(), save(&k, 4, new), nobody())
             .unwrap();
         assert_eq!(handle.pending_len(), 0, "refused at the door");
-        let late = handle.enqueue_and_wait(k.clone(), save(&k, 5, new), Weak::new());
+        let late = handle.enqueue_and_wait(k.clone(), save(&k, 5, new), nobody());
         assert!(matches!(late.await, Outcome::Stored(Update::Missing)));
     }
     assert_eq!(worker.flush_once(Scope::All).await.taken, 0);
@@ -214,10 +222,10 @@ async fn states_arriving_out_of_order_keep_the_newest() {
     let (store, handle, worker) = writer(config());
     let k = key();
     handle
-        .enqueue(k.clone(), save(&k, 7, true), Weak::new())
+        .enqueue(k.clone(), save(&k, 7, true), nobody())
         .unwrap();
     handle
-        .enqueue(k.clone(), save(&k, 6, true), Weak::new())
+        .enqueue(k.clone(), save(&k, 6, true), nobody())
         .unwrap();
     worker.flush_once(Scope::All).await;
     assert_eq!(
@@ -250,20 +258,16 @@ async fn one_record_the_store_refuses_does_not_hold_up_the_others() {
     let good: Vec<SessionKey> = (0..3).map(|_| key()).collect();
     for k in &good {
         handle
-            .enqueue(k.clone(), save(k, 1, true), Weak::new())
+            .enqueue(k.clone(), save(k, 1, true), nobody())
             .unwrap();
     }
     let bad = key();
     let mut record = record(&bad, 1);
     record.meta.app = "bad".into();
     let entry = Entry::new(State::new(SessionId::generate(), 0));
-    entry.lock().dirty = false;
+    entry.lock().saved_as(0);
     handle
-        .enqueue(
-            bad.clone(),
-            Op::Save { record, new: true },
-            Arc::downgrade(&entry),
-        )
+        .enqueue(bad.clone(), Op::Save { record, new: true }, owner(&entry))
         .unwrap();
     let report = worker.flush_once(Scope::All).await;
     assert_eq!((report.written, report.failed), (3, 1));
@@ -275,7 +279,10 @@ async fn one_record_the_store_refuses_does_not_hold_up_the_others() {
         worker.flush_once(Scope::All).await;
     }
     assert_eq!(handle.pending_len(), 0, "given up");
-    assert!(entry.lock().dirty, "left to the session's next request");
+    assert!(
+        entry.lock().has_unsaved_change(),
+        "left to the session's next request"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -286,18 +293,18 @@ async fn a_full_queue_refuses_new_sessions_but_still_coalesces() {
     });
     let (a, b, c) = (key(), key(), key());
     handle
-        .enqueue(a.clone(), save(&a, 1, true), Weak::new())
+        .enqueue(a.clone(), save(&a, 1, true), nobody())
         .unwrap();
     handle
-        .enqueue(b.clone(), save(&b, 1, true), Weak::new())
+        .enqueue(b.clone(), save(&b, 1, true), nobody())
         .unwrap();
     assert!(
         handle
-            .enqueue(c.clone(), save(&c, 1, true), Weak::new())
+            .enqueue(c.clone(), save(&c, 1, true), nobody())
             .is_err()
     );
     handle
-        .enqueue(a.clone(), save(&a, 2, true), Weak::new())
+        .enqueue(a.clone(), save(&a, 2, true), nobody())
         .unwrap();
     assert_eq!(handle.pending_len(), 2);
 }
@@ -307,7 +314,7 @@ async fn failed_batches_are_retried_with_growing_backoff() {
     let (store, handle, worker) = writer(config());
     let k = key();
     store.fail.store(true, Ordering::SeqCst);
-    let waited = handle.enqueue_and_wait(k.clone(), save(&k, 1, true), Weak::new());
+    let waited = handle.enqueue_and_wait(k.clone(), save(&k, 1, true), nobody());
     let report = worker.flush_once(Scope::Urgent).await;
     assert_eq!(report.failed, 1);
     assert!(
@@ -325,7 +332,7 @@ async fn failed_batches_are_retried_with_growing_backoff() {
     assert_eq!(worker.flush_once(Scope::All).await.taken, 0);
     // A newer state arriving meanwhile replaces the failed one.
     handle
-        .enqueue(k.clone(), save(&k, 2, false), Weak::new())
+        .enqueue(k.clone(), save(&k, 2, false), nobody())
         .unwrap();
     tokio::time::sleep_until(first).await;
     let report = worker.flush_once(Scope::All).await;
@@ -352,7 +359,7 @@ async fn shutdown_drains_the_queue_and_reports_what_it_could_not_write() {
     for _ in 0..25 {
         let k = key();
         handle
-            .enqueue(k.clone(), save(&k, 1, true), Weak::new())
+            .enqueue(k.clone(), save(&k, 1, true), nobody())
             .unwrap();
     }
     let report = handle.shutdown(Duration::from_secs(5)).await;
@@ -370,7 +377,7 @@ async fn shutdown_drains_the_queue_and_reports_what_it_could_not_write() {
     for _ in 0..3 {
         let k = key();
         handle
-            .enqueue(k.clone(), save(&k, 1, true), Weak::new())
+            .enqueue(k.clone(), save(&k, 1, true), nobody())
             .unwrap();
     }
     let report = handle.shutdown(Duration::from_secs(2)).await;
@@ -388,25 +395,25 @@ async fn outcomes_reach_the_entry() {
     let (store, handle, worker) = writer(config());
     let k = key();
     let entry = Entry::new(State::new(SessionId::generate(), 0));
-    entry.lock().version = 1;
+    entry.lock().saved_as(1);
     handle
-        .enqueue(k.clone(), save(&k, 1, true), Arc::downgrade(&entry))
+        .enqueue(k.clone(), save(&k, 1, true), owner(&entry))
         .unwrap();
     worker.flush_once(Scope::All).await;
-    assert!(entry.lock().persisted);
+    assert!(entry.lock().has_row());
     // Another node writes version 5; this node's version 2 is superseded: its copy is stale.
     store.inner.set(&record(&k, 5)).await.unwrap();
-    entry.lock().version = 2;
+    entry.lock().saved_as(2);
     handle
-        .enqueue(k.clone(), save(&k, 2, false), Arc::downgrade(&entry))
+        .enqueue(k.clone(), save(&k, 2, false), owner(&entry))
         .unwrap();
     worker.flush_once(Scope::All).await;
-    assert!(entry.lock().stale);
+    assert!(entry.lock().is_stale());
     // The row is deleted elsewhere: the next write ends the session here.
     store.inner.destroy(&k).await.unwrap();
     handle
-        .enqueue(k.clone(), save(&k, 9, false), Arc::downgrade(&entry))
+        .enqueue(k.clone(), save(&k, 9, false), owner(&entry))
         .unwrap();
     worker.flush_once(Scope::All).await;
-    assert!(entry.lock().invalidated);
+    assert!(entry.lock().is_ended());
 }
