@@ -641,3 +641,29 @@ async fn expired_sessions_never_restore() {
         assert!(items(&r.body).is_empty(), "expired in cache and in store");
     }
 }
+
+#[tokio::test]
+async fn clones_of_a_configured_layer_share_one_node_cache() {
+    // Memory-only: a session is visible through another router only if the cache is shared.
+    let layer = session_failover::SessionFailoverLayer::new("shop").with_cookie_name("SHOP");
+    let handler = |session: session_failover::Session| async move {
+        let n: u64 = session.get("n").unwrap_or(0) + 1;
+        session.insert("n", n);
+        n.to_string()
+    };
+    let a = Router::new()
+        .route("/", axum::routing::post(handler))
+        .layer(layer.clone());
+    let b = Router::new()
+        .route("/", axum::routing::post(handler))
+        .layer(layer.clone());
+    let r = send(&a, "POST", "/", None, None).await;
+    let id = r.cookie("SHOP").expect("a new session sets its cookie");
+    let r = send(&b, "POST", "/", Some(&format!("SHOP={id}")), None).await;
+    assert_eq!(
+        r.body,
+        json!(2),
+        "the second router served the first one's session"
+    );
+    assert!(r.set_cookie.is_empty(), "no new session was created");
+}

@@ -1,6 +1,6 @@
 //! The [`SessionFailoverLayer`] and its builder methods.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tower::Layer;
@@ -18,7 +18,7 @@ use crate::store::SessionStore;
 /// sessions are written to it and restored from it on any node whose cache does not hold them.
 ///
 /// ```
-/// use std::sync::Arc;
+/// use std::sync::{Arc, OnceLock};
 /// use axum::{Router, routing::get};
 /// use session_failover::{SessionFailoverLayer, Session, SaveMode, store::MemoryStore};
 ///
@@ -33,16 +33,24 @@ use crate::store::SessionStore;
 ///     .route("/", get(visits))
 ///     .layer(SessionFailoverLayer::new("storefront").with_store(store, SaveMode::Sync));
 /// ```
+///
+/// The builder methods only change settings; the shared state (the node cache, the metrics
+/// handles) is built once, when the layer first wraps a service, and every clone of the layer
+/// made after configuration shares it.
 #[derive(Clone)]
 pub struct SessionFailoverLayer {
-    shared: Arc<AppShared>,
+    settings: AppSettings,
+    persister: Option<Persister>,
+    /// Built on the first [`Layer::layer`] and shared by the clones; reset by every builder
+    /// method (a layer reconfigured is a new application state).
+    shared: Arc<OnceLock<Arc<AppShared>>>,
 }
 
 impl std::fmt::Debug for SessionFailoverLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SessionFailoverLayer")
-            .field("settings", &self.shared.settings)
-            .field("mode", &self.shared.persister.as_ref().map(Persister::mode))
+            .field("settings", &self.settings)
+            .field("mode", &self.persister.as_ref().map(Persister::mode))
             .finish_non_exhaustive()
     }
 }
@@ -102,29 +110,36 @@ impl SessionFailoverLayer {
     }
 
     fn build(settings: AppSettings, persister: Option<Persister>) -> Self {
-        let codec = settings.codec.clone();
-        let metrics = crate::metrics::AppMetrics::new(&settings.app);
-        let cache = crate::cache::new(
-            &settings.app,
-            settings.cache_max_entries,
-            settings.timeout,
-            persister.is_some(),
-        );
         Self {
-            shared: Arc::new(AppShared {
-                settings: Arc::new(settings),
-                cache,
-                persister,
-                codec,
-                metrics,
-            }),
+            settings,
+            persister,
+            shared: Arc::default(),
         }
     }
 
-    fn rebuild(self, change: impl FnOnce(&mut AppSettings)) -> Self {
-        let mut settings = (*self.shared.settings).clone();
-        change(&mut settings);
-        Self::build(settings, self.shared.persister.clone())
+    fn rebuild(mut self, change: impl FnOnce(&mut AppSettings)) -> Self {
+        change(&mut self.settings);
+        Self::build(self.settings, self.persister)
+    }
+
+    /// The application's shared state, built on first use.
+    fn shared(&self) -> &Arc<AppShared> {
+        self.shared.get_or_init(|| {
+            let settings = self.settings.clone();
+            let persistent = self.persister.is_some();
+            Arc::new(AppShared {
+                cache: crate::cache::new(
+                    &settings.app,
+                    settings.cache_max_entries,
+                    settings.timeout,
+                    persistent,
+                ),
+                metrics: crate::metrics::AppMetrics::new(&settings.app),
+                codec: settings.codec.clone(),
+                persister: self.persister.clone(),
+                settings: Arc::new(settings),
+            })
+        })
     }
 
     /// Persists sessions to `store` in `mode` with the defaults: each store call bounded by 5 s,
@@ -142,16 +157,13 @@ impl SessionFailoverLayer {
 
     /// Persists sessions through `persistence` (shared with other apps of the process) in `mode`.
     pub fn with_persistence(self, persistence: Persistence, mode: SaveMode) -> Self {
-        Self::build(
-            (*self.shared.settings).clone(),
-            Some(Persister::new(persistence, mode)),
-        )
+        Self::build(self.settings, Some(Persister::new(persistence, mode)))
     }
 
     /// Writes what the write-behind writer still holds, for at most `timeout`; call it at
     /// graceful shutdown (async mode loses what is not drained). `None` for memory-only apps.
     pub async fn drain(&self, timeout: Duration) -> Option<DrainReport> {
-        match &self.shared.persister {
+        match &self.persister {
             Some(persister) => Some(persister.persistence().shutdown(timeout).await),
             None => None,
         }
@@ -242,8 +254,12 @@ impl SessionFailoverLayer {
     /// at their next write or touch of it). Scans the cache: an operator's action, not a
     /// request's. `true` if it was held here.
     pub fn forget(&self, key: &crate::session::SessionKey) -> bool {
+        // Not yet serving: nothing is cached.
+        let Some(shared) = self.shared.get() else {
+            return false;
+        };
         let mut found = false;
-        for (id, entry) in &self.shared.cache {
+        for (id, entry) in &shared.cache {
             if id.store_key() == *key {
                 entry.lock().end();
                 found = true;
@@ -259,7 +275,7 @@ impl<S> Layer<S> for SessionFailoverLayer {
     fn layer(&self, inner: S) -> Self::Service {
         SessionFailover {
             inner,
-            app: Arc::clone(&self.shared),
+            app: Arc::clone(self.shared()),
         }
     }
 }
