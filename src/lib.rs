@@ -29,7 +29,8 @@
 //! - [`admin`]: operator operations on stored sessions (the `sessions` command).
 //! - [`config`]: `.properties` layers (defaults, `project.properties`, `local.properties`,
 //!   environment) parsed into a typed [`Config`].
-//! - [`session`]: ids, attributes and the [`Session`] extractor.
+//! - [`id`]: session ids, the store keys derived from them, and their short hashes for logs.
+//! - [`session`]: attributes and the [`Session`] extractor (re-exports the ids).
 //! - [`codec`]: the versioned, compressed, encrypted stored form of a session.
 //! - [`check`]: the serializability checker (a development feature).
 //! - [`store`]: the [`SessionStore`] trait and its backends (SQLite, memory).
@@ -47,6 +48,7 @@ mod cache;
 pub mod check;
 pub mod codec;
 pub mod config;
+pub mod id;
 pub mod metrics;
 pub mod middleware;
 pub mod persist;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::session::SessionKey;
+use crate::id::SessionKey;
 pub use crate::store::Stats;
 use crate::store::{self, EpochMillis, ListQuery, Meta, SessionAdmin};
 

@@ -11,22 +11,24 @@
 //! `session.backoffice.show.values=true` (then a session's page decodes them, decrypting with the
 //! configured secret).
 
+mod pages;
+
 use std::sync::Arc;
 
 use argon2::password_hash::{PasswordHash, PasswordVerifier as _};
-use axum::extract::{Form, Path, Query, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{Next, from_fn_with_state};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use base64::Engine as _;
+use headers::HeaderMapExt as _;
+use headers::authorization::{Authorization, Basic};
 use serde::Deserialize;
 
 use crate::admin;
 use crate::codec::{Binding, Codec};
-use crate::server::escape;
-use crate::session::SessionKey;
+use crate::id::SessionKey;
 use crate::store::{ListQuery, Meta, SessionAdmin};
 use crate::{Session, SessionFailoverLayer};
 
@@ -102,22 +104,9 @@ impl Backoffice {
         if session.principal().as_deref() == Some(self.user.as_str()) {
             return true;
         }
-        let Some(basic) = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Basic "))
-            .and_then(|v| {
-                base64::engine::general_purpose::STANDARD
-                    .decode(v.trim())
-                    .ok()
-            })
-            .and_then(|v| String::from_utf8(v).ok())
-        else {
-            return false;
-        };
-        basic
-            .split_once(':')
-            .is_some_and(|(user, password)| self.check_password(user, password))
+        headers
+            .typed_get::<Authorization<Basic>>()
+            .is_some_and(|basic| self.check_password(basic.username(), basic.password()))
     }
 }
 
@@ -135,13 +124,13 @@ pub fn router(backoffice: Arc<Backoffice>) -> Router {
         .route("/api/stats", get(api_stats))
         .route_layer(from_fn_with_state(Arc::clone(&backoffice), require_api));
     let pages = Router::new()
-        .route("/", get(page))
-        .route("/sessions/{key}", get(detail_page))
-        .route("/sessions/{key}/delete", post(delete_from_page))
+        .route("/", get(pages::page))
+        .route("/sessions/{key}", get(pages::detail_page))
+        .route("/sessions/{key}/delete", post(pages::delete_from_page))
         .route_layer(from_fn_with_state(Arc::clone(&backoffice), require_page));
     let routes = Router::new()
-        .route("/login", get(login_page).post(login))
-        .route("/logout", post(logout))
+        .route("/login", get(pages::login_page).post(pages::login))
+        .route("/logout", post(pages::logout))
         .merge(pages)
         .merge(api)
         .with_state(backoffice)
@@ -357,200 +346,6 @@ async fn api_delete_principal(State(b): Shared, Path(principal): Path<String>) -
 async fn api_stats(State(b): Shared) -> Response {
     match admin::stats(&*b.store, crate::store::now_millis(), |_| {}).await {
         Ok(stats) => Json(stats).into_response(),
-        Err(e) => store_error(&e),
-    }
-}
-
-/// The sign-in form.
-#[derive(Debug, Deserialize)]
-pub struct Credentials {
-    user: String,
-    password: String,
-}
-
-async fn login_page() -> Html<String> {
-    Html(layout("Sign in", &login_form(None)))
-}
-
-fn login_form(error: Option<&str>) -> String {
-    let error = error
-        .map(|e| format!("<p class=\"error\">{}</p>", escape(e)))
-        .unwrap_or_default();
-    format!(
-        r#"{error}<form method="post" action="{PATH}/login" id="login">
-<label>user <input name="user" autocomplete="username" required></label>
-<label>password <input name="password" type="password" autocomplete="current-password" required></label>
-<button>sign in</button></form>"#
-    )
-}
-
-async fn login(
-    State(b): Shared,
-    session: Session,
-    Form(credentials): Form<Credentials>,
-) -> Response {
-    if b.check_password(&credentials.user, &credentials.password) {
-        session.set_principal(Some(credentials.user));
-        session.cycle_id();
-        return Redirect::to(PATH).into_response();
-    }
-    tracing::warn!("backoffice: sign-in refused");
-    (
-        StatusCode::UNAUTHORIZED,
-        Html(layout(
-            "Sign in",
-            &login_form(Some("wrong user or password")),
-        )),
-    )
-        .into_response()
-}
-
-async fn logout(session: Session) -> Redirect {
-    session.invalidate();
-    Redirect::to(&format!("{PATH}/login"))
-}
-
-fn layout(title: &str, body: &str) -> String {
-    format!(
-        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title} · session-failover backoffice</title>
-<style>body{{font-family:sans-serif;margin:1.5em}}table{{border-collapse:collapse;font-size:.9em}}td,th{{border:1px solid #ccc;padding:.25em .5em;text-align:left}}
-.error{{color:#b00}}.note{{color:#060}}form.inline{{display:inline}}code{{font-size:.85em}}</style></head>
-<body><h1>Persisted sessions</h1>{body}</body></html>"#,
-        title = escape(title)
-    )
-}
-
-use crate::admin::format_time as time;
-
-async fn page(State(b): Shared, Query(filter): Query<Filter>) -> Response {
-    let query = match filter.query() {
-        Ok(q) => q,
-        Err(text) => return bad_key(&text),
-    };
-    let listing = match admin::list(&*b.store, &query).await {
-        Ok(page) => page,
-        Err(e) => return store_error(&e),
-    };
-    let value = |v: &Option<String>| escape(v.as_deref().unwrap_or(""));
-    let mut html = format!(
-        r#"<p>Signed in as {user}. <form class="inline" method="post" action="{PATH}/logout"><button>sign out</button></form></p>
-{message}<form method="get" action="{PATH}" id="search">
-<label>principal <input name="principal" value="{principal}"></label>
-<label>app <input name="app" value="{app}"></label>
-<label>node <input name="node" value="{node}"></label>
-<button>search</button></form>
-<table id="sessions"><tr><th>key</th><th>app</th><th>principal</th><th>node</th><th>created</th><th>modified</th><th>expires</th><th>bytes</th><th>attributes</th><th></th></tr>"#,
-        user = escape(&b.user),
-        message = filter
-            .message
-            .as_deref()
-            .map(|m| format!("<p class=\"note\">{}</p>", escape(m)))
-            .unwrap_or_default(),
-        principal = value(&filter.principal),
-        app = value(&filter.app),
-        node = value(&filter.node),
-    );
-    for m in &listing.sessions {
-        html.push_str(&format!(
-            r#"<tr><td><a href="{PATH}/sessions/{key}"><code>{short}…</code></a></td><td>{app}</td><td>{principal}</td><td>{node}</td><td>{created}</td><td>{modified}</td><td>{expires}</td><td>{size}</td><td>{attributes}</td>
-<td><form class="inline" method="post" action="{PATH}/sessions/{key}/delete"><button>delete</button></form></td></tr>"#,
-            key = m.key,
-            short = m.key.short_hash(),
-            app = escape(&m.app),
-            principal = escape(m.principal.as_deref().unwrap_or("-")),
-            node = escape(&m.node),
-            created = time(m.created_at),
-            modified = time(m.modified_at),
-            expires = time(m.expires_at),
-            size = m.size_bytes,
-            attributes = escape(&m.attributes.join(", ")),
-        ));
-    }
-    html.push_str("</table>");
-    if let Some(next) = &listing.next {
-        let keep = |k: &str, v: &Option<String>| {
-            v.as_deref()
-                .map(|v| format!("&{k}={}", escape(&urlencode(v))))
-                .unwrap_or_default()
-        };
-        html.push_str(&format!(
-            r#"<p><a id="next" href="{PATH}?after={next}{}{}{}">next page</a></p>"#,
-            keep("principal", &filter.principal),
-            keep("app", &filter.app),
-            keep("node", &filter.node)
-        ));
-    }
-    html.push_str(&format!(
-        "<p>{} session(s) on this page. Times are UTC.</p>",
-        listing.sessions.len()
-    ));
-    Html(layout("Sessions", &html)).into_response()
-}
-
-fn urlencode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-async fn detail_page(State(b): Shared, Key(key): Key) -> Response {
-    let (meta, values) = match describe(&b, &key).await {
-        Ok(Some(found)) => found,
-        Ok(None) => {
-            return (
-                StatusCode::NOT_FOUND,
-                Html(layout(
-                    "Not found",
-                    "<p>No such session (deleted, or purged).</p>",
-                )),
-            )
-                .into_response();
-        }
-        Err(e) => return store_error(&e),
-    };
-    let values = match values {
-        Some(v) => format!(
-            "<h2>Values</h2><pre>{}</pre>",
-            escape(&serde_json::to_string_pretty(&v).unwrap_or_default())
-        ),
-        None => "<p>Values are not shown (session.backoffice.show.values=false).</p>".to_owned(),
-    };
-    let body = format!(
-        r#"<p><a href="{PATH}">all sessions</a></p><table id="session">
-<tr><th>key</th><td><code>{key}</code></td></tr><tr><th>app</th><td>{app}</td></tr><tr><th>principal</th><td>{principal}</td></tr>
-<tr><th>node</th><td>{node}</td></tr><tr><th>created</th><td>{created}</td></tr><tr><th>modified</th><td>{modified}</td></tr>
-<tr><th>expires</th><td>{expires}</td></tr><tr><th>version</th><td>{version}</td></tr><tr><th>bytes</th><td>{size}</td></tr>
-<tr><th>attributes</th><td>{attributes}</td></tr></table>
-<form method="post" action="{PATH}/sessions/{key}/delete" id="delete"><button>delete this session</button></form>{values}"#,
-        key = meta.key,
-        app = escape(&meta.app),
-        principal = escape(meta.principal.as_deref().unwrap_or("-")),
-        node = escape(&meta.node),
-        created = time(meta.created_at),
-        modified = time(meta.modified_at),
-        expires = time(meta.expires_at),
-        version = meta.version,
-        size = meta.size_bytes,
-        attributes = escape(&meta.attributes.join(", ")),
-    );
-    Html(layout("Session", &body)).into_response()
-}
-
-async fn delete_from_page(State(b): Shared, Key(key): Key) -> Response {
-    match b.delete(&key).await {
-        Ok(_) => {
-            tracing::info!(session = %key.short_hash(), "backoffice: session deleted");
-            Redirect::to(&format!(
-                "{PATH}?message=session+{}+deleted",
-                key.short_hash()
-            ))
-            .into_response()
-        }
         Err(e) => store_error(&e),
     }
 }

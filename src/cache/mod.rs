@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::session::SessionId;
+use crate::id::SessionId;
 use crate::session::state::Entry;
 
 /// Live sessions of one application on this node, by id.

@@ -25,6 +25,9 @@
 //! version is an [`Error`], never a panic: the caller treats it as a missing session.
 
 mod keys;
+mod masked;
+
+pub(crate) use masked::chain;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -39,7 +42,7 @@ use serde::de::DeserializeOwned;
 
 pub use keys::{Keys, MIN_SECRET_LEN};
 
-use crate::session::SessionKey;
+use crate::id::SessionKey;
 
 /// The envelope format this build writes.
 pub const FORMAT_VERSION: u8 = 1;
@@ -334,7 +337,7 @@ fn with_header(header: &[u8], body: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::SessionId;
+    use crate::id::SessionId;
 
     const SECRET_A: &str = "a-secret-of-sixty-four-characters-or-more-for-the-tests-0123456789";
     const SECRET_B: &str = "b-secret-of-sixty-four-characters-or-more-for-the-tests-0123456789";

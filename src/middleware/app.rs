@@ -10,9 +10,10 @@ use http::{HeaderMap, HeaderValue, Request};
 use crate::cache::NodeCache;
 use crate::codec::{Binding, Codec, EncodedAttributes};
 use crate::config::SaveMode;
+use crate::id::SessionId;
 use crate::persist::{Folded, Owner, Persister, Saved};
+use crate::session::Session;
 use crate::session::state::{Due, Entry, State, Value};
-use crate::session::{Session, SessionId};
 use crate::store::{EpochMillis, Meta, Record, Update, now_millis};
 
 /// A session only read is touched in the store at most once per this fraction of its timeout.
@@ -179,7 +180,7 @@ impl AppSettings {
                         session = %id.short_hash(),
                         "Failed to serialize attribute: {name} ({}): {}; it will not survive failover",
                         live.type_name(),
-                        crate::check::chain(&error)
+                        crate::codec::chain(&error)
                     ),
                 },
                 Value::Encoded { bytes, .. } => {

@@ -253,7 +253,7 @@ impl SessionFailoverLayer {
     /// session deleted by an operator, so this node stops serving it at once (other nodes stop
     /// at their next write or touch of it). Scans the cache: an operator's action, not a
     /// request's. `true` if it was held here.
-    pub fn forget(&self, key: &crate::session::SessionKey) -> bool {
+    pub fn forget(&self, key: &crate::id::SessionKey) -> bool {
         // Not yet serving: nothing is cached.
         let Some(shared) = self.shared.get() else {
             return false;

@@ -4,7 +4,7 @@
 use std::sync::Weak;
 
 use super::{Op, Outcome, Owner, Persistence, SaveMode, WriteError, nobody};
-use crate::session::SessionKey;
+use crate::id::SessionKey;
 use crate::store::{self, EpochMillis, Record, Update};
 
 /// What became of a save.

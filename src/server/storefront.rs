@@ -12,13 +12,13 @@
 use axum::extract::Path;
 use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::Session;
-use crate::server::escape;
+use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 const CART: &str = "cart";
 const MAX_SKU_LEN: usize = 64;
@@ -174,43 +174,60 @@ async fn logout(session: Session) -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
-async fn page(session: Session) -> Html<String> {
-    let v = view(&session);
-    let rows: String = v
-        .items
-        .iter()
-        .map(|i| {
-            format!(
-                "<tr><td>{sku}</td><td>{qty}</td><td><button data-sku=\"{sku}\" class=\"rm\">remove</button></td></tr>",
-                sku = escape(&i.sku),
-                qty = i.qty
-            )
-        })
-        .collect();
-    let user = v.user.as_deref().map_or_else(
-        || "not signed in".to_owned(),
-        |u| format!("signed in as <b>{}</b>", escape(u)),
-    );
-    Html(format!(
-        r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Storefront · session-failover demo</title>
-<style>body{{font-family:sans-serif;max-width:40em;margin:2em auto}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.3em .6em}}</style>
-</head><body>
-<h1>Storefront</h1>
-<p>{user}. Your cart survives a crashed node: it is persisted by session failover.</p>
-<table><tr><th>SKU</th><th>qty</th><th></th></tr>{rows}</table>
-<p>{count} item(s).</p>
-<form id="add"><input name="sku" placeholder="SKU" required maxlength="64"> <input name="qty" type="number" value="1" min="1" max="999"> <button>add to cart</button></form>
-<form id="login"><input name="user" placeholder="user name" required maxlength="128"> <button>sign in</button></form>
-<form id="logout"><button>sign out</button></form>
-<script>
-const send = (method, url, body) => fetch(url, {{method, headers: {{'content-type': 'application/json'}}, body: body && JSON.stringify(body)}}).then(() => location.reload());
-document.getElementById('add').onsubmit = e => {{ e.preventDefault(); const f = e.target; send('POST', '/cart/items', {{sku: f.sku.value, qty: Number(f.qty.value)}}); }};
-document.getElementById('login').onsubmit = e => {{ e.preventDefault(); send('POST', '/login', {{user: e.target.user.value}}); }};
-document.getElementById('logout').onsubmit = e => {{ e.preventDefault(); send('POST', '/logout'); }};
+/// The page's script: it calls the JSON routes and reloads.
+const SCRIPT: &str = r#"
+const send = (method, url, body) => fetch(url, {method, headers: {'content-type': 'application/json'}, body: body && JSON.stringify(body)}).then(() => location.reload());
+document.getElementById('add').onsubmit = e => { e.preventDefault(); const f = e.target; send('POST', '/cart/items', {sku: f.sku.value, qty: Number(f.qty.value)}); };
+document.getElementById('login').onsubmit = e => { e.preventDefault(); send('POST', '/login', {user: e.target.user.value}); };
+document.getElementById('logout').onsubmit = e => { e.preventDefault(); send('POST', '/logout'); };
 document.querySelectorAll('.rm').forEach(b => b.onclick = () => send('DELETE', '/cart/items/' + encodeURIComponent(b.dataset.sku)));
-</script>
-</body></html>"#,
-        count = v.count
-    ))
+"#;
+
+async fn page(session: Session) -> Markup {
+    let v = view(&session);
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                title { "Storefront · session-failover demo" }
+                style { "body{font-family:sans-serif;max-width:40em;margin:2em auto}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3em .6em}" }
+            }
+            body {
+                h1 { "Storefront" }
+                p {
+                    @match &v.user {
+                        Some(user) => { "signed in as " b { (user) } }
+                        None => "not signed in",
+                    }
+                    ". Your cart survives a crashed node: it is persisted by session failover."
+                }
+                table {
+                    tr { th { "SKU" } th { "qty" } th {} }
+                    @for item in &v.items {
+                        tr {
+                            td { (item.sku) }
+                            td { (item.qty) }
+                            td { button data-sku=(item.sku) class="rm" { "remove" } }
+                        }
+                    }
+                }
+                p { (v.count) " item(s)." }
+                form #add {
+                    input name="sku" placeholder="SKU" required maxlength="64";
+                    " "
+                    input name="qty" type="number" value="1" min="1" max="999";
+                    " "
+                    button { "add to cart" }
+                }
+                form #login {
+                    input name="user" placeholder="user name" required maxlength="128";
+                    " "
+                    button { "sign in" }
+                }
+                form #logout { button { "sign out" } }
+                script { (PreEscaped(SCRIPT)) }
+            }
+        }
+    }
 }

@@ -140,7 +140,7 @@ impl Session {
                     session = %id.short_hash(),
                     attribute = name,
                     rust_type = std::any::type_name::<T>(),
-                    error = %crate::check::chain(&error),
+                    error = %crate::codec::chain(&error),
                     "attribute does not decode as the requested type; dropped from the session"
                 );
                 None

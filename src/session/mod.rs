@@ -11,8 +11,7 @@
 //! failover.
 
 mod handle;
-mod id;
 pub(crate) mod state;
 
+pub use crate::id::{SessionId, SessionKey, ShortHash};
 pub use handle::{Session, SessionRejection};
-pub use id::{SessionId, SessionKey, ShortHash};

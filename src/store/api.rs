@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::{EpochMillis, Error, ListQuery, Meta, Record, Stats, Update};
-use crate::session::SessionKey;
+use crate::id::SessionKey;
 
 /// A session store: what the failover filter and its writer ask of one. Implement it (and
 /// [`SessionAdmin`] for the operator tools) to plug in a store of your own.

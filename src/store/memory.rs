@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use super::{EpochMillis, Error, ListQuery, Meta, Record, SessionAdmin, SessionStore, Update};
-use crate::session::SessionKey;
+use crate::id::SessionKey;
 
 /// Sessions in a `BTreeMap` in this process; gone when it exits.
 #[derive(Debug, Default)]

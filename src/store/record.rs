@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::session::SessionKey;
+use crate::id::SessionKey;
 
 /// Epoch milliseconds, UTC.
 pub type EpochMillis = i64;

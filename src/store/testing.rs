@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::{
     EpochMillis, Error, ListQuery, Meta, Record, SessionAdmin, SessionStore, Stats, Update,
 };
-use crate::session::SessionKey;
+use crate::id::SessionKey;
 
 /// One store call, as a [`Hook`] sees it.
 #[derive(Clone, Copy, Debug)]

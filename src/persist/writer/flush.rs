@@ -12,8 +12,8 @@ use tokio::time::Instant;
 use super::handle::Shared;
 use super::queue::{Op, Outcome, Pending, merge};
 use super::{FlushReport, Scope, WriterConfig};
+use crate::id::SessionKey;
 use crate::persist::WriteError;
-use crate::session::SessionKey;
 use crate::store::{self, Record, Update};
 
 impl Shared {

@@ -11,8 +11,8 @@ use tokio::time::Instant;
 use super::flush::Disposition;
 use super::queue::{Op, Outcome, Pending, Queue, merge};
 use super::{DrainReport, Folded, Worker, WriterConfig};
+use crate::id::SessionKey;
 use crate::persist::{Owner, WriteError};
-use crate::session::SessionKey;
 use crate::store::{Record, SessionStore, Update};
 
 pub(super) struct Shared {

@@ -9,8 +9,8 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::Scope;
+use crate::id::SessionKey;
 use crate::persist::{Owner, WriteError};
-use crate::session::SessionKey;
 use crate::store::{Record, Update};
 
 /// A write to make.

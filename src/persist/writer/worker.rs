@@ -8,7 +8,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::handle::Shared;
-use crate::session::SessionKey;
+use crate::id::SessionKey;
 
 /// What one flush did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -31,7 +31,7 @@ pub(crate) use sqlite::sqlite_path;
 pub use store::SqlStore;
 
 use super::{Error, Meta, Record, StoreOptions};
-use crate::session::SessionKey;
+use crate::id::SessionKey;
 
 /// The statement and binding a query of dialect `D` is built from.
 pub(crate) type Query<'q, D> =

@@ -9,7 +9,7 @@ use sqlx::{AssertSqlSafe, Database, Executor, Row as _};
 use super::{
     Dialect, META_COLUMNS, Query, StoreOptions, chunks, latest_per_key, meta_from_row, values,
 };
-use crate::session::SessionKey;
+use crate::id::SessionKey;
 use crate::store::{
     EpochMillis, Error, ListQuery, Meta, Record, SessionAdmin, SessionStore, Stats, StatsGroup,
     Update,
