@@ -25,21 +25,37 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Feature flags
+//! The default set is everything (the binary and every backend). An application embedding the
+//! layer picks what it needs, e.g. `default-features = false, features = ["postgres"]`, and
+//! compiles none of the others.
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | `sqlite` | `store::SqliteStore`, the embedded default (SQLite compiled in) |
+//! | `postgres` | `store::PgStore` |
+//! | `mysql` | `store::MySqlStore` (MySQL and MariaDB) |
+//! | `backoffice` | the operators' web backoffice (argon2, maud, typed headers) |
+//! | `cli` | the `session-failover` binary: demo server, `sessions` command, Prometheus exporter |
+//!
+//! Without any backend feature, [`store::MemoryStore`] and stores of your own still work.
+//!
 //! ## Layout
-//! - [`admin`]: operator operations on stored sessions (the `sessions` command).
+//! - [`id`]: session ids, the store keys derived from them, and their short hashes for logs.
 //! - [`config`]: `.properties` layers (defaults, `project.properties`, `local.properties`,
 //!   environment) parsed into a typed [`Config`].
-//! - [`id`]: session ids, the store keys derived from them, and their short hashes for logs.
 //! - [`session`]: attributes and the [`Session`] extractor (re-exports the ids).
 //! - [`codec`]: the versioned, compressed, encrypted stored form of a session.
 //! - [`check`]: the serializability checker (a development feature).
-//! - [`store`]: the [`SessionStore`] trait and its backends (SQLite, memory).
+//! - [`store`]: [`SessionStore`] (what the layer needs), [`SessionAdmin`] (what operator tools
+//!   add), one SQL store over three dialects, and an in-memory store.
 //! - `cache`: the node cache (the Commerce "session cache region").
 //! - [`persist`]: writing sessions to the store: sync, group commit, async write-behind.
 //! - [`middleware`]: [`SessionFailoverLayer`], the failover filter.
 //! - [`metrics`]: the counters and timings it records.
 //! - [`purge`]: deleting expired rows on a cron schedule, one node at a time.
-//! - [`server`]: the runnable demo storefront.
+//! - [`admin`]: operator operations on stored sessions (the `sessions` command).
+//! - `backoffice` (feature `backoffice`): the operators' web pages and JSON API.
 
 pub mod admin;
 #[cfg(feature = "backoffice")]
@@ -53,6 +69,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod persist;
 pub mod purge;
+#[doc(hidden)] // the binary's demo server; public only for the tests and benchmarks
 #[cfg(feature = "cli")]
 pub mod server;
 pub mod session;

@@ -1,45 +1,26 @@
 //! One application's shared state and the two halves of the filter: load and finish.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use cookie::{Cookie, SameSite};
 use http::header::{COOKIE, SET_COOKIE};
-use http::{HeaderMap, HeaderValue, Request};
+use http::{HeaderMap, HeaderValue};
 
+use super::settings::{AppSettings, Snapshot, millis};
 use crate::cache::NodeCache;
-use crate::codec::{Binding, Codec, EncodedAttributes};
+use crate::codec::{Binding, Codec};
 use crate::config::SaveMode;
 use crate::id::SessionId;
 use crate::persist::{Folded, Owner, Persister, Saved};
 use crate::session::Session;
-use crate::session::state::{Due, Entry, State, Value};
-use crate::store::{EpochMillis, Meta, Record, Update, now_millis};
+use crate::session::state::{Due, Entry, State};
+use crate::store::{EpochMillis, Update, now_millis};
 
 /// A session only read is touched in the store at most once per this fraction of its timeout.
 pub(crate) const TOUCH_DIVISOR: u32 = 10;
 /// At most this many session cookies of one request are tried (a request with thousands of
 /// cookies must not cause thousands of store reads).
 const MAX_COOKIE_CANDIDATES: usize = 3;
-
-/// An application's settings, fixed when the layer is built.
-#[derive(Clone, Debug)]
-pub(crate) struct AppSettings {
-    pub(crate) app: String,
-    pub(crate) context_path: String,
-    pub(crate) cookie_name: String,
-    pub(crate) cookie_path: Option<String>,
-    pub(crate) secure: Option<bool>,
-    pub(crate) http_only: Option<bool>,
-    pub(crate) timeout: Duration,
-    pub(crate) node: String,
-    pub(crate) cache_max_entries: u64,
-    pub(crate) codec: Codec,
-    /// The serializability checker runs on every save.
-    pub(crate) check: bool,
-    /// ...and a failure answers 500.
-    pub(crate) check_response_error: bool,
-}
 
 /// Everything the filter of one application shares across requests.
 pub(crate) struct AppShared {
@@ -99,16 +80,6 @@ enum Work {
     Save(Snapshot),
 }
 
-/// The parts of a session to write, taken under its lock.
-#[derive(Clone)]
-struct Snapshot {
-    principal: Option<String>,
-    created_at: EpochMillis,
-    version: i64,
-    new: bool,
-    attributes: Vec<(String, Value)>,
-}
-
 /// A node-cache entry as the writer sees it.
 fn owner(entry: &Arc<Entry>) -> std::sync::Weak<dyn Owner> {
     let weak: std::sync::Weak<Entry> = Arc::downgrade(entry);
@@ -132,100 +103,6 @@ impl Owner for Entry {
 
     fn not_saved(&self) {
         self.lock().keep_change();
-    }
-}
-
-/// Whether the request arrived over TLS, directly or through a proxy that says so
-/// (`X-Forwarded-Proto: https` or `Forwarded: proto=https`).
-///
-/// The proxy headers are trusted for this because they can only make the cookie stricter.
-pub(crate) fn request_is_secure<B>(request: &Request<B>) -> bool {
-    let headers = request.headers();
-    let first = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .map(str::trim)
-    };
-    request.uri().scheme_str() == Some("https")
-        || first("x-forwarded-proto").is_some_and(|p| p.eq_ignore_ascii_case("https"))
-        || first("forwarded").is_some_and(|element| {
-            element.split(';').any(|pair| {
-                pair.split_once('=').is_some_and(|(k, v)| {
-                    k.trim().eq_ignore_ascii_case("proto")
-                        && v.trim().trim_matches('"').eq_ignore_ascii_case("https")
-                })
-            })
-        })
-}
-
-fn millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
-}
-
-impl AppSettings {
-    /// Encodes a snapshot (user `Serialize` impls run here, outside any lock). `None` if the
-    /// envelope cannot be built, which must not overwrite a good row.
-    fn record(&self, id: &SessionId, snapshot: Snapshot) -> Option<Record> {
-        let mut encoded = EncodedAttributes::new();
-        for (name, value) in snapshot.attributes {
-            match value {
-                Value::Live(live) => match live.encode() {
-                    Ok(bytes) => {
-                        encoded.insert(name, bytes);
-                    }
-                    Err(error) => tracing::error!(
-                        app = %self.app,
-                        session = %id.short_hash(),
-                        "Failed to serialize attribute: {name} ({}): {}; it will not survive failover",
-                        live.type_name(),
-                        crate::codec::chain(&error)
-                    ),
-                },
-                Value::Encoded { bytes, .. } => {
-                    encoded.insert(name, bytes.to_vec());
-                }
-                Value::Local { type_name, .. } => tracing::debug!(
-                    app = %self.app,
-                    session = %id.short_hash(),
-                    attribute = %name,
-                    rust_type = type_name,
-                    "node-local attribute not persisted"
-                ),
-            }
-        }
-        let key = id.store_key();
-        let binding = Binding {
-            app: &self.app,
-            key: &key,
-            principal: snapshot.principal.as_deref(),
-        };
-        let data = match self.codec.encode(&encoded, binding) {
-            Ok(data) => data,
-            Err(error) => {
-                tracing::error!(app = %self.app, session = %id.short_hash(), error = &error as &dyn std::error::Error, "cannot encode session; not saved");
-                return None;
-            }
-        };
-        let now = now_millis();
-        Some(Record {
-            meta: Meta {
-                key,
-                app: self.app.clone(),
-                context_path: self.context_path.clone(),
-                node: self.node.clone(),
-                principal: snapshot.principal,
-                created_at: snapshot.created_at,
-                modified_at: now,
-                expires_at: now.saturating_add(millis(self.timeout)),
-                max_inactive_secs: i64::try_from(self.timeout.as_secs()).unwrap_or(i64::MAX),
-                version: snapshot.version,
-                attributes: encoded.keys().cloned().collect(),
-                size_bytes: i64::try_from(data.len()).unwrap_or(i64::MAX),
-            },
-            data,
-        })
     }
 }
 

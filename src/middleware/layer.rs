@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use tower::Layer;
 
-use super::app::{AppSettings, AppShared};
+use super::app::AppShared;
 use super::service::SessionFailover;
+use super::settings::AppSettings;
 use crate::codec::Codec;
 use crate::config::{Config, SaveMode};
 use crate::persist::{DrainReport, Persistence, Persister, WriterConfig};

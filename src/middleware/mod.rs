@@ -15,6 +15,7 @@ mod app;
 pub mod future;
 mod layer;
 mod service;
+mod settings;
 
 pub use layer::SessionFailoverLayer;
 pub use service::SessionFailover;

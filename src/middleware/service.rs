@@ -63,7 +63,7 @@ where
         ResponseFuture {
             inner: Box::pin(async move {
                 let ids = app.cookie_ids(request.headers());
-                let secure = super::app::request_is_secure(&request);
+                let secure = super::settings::request_is_secure(&request);
                 let session = match app.load(&ids).await {
                     Loaded::Session(session) => session,
                     Loaded::StoreDown => {

@@ -9,8 +9,8 @@
 //! Times are epoch milliseconds (UTC) passed in by the caller, so expiry is deterministic in
 //! tests. A row whose `expires_at` is not after `now` is treated as absent by every read.
 //!
-//! Backends: [`SqlStore`] over a [`sql::Dialect`] — [`SqliteStore`] (the embedded default,
-//! feature `sqlite`), [`PgStore`] (feature `postgres`), [`MySqlStore`] (MySQL and MariaDB,
+//! Backends: `SqlStore` over a `sql::Dialect` — `SqliteStore` (the embedded default,
+//! feature `sqlite`), `PgStore` (feature `postgres`), `MySqlStore` (MySQL and MariaDB,
 //! feature `mysql`) — and [`MemoryStore`] (for tests and embedding). A store of your own plugs
 //! in by implementing the traits.
 

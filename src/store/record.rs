@@ -54,7 +54,7 @@ pub struct Meta {
     pub size_bytes: i64,
 }
 
-/// A filter and a page of [`SessionStore::list`].
+/// A filter and a page of [`crate::store::SessionAdmin::list`].
 #[derive(Clone, Debug, Default)]
 pub struct ListQuery {
     /// Only sessions of this application.
@@ -69,7 +69,7 @@ pub struct ListQuery {
     pub limit: u32,
 }
 
-/// What [`SessionStore::update`] did.
+/// What [`crate::store::SessionStore::update`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Update {
     /// The row was replaced.

@@ -64,6 +64,7 @@ impl WriteBehind {
 
     /// A writer and its worker, not spawned: run [`Worker::run_until_stopped`] yourself, or
     /// call [`Worker::flush_once`] step by step.
+    #[doc(hidden)] // test support: a worker the caller drives
     pub fn pair(store: Arc<dyn SessionStore>, config: WriterConfig) -> (Self, Worker) {
         let handle = Self::build(store, config, false);
         let worker = Worker {

@@ -46,6 +46,7 @@ pub struct DrainReport {
 }
 
 /// The worker: flushes the queue into the store.
+#[doc(hidden)] // test support (see `WriteBehind::pair`)
 pub struct Worker {
     pub(super) shared: Arc<Shared>,
 }

@@ -4,9 +4,9 @@
 //!
 //! | dialect | batch write | purge lock |
 //! |---|---|---|
-//! | [`Postgres`] | one `UNNEST` statement of 13 arrays, any size | advisory lock |
-//! | [`MySql`] (and MariaDB) | multi-row `VALUES`, 500 rows or 4 MiB a statement | `GET_LOCK`, per database |
-//! | [`Sqlite`] | multi-row `VALUES`, 500 rows a statement, one transaction | none (one writer) |
+//! | `Postgres` | one `UNNEST` statement of 13 arrays, any size | advisory lock |
+//! | `MySql` (and MariaDB) | multi-row `VALUES`, 500 rows or 4 MiB a statement | `GET_LOCK`, per database |
+//! | `Sqlite` | multi-row `VALUES`, 500 rows a statement, one transaction | none (one writer) |
 
 #[cfg(feature = "mysql")]
 mod mysql;
@@ -37,8 +37,8 @@ use crate::id::SessionKey;
 pub(crate) type Query<'q, D> =
     sqlx::query::Query<'q, <D as Dialect>::Db, <<D as Dialect>::Db as Database>::Arguments>;
 
-/// What one SQL database does differently from the others. Implemented by [`Postgres`],
-/// [`MySql`] and [`Sqlite`]; everything else is [`SqlStore`]'s.
+/// What one SQL database does differently from the others. Implemented by `Postgres`,
+/// `MySql` and `Sqlite`; everything else is [`SqlStore`]'s.
 pub trait Dialect: std::fmt::Debug + Send + Sync + Sized + 'static {
     /// The sqlx driver.
     type Db: Database;

@@ -10,6 +10,7 @@ use crate::store::{Error, Record, StoreOptions};
 /// name is this prefix plus the MD5 of the database's name (at most 55 characters; MySQL allows
 /// 64): deployments in two databases of one server do not skip each other's purge. Take it as
 /// `GET_LOCK(CONCAT(PURGE_LOCK, MD5(DATABASE())), 0)`.
+#[doc(hidden)] // test support: the lock tests hold to prove exclusion
 pub const PURGE_LOCK: &str = "session_failover_purge:";
 
 /// The MySQL/MariaDB dialect of [`super::SqlStore`].

@@ -7,6 +7,7 @@ use super::{COLUMNS, Dialect, Query, assignments, attribute_names, size};
 use crate::store::{Error, Record, StoreOptions};
 
 /// The advisory lock key of the purge (an arbitrary constant: "SFPURGE" in ASCII).
+#[doc(hidden)] // test support: the lock tests hold to prove exclusion
 pub const PURGE_LOCK: i64 = 0x0053_4650_5552_4745;
 
 /// The new rows of a batch, from 13 arrays in table order.

@@ -18,8 +18,8 @@ use crate::store::{
 /// The largest number of keys in one `IN (…)` list.
 const MAX_KEYS: usize = 500;
 
-/// A [`SessionStore`] on a SQL database: PostgreSQL ([`crate::store::PgStore`]), MySQL and
-/// MariaDB ([`crate::store::MySqlStore`]) or SQLite ([`crate::store::SqliteStore`]).
+/// A [`SessionStore`] on a SQL database: PostgreSQL (`PgStore`), MySQL and MariaDB
+/// (`MySqlStore`) or SQLite (`SqliteStore`), as the cargo features allow.
 ///
 /// Its statements are built once, when it connects (batch statements of a given row count on
 /// first use). The pool does not ping connections before use.
@@ -477,6 +477,7 @@ where
 }
 
 /// `rows_affected` of every driver's query result.
+#[doc(hidden)] // a bound of the generic impls, not for use
 pub trait QueryResultExt {
     /// Rows the statement changed.
     fn rows_affected(&self) -> u64;

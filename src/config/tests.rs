@@ -1,0 +1,125 @@
+//! Unit tests of the typed configuration.
+
+use super::*;
+
+fn parse(text: &str) -> Result<Config, Error> {
+    let mut p = Properties::builtin();
+    p.merge_file(Path::new("local.properties"), text.as_bytes())?;
+    Config::from_properties(&p)
+}
+
+#[test]
+fn builtin_defaults_match_the_seed() {
+    let c = Config::default();
+    assert!(!c.enabled);
+    assert_eq!(c.writer.interval, Duration::from_millis(5000));
+    assert_eq!(c.writer.queue_size, 10_000);
+    assert_eq!(c.writer.max_items, 2000);
+    assert_eq!(c.writer, crate::persist::WriterConfig::default());
+    assert!(c.group_commit);
+    assert_eq!(c.drain_timeout, Duration::from_secs(10));
+    assert!(!c.check.enabled && !c.check.response_error && c.check.extensions.is_none());
+    assert_eq!(c.timeout, Duration::from_secs(3600));
+    assert_eq!(c.store_url, "sqlite://data/sessions.db");
+    assert_eq!(c.app("storefront"), AppConfig::default());
+    assert_eq!(c.app("storefront").cookie_name, "JSESSIONID");
+    assert_eq!(c.save_mode("storefront"), None);
+}
+
+#[test]
+fn per_app_keys() {
+    let c = parse(
+        "spring.session.enabled=true\n\
+         spring.session.storefront.save=sync\n\
+         spring.session.storefront.cookie.name=SF\n\
+         spring.session.storefront.cookie.path=/shop\n\
+         spring.session.storefront.secure=true\n\
+         spring.session.storefront.cookie.httponly=\n\
+         spring.session.hac.save=async\n",
+    )
+    .unwrap();
+    let sf = c.app("storefront");
+    assert_eq!(sf.save, Some(SaveMode::Sync));
+    assert_eq!(sf.cookie_name, "SF");
+    assert_eq!(sf.cookie_path.as_deref(), Some("/shop"));
+    assert_eq!((sf.secure, sf.http_only), (Some(true), None));
+    assert_eq!(c.save_mode("hac"), Some(SaveMode::Async));
+    assert_eq!(c.save_mode("other"), None);
+}
+
+#[test]
+fn disabled_means_memory_only() {
+    let c = parse("spring.session.storefront.save=sync\n").unwrap();
+    assert_eq!(c.save_mode("storefront"), None);
+}
+
+#[test]
+fn bad_values_name_file_line_key_and_accepted_values() {
+    for (text, needle) in [
+        (
+            "\n\nspring.session.storefront.save=syncc\n",
+            "local.properties:3: spring.session.storefront.save = \"syncc\": expected sync or async",
+        ),
+        (
+            "spring.session.enabled=yes\n",
+            "local.properties:1: spring.session.enabled = \"yes\": expected true or false",
+        ),
+        (
+            "session.timeout=-5\n",
+            "session.timeout = \"-5\": expected a whole number from 1 to 31536000",
+        ),
+        ("session.timeout=0\n", "expected a whole number from 1"),
+        (
+            "server.bind=localhost\n",
+            "server.bind = \"localhost\": expected IP:PORT",
+        ),
+        (
+            "spring.session.a.cookie.name=bad name\n",
+            "spring.session.a.cookie.name = \"bad name\": expected a cookie name",
+        ),
+        (
+            "spring.session.a.cookie.path=shop\n",
+            "expected a path starting with /",
+        ),
+        (
+            "spring.session.a.secure=maybe\n",
+            "expected true, false or no value",
+        ),
+        (
+            "session.store.url=\n",
+            "session.store.url = \"\": expected a store URL",
+        ),
+        (
+            "session.store.url=sqlite://:memory:\n",
+            "in-memory SQLite database is not shared",
+        ),
+        (
+            "session.store.url=redis://h\n",
+            "scheme \"redis\" is not supported",
+        ),
+        (
+            "session.store.url=data/x.db\n",
+            "local.properties:1: session.store.url = \"data/x.db\"",
+        ),
+        (
+            "session.store.url=postgres://u:pw@h/db\nsession.timeout=x\n",
+            "session.timeout",
+        ),
+        ("session.timeout=+5\n", "expected a whole number"),
+        (
+            "session.purge.cron=* * * * *\n",
+            "session.purge.cron = \"* * * * *\": expected \"* * * * *\" has 5 fields",
+        ),
+    ] {
+        let err = parse(text).unwrap_err().to_string();
+        assert!(err.contains(needle), "{text:?} gave {err:?}");
+    }
+}
+
+#[test]
+fn check_extensions() {
+    let c = parse("session.serialization.check=true\nsession.serialization.check.extensions=hac, storefront\n").unwrap();
+    assert!(c.check_covers("storefront") && c.check_covers("hac") && !c.check_covers("x"));
+    let all = parse("session.serialization.check=true\n").unwrap();
+    assert!(all.check_covers("anything"));
+}

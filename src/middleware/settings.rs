@@ -1,0 +1,134 @@
+//! [`AppSettings`]: one application's settings, and what they decide on their own: how a
+//! session becomes a stored record, and whether a request counts as secure for the cookie.
+
+use std::time::Duration;
+
+use http::Request;
+
+use crate::codec::{Binding, Codec, EncodedAttributes};
+use crate::id::SessionId;
+use crate::session::state::Value;
+use crate::store::{EpochMillis, Meta, Record, now_millis};
+
+/// The parts of a session to write, taken under its lock.
+#[derive(Clone)]
+pub(super) struct Snapshot {
+    pub(super) principal: Option<String>,
+    pub(super) created_at: EpochMillis,
+    pub(super) version: i64,
+    pub(super) new: bool,
+    pub(super) attributes: Vec<(String, Value)>,
+}
+
+/// An application's settings, fixed when the layer is built.
+#[derive(Clone, Debug)]
+pub(crate) struct AppSettings {
+    pub(crate) app: String,
+    pub(crate) context_path: String,
+    pub(crate) cookie_name: String,
+    pub(crate) cookie_path: Option<String>,
+    pub(crate) secure: Option<bool>,
+    pub(crate) http_only: Option<bool>,
+    pub(crate) timeout: Duration,
+    pub(crate) node: String,
+    pub(crate) cache_max_entries: u64,
+    pub(crate) codec: Codec,
+    /// The serializability checker runs on every save.
+    pub(crate) check: bool,
+    /// ...and a failure answers 500.
+    pub(crate) check_response_error: bool,
+}
+
+/// Whether the request arrived over TLS, directly or through a proxy that says so
+/// (`X-Forwarded-Proto: https` or `Forwarded: proto=https`).
+///
+/// The proxy headers are trusted for this because they can only make the cookie stricter.
+pub(crate) fn request_is_secure<B>(request: &Request<B>) -> bool {
+    let headers = request.headers();
+    let first = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(str::trim)
+    };
+    request.uri().scheme_str() == Some("https")
+        || first("x-forwarded-proto").is_some_and(|p| p.eq_ignore_ascii_case("https"))
+        || first("forwarded").is_some_and(|element| {
+            element.split(';').any(|pair| {
+                pair.split_once('=').is_some_and(|(k, v)| {
+                    k.trim().eq_ignore_ascii_case("proto")
+                        && v.trim().trim_matches('"').eq_ignore_ascii_case("https")
+                })
+            })
+        })
+}
+
+pub(super) fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl AppSettings {
+    /// Encodes a snapshot (user `Serialize` impls run here, outside any lock). `None` if the
+    /// envelope cannot be built, which must not overwrite a good row.
+    pub(super) fn record(&self, id: &SessionId, snapshot: Snapshot) -> Option<Record> {
+        let mut encoded = EncodedAttributes::new();
+        for (name, value) in snapshot.attributes {
+            match value {
+                Value::Live(live) => match live.encode() {
+                    Ok(bytes) => {
+                        encoded.insert(name, bytes);
+                    }
+                    Err(error) => tracing::error!(
+                        app = %self.app,
+                        session = %id.short_hash(),
+                        "Failed to serialize attribute: {name} ({}): {}; it will not survive failover",
+                        live.type_name(),
+                        crate::codec::chain(&error)
+                    ),
+                },
+                Value::Encoded { bytes, .. } => {
+                    encoded.insert(name, bytes.to_vec());
+                }
+                Value::Local { type_name, .. } => tracing::debug!(
+                    app = %self.app,
+                    session = %id.short_hash(),
+                    attribute = %name,
+                    rust_type = type_name,
+                    "node-local attribute not persisted"
+                ),
+            }
+        }
+        let key = id.store_key();
+        let binding = Binding {
+            app: &self.app,
+            key: &key,
+            principal: snapshot.principal.as_deref(),
+        };
+        let data = match self.codec.encode(&encoded, binding) {
+            Ok(data) => data,
+            Err(error) => {
+                tracing::error!(app = %self.app, session = %id.short_hash(), error = &error as &dyn std::error::Error, "cannot encode session; not saved");
+                return None;
+            }
+        };
+        let now = now_millis();
+        Some(Record {
+            meta: Meta {
+                key,
+                app: self.app.clone(),
+                context_path: self.context_path.clone(),
+                node: self.node.clone(),
+                principal: snapshot.principal,
+                created_at: snapshot.created_at,
+                modified_at: now,
+                expires_at: now.saturating_add(millis(self.timeout)),
+                max_inactive_secs: i64::try_from(self.timeout.as_secs()).unwrap_or(i64::MAX),
+                version: snapshot.version,
+                attributes: encoded.keys().cloned().collect(),
+                size_bytes: i64::try_from(data.len()).unwrap_or(i64::MAX),
+            },
+            data,
+        })
+    }
+}
