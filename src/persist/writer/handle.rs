@@ -141,6 +141,10 @@ impl WriteBehind {
                 && queue.len() >= self.shared.config.queue_size.saturating_mul(2)
             {
                 full = true;
+                // Not queued: the session's next request saves it.
+                if let Some(owner) = entry.upgrade() {
+                    owner.not_saved();
+                }
             } else if failing {
                 // The store is failing: queue the write for the next retry and answer at once.
                 let not_before = queue

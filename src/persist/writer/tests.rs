@@ -417,3 +417,30 @@ async fn outcomes_reach_the_entry() {
     worker.flush_once(Scope::All).await;
     assert!(entry.lock().is_ended());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_sync_save_refused_by_a_full_queue_is_left_to_the_next_request() {
+    let (_, handle, _worker) = writer(WriterConfig {
+        queue_size: 2,
+        ..config()
+    });
+    // Twice the queue size is the bound for urgent writes on top of lazy ones.
+    for _ in 0..4 {
+        let k = key();
+        let _waiting = handle.enqueue_and_wait(k.clone(), save(&k, 1, true), nobody());
+    }
+    let entry = Entry::new(State::new(SessionId::generate(), 0));
+    entry.lock().saved_as(1);
+    let k = key();
+    let outcome = handle
+        .enqueue_and_wait(k.clone(), save(&k, 1, true), owner(&entry))
+        .await;
+    assert!(matches!(
+        outcome,
+        Outcome::Failed(crate::persist::WriteError::QueueFull)
+    ));
+    assert!(
+        entry.lock().has_unsaved_change(),
+        "not queued, so the session's next request must save it"
+    );
+}
