@@ -296,6 +296,53 @@ async fn suite(store: Arc<dyn SessionAdmin>) {
 
     store.clear().await.unwrap();
     assert_eq!(store.length().await.unwrap(), 0);
+
+    large_batches(&*store).await;
+}
+
+/// Batches larger than one statement's chunk (500 rows, 500 keys), with a superseded and a
+/// missing record among the updates: every outcome is reported, nothing panics.
+async fn large_batches(store: &dyn SessionAdmin) {
+    let first: Vec<Record> = (0..1200)
+        .map(|_| record("storefront", None, "a", 1, vec![1, 0]))
+        .collect();
+    store.set_many(&first).await.unwrap();
+    assert_eq!(store.length().await.unwrap(), 1200);
+    let mut second: Vec<Record> = first
+        .iter()
+        .map(|r| {
+            let mut newer = r.clone();
+            newer.meta.version = 2;
+            newer.meta.created_at = NOW + 1;
+            newer
+        })
+        .collect();
+    // Another write of the stored version (another node's): superseded.
+    second[7].meta.version = 1;
+    second[7].meta.modified_at = NOW + 5;
+    second.push(record("storefront", None, "a", 2, vec![1, 0])); // never stored: missing
+    let outcomes = store.update_many(&second).await.unwrap();
+    assert_eq!(outcomes.len(), 1201);
+    for (i, outcome) in outcomes.iter().enumerate() {
+        let expected = match i {
+            7 => Update::Superseded,
+            1200 => Update::Missing,
+            _ => Update::Written,
+        };
+        assert_eq!(*outcome, expected, "record {i}");
+    }
+    let stored = store.get(&first[3].meta.key, NOW).await.unwrap().unwrap();
+    assert_eq!(stored.meta.version, 2);
+    // An upsert of a newer version keeps the row's creation time.
+    let mut third = stored.clone();
+    third.meta.version = 3;
+    third.meta.created_at = NOW + 2;
+    store.set(&third).await.unwrap();
+    let stored = store.get(&third.meta.key, NOW).await.unwrap().unwrap();
+    assert_eq!((stored.meta.version, stored.meta.created_at), (3, NOW + 1));
+    let keys: Vec<SessionKey> = second.iter().map(|r| r.meta.key.clone()).collect();
+    assert_eq!(store.destroy_many(&keys).await.unwrap(), 1200);
+    assert_eq!(store.length().await.unwrap(), 0);
 }
 
 #[tokio::test]

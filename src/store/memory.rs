@@ -28,10 +28,17 @@ impl MemoryStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// An upsert replaces a row only with a higher version, and keeps its creation time (as
+    /// the SQL stores' conflict clauses do).
     fn upsert(rows: &mut BTreeMap<SessionKey, Record>, record: &Record) {
-        match rows.get(&record.meta.key) {
+        match rows.get_mut(&record.meta.key) {
             Some(stored) if stored.meta.version >= record.meta.version => {}
-            _ => {
+            Some(stored) => {
+                let created_at = stored.meta.created_at;
+                *stored = record.clone();
+                stored.meta.created_at = created_at;
+            }
+            None => {
                 rows.insert(record.meta.key.clone(), record.clone());
             }
         }

@@ -21,9 +21,10 @@ pub struct FlushReport {
     pub conflicts: usize,
     /// Deletes done.
     pub deleted: usize,
-    /// Writes that failed and went back to the queue.
+    /// Writes that failed: back to the queue (flushes), or left to the session's next request
+    /// (direct writes).
     pub failed: usize,
-    /// Store calls made (each one statement, or one transaction on SQLite).
+    /// Store calls made (each one or more statements: one per chunk of a large batch).
     pub statements: usize,
 }
 

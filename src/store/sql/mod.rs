@@ -6,7 +6,11 @@
 //! |---|---|---|
 //! | `Postgres` | one `UNNEST` statement of 13 arrays, any size | advisory lock |
 //! | `MySql` (and MariaDB) | multi-row `VALUES`, 500 rows or 4 MiB a statement | `GET_LOCK`, per database |
-//! | `Sqlite` | multi-row `VALUES`, 500 rows a statement, one transaction | none (one writer) |
+//! | `Sqlite` | multi-row `VALUES`, 500 rows a statement | none (one writer) |
+//!
+//! A `set_many` of several chunks is one transaction; `update_many` and `destroy_many` commit
+//! chunk by chunk (a failure after the first chunk leaves the earlier ones written, and a retry
+//! then finds them `Superseded` by themselves, which loses nothing).
 
 #[cfg(feature = "mysql")]
 mod mysql;
@@ -43,6 +47,9 @@ pub trait Dialect: std::fmt::Debug + Send + Sync + Sized + 'static {
     /// The sqlx driver.
     type Db: Database;
 
+    /// Whether the conditional update names the rows it wrote (`RETURNING session_id`), so
+    /// outcomes are exact rather than inferred from the affected-row count.
+    const RETURNING: bool;
     /// Whether batch statements bind columns as arrays (one statement of any size) rather than
     /// rows (one statement per batch size).
     const ARRAYS: bool;
@@ -164,10 +171,10 @@ where
 pub(crate) const COLUMNS: &str = "session_id, app, context_path, node, principal, created_at, \
      modified_at, expires_at, max_inactive_secs, version, attributes, size_bytes, data";
 
+/// The columns an update replaces, as `col = {new}.col`; an upsert's conflict clause
+/// (`upsert`) leaves `created_at` alone, as a session's creation time never changes.
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
-/// The columns an upsert or an update replaces, as `col = {new}.col`, `version` last (MySQL
-/// evaluates assignments left to right).
-pub(crate) fn assignments(new: &str) -> String {
+pub(crate) fn assignments(new: &str, upsert: bool) -> String {
     [
         "app",
         "context_path",
@@ -182,7 +189,10 @@ pub(crate) fn assignments(new: &str) -> String {
         "data",
         "version",
     ]
+    .iter()
+    .filter(|c| !(upsert && **c == "created_at"))
     .map(|c| format!("{c} = {new}.{c}"))
+    .collect::<Vec<_>>()
     .join(", ")
 }
 

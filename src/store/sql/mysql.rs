@@ -20,6 +20,7 @@ pub struct MySql;
 impl Dialect for MySql {
     type Db = sqlx::MySql;
 
+    const RETURNING: bool = false;
     const ARRAYS: bool = false;
     /// 13 placeholders a row, far below MySQL's 65,535.
     const MAX_ROWS: usize = 500;
@@ -37,9 +38,10 @@ impl Dialect for MySql {
     /// assignments left to right, so `version` comes last.
     fn upsert(rows: usize) -> String {
         let take = |c: &str| format!("{c} = IF(version < VALUES(version), VALUES({c}), {c})");
+        // created_at is left alone: a session's creation time never changes.
         let set: Vec<String> = COLUMNS
             .split(", ")
-            .filter(|c| *c != "session_id" && *c != "version")
+            .filter(|c| !["session_id", "created_at", "version"].contains(c))
             .chain(["version"])
             .map(take)
             .collect();

@@ -23,6 +23,7 @@ pub struct Postgres;
 impl Dialect for Postgres {
     type Db = sqlx::Postgres;
 
+    const RETURNING: bool = true;
     const ARRAYS: bool = true;
     const MAX_ROWS: usize = usize::MAX;
     const MAX_BYTES: usize = usize::MAX;
@@ -39,15 +40,15 @@ impl Dialect for Postgres {
             "INSERT INTO stored_http_session ({COLUMNS}) SELECT * FROM {UNNEST} \
              ON CONFLICT (session_id) DO UPDATE SET {} \
              WHERE stored_http_session.version < excluded.version",
-            assignments("excluded")
+            assignments("excluded", true)
         )
     }
 
     fn update(_rows: usize) -> String {
         format!(
             "UPDATE stored_http_session AS t SET {} FROM {UNNEST} \
-             WHERE t.session_id = n.session_id AND t.version < n.version",
-            assignments("n")
+             WHERE t.session_id = n.session_id AND t.version < n.version RETURNING t.session_id",
+            assignments("n", false)
         )
     }
 

@@ -1,5 +1,5 @@
 //! The embedded default: one SQLite file, in WAL mode, shared by every process on the host.
-//! Batches are multi-row statements (up to 500 rows, one transaction); no purge lock is needed,
+//! Batches are multi-row statements (up to 500 rows); no purge lock is needed,
 //! as SQLite has one writer at a time.
 
 use std::path::{Path, PathBuf};
@@ -21,6 +21,7 @@ pub struct Sqlite;
 impl Dialect for Sqlite {
     type Db = sqlx::Sqlite;
 
+    const RETURNING: bool = true;
     const ARRAYS: bool = false;
     /// 13 parameters a row, far below SQLite's 32,766.
     const MAX_ROWS: usize = 500;
@@ -39,7 +40,7 @@ impl Dialect for Sqlite {
              ON CONFLICT (session_id) DO UPDATE SET {} \
              WHERE stored_http_session.version < excluded.version",
             values::<Self>(rows, 13),
-            assignments("excluded")
+            assignments("excluded", true)
         )
     }
 
@@ -48,9 +49,9 @@ impl Dialect for Sqlite {
         format!(
             "WITH n ({COLUMNS}) AS (VALUES {}) UPDATE stored_http_session SET {} FROM n \
              WHERE stored_http_session.session_id = n.session_id \
-             AND stored_http_session.version < n.version",
+             AND stored_http_session.version < n.version RETURNING session_id",
             values::<Self>(rows, 13),
-            assignments("n")
+            assignments("n", false)
         )
     }
 

@@ -1,6 +1,6 @@
 //! [`SqlStore`]: every statement and method of the SQL stores, once, over a [`Dialect`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::marker::PhantomData;
 use std::sync::{Arc, OnceLock};
 
@@ -15,7 +15,7 @@ use crate::store::{
     Update,
 };
 
-/// The largest number of keys in one `IN (…)` list.
+/// The largest number of keys in one `IN (…)` list (deletes and version look-ups are chunked).
 const MAX_KEYS: usize = 500;
 
 /// A [`SessionStore`] on a SQL database: PostgreSQL (`PgStore`), MySQL and MariaDB
@@ -218,10 +218,25 @@ where
         let mut outcome: HashMap<&str, Update> = HashMap::with_capacity(latest.len());
         for chunk in chunks(&latest, D::MAX_ROWS, D::MAX_BYTES) {
             let sql = self.batch(&self.sql.update, chunk.len(), D::update);
-            let done = D::bind_batch(Self::query(&sql), chunk)
-                .execute(&self.pool)
-                .await?;
-            let written = usize::try_from(done.rows_affected()).unwrap_or(usize::MAX);
+            let statement = D::bind_batch(Self::query(&sql), chunk);
+            // Which rows were written: named by RETURNING where the dialect has it, else
+            // counted (MySQL/MariaDB have no UPDATE ... RETURNING).
+            let (returned, written) = if D::RETURNING {
+                let keys: HashSet<String> = statement
+                    .fetch_all(&self.pool)
+                    .await?
+                    .iter()
+                    .map(|row| row.try_get("session_id"))
+                    .collect::<Result<_, _>>()?;
+                let n = keys.len();
+                (Some(keys), n)
+            } else {
+                let done = statement.execute(&self.pool).await?;
+                (
+                    None,
+                    usize::try_from(done.rows_affected()).unwrap_or(usize::MAX),
+                )
+            };
             let all = written == chunk.len();
             let stored = if all {
                 HashMap::new()
@@ -229,23 +244,23 @@ where
                 self.versions(chunk).await?
             };
             for record in chunk {
-                let update = if all {
-                    Update::Written
-                } else {
-                    match stored.get(record.meta.key.as_str()) {
-                        None => Update::Missing,
-                        // Some rows of the chunk were written: the stored row is this record's
-                        // if it carries its version, node and time.
-                        Some((version, node, modified))
-                            if written > 0
-                                && *version == record.meta.version
-                                && *node == record.meta.node
-                                && *modified == record.meta.modified_at =>
-                        {
-                            Update::Written
-                        }
-                        Some(_) => Update::Superseded,
+                let key = record.meta.key.as_str();
+                let update = match (&returned, stored.get(key)) {
+                    _ if all => Update::Written,
+                    (Some(keys), _) if keys.contains(key) => Update::Written,
+                    (_, None) => Update::Missing,
+                    // Counted, and some rows of the chunk were written: the stored row is this
+                    // record's if it carries its version, node and time (an exact repeat of an
+                    // earlier write counts as written: it is that write).
+                    (None, Some((version, node, modified)))
+                        if written > 0
+                            && *version == record.meta.version
+                            && *node == record.meta.node
+                            && *modified == record.meta.modified_at =>
+                    {
+                        Update::Written
                     }
+                    (_, Some(_)) => Update::Superseded,
                 };
                 outcome.insert(record.meta.key.as_str(), update);
             }
@@ -422,35 +437,37 @@ where
         D::bind_batch(Self::query(&sql), records)
     }
 
-    /// The stored version, node and modification time of each of `records`' keys.
+    /// The stored version, node and modification time of each of `records`' keys, looked up
+    /// [`MAX_KEYS`] at a time (a PostgreSQL batch may hold any number of records).
     async fn versions(
         &self,
         records: &[&Record],
     ) -> Result<HashMap<String, (i64, String, i64)>, Error> {
-        let sql = Statements::sized(&self.sql.versions, records.len(), || {
-            format!(
-                "SELECT session_id, version, node, modified_at FROM stored_http_session \
-                 WHERE session_id IN {}",
-                values::<D>(1, records.len())
-            )
-        });
-        let mut query = Self::query(&sql);
-        for record in records {
-            query = query.bind(record.meta.key.as_str());
-        }
-        let rows = query.fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|row| {
-                Ok((
+        let mut stored = HashMap::with_capacity(records.len());
+        for chunk in records.chunks(MAX_KEYS) {
+            let sql = Statements::sized(&self.sql.versions, chunk.len(), || {
+                format!(
+                    "SELECT session_id, version, node, modified_at FROM stored_http_session \
+                     WHERE session_id IN {}",
+                    values::<D>(1, chunk.len())
+                )
+            });
+            let mut query = Self::query(&sql);
+            for record in chunk {
+                query = query.bind(record.meta.key.as_str());
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                stored.insert(
                     row.try_get("session_id")?,
                     (
                         row.try_get("version")?,
                         row.try_get("node")?,
                         row.try_get("modified_at")?,
                     ),
-                ))
-            })
-            .collect()
+                );
+            }
+        }
+        Ok(stored)
     }
 
     /// Deletes expired rows in batches on one connection until a batch comes back short.
