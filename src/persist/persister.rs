@@ -77,23 +77,16 @@ impl Persister {
             }
             SaveMode::Sync if self.persistence.group_commit => {
                 let op = Op::Save { record, new };
-                let wait = writer.enqueue_and_wait(key, op, entry.clone());
+                let wait = writer.enqueue_and_wait(key, op, entry);
                 // The request's deadline: the window and the commit of its batch. The write
                 // itself stays queued if it is not made by then.
                 let timeout = writer.store_timeout();
                 match tokio::time::timeout(timeout, wait).await {
                     // The writer has already told the entry.
                     Ok(Outcome::Stored(update)) => Saved::Stored(update),
-                    Ok(Outcome::Failed(WriteError::QueueFull)) => {
-                        Saved::Failed(WriteError::QueueFull)
-                    }
-                    // The writer is gone (shutdown) and with it the queued write: the session's
-                    // next request must save it again.
-                    Ok(Outcome::Failed(WriteError::Stopped)) => {
-                        if let Some(owner) = entry.upgrade() {
-                            owner.not_saved();
-                        }
-                        Saved::Failed(WriteError::Stopped)
+                    // Not kept by the writer, which marked the session changed.
+                    Ok(Outcome::Failed(error @ (WriteError::QueueFull | WriteError::Stopped))) => {
+                        Saved::Failed(error)
                     }
                     Ok(Outcome::Failed(error)) => Saved::Kept(error),
                     Err(_) => Saved::Kept(WriteError::Timeout(timeout)),

@@ -132,6 +132,8 @@ impl WriteBehind {
         let (tx, rx) = oneshot::channel();
         let failing = self.shared.failing.load(Ordering::Relaxed);
         let mut full = false;
+        // Told if this write ends up kept by nobody (queue full, or the writer stopped first).
+        let owner = entry.clone();
         {
             let now = Instant::now();
             let mut queue = self.shared.queue();
@@ -141,10 +143,6 @@ impl WriteBehind {
                 && queue.len() >= self.shared.config.queue_size.saturating_mul(2)
             {
                 full = true;
-                // Not queued: the session's next request saves it.
-                if let Some(owner) = entry.upgrade() {
-                    owner.not_saved();
-                }
             } else if failing {
                 // The store is failing: queue the write for the next retry and answer at once.
                 let not_before = queue
@@ -164,13 +162,23 @@ impl WriteBehind {
             self.shared.urgent.notify_one();
         }
         async move {
-            if full {
-                return Outcome::Failed(WriteError::QueueFull);
-            }
             if failing {
                 return Outcome::Failed(WriteError::StoreFailing);
             }
-            rx.await.unwrap_or(Outcome::Failed(WriteError::Stopped))
+            let outcome = if full {
+                Outcome::Failed(WriteError::QueueFull)
+            } else {
+                rx.await.unwrap_or(Outcome::Failed(WriteError::Stopped))
+            };
+            // Not queued, or dropped with a stopped writer: the session's next request saves it.
+            if matches!(
+                outcome,
+                Outcome::Failed(WriteError::QueueFull | WriteError::Stopped)
+            ) && let Some(owner) = owner.upgrade()
+            {
+                owner.not_saved();
+            }
+            outcome
         }
     }
 
