@@ -168,24 +168,88 @@ async fn a_stale_copy_yields_to_the_newer_state_of_another_node() {
         .cookie("JSESSIONID")
         .unwrap();
     send(&b, "POST", "/cart/items", Some(&jar(&id)), add("B")).await; // b restores, writes v2
-    // a's copy is v1: its write is refused by the version check, and a drops its copy.
+    // a's copy is v1: its compare-and-set on v1 fails; a reads v2, adds C to it again (the
+    // storefront adds with Session::update) and writes v3. Nothing is refused, nothing lost.
     let r = send(&a, "POST", "/cart/items", Some(&jar(&id)), add("C")).await;
-    assert_eq!(r.status, StatusCode::CONFLICT, "not acknowledged");
-    assert_eq!(r.body, serde_json::Value::Null, "an empty body");
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let all = [
+        ("A".to_owned(), 1),
+        ("B".to_owned(), 1),
+        ("C".to_owned(), 1),
+    ];
     let r = send(&a, "GET", "/cart", Some(&jar(&id)), None).await;
-    assert_eq!(
-        items(&r.body),
-        [("A".to_owned(), 1), ("B".to_owned(), 1)],
-        "a now serves b's state"
-    );
+    assert_eq!(items(&r.body), all, "a serves the merged state");
     let row = sqlx::query("SELECT node, version FROM stored_http_session")
         .fetch_one(sqlite.pool())
         .await
         .unwrap();
     assert_eq!(
         (row.get::<String, _>("node"), row.get::<i64, _>("version")),
-        ("b".to_owned(), 2)
+        ("a".to_owned(), 3)
     );
+    let c = node("c", store.clone());
+    let r = send(&c, "GET", "/cart", Some(&jar(&id)), None).await;
+    assert_eq!(items(&r.body), all, "and so does every other node");
+}
+
+#[tokio::test]
+async fn a_read_then_write_of_a_value_another_node_replaced_is_refused() {
+    // A handler that reads a value and writes one derived from it (not Session::update): if
+    // another node replaced the value since this node read it, the write is a true conflict.
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = sqlite(dir.path()).await;
+    let store: Arc<dyn SessionAdmin> = Arc::new(sqlite.clone());
+    let counter = |name: &str| {
+        let config = config(SYNC);
+        let persistence = Persistence::from_config(store.clone(), &config);
+        Router::new()
+            .route(
+                "/inc",
+                post(|s: Session| async move {
+                    let n = s.get::<u32>("n").unwrap_or(0);
+                    s.insert("n", n + 1);
+                    s.insert("other", 1u8);
+                    axum::Json(n + 1)
+                }),
+            )
+            .route(
+                "/blind",
+                post(|s: Session| async move {
+                    s.insert("note", "b".to_owned());
+                }),
+            )
+            .route(
+                "/n",
+                get(|s: Session| async move { axum::Json(s.get::<u32>("n")) }),
+            )
+            .layer(SessionFailoverLayer::from_config(
+                &config,
+                "storefront",
+                "/",
+                name,
+                Some(persistence),
+            ))
+    };
+    let (a, b) = (counter("a"), counter("b"));
+    let id = send(&a, "POST", "/inc", None, None)
+        .await
+        .cookie("JSESSIONID")
+        .unwrap();
+    // b restores (n = 1) and increments to 2; a still holds n = 1.
+    assert_eq!(
+        send(&b, "POST", "/inc", Some(&jar(&id)), None).await.body,
+        2
+    );
+    // a's increment read 1, which b replaced: refused, not acknowledged.
+    let r = send(&a, "POST", "/inc", Some(&jar(&id)), None).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert_eq!(send(&a, "GET", "/n", Some(&jar(&id)), None).await.body, 2);
+    assert_eq!(send(&b, "GET", "/n", Some(&jar(&id)), None).await.body, 2);
+    // A blind write of another attribute on a stale copy merges without a conflict.
+    send(&b, "POST", "/inc", Some(&jar(&id)), None).await; // n = 3 on b
+    let r = send(&a, "POST", "/blind", Some(&jar(&id)), None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(send(&a, "GET", "/n", Some(&jar(&id)), None).await.body, 3);
 }
 
 #[tokio::test]

@@ -90,8 +90,8 @@ async fn suite(store: Arc<dyn SessionAdmin>) {
         "update never inserts"
     );
 
-    // update_many: written, superseded (an older version, and the older of two in the batch),
-    // and missing, in order
+    // update_many is a compare-and-set on the version the writer read (`version - 1`):
+    // written, superseded (the row moved on), missing, in order.
     let a = record("storefront", None, "a", 1, vec![1, 0, 0xa]);
     let b = record("storefront", None, "a", 3, vec![1, 0, 0xb]);
     store.set_many(&[a.clone(), b.clone()]).await.unwrap();
@@ -103,18 +103,29 @@ async fn suite(store: Arc<dyn SessionAdmin>) {
     a3.data = vec![1, 0, 0xa, 3];
     let mut b_old = b.clone();
     b_old.meta.version = 2;
+    let mut b_skip = b.clone();
+    b_skip.meta.version = 5;
     let missing = record("storefront", None, "a", 1, vec![1, 0]);
     let outcomes = store
-        .update_many(&[a2.clone(), b_old, missing.clone(), a3.clone()])
+        .update_many(&[a2.clone(), b_old, missing.clone(), b_skip])
         .await
         .unwrap();
-    // The older of two states of one key in a batch may be reported either way: it was, or
-    // would have been, overwritten by the newer one at once.
-    assert!(matches!(outcomes[0], Update::Written | Update::Superseded));
     assert_eq!(
-        outcomes[1..],
-        [Update::Superseded, Update::Missing, Update::Written]
+        outcomes,
+        [
+            Update::Written,
+            Update::Superseded,
+            Update::Missing,
+            Update::Superseded
+        ],
+        "based on the stored version: written; on an older or a newer one: superseded"
     );
+    assert_eq!(
+        store.update(&a2).await.unwrap(),
+        Update::Superseded,
+        "the same write again is based on a version the row has left"
+    );
+    assert_eq!(store.update(&a3).await.unwrap(), Update::Written);
     assert_eq!(
         store.get(&a.meta.key, NOW).await.unwrap().unwrap().data,
         a3.data
@@ -128,6 +139,17 @@ async fn suite(store: Arc<dyn SessionAdmin>) {
         None,
         "never inserted"
     );
+    // An expired row is absent: an update does not revive it.
+    let mut expired = record("storefront", None, "a", 1, vec![1, 0, 0xe]);
+    expired.meta.expires_at = NOW - 1;
+    store.set(&expired).await.unwrap();
+    let mut revive = expired.clone();
+    revive.meta.version = 2;
+    revive.meta.modified_at = NOW;
+    revive.meta.expires_at = NOW + 60_000;
+    assert_eq!(store.update(&revive).await.unwrap(), Update::Missing);
+    assert_eq!(store.get(&expired.meta.key, NOW).await.unwrap(), None);
+    store.destroy(&expired.meta.key).await.unwrap();
     assert!(store.update_many(&[]).await.unwrap().is_empty());
     assert_eq!(
         store

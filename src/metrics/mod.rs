@@ -12,7 +12,7 @@
 //! | `session_save_seconds` | histogram | time of one save (encode and store write) |
 //! | `session_touches_total` | counter | expiry pushes of read-only sessions |
 //! | `session_store_errors_total` | counter | failed store calls, by `op` (load, save, touch, destroy) |
-//! | `session_conflicts_total` | counter | refused saves, by `kind` (superseded, missing) |
+//! | `session_conflicts_total` | counter | refused changes, by `kind` (`attribute`: based on a value another request replaced; `missing`: the session was ended elsewhere; `superseded`: a newer stored state could not be merged) |
 //! | `session_cache_entries` | gauge | sessions in the node cache (approximate) |
 //! | `session_write_queue_depth` | gauge | writes queued in the write-behind writer |
 //! | `session_write_oldest_pending_seconds` | gauge | age of the oldest queued write |
@@ -22,6 +22,7 @@
 //! | `session_write_retries_total` | counter | writes put back for retry after a failure |
 //! | `session_write_failures_total` | counter | writes that failed (and were retried) |
 //! | `session_write_sync_fallbacks_total` | counter | async saves made synchronously (queue full) |
+//! | `session_write_rebases_total` | counter | updates that lost their compare-and-set and were merged with the newer stored state |
 //!
 //! | `session_purge_runs_total` / `_rows_total` / `_seconds` | counter / counter / histogram | purge runs, rows deleted, time per run |
 //! | `session_purge_skipped_total` / `_failures_total` | counter | runs skipped (another node purging) / failed |
@@ -106,4 +107,8 @@ pub(crate) fn purge_failed() {
 
 pub(crate) fn sync_fallback() {
     metrics::counter!("session_write_sync_fallbacks_total").increment(1);
+}
+
+pub(crate) fn rebased() {
+    metrics::counter!("session_write_rebases_total").increment(1);
 }

@@ -11,7 +11,7 @@ use crate::cache::NodeCache;
 use crate::codec::{Binding, Codec};
 use crate::config::SaveMode;
 use crate::id::SessionId;
-use crate::persist::{Folded, Owner, Persister, Saved};
+use crate::persist::{Folded, Owner, Persister, Rebased, Saved};
 use crate::session::Session;
 use crate::session::state::{Due, Entry, State};
 use crate::store::{EpochMillis, Update, now_millis};
@@ -60,6 +60,9 @@ pub(crate) struct Finish {
     /// The checker found an attribute that would not survive failover, and the response must
     /// say so (500).
     check_failed: bool,
+    /// A write of the request was refused (based on a value a concurrent request replaced):
+    /// the response must say so (409).
+    conflict: bool,
 }
 
 /// Whether the request's change may be acknowledged.
@@ -81,9 +84,8 @@ enum Work {
 }
 
 /// A node-cache entry as the writer sees it.
-fn owner(entry: &Arc<Entry>) -> std::sync::Weak<dyn Owner> {
-    let weak: std::sync::Weak<Entry> = Arc::downgrade(entry);
-    weak
+fn owner(entry: &Arc<Entry>) -> Arc<dyn Owner> {
+    Arc::clone(entry) as Arc<dyn Owner>
 }
 
 impl Owner for Entry {
@@ -91,18 +93,60 @@ impl Owner for Entry {
         self.lock().is_ended()
     }
 
-    fn stored(&self, version: i64, outcome: Update) {
+    fn base(&self) -> i64 {
+        self.lock().base()
+    }
+
+    fn stored(&self, version: i64, row: i64, outcome: Update) {
         let mut state = self.lock();
         match outcome {
-            Update::Written => state.mark_written(),
+            Update::Written => state.mark_written(version, row),
             // The session was ended elsewhere: stop serving it here.
             Update::Missing => state.end(),
-            Update::Superseded => state.mark_superseded(version),
+            // A newer stored state this node could not merge with: the next request restores it.
+            Update::Superseded => state.mark_stale(),
         }
     }
 
     fn not_saved(&self) {
         self.lock().keep_change();
+    }
+
+    fn rebase(&self, stored: &crate::store::Record, refuse: bool) -> Rebased {
+        let Some(recode) = self.recode() else {
+            return Rebased::Gone;
+        };
+        // Decoded outside the lock.
+        let Some(attributes) = recode.decode(stored) else {
+            return Rebased::Gone;
+        };
+        let mut state = self.lock();
+        if state.is_ended() {
+            return Rebased::Gone;
+        }
+        let conflicts = state.rebase(&stored.meta, attributes, refuse);
+        let Due::Save { version, .. } = state.take_work(now_millis(), i64::MAX) else {
+            return Rebased::Gone;
+        };
+        let Some(record) = recode.encode(&state, version) else {
+            state.keep_change();
+            return Rebased::Gone;
+        };
+        let short = state.id.short_hash();
+        drop(state);
+        tracing::debug!(session = %short, from_node = %stored.meta.node, "merged this node's changes into a newer stored state");
+        if !conflicts.is_empty() {
+            crate::metrics::conflict(&stored.meta.app, "attribute");
+            if refuse {
+                tracing::warn!(session = %short, attributes = ?conflicts, "changes based on values another node replaced are refused (409); the other node's values stay");
+            } else {
+                tracing::warn!(session = %short, attributes = ?conflicts, "async mode: changes based on values another node replaced were acknowledged already; they replace the other node's values");
+            }
+        }
+        Rebased::Write {
+            record,
+            refused: refuse && !conflicts.is_empty(),
+        }
     }
 }
 
@@ -133,6 +177,13 @@ impl AppShared {
             .collect()
     }
 
+    /// The codec entries merge themselves with (none for memory-only sessions: they are
+    /// never merged).
+    fn recode(&self) -> Option<Arc<dyn crate::session::state::Recode>> {
+        self.persister.as_ref()?;
+        Some(Arc::clone(&self.settings) as Arc<dyn crate::session::state::Recode>)
+    }
+
     /// Finds the session of the first id that names one: node cache first, then the store.
     pub(crate) async fn load(&self, ids: &[SessionId]) -> Loaded {
         for id in ids {
@@ -144,7 +195,7 @@ impl AppShared {
                 };
                 if live && !stale {
                     self.metrics.cache_hits.increment(1);
-                    return Loaded::Session(Session::new(Some(entry)));
+                    return Loaded::Session(Session::new(Some(entry), self.recode()));
                 }
                 if !stale {
                     continue;
@@ -169,7 +220,7 @@ impl AppShared {
                 })
                 .await;
             match restored {
-                Ok(entry) => return Loaded::Session(Session::new(Some(entry))),
+                Ok(entry) => return Loaded::Session(Session::new(Some(entry), self.recode())),
                 Err(miss) => match &*miss {
                     Miss::Absent => {}
                     Miss::Store(error) => {
@@ -185,7 +236,7 @@ impl AppShared {
                 },
             }
         }
-        Loaded::Session(Session::new(None))
+        Loaded::Session(Session::new(None, self.recode()))
     }
 
     async fn restore(
@@ -217,7 +268,7 @@ impl AppShared {
                 if !row_exists {
                     state.restored_without_row();
                 }
-                Ok(Some(Entry::new(state)))
+                Ok(Some(Entry::with_recode(state, self.recode())))
             }
             Err(error) => {
                 tracing::error!(app = %self.settings.app, session = %short, error = &error as &dyn std::error::Error, "stored session does not decode; a fresh session will be used");
@@ -243,11 +294,15 @@ impl AppShared {
             work: Work::None,
             removed: slot.removed,
             check_failed: false,
+            conflict: slot.conflict,
         };
         if let Some(entry) = slot.entry {
             let mut state = entry.lock();
             if !state.is_ended() {
                 finish.work = self.work(&mut state, now);
+                if self.persister.is_none() {
+                    state.forget_changes();
+                }
                 let announce = state.take_announce();
                 let id = state.id.clone();
                 drop(state);
@@ -271,6 +326,7 @@ impl AppShared {
         let idle = !finish.cache_it
             && finish.removed.is_empty()
             && !finish.check_failed
+            && !finish.conflict
             && matches!(finish.work, Work::None);
         (!idle).then_some(finish)
     }
@@ -339,6 +395,10 @@ impl AppShared {
                     }
                 }
             }
+        }
+        if finish.conflict {
+            crate::metrics::conflict(&self.settings.app, "attribute");
+            saved = Answer::Conflict;
         }
         if finish.check_failed && saved == Answer::Done {
             saved = Answer::CheckFailed;
@@ -414,6 +474,10 @@ impl AppShared {
                 Answer::Done
             }
             Saved::Queued => Answer::Done,
+            Saved::Refused => {
+                // Logged where the conflict was found.
+                Answer::Conflict
+            }
             Saved::Stored(Update::Missing) => {
                 crate::metrics::conflict(app, "missing");
                 tracing::info!(%app, session = %id.short_hash(), "session was ended elsewhere; dropped from this node");

@@ -7,7 +7,7 @@ use http::Request;
 
 use crate::codec::{Binding, Codec, EncodedAttributes};
 use crate::id::SessionId;
-use crate::session::state::Value;
+use crate::session::state::{Recode, State, Value};
 use crate::store::{EpochMillis, Meta, Record, now_millis};
 
 /// The parts of a session to write, taken under its lock.
@@ -130,5 +130,37 @@ impl AppSettings {
             },
             data,
         })
+    }
+}
+
+impl Recode for AppSettings {
+    fn decode(&self, record: &Record) -> Option<EncodedAttributes> {
+        let binding = Binding {
+            app: &record.meta.app,
+            key: &record.meta.key,
+            principal: record.meta.principal.as_deref(),
+        };
+        match self.codec.decode(&record.data, binding) {
+            Ok(attributes) => Some(attributes),
+            Err(error) => {
+                tracing::error!(app = %self.app, session = %record.meta.key.short_hash(), error = &error as &dyn std::error::Error, "the newer stored state of a session does not decode; this node's copy is dropped");
+                None
+            }
+        }
+    }
+
+    fn encode(&self, state: &State, version: i64) -> Option<Record> {
+        let snapshot = Snapshot {
+            principal: state.principal.clone(),
+            created_at: state.created_at,
+            version,
+            new: false,
+            attributes: state
+                .attributes
+                .iter()
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect(),
+        };
+        self.record(&state.id, snapshot)
     }
 }

@@ -33,29 +33,57 @@ pub(crate) use writer::{Folded, Op, Outcome};
 
 use crate::store::{SessionAdmin, SessionStore};
 
-/// The session a write belongs to, as the writer sees it: asked whether it was ended, and told
-/// what became of its writes. The node cache's entries implement it; the writer knows no more
-/// of them than this.
+/// The session a write belongs to, as the writer sees it: asked whether it was ended and which
+/// stored version its next update is based on, told what became of its writes, and asked to
+/// merge itself with a newer stored state when another write got to the row first. The node
+/// cache's entries implement it; the writer knows no more of them than this. A queued write
+/// holds its owner, so a session evicted from the cache with a write pending can still merge.
 pub(crate) trait Owner: Send + Sync {
     /// The session was ended here (a save of it must not be written).
     fn is_ended(&self) -> bool;
-    /// The write of `version` was committed or refused with `outcome`.
-    fn stored(&self, version: i64, outcome: crate::store::Update);
+    /// The stored version the session's next update is a compare-and-set on.
+    fn base(&self) -> i64;
+    /// The write of snapshot `version` was committed as row version `row` (`Written`), or
+    /// refused with `outcome`.
+    fn stored(&self, version: i64, row: i64, outcome: crate::store::Update);
     /// A write of it was not made and nobody retries it: its next request must save again.
     fn not_saved(&self);
+    /// Another write got to the row first (`stored` is the row now): merge this node's
+    /// uncommitted changes into it, and give the record to write instead. With `refuse`, a
+    /// change based on a value the other write replaced is dropped and reported.
+    fn rebase(&self, stored: &crate::store::Record, refuse: bool) -> Rebased;
+}
+
+/// What [`Owner::rebase`] gave.
+#[allow(clippy::large_enum_variant)] // made and taken at once, on the rare rebase path
+pub(crate) enum Rebased {
+    /// Write this record (based on the stored version); `refused`: some change of this node
+    /// was a true conflict and was dropped, so whoever waits for it must not be told it is kept.
+    Write {
+        record: crate::store::Record,
+        refused: bool,
+    },
+    /// Nothing to merge: the session was ended here, or the stored state cannot be read.
+    Gone,
 }
 
 /// The owner of a write nobody is told about (deletes).
-pub(crate) fn nobody() -> std::sync::Weak<dyn Owner> {
+pub(crate) fn nobody() -> Arc<dyn Owner> {
     struct Nobody;
     impl Owner for Nobody {
         fn is_ended(&self) -> bool {
             false
         }
-        fn stored(&self, _: i64, _: crate::store::Update) {}
+        fn base(&self) -> i64 {
+            0
+        }
+        fn stored(&self, _: i64, _: i64, _: crate::store::Update) {}
         fn not_saved(&self) {}
+        fn rebase(&self, _: &crate::store::Record, _: bool) -> Rebased {
+            Rebased::Gone
+        }
     }
-    std::sync::Weak::<Nobody>::new()
+    Arc::new(Nobody)
 }
 
 /// How an application's sessions are persisted (`spring.session.<app>.save`).

@@ -1,7 +1,7 @@
 //! [`Persister`]: what saving, touching and deleting one application's sessions does in its
 //! save mode.
 
-use std::sync::Weak;
+use std::sync::Arc;
 
 use super::{Op, Outcome, Owner, Persistence, SaveMode, WriteError, nobody};
 use crate::id::SessionKey;
@@ -14,6 +14,8 @@ pub(crate) enum Saved {
     Stored(Update),
     /// Queued (async mode); the writer reports to the entry later.
     Queued,
+    /// Committed, but a change it carried was a true conflict and was dropped: not kept.
+    Refused,
     /// Not committed now, but still queued: the writer retries it.
     Kept(WriteError),
     /// Not committed and not queued: the session stays marked changed for its next request.
@@ -59,7 +61,7 @@ impl Persister {
 
     /// Writes a changed session as the app's mode says (see the module docs). The entry is told
     /// what became of it.
-    pub(crate) async fn save(&self, record: Record, new: bool, entry: Weak<dyn Owner>) -> Saved {
+    pub(crate) async fn save(&self, record: Record, new: bool, entry: Arc<dyn Owner>) -> Saved {
         let writer = &self.persistence.writer;
         let key = record.meta.key.clone();
         match self.mode {
@@ -84,6 +86,7 @@ impl Persister {
                 match tokio::time::timeout(timeout, wait).await {
                     // The writer has already told the entry.
                     Ok(Outcome::Stored(update)) => Saved::Stored(update),
+                    Ok(Outcome::Refused) => Saved::Refused,
                     // Not kept by the writer, which marked the session changed.
                     Ok(Outcome::Failed(error @ (WriteError::QueueFull | WriteError::Stopped))) => {
                         Saved::Failed(error)
@@ -99,10 +102,11 @@ impl Persister {
         }
     }
 
-    async fn save_directly(&self, key: SessionKey, op: Op, entry: Weak<dyn Owner>) -> Saved {
+    async fn save_directly(&self, key: SessionKey, op: Op, entry: Arc<dyn Owner>) -> Saved {
         let writer = &self.persistence.writer;
         match writer.write_direct(key, op, entry).await {
             Outcome::Stored(update) => Saved::Stored(update),
+            Outcome::Refused => Saved::Refused,
             Outcome::Failed(error) => Saved::Failed(error),
         }
     }
@@ -140,7 +144,7 @@ impl Persister {
         let wait = writer.enqueue_and_wait(key.clone(), Op::Delete, nobody());
         let timeout = writer.store_timeout();
         match tokio::time::timeout(timeout, wait).await {
-            Ok(Outcome::Stored(_)) => Ok(()),
+            Ok(Outcome::Stored(_) | Outcome::Refused) => Ok(()),
             Ok(Outcome::Failed(error)) => Err(error),
             Err(_) => Err(WriteError::Timeout(timeout)),
         }

@@ -118,36 +118,47 @@ async fn add_item(session: Session, item: Result<Json<CartItem>, JsonRejection>)
     if !(1..=MAX_QTY).contains(&item.qty) {
         return bad_request(format!("qty must be from 1 to {MAX_QTY}"));
     }
-    let mut cart: Cart = session.get(CART).unwrap_or_default();
-    if let Some(line) = cart.items.iter_mut().find(|line| line.sku == item.sku) {
-        if line.qty + item.qty > MAX_QTY {
-            return bad_request(format!(
-                "the cart holds at most {MAX_QTY} of one sku; it has {} of {}",
-                line.qty, item.sku
-            ));
+    // One read-modify-write of the cart: two requests adding at once (two tabs, two nodes)
+    // both land, and none is refused.
+    let added = session.update(CART, move |cart: &mut Cart| {
+        if let Some(line) = cart.items.iter_mut().find(|line| line.sku == item.sku) {
+            if line.qty + item.qty > MAX_QTY {
+                return Err(format!(
+                    "the cart holds at most {MAX_QTY} of one sku; it has {} of {}",
+                    line.qty, item.sku
+                ));
+            }
+            line.qty += item.qty;
+        } else if cart.items.len() >= MAX_LINES {
+            return Err(format!("the cart holds at most {MAX_LINES} lines"));
+        } else {
+            cart.items.push(item.clone());
         }
-        line.qty += item.qty;
-    } else if cart.items.len() >= MAX_LINES {
-        return bad_request(format!("the cart holds at most {MAX_LINES} lines"));
-    } else {
-        cart.items.push(item);
+        Ok(())
+    });
+    match added {
+        Ok(()) => Json(view(&session)).into_response(),
+        Err(message) => bad_request(message),
     }
-    session.insert(CART, cart);
-    Json(view(&session)).into_response()
 }
 
 async fn remove_item(session: Session, Path(sku): Path<String>) -> Response {
-    let mut cart: Cart = session.get(CART).unwrap_or_default();
-    let before = cart.items.len();
-    cart.items.retain(|line| line.sku != sku);
-    if cart.items.len() == before {
+    let listed = session
+        .get::<Cart>(CART)
+        .is_some_and(|cart| cart.items.iter().any(|line| line.sku == sku));
+    let removed = listed
+        && session.update(CART, move |cart: &mut Cart| {
+            let before = cart.items.len();
+            cart.items.retain(|line| line.sku != sku);
+            cart.items.len() < before
+        });
+    if !removed {
         return (
             StatusCode::NOT_FOUND,
             Json(serde_json::json!({ "error": "no such line" })),
         )
             .into_response();
     }
-    session.insert(CART, cart);
     Json(view(&session)).into_response()
 }
 

@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::SessionId;
-use super::state::{Entry, LiveValue, State, Value};
+use super::state::{Entry, LiveValue, Reapply, Recode, State, Value, identical};
 use crate::codec;
 use crate::store::now_millis;
 
@@ -29,6 +29,8 @@ pub struct Session(Arc<Mutex<Slot>>);
 pub(crate) struct Slot {
     /// The session this request works on, if it has one.
     pub(crate) entry: Option<Arc<Entry>>,
+    /// The application's codec, given to the entries this request creates.
+    recode: Option<Arc<dyn Recode>>,
     /// The session was created by this request: its cookie must be sent.
     pub(crate) created: bool,
     /// The session got a new id in this request: its cookie must be sent.
@@ -39,6 +41,12 @@ pub(crate) struct Slot {
     pub(crate) invalidated: bool,
     /// The layer has taken the slot: the response is on its way and later changes are not saved.
     pub(crate) finished: bool,
+    /// The value of each attribute this request read before writing it (`None`: absent), so a
+    /// write based on a value another request replaced meanwhile is detected.
+    read: Vec<(String, Option<Value>)>,
+    /// A write of this request was based on a value another request replaced: it was not
+    /// applied, and the response must say so (409).
+    pub(crate) conflict: bool,
 }
 
 /// What a typed read must do outside the entry's lock.
@@ -48,9 +56,10 @@ enum Decode {
 }
 
 impl Session {
-    pub(crate) fn new(entry: Option<Arc<Entry>>) -> Self {
+    pub(crate) fn new(entry: Option<Arc<Entry>>, recode: Option<Arc<dyn Recode>>) -> Self {
         Self(Arc::new(Mutex::new(Slot {
             entry,
+            recode,
             ..Slot::default()
         })))
     }
@@ -83,7 +92,14 @@ impl Session {
     }
 
     fn with_state_or_create<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
-        let entry = {
+        let entry = self.entry_or_create();
+        let mut state = entry.lock();
+        f(&mut state)
+    }
+
+    /// The request's live entry, or a new session's.
+    fn entry_or_create(&self) -> Arc<Entry> {
+        {
             let mut slot = self.slot();
             if slot.finished {
                 tracing::warn!(
@@ -93,15 +109,14 @@ impl Session {
             match &slot.entry {
                 Some(entry) if !entry.lock().is_ended() => Arc::clone(entry),
                 _ => {
-                    let entry = Entry::new(State::new(SessionId::generate(), now_millis()));
+                    let state = State::new(SessionId::generate(), now_millis());
+                    let entry = Entry::with_recode(state, slot.recode.clone());
                     slot.entry = Some(Arc::clone(&entry));
                     slot.created = !slot.finished;
                     entry
                 }
             }
-        };
-        let mut state = entry.lock();
-        f(&mut state)
+        }
     }
 
     /// The value of attribute `name` as a `T`, if the session has it and it decodes as a `T`.
@@ -109,29 +124,36 @@ impl Session {
     /// A value restored from the store is decoded on its first read (outside any lock) and the
     /// result kept for later reads; its stored bytes are what a save writes back until an
     /// [`Session::insert`] replaces them. A stored value that does not decode as `T` (its type
-    /// changed incompatibly) is logged at ERROR with the attribute name and type, dropped from
-    /// the session, and reads as `None`; the other attributes are unaffected.
+    /// changed incompatibly, or another type was asked for) is logged at ERROR with the
+    /// attribute name and type and reads as `None`; the session keeps it unchanged.
+    ///
+    /// The value read is remembered for this request: an [`Session::insert`] of the same
+    /// attribute later in the request is refused (the response becomes 409) if another request
+    /// replaced the value meanwhile, so no change is lost by a read-modify-write of two requests
+    /// at once. Use [`Session::update`] for a read-modify-write that is never refused.
     pub fn get<T>(&self, name: &str) -> Option<T>
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
         let entry = self.entry()?;
-        let (next, id) = {
+        let (current, id) = {
             let state = entry.lock();
-            let next = match state.attributes.get(name)? {
-                Value::Live(live) => match live.as_any().downcast_ref::<T>() {
-                    Some(value) => return Some(value.clone()),
-                    None => Decode::Convert(Arc::clone(live)),
-                },
-                Value::Local { value, .. } => return value.downcast_ref::<T>().cloned(),
-                Value::Encoded { bytes, decoded } => {
-                    if let Some(value) = decoded.as_ref().and_then(|d| d.downcast_ref::<T>()) {
-                        return Some(value.clone());
-                    }
-                    Decode::Bytes(Arc::clone(bytes))
+            (state.attributes.get(name).cloned(), state.id.clone())
+        };
+        // Outside the entry's lock: the slot's lock is always taken first.
+        self.remember_read(name, current.as_ref());
+        let next = match current? {
+            Value::Live(live) => match live.as_any().downcast_ref::<T>() {
+                Some(value) => return Some(value.clone()),
+                None => Decode::Convert(live),
+            },
+            Value::Local { value, .. } => return value.downcast_ref::<T>().cloned(),
+            Value::Encoded { bytes, decoded } => {
+                if let Some(value) = decoded.as_ref().and_then(|d| d.downcast_ref::<T>()) {
+                    return Some(value.clone());
                 }
-            };
-            (next, state.id.clone())
+                Decode::Bytes(bytes)
+            }
         };
         let decode = |bytes: &[u8]| match codec::decode_value::<T>(bytes) {
             Ok(value) => Some(value),
@@ -150,17 +172,9 @@ impl Session {
             // Another type with a compatible serde shape: convert through the codec.
             Decode::Convert(live) => decode(&live.encode().ok()?),
             Decode::Bytes(bytes) => {
-                let Some(value) = decode(&bytes) else {
-                    // A stored value this build cannot read (its type changed incompatibly):
-                    // dropped, so it is not read again or written back; the rest stays.
-                    let mut state = entry.lock();
-                    if let Some(Value::Encoded { bytes: b, .. }) = state.attributes.get(name)
-                        && Arc::ptr_eq(b, &bytes)
-                    {
-                        state.attributes.remove(name);
-                    }
-                    return None;
-                };
+                // A stored value that does not decode as `T` (another type asked for, or its
+                // type changed incompatibly) stays as it is: a read never changes the session.
+                let value = decode(&bytes)?;
                 let mut state = entry.lock();
                 if let Some(Value::Encoded { bytes: b, decoded }) = state.attributes.get_mut(name)
                     && Arc::ptr_eq(b, &bytes)
@@ -191,8 +205,7 @@ impl Session {
     where
         T: Serialize + DeserializeOwned + Send + Sync + 'static,
     {
-        let value = Value::Live(Arc::new(value));
-        self.with_state_or_create(|state| state.insert(name.into(), value));
+        self.write(name.into(), Some(Value::Live(Arc::new(value))));
     }
 
     /// Sets a node-local attribute: a value that cannot be serialized (a handle, a channel).
@@ -204,12 +217,110 @@ impl Session {
             value: Arc::new(value),
             type_name: std::any::type_name::<T>(),
         };
-        self.with_state_or_create(|state| state.insert(name.into(), value));
+        self.write(name.into(), Some(value));
     }
 
     /// Removes attribute `name`; `true` if it was there.
     pub fn remove(&self, name: &str) -> bool {
-        self.with_state(|state| state.remove(name)).unwrap_or(false)
+        if self.entry().is_none() {
+            return false;
+        }
+        self.write(name.to_owned(), None)
+    }
+
+    /// Reads, changes and writes back attribute `name` as one step that no concurrent request
+    /// of the session can interleave with: `f` gets the current value (`T::default()` if the
+    /// attribute is absent or does not decode as `T`) and its result is stored. Returns what
+    /// `f` returns. Creates the session if the request has none.
+    ///
+    /// This is the way to change a value that depends on its current one (add to a cart,
+    /// count): it is never refused. Two requests at once on one node both apply; a request
+    /// whose node held an older copy than another node committed has `f` run again on the
+    /// newer value when it is saved. So `f` may run more than once and must depend on nothing
+    /// but its argument and what it captured.
+    pub fn update<T, R, F>(&self, name: impl Into<String>, f: F) -> R
+    where
+        T: Serialize + DeserializeOwned + Default + Clone + Send + Sync + 'static,
+        F: Fn(&mut T) -> R + Send + Sync + 'static,
+    {
+        let name = name.into();
+        let f = Arc::new(f);
+        loop {
+            // Read outside the lock (decoding runs user code), then write back only if nobody
+            // replaced the value meanwhile; else read again.
+            let entry = self.entry_or_create();
+            let current = entry.lock().attributes.get(&name).cloned();
+            let mut value: T = current
+                .as_ref()
+                .and_then(|v| typed::<T>(v))
+                .unwrap_or_default();
+            let result = f(&mut value);
+            let mut slot = self.slot();
+            let mut state = entry.lock();
+            if state.is_ended() {
+                continue;
+            }
+            if !identical(state.attributes.get(&name), current.as_ref()) {
+                continue;
+            }
+            let written = Value::Live(Arc::new(value));
+            let f = Arc::clone(&f);
+            let apply: Arc<Reapply> = Arc::new(move |v: Option<&Value>| {
+                let mut value: T = v.and_then(|v| typed::<T>(v)).unwrap_or_default();
+                f(&mut value);
+                Some(Value::Live(Arc::new(value)))
+            });
+            state.set_updated(name.clone(), written.clone(), apply);
+            drop(state);
+            if let Some(read) = slot.read.iter_mut().find(|(n, _)| *n == name) {
+                read.1 = Some(written);
+            }
+            return result;
+        }
+    }
+
+    /// Remembers the value of `name` this request read first (for [`Session::write`]).
+    fn remember_read(&self, name: &str, value: Option<&Value>) {
+        let mut slot = self.slot();
+        if !slot.read.iter().any(|(n, _)| n == name) {
+            slot.read.push((name.to_owned(), value.cloned()));
+        }
+    }
+
+    /// Sets (`Some`) or removes (`None`) attribute `name`, creating the session for a set.
+    /// Refused (the request answers 409) if the request read the attribute and another request
+    /// replaced it since. Returns whether an attribute was replaced or removed.
+    fn write(&self, name: String, value: Option<Value>) -> bool {
+        let entry = self.entry_or_create();
+        let mut slot = self.slot();
+        let mut state = entry.lock();
+        let read = slot
+            .read
+            .iter()
+            .position(|(n, _)| *n == name)
+            .map(|i| slot.read[i].1.clone());
+        if let Some(read) = &read
+            && !identical(read.as_ref(), state.attributes.get(&name))
+        {
+            tracing::warn!(
+                session = %state.id.short_hash(),
+                attribute = %name,
+                "attribute was changed by a concurrent request since this one read it; \
+                 this change is refused (409); use Session::update for a read-modify-write"
+            );
+            slot.conflict = true;
+            return false;
+        }
+        let replaced = state
+            .set(name.clone(), value.clone(), read.clone())
+            .is_some();
+        drop(state);
+        if read.is_some()
+            && let Some(slot_read) = slot.read.iter_mut().find(|(n, _)| *n == name)
+        {
+            slot_read.1 = value;
+        }
+        replaced
     }
 
     /// Names of the session's attributes, in order.
@@ -279,11 +390,28 @@ impl Session {
             let old = state.id.clone();
             (old, state.rotate(SessionId::generate()))
         };
-        slot.entry = Some(Entry::new(moved));
+        slot.entry = Some(Entry::with_recode(moved, entry.recode().cloned()));
         if !slot.created {
             slot.removed.push(old);
             slot.cycled = true;
         }
+    }
+}
+
+/// `value` as a `T`, if it is one or decodes as one.
+fn typed<T: DeserializeOwned + Clone + 'static>(value: &Value) -> Option<T> {
+    match value {
+        Value::Live(live) => match live.as_any().downcast_ref::<T>() {
+            Some(value) => Some(value.clone()),
+            None => codec::decode_value(&live.encode().ok()?).ok(),
+        },
+        Value::Encoded { bytes, decoded } => {
+            match decoded.as_ref().and_then(|d| d.downcast_ref::<T>()) {
+                Some(value) => Some(value.clone()),
+                None => codec::decode_value(bytes).ok(),
+            }
+        }
+        Value::Local { value, .. } => value.downcast_ref::<T>().cloned(),
     }
 }
 

@@ -55,6 +55,57 @@ pub(crate) enum Value {
     },
 }
 
+/// Runs a read-modify-write ([`crate::Session::update`]) again on another value of its
+/// attribute (`None`: absent); `None` if the value does not decode as the closure's type.
+pub(crate) type Reapply = dyn Fn(Option<&Value>) -> Option<Value> + Send + Sync;
+
+/// A change made on this node since the stored version the state descends from, kept until a
+/// write that carries it is committed, so that it can be applied again on top of a newer state
+/// another node stored ([`State::rebase`]): requests change attributes, not snapshots.
+#[derive(Clone)]
+pub(crate) enum Change {
+    /// Attribute `name` set to `value` (`None`: removed). `read` is the value the request read
+    /// before it wrote (`None` if it wrote blindly): if the stored value is no longer that, the
+    /// write was based on a value another request replaced: a conflict.
+    Set {
+        name: String,
+        value: Option<Value>,
+        read: Option<Option<Value>>,
+    },
+    /// A read-modify-write of attribute `name`: run again on the newer value, it never
+    /// conflicts.
+    Update { name: String, apply: Arc<Reapply> },
+    /// The principal set (or cleared).
+    Principal(Option<String>),
+}
+
+/// Whether `a` and `b` are the very same value (not a copy): a request that read `a` and finds
+/// `b` knows whether another request replaced it meanwhile.
+pub(crate) fn identical(a: Option<&Value>, b: Option<&Value>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(Value::Live(a)), Some(Value::Live(b))) => Arc::ptr_eq(a, b),
+        (Some(Value::Encoded { bytes: a, .. }), Some(Value::Encoded { bytes: b, .. })) => {
+            Arc::ptr_eq(a, b)
+        }
+        (Some(Value::Local { value: a, .. }), Some(Value::Local { value: b, .. })) => {
+            Arc::ptr_eq(a, b)
+        }
+        _ => false,
+    }
+}
+
+/// Whether `ours` encodes to the `stored` bytes (`None`: absent); node-local values count as
+/// absent, since they are never stored.
+fn same_content(ours: Option<&Value>, stored: Option<&[u8]>) -> bool {
+    match (ours, stored) {
+        (None | Some(Value::Local { .. }), None) => true,
+        (Some(Value::Encoded { bytes, .. }), Some(stored)) => **bytes == *stored,
+        (Some(Value::Live(live)), Some(stored)) => live.encode().is_ok_and(|b| b == stored),
+        _ => false,
+    }
+}
+
 /// The mutable part of a session. The data (`id`, `principal`, `created_at`, `attributes`) is
 /// read and written by the handle; the persistence state is private and changes only through
 /// the transition methods below, each named for the event that causes it.
@@ -65,8 +116,15 @@ pub(crate) struct State {
     pub(crate) attributes: BTreeMap<String, Value>,
     /// Changed since the last successful save.
     dirty: bool,
-    /// The version of the last snapshot taken for saving; the next save writes `version + 1`.
+    /// The version of the last snapshot taken for saving (this node's sequence; it orders the
+    /// node's own writes of the session).
     version: i64,
+    /// The stored version this state descends from (restored, or last written by this node):
+    /// the next update is a compare-and-set on it. 0: never stored.
+    stored: i64,
+    /// Changes since `stored` not yet known to be committed, in order, each with the version of
+    /// the first snapshot that carried it (0: none yet).
+    log: Vec<(i64, Change)>,
     /// The store has a row for this id (restored from it, or saved once): later saves only
     /// update that row, so a row deleted meanwhile (logout elsewhere, backoffice) is not
     /// re-created.
@@ -97,19 +155,42 @@ pub(crate) enum Due {
     Save { version: i64, new: bool },
 }
 
+/// What an entry needs from its application to merge itself with a newer stored state (see
+/// [`State::rebase`]): the application's codec, both ways.
+pub(crate) trait Recode: Send + Sync {
+    /// The attributes of `record`, a stored state of this session; `None` if it does not decode.
+    fn decode(&self, record: &crate::store::Record) -> Option<EncodedAttributes>;
+    /// The record of `state` at snapshot `version`, for the update based on `state`'s base.
+    fn encode(&self, state: &State, version: i64) -> Option<crate::store::Record>;
+}
+
 /// A session as the node cache holds it.
 pub(crate) struct Entry {
     /// A std mutex: every section is a short in-memory operation (no user `Serialize` or
-    /// `Deserialize` runs under it) and none is held across `.await`
+    /// `Deserialize` runs under it, but for the rare rebase on a newer stored state, which runs
+    /// read-modify-write closures again) and none is held across `.await`
     /// (`clippy::await_holding_lock` is denied).
     state: Mutex<State>,
+    /// The application's codec (`None` in unit tests of the writer).
+    recode: Option<Arc<dyn Recode>>,
 }
 
 impl Entry {
+    #[cfg(test)]
     pub(crate) fn new(state: State) -> Arc<Self> {
+        Self::with_recode(state, None)
+    }
+
+    pub(crate) fn with_recode(state: State, recode: Option<Arc<dyn Recode>>) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(state),
+            recode,
         })
+    }
+
+    /// The application's codec, if the entry has one.
+    pub(crate) fn recode(&self) -> Option<&Arc<dyn Recode>> {
+        self.recode.as_ref()
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
@@ -128,6 +209,8 @@ impl State {
             attributes: BTreeMap::new(),
             dirty: true,
             version: 0,
+            stored: 0,
+            log: Vec::new(),
             persisted: false,
             persisted_at: now,
             invalidated: false,
@@ -158,6 +241,8 @@ impl State {
                 .collect(),
             dirty: false,
             version: meta.version,
+            stored: meta.version,
+            log: Vec::new(),
             persisted: true,
             persisted_at: meta.modified_at,
             invalidated: false,
@@ -196,7 +281,10 @@ impl State {
     pub(crate) fn take_work(&mut self, now: EpochMillis, touch_every: EpochMillis) -> Due {
         if self.dirty {
             self.dirty = false;
-            self.version = self.version.saturating_add(1);
+            self.version = self.version.max(self.stored).saturating_add(1);
+            for (taken, _) in self.log.iter_mut().filter(|(taken, _)| *taken == 0) {
+                *taken = self.version;
+            }
             self.persisted_at = now;
             return Due::Save {
                 version: self.version,
@@ -220,17 +308,106 @@ impl State {
         }
     }
 
-    /// The store holds the state of `version` (or newer from this node).
-    pub(crate) fn mark_written(&mut self) {
+    /// The store committed this node's snapshot `version` as row version `row`: the changes
+    /// it carried are done, and the next update is based on `row`.
+    pub(crate) fn mark_written(&mut self, version: i64, row: i64) {
         self.persisted = true;
+        self.stored = self.stored.max(row);
+        self.log
+            .retain(|(taken, _)| *taken == 0 || *taken > version);
     }
 
-    /// Another node wrote a newer state than `version`: unless this node has a newer one on its
-    /// way, its copy is stale and the next request restores the newer state.
-    pub(crate) fn mark_superseded(&mut self, version: i64) {
-        if self.version <= version {
-            self.stale = true;
+    /// A newer stored state exists that this copy cannot be merged with: the next request
+    /// drops it and restores that state.
+    pub(crate) fn mark_stale(&mut self) {
+        self.stale = true;
+    }
+
+    /// The stored version this state descends from (the base of the next compare-and-set).
+    pub(crate) fn base(&self) -> i64 {
+        self.stored
+    }
+
+    /// Memory-only sessions are never rebased: their change log is not kept.
+    pub(crate) fn forget_changes(&mut self) {
+        self.log.clear();
+    }
+
+    /// Another node committed `stored` (version `meta.version`, attributes `attributes`) since
+    /// the version this state descends from: the state becomes that one with this node's
+    /// uncommitted changes applied again in order, and the next update is based on it.
+    ///
+    /// A read-modify-write ([`Change::Update`]) runs again on the newer value; a blind set is
+    /// applied as is; a set based on a value that the other write replaced is a true conflict:
+    /// with `refuse` it is dropped (the newer stored value stays, and the caller refuses the
+    /// request), otherwise applied (last writer wins on that attribute, as async mode has
+    /// already acknowledged it). Returns the names of the conflicting attributes.
+    pub(crate) fn rebase(
+        &mut self,
+        meta: &crate::store::Meta,
+        attributes: EncodedAttributes,
+        refuse: bool,
+    ) -> Vec<String> {
+        let mut merged: BTreeMap<String, Value> = attributes
+            .into_iter()
+            .map(|(name, bytes)| {
+                let value = Value::Encoded {
+                    bytes: bytes.into(),
+                    decoded: None,
+                };
+                (name, value)
+            })
+            .collect();
+        let mut principal = meta.principal.clone();
+        let mut conflicts = Vec::new();
+        let mut log = std::mem::take(&mut self.log);
+        log.retain(|(_, change)| match change {
+            Change::Set { name, value, read } => {
+                let stored = match merged.get(name) {
+                    Some(Value::Encoded { bytes, .. }) => Some(&bytes[..]),
+                    _ => None,
+                };
+                let based_on_other = read
+                    .as_ref()
+                    .is_some_and(|read| !same_content(read.as_ref(), stored));
+                if based_on_other {
+                    conflicts.push(name.clone());
+                    if refuse {
+                        return false;
+                    }
+                }
+                match value {
+                    Some(value) => merged.insert(name.clone(), value.clone()),
+                    None => merged.remove(name),
+                };
+                true
+            }
+            Change::Update { name, apply } => {
+                match apply(merged.get(name)) {
+                    Some(value) => merged.insert(name.clone(), value),
+                    None => merged.remove(name),
+                };
+                true
+            }
+            Change::Principal(p) => {
+                principal.clone_from(p);
+                true
+            }
+        });
+        // Node-local values are never stored: they stay.
+        for (name, value) in &self.attributes {
+            if matches!(value, Value::Local { .. }) && !merged.contains_key(name) {
+                merged.insert(name.clone(), value.clone());
+            }
         }
+        self.log = log;
+        self.attributes = merged;
+        self.principal = principal;
+        self.stored = meta.version;
+        self.version = self.version.max(meta.version);
+        self.persisted = true;
+        self.dirty = true;
+        conflicts
     }
 
     /// Test support: as if version `version` had just been taken for saving.
@@ -248,7 +425,10 @@ impl State {
 
     /// Sets the principal; a change is a change of the session.
     pub(crate) fn set_principal(&mut self, principal: Option<String>) {
-        self.dirty |= self.principal != principal;
+        if self.principal != principal {
+            self.dirty = true;
+            self.log.push((0, Change::Principal(principal.clone())));
+        }
         self.principal = principal;
     }
 
@@ -261,7 +441,9 @@ impl State {
             attributes: std::mem::take(&mut self.attributes),
             dirty: true,
             version: self.version,
-            // A new id is a new row.
+            // A new id is a new row: inserted, not compared.
+            stored: 0,
+            log: Vec::new(),
             persisted: false,
             persisted_at: self.persisted_at,
             invalidated: false,
@@ -278,16 +460,33 @@ impl State {
         self.dirty = false;
         self.principal = None;
         self.attributes.clear();
+        self.log.clear();
     }
 
-    pub(crate) fn insert(&mut self, name: String, value: Value) {
-        self.attributes.insert(name, value);
+    /// Sets (`Some`) or removes (`None`) attribute `name`; `read` is the value the request read
+    /// before, if it did (see [`Change::Set`]). Returns the value replaced.
+    pub(crate) fn set(
+        &mut self,
+        name: String,
+        value: Option<Value>,
+        read: Option<Option<Value>>,
+    ) -> Option<Value> {
+        let old = match &value {
+            Some(value) => self.attributes.insert(name.clone(), value.clone()),
+            None => self.attributes.remove(&name),
+        };
+        if old.is_some() || value.is_some() {
+            self.dirty = true;
+            self.log.push((0, Change::Set { name, value, read }));
+        }
+        old
+    }
+
+    /// Sets attribute `name` to `value`, the result of a read-modify-write that `apply` can
+    /// make again on another value.
+    pub(crate) fn set_updated(&mut self, name: String, value: Value, apply: Arc<Reapply>) {
+        self.attributes.insert(name.clone(), value);
         self.dirty = true;
-    }
-
-    pub(crate) fn remove(&mut self, name: &str) -> bool {
-        let removed = self.attributes.remove(name).is_some();
-        self.dirty |= removed;
-        removed
+        self.log.push((0, Change::Update { name, apply }));
     }
 }

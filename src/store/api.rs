@@ -10,9 +10,12 @@ use crate::id::SessionKey;
 /// [`SessionAdmin`] for the operator tools) to plug in a store of your own.
 ///
 /// Every method is one logical operation, and each `_many` should be one round trip.
-/// Implementations must treat rows with `expires_at <= now` as absent, and must not let a write
-/// replace a row whose `version` is greater than or equal to the written one (it is skipped, not
-/// an error). The single-record methods default to their `_many` form.
+/// Implementations must treat rows with `expires_at <= now` as absent. An insert
+/// ([`SessionStore::set_many`]) must not replace a row whose `version` is greater than or equal
+/// to the written one (it is skipped, not an error); an update
+/// ([`SessionStore::update_many`]) is a compare-and-set: it replaces the row only if the row's
+/// `version` is exactly the written version minus one, the version the writer read. The
+/// single-record methods default to their `_many` form.
 #[async_trait::async_trait]
 pub trait SessionStore: Send + Sync + 'static {
     /// The session stored under `key`, unless it is absent or expired at `now`.
@@ -22,10 +25,12 @@ pub trait SessionStore: Send + Sync + 'static {
     /// the backend allows.
     async fn set_many(&self, records: &[Record]) -> Result<(), Error>;
 
-    /// Replaces existing sessions' rows where `record.version` is higher than the stored one;
-    /// never creates a row, so a session deleted meanwhile stays deleted. One outcome per record,
-    /// in order. When a batch holds two states of one session, the older may be reported
-    /// `Written` or `Superseded`.
+    /// Replaces existing, unexpired sessions' rows whose version is `record.version - 1`
+    /// (compare-and-set: the writer read that version); never creates or revives a row, so a
+    /// session deleted or expired meanwhile stays gone. One outcome per record, in order:
+    /// `Superseded` when the row holds another version (another write got there first),
+    /// `Missing` when there is no live row. When a batch holds two states of one session, the
+    /// older may be reported `Written` or `Superseded`.
     async fn update_many(&self, records: &[Record]) -> Result<Vec<Update>, Error>;
 
     /// Removes many sessions; returns how many rows were removed.

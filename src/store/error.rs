@@ -66,8 +66,29 @@ impl Error {
             #[cfg(feature = "sql")]
             Error::Connect { .. } => true,
             #[cfg(feature = "sql")]
-            Error::Database(e) => !matches!(e, sqlx::Error::Database(_)),
+            Error::Database(sqlx::Error::Database(e)) => retryable(e.as_ref()),
+            #[cfg(feature = "sql")]
+            Error::Database(_) => true,
             _ => false,
         }
     }
+}
+
+/// Errors a database reports for a reason that passes (a deadlock, a serialization failure, a
+/// Galera certification conflict, a lock wait timeout, an administrator's shutdown, a replica
+/// still read-only during a switchover): the same write may succeed when retried.
+#[cfg(feature = "sql")]
+fn retryable(e: &dyn sqlx::error::DatabaseError) -> bool {
+    #[cfg(feature = "mysql")]
+    if let Some(my) = e.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        // ER_LOCK_DEADLOCK (also Galera's certification conflict), ER_LOCK_WAIT_TIMEOUT,
+        // ER_SERVER_SHUTDOWN, ER_OPTION_PREVENTS_STATEMENT (read_only), WSREP not ready.
+        return matches!(my.number(), 1213 | 1205 | 1053 | 1290 | 1047);
+    }
+    // SQLSTATE: serialization_failure, deadlock_detected, admin_shutdown, crash_shutdown,
+    // cannot_connect_now, read_only_sql_transaction.
+    matches!(
+        e.code().as_deref(),
+        Some("40001" | "40P01" | "57P01" | "57P02" | "57P03" | "25006")
+    )
 }

@@ -68,8 +68,11 @@ impl SessionStore for MemoryStore {
         Ok(records
             .iter()
             .map(|record| match rows.get_mut(&record.meta.key) {
+                Some(stored) if !live(stored, record.meta.modified_at) => Update::Missing,
                 None => Update::Missing,
-                Some(stored) if stored.meta.version >= record.meta.version => Update::Superseded,
+                Some(stored) if stored.meta.version != record.meta.version - 1 => {
+                    Update::Superseded
+                }
                 Some(stored) => {
                     *stored = record.clone();
                     Update::Written

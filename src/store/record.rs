@@ -46,7 +46,8 @@ pub struct Meta {
     pub expires_at: EpochMillis,
     /// The session's inactivity timeout in seconds.
     pub max_inactive_secs: i64,
-    /// Incremented on every write; a write never replaces a row of a higher or equal version.
+    /// Incremented on every write; an update replaces only the version it was based on
+    /// (`version - 1`), an insert never replaces a row of a higher or equal version.
     pub version: i64,
     /// Names of the stored attributes (readable without any secret).
     pub attributes: Vec<String>,
@@ -74,7 +75,8 @@ pub struct ListQuery {
 pub enum Update {
     /// The row was replaced.
     Written,
-    /// The row has an equal or higher version: another write got there first.
+    /// The row holds another version than the one the write was based on: another write got
+    /// there first (compare-and-set failed).
     Superseded,
     /// There is no row: the session was ended (logout, rotation, backoffice, purge).
     Missing,

@@ -13,7 +13,7 @@ use super::handle::Shared;
 use super::queue::{Op, Outcome, Pending, merge};
 use super::{FlushReport, Scope, WriterConfig};
 use crate::id::SessionKey;
-use crate::persist::WriteError;
+use crate::persist::{Rebased, WriteError};
 use crate::store::{self, Record, Update};
 
 impl Shared {
@@ -50,8 +50,8 @@ impl Shared {
         for (_, pending) in &mut batch {
             if let (Some(folded), Op::Save { record, .. }) = (&pending.folded, &mut pending.op)
                 && !folded.newest(record)
-                && let Some(entry) = pending.entry.upgrade()
             {
+                let entry = &pending.entry;
                 // Not encodable now: the session's next request saves it again.
                 entry.not_saved();
             }
@@ -68,8 +68,7 @@ impl Shared {
         {
             let queue = self.queue();
             for (key, pending) in batch {
-                let ended = pending.entry.upgrade().is_some_and(|e| e.is_ended())
-                    || queue.deleted.contains_key(&key);
+                let ended = pending.entry.is_ended() || queue.deleted.contains_key(&key);
                 match &pending.op {
                     Op::Delete => deletes.push((key, pending)),
                     // Ended since it was queued: writing it would bring it back.
@@ -98,16 +97,27 @@ impl Shared {
         }
         if !updates.is_empty() {
             report.statements += 1;
-            let records: Vec<Record> = updates.iter().map(|(_, p)| record_of(p)).collect();
+            let records: Vec<Record> = updates.iter().map(|(_, p)| compare_and_set(p)).collect();
             match self.bounded(self.store.update_many(&records)).await {
                 Ok(outcomes) if outcomes.len() == updates.len() => {
-                    for ((_, pending), outcome) in updates.into_iter().zip(outcomes) {
-                        if outcome == Update::Written {
-                            report.written += 1;
-                        } else {
-                            report.conflicts += 1;
+                    let mut lost = Vec::new();
+                    for (((key, pending), outcome), sent) in
+                        updates.into_iter().zip(outcomes).zip(&records)
+                    {
+                        match outcome {
+                            Update::Written => {
+                                report.written += 1;
+                                self.written(&key, pending, sent.meta.version, false);
+                            }
+                            Update::Superseded => lost.push((key, pending)),
+                            Update::Missing => {
+                                report.conflicts += 1;
+                                resolve(pending, Update::Missing);
+                            }
                         }
-                        resolve(pending, outcome);
+                    }
+                    for (key, pending) in lost {
+                        Box::pin(self.rebase(key, pending, disposition, &mut report)).await;
                     }
                 }
                 Ok(outcomes) => {
@@ -154,6 +164,123 @@ impl Shared {
             "session writer flushed a batch"
         );
         report
+    }
+
+    /// An update lost its compare-and-set: another write (another node's, usually) changed the
+    /// row since the version this node's state descends from. Reads the row, lets the session
+    /// merge its uncommitted changes into it ([`crate::persist::Owner::rebase`]) and writes the
+    /// result, based on the row just read; a few times if the row keeps moving, then the write
+    /// goes back to the queue with backoff. Nothing is acknowledged that is not written:
+    /// a change refused as a true conflict is reported to its waiters.
+    async fn rebase(
+        &self,
+        key: SessionKey,
+        mut pending: Pending,
+        disposition: Disposition,
+        report: &mut FlushReport,
+    ) {
+        let mut refused = false;
+        for _ in 0..MAX_REBASES {
+            report.statements += 1;
+            let now = crate::store::now_millis();
+            let stored = match self.bounded(self.store.get(&key, now)).await {
+                Ok(Some(stored)) => stored,
+                Ok(None) => {
+                    report.conflicts += 1;
+                    resolve(pending, Update::Missing);
+                    return;
+                }
+                Err(error) => {
+                    return self
+                        .failed(vec![(key, pending)], error, disposition, report)
+                        .await;
+                }
+            };
+            let refuse = !pending.waiters.is_empty();
+            let record = match pending.entry.rebase(&stored, refuse) {
+                Rebased::Write {
+                    record,
+                    refused: conflict,
+                } => {
+                    refused |= conflict;
+                    record
+                }
+                Rebased::Gone => {
+                    report.conflicts += 1;
+                    resolve(pending, Update::Superseded);
+                    return;
+                }
+            };
+            crate::metrics::rebased();
+            if let Op::Save { record: queued, .. } = &mut pending.op {
+                *queued = record;
+            }
+            pending.folded = None;
+            report.statements += 1;
+            let sent = compare_and_set(&pending);
+            match self.bounded(self.store.update(&sent)).await {
+                Ok(Update::Written) => {
+                    report.written += 1;
+                    self.written(&key, pending, sent.meta.version, refused);
+                    return;
+                }
+                Ok(Update::Superseded) => continue,
+                Ok(Update::Missing) => {
+                    report.conflicts += 1;
+                    resolve(pending, Update::Missing);
+                    return;
+                }
+                Err(error) => {
+                    return self
+                        .failed(vec![(key, pending)], error, disposition, report)
+                        .await;
+                }
+            }
+        }
+        let error = store::Error::Backend(
+            format!("the row kept changing during {MAX_REBASES} compare-and-set attempts").into(),
+        );
+        self.failed(vec![(key, pending)], error, disposition, report)
+            .await;
+    }
+
+    /// A save was committed as row version `row`. Queued writes of the session that this one
+    /// already carries (a rebase merged every change the node had) are done too; a later one
+    /// is based on `row`.
+    fn written(&self, key: &SessionKey, pending: Pending, row: i64, refused: bool) {
+        let version = match &pending.op {
+            Op::Save { record, .. } => record.meta.version,
+            Op::Delete => 0,
+        };
+        let carried = {
+            let mut queue = self.queue();
+            match queue.find(key) {
+                Some(Pending {
+                    op: Op::Save { record, .. },
+                    folded,
+                    ..
+                }) if record.meta.version <= version
+                    && folded.as_ref().is_none_or(|f| f.version <= version) =>
+                {
+                    queue.take(key)
+                }
+                _ => None,
+            }
+        };
+        pending.entry.stored(version, row, Update::Written);
+        let outcome = if refused {
+            Outcome::Refused
+        } else {
+            Outcome::Stored(Update::Written)
+        };
+        for waiter in pending.waiters {
+            let _ = waiter.send(outcome.clone());
+        }
+        if let Some(carried) = carried {
+            for waiter in carried.waiters {
+                let _ = waiter.send(outcome.clone());
+            }
+        }
     }
 
     /// Keeps deleted keys for a while, so a save arriving late cannot re-insert them.
@@ -217,9 +344,7 @@ impl Shared {
         if disposition == Disposition::LeaveToEntry {
             // Written in the request's own task: the session's next request saves it again.
             for (_, pending) in writes {
-                if let Some(entry) = pending.entry.upgrade() {
-                    entry.not_saved();
-                }
+                pending.entry.not_saved();
                 for waiter in pending.waiters {
                     let _ = waiter.send(Outcome::Failed(WriteError::Store(Arc::clone(&error))));
                 }
@@ -246,9 +371,7 @@ impl Shared {
                     attempts = pending.attempts,
                     "the store keeps refusing this session's write; given up here, kept in memory for its next request"
                 );
-                if let Some(entry) = pending.entry.upgrade() {
-                    entry.not_saved();
-                }
+                pending.entry.not_saved();
                 continue;
             }
             pending.not_before = Some(now + backoff(&self.config, pending.attempts));
@@ -274,6 +397,14 @@ pub(super) enum Disposition {
     LeaveToEntry,
 }
 
+/// The record of a pending update as sent to the store: the row version it makes is the one
+/// after the version the session's state descends from (compare-and-set on that one).
+fn compare_and_set(pending: &Pending) -> Record {
+    let mut record = record_of(pending);
+    record.meta.version = pending.entry.base().saturating_add(1);
+    record
+}
+
 fn record_of(pending: &Pending) -> Record {
     match &pending.op {
         Op::Save { record, .. } => record.clone(),
@@ -281,10 +412,12 @@ fn record_of(pending: &Pending) -> Record {
     }
 }
 
-/// Tells the entry and the waiters what became of a write.
+/// Tells the entry and the waiters what became of a write (for an insert, `Written` means the
+/// row has the record's version).
 fn resolve(pending: Pending, outcome: Update) {
-    if let (Op::Save { record, .. }, Some(entry)) = (&pending.op, pending.entry.upgrade()) {
-        entry.stored(record.meta.version, outcome);
+    if let Op::Save { record, .. } = &pending.op {
+        let version = record.meta.version;
+        pending.entry.stored(version, version, outcome);
     }
     for waiter in pending.waiters {
         let _ = waiter.send(Outcome::Stored(outcome));
@@ -309,6 +442,8 @@ impl Drop for Flight<'_> {
 /// Failed attempts after which a write the store keeps refusing (not a connection problem) is
 /// given up by the writer and left to the session's next request.
 pub(super) const MAX_ATTEMPTS: u32 = 5;
+/// Compare-and-set attempts of one write in one flush when the row keeps changing.
+const MAX_REBASES: usize = 4;
 /// How long, and how many, deleted keys are remembered against late saves.
 const DELETED_HORIZON: Duration = Duration::from_secs(600);
 const DELETED_CAPACITY: usize = 100_000;

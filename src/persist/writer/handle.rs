@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::{Notify, oneshot};
@@ -108,7 +108,7 @@ impl WriteBehind {
         &self,
         key: SessionKey,
         op: Op,
-        entry: Weak<dyn Owner>,
+        entry: Arc<dyn Owner>,
     ) -> Result<(), WriteError> {
         self.ensure_started();
         let now = Instant::now();
@@ -126,7 +126,7 @@ impl WriteBehind {
         &self,
         key: SessionKey,
         op: Op,
-        entry: Weak<dyn Owner>,
+        entry: Arc<dyn Owner>,
     ) -> impl Future<Output = Outcome> + Send + 'static {
         self.ensure_started();
         let (tx, rx) = oneshot::channel();
@@ -174,8 +174,7 @@ impl WriteBehind {
             if matches!(
                 outcome,
                 Outcome::Failed(WriteError::QueueFull | WriteError::Stopped)
-            ) && let Some(owner) = owner.upgrade()
-            {
+            ) {
                 owner.not_saved();
             }
             outcome
@@ -190,7 +189,7 @@ impl WriteBehind {
         &self,
         key: SessionKey,
         op: Op,
-        entry: Weak<dyn Owner>,
+        entry: Arc<dyn Owner>,
     ) -> Outcome {
         let (tx, rx) = oneshot::channel();
         let pending = Pending {
@@ -231,13 +230,13 @@ impl WriteBehind {
         queue: &mut Queue,
         key: SessionKey,
         op: Op,
-        entry: Weak<dyn Owner>,
+        entry: Arc<dyn Owner>,
         waiter: Option<oneshot::Sender<Outcome>>,
         now: Instant,
     ) {
         // A save of a session that was ended (here, or by a delete this writer already made) is
         // never written: it would bring the session back.
-        let ended = entry.upgrade().is_some_and(|e| e.is_ended());
+        let ended = entry.is_ended();
         if matches!(op, Op::Save { .. }) && (ended || queue.deleted.contains_key(&key)) {
             if let Some(waiter) = waiter {
                 let _ = waiter.send(Outcome::Stored(Update::Missing));
@@ -294,7 +293,7 @@ impl WriteBehind {
     /// encoding it now: `true` if there was such a write not yet taken for writing; it will
     /// encode the newest folded change when it is made. `false`: the caller encodes and
     /// enqueues as usual.
-    pub(crate) fn fold(&self, key: &SessionKey, entry: Weak<dyn Owner>, folded: Folded) -> bool {
+    pub(crate) fn fold(&self, key: &SessionKey, entry: Arc<dyn Owner>, folded: Folded) -> bool {
         let mut queue = self.shared.queue();
         match queue.lazy.get_mut(key) {
             Some(pending) if matches!(pending.op, Op::Save { .. }) => {

@@ -2,7 +2,7 @@
 //! that merge a new write into a pending one.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use indexmap::IndexMap;
 use tokio::sync::oneshot;
@@ -28,6 +28,9 @@ pub(crate) enum Op {
 pub(crate) enum Outcome {
     /// Committed (or, for a delete, done).
     Stored(Update),
+    /// Committed with the other changes of its batch, but a change it carried was based on a
+    /// value another node replaced meanwhile and was dropped (a true conflict): not kept.
+    Refused,
     /// Not committed; the error says who keeps the change.
     Failed(WriteError),
 }
@@ -81,7 +84,7 @@ pub(super) fn newer(a: Option<Folded>, b: Option<Folded>) -> Option<Folded> {
 pub(super) struct Pending {
     pub(super) op: Op,
     /// The session's node entry, told what became of the write.
-    pub(super) entry: Weak<dyn Owner>,
+    pub(super) entry: Arc<dyn Owner>,
     /// A later change folded into this write without being encoded yet (async mode).
     pub(super) folded: Option<Folded>,
     pub(super) waiters: Vec<oneshot::Sender<Outcome>>,

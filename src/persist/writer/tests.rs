@@ -1,7 +1,7 @@
 //! The writer's unit tests: a hand-driven worker over a memory store.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
 
 use crate::persist::{Owner, nobody};
 use std::time::Duration;
@@ -115,9 +115,8 @@ fn writer(config: WriterConfig) -> (Arc<TestStore>, WriteBehind, Worker) {
 }
 
 /// The writer's view of a node-cache entry.
-fn owner(entry: &Arc<Entry>) -> Weak<dyn Owner> {
-    let weak: Weak<Entry> = Arc::downgrade(entry);
-    weak
+fn owner(entry: &Arc<Entry>) -> Arc<dyn Owner> {
+    Arc::clone(entry) as Arc<dyn Owner>
 }
 
 fn key() -> SessionKey {

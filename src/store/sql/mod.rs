@@ -70,7 +70,8 @@ pub trait Dialect: std::fmt::Debug + Send + Sync + Sized + 'static {
     fn upsert(rows: usize) -> String;
 
     /// The conditional update of `rows` records (ignored when [`Dialect::ARRAYS`]): a row is
-    /// replaced only by a higher version, and never created.
+    /// replaced only when its version is the record's version minus one (compare-and-set on
+    /// the version the writer read) and it has not expired; never created.
     fn update(rows: usize) -> String;
 
     /// Binds `records` to a statement built by [`Dialect::upsert`] or [`Dialect::update`].

@@ -64,7 +64,7 @@ impl Dialect for MySql {
             .collect();
         format!(
             "UPDATE stored_http_session t JOIN (SELECT {}{rest}) n ON t.session_id = n.session_id \
-             SET {} WHERE t.version < n.version",
+             SET {} WHERE t.version = n.version - 1 AND t.expires_at > n.modified_at",
             first.join(", "),
             set.join(", ")
         )

@@ -47,7 +47,8 @@ impl Dialect for Postgres {
     fn update(_rows: usize) -> String {
         format!(
             "UPDATE stored_http_session AS t SET {} FROM {UNNEST} \
-             WHERE t.session_id = n.session_id AND t.version < n.version RETURNING t.session_id",
+             WHERE t.session_id = n.session_id AND t.version = n.version - 1 \
+             AND t.expires_at > n.modified_at RETURNING t.session_id",
             assignments("n", false)
         )
     }

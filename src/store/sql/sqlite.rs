@@ -49,7 +49,8 @@ impl Dialect for Sqlite {
         format!(
             "WITH n ({COLUMNS}) AS (VALUES {}) UPDATE stored_http_session SET {} FROM n \
              WHERE stored_http_session.session_id = n.session_id \
-             AND stored_http_session.version < n.version RETURNING session_id",
+             AND stored_http_session.version = n.version - 1 \
+             AND stored_http_session.expires_at > n.modified_at RETURNING session_id",
             values::<Self>(rows, 13),
             assignments("n", false)
         )

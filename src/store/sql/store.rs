@@ -249,10 +249,14 @@ where
                     _ if all => Update::Written,
                     (Some(keys), _) if keys.contains(key) => Update::Written,
                     (_, None) => Update::Missing,
+                    // Expired: absent for every read, and an update must not revive it.
+                    (_, Some((_, _, _, expires))) if *expires <= record.meta.modified_at => {
+                        Update::Missing
+                    }
                     // Counted, and some rows of the chunk were written: the stored row is this
                     // record's if it carries its version, node and time (an exact repeat of an
                     // earlier write counts as written: it is that write).
-                    (None, Some((version, node, modified)))
+                    (None, Some((version, node, modified, _)))
                         if written > 0
                             && *version == record.meta.version
                             && *node == record.meta.node
@@ -437,17 +441,17 @@ where
         D::bind_batch(Self::query(&sql), records)
     }
 
-    /// The stored version, node and modification time of each of `records`' keys, looked up
+    /// The stored version, node, modification and expiry time of each of `records`' keys, looked up
     /// [`MAX_KEYS`] at a time (a PostgreSQL batch may hold any number of records).
     async fn versions(
         &self,
         records: &[&Record],
-    ) -> Result<HashMap<String, (i64, String, i64)>, Error> {
+    ) -> Result<HashMap<String, (i64, String, i64, i64)>, Error> {
         let mut stored = HashMap::with_capacity(records.len());
         for chunk in records.chunks(MAX_KEYS) {
             let sql = Statements::sized(&self.sql.versions, chunk.len(), || {
                 format!(
-                    "SELECT session_id, version, node, modified_at FROM stored_http_session \
+                    "SELECT session_id, version, node, modified_at, expires_at FROM stored_http_session \
                      WHERE session_id IN {}",
                     values::<D>(1, chunk.len())
                 )
@@ -463,6 +467,7 @@ where
                         row.try_get("version")?,
                         row.try_get("node")?,
                         row.try_get("modified_at")?,
+                        row.try_get("expires_at")?,
                     ),
                 );
             }
