@@ -278,13 +278,17 @@ async fn sigkill_under_load_loses_at_most_the_last_interval_in_async_mode() {
     for (client, acked) in &users {
         let stored = stored_cart(&b.base, client).await;
         let lost: Vec<&String> = acked.difference(&stored).collect();
-        // SKUs are numbered in order; what is lost must be a suffix: the last writes before the
-        // kill, never older ones.
-        let kept_max = stored.iter().filter(|s| acked.contains(*s)).count();
-        assert!(
-            lost.len() + kept_max == acked.len(),
-            "only a suffix may be lost"
-        );
+        // SKUs are numbered in order ("u<user>-<n>"); what is lost must be a suffix: the last
+        // writes before the kill, never an older one while a newer one was kept.
+        let n = |sku: &String| -> u32 { sku.rsplit('-').next().unwrap().parse().unwrap() };
+        let newest_kept = acked.iter().filter(|s| stored.contains(*s)).map(n).max();
+        let oldest_lost = lost.iter().map(|s| n(s)).min();
+        if let (Some(kept), Some(lost)) = (newest_kept, oldest_lost) {
+            assert!(
+                lost > kept,
+                "only a suffix may be lost: add {lost} lost, add {kept} kept"
+            );
+        }
         acked_total += acked.len();
         lost_total += lost.len();
     }
