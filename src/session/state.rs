@@ -106,6 +106,20 @@ fn same_content(ours: Option<&Value>, stored: Option<&[u8]>) -> bool {
     }
 }
 
+/// Stored attributes as values that stay bytes until their first typed read.
+fn encoded_values(attributes: EncodedAttributes) -> BTreeMap<String, Value> {
+    attributes
+        .into_iter()
+        .map(|(name, bytes)| {
+            let value = Value::Encoded {
+                bytes: bytes.into(),
+                decoded: None,
+            };
+            (name, value)
+        })
+        .collect()
+}
+
 /// The mutable part of a session. The data (`id`, `principal`, `created_at`, `attributes`) is
 /// read and written by the handle; the persistence state is private and changes only through
 /// the transition methods below, each named for the event that causes it.
@@ -229,16 +243,7 @@ impl State {
             id,
             principal: meta.principal.clone(),
             created_at: meta.created_at,
-            attributes: attributes
-                .into_iter()
-                .map(|(name, bytes)| {
-                    let value = Value::Encoded {
-                        bytes: bytes.into(),
-                        decoded: None,
-                    };
-                    (name, value)
-                })
-                .collect(),
+            attributes: encoded_values(attributes),
             dirty: false,
             version: meta.version,
             stored: meta.version,
@@ -348,16 +353,7 @@ impl State {
         attributes: EncodedAttributes,
         refuse: bool,
     ) -> Vec<String> {
-        let mut merged: BTreeMap<String, Value> = attributes
-            .into_iter()
-            .map(|(name, bytes)| {
-                let value = Value::Encoded {
-                    bytes: bytes.into(),
-                    decoded: None,
-                };
-                (name, value)
-            })
-            .collect();
+        let mut merged = encoded_values(attributes);
         let mut principal = meta.principal.clone();
         let mut conflicts = Vec::new();
         let mut log = std::mem::take(&mut self.log);
