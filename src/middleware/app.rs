@@ -93,8 +93,12 @@ impl Owner for Entry {
         self.lock().is_ended()
     }
 
-    fn base(&self) -> i64 {
-        self.lock().base()
+    fn is_committed(&self, version: i64) -> bool {
+        self.lock().is_committed(version)
+    }
+
+    fn base_for(&self, version: i64) -> Option<i64> {
+        self.lock().base_for(version)
     }
 
     fn stored(&self, version: i64, row: i64, outcome: Update) {
@@ -124,11 +128,8 @@ impl Owner for Entry {
         if state.is_ended() {
             return Rebased::Gone;
         }
-        let conflicts = state.rebase(&stored.meta, attributes, refuse);
-        let Due::Save { version, .. } = state.take_work(now_millis(), i64::MAX) else {
-            return Rebased::Gone;
-        };
-        let Some(record) = recode.encode(&state, version) else {
+        let (version, conflicts) = state.rebase(&stored.meta, attributes, refuse);
+        let Some(record) = recode.encode(&state) else {
             state.keep_change();
             return Rebased::Gone;
         };
@@ -145,6 +146,7 @@ impl Owner for Entry {
         }
         Rebased::Write {
             record,
+            version,
             refused: refuse && !conflicts.is_empty(),
         }
     }
@@ -354,10 +356,11 @@ impl AppShared {
         match state.take_work(now, touch_every) {
             Due::Nothing => Work::None,
             Due::Touch => Work::Touch,
-            Due::Save { version, new } => Work::Save(Snapshot {
+            Due::Save { version, base, new } => Work::Save(Snapshot {
                 principal: state.principal.clone(),
                 created_at: state.created_at,
                 version,
+                base,
                 new,
                 attributes: state
                     .attributes
@@ -456,14 +459,14 @@ impl AppShared {
         } else {
             snapshot
         };
-        let new = snapshot.new;
+        let (version, new) = (snapshot.version, snapshot.new);
         let started = std::time::Instant::now();
         let Some(record) = self.settings.record(id, snapshot) else {
             entry.lock().keep_change();
             return (Answer::Done, false);
         };
         let app = &self.settings.app;
-        let saved = persister.save(record, new, owner(entry)).await;
+        let saved = persister.save(record, version, new, owner(entry)).await;
         let committed = matches!(saved, Saved::Stored(Update::Written));
         let answer = match saved {
             Saved::Stored(Update::Written) => {

@@ -15,7 +15,10 @@ use crate::store::{EpochMillis, Meta, Record, now_millis};
 pub(super) struct Snapshot {
     pub(super) principal: Option<String>,
     pub(super) created_at: EpochMillis,
+    /// This node's sequence number of the snapshot (orders its writes of the session).
     pub(super) version: i64,
+    /// The stored version the snapshot descends from: its record is the row version after it.
+    pub(super) base: i64,
     pub(super) new: bool,
     pub(super) attributes: Vec<(String, Value)>,
 }
@@ -124,7 +127,7 @@ impl AppSettings {
                 modified_at: now,
                 expires_at: now.saturating_add(millis(self.timeout)),
                 max_inactive_secs: i64::try_from(self.timeout.as_secs()).unwrap_or(i64::MAX),
-                version: snapshot.version,
+                version: snapshot.base.saturating_add(1),
                 attributes: encoded.keys().cloned().collect(),
                 size_bytes: i64::try_from(data.len()).unwrap_or(i64::MAX),
             },
@@ -149,11 +152,12 @@ impl Recode for AppSettings {
         }
     }
 
-    fn encode(&self, state: &State, version: i64) -> Option<Record> {
+    fn encode(&self, state: &State) -> Option<Record> {
         let snapshot = Snapshot {
             principal: state.principal.clone(),
             created_at: state.created_at,
-            version,
+            version: 0,
+            base: state.base(),
             new: false,
             attributes: state
                 .attributes

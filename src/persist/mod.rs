@@ -12,8 +12,10 @@
 //!
 //! A failed write never loses the session: through the writer it stays queued and is retried
 //! with backoff; written directly, it stays in the node cache marked changed and the next
-//! request writes it. A new session is inserted; an existing one is only updated, and only by a
-//! higher version, so a session ended elsewhere is not brought back. Every store call is bounded
+//! request writes it. A new session is inserted; an existing one is only updated, with a
+//! compare-and-set on the row version its state descends from (a write that lost the race is
+//! merged into the newer row, [`Owner::rebase`]), so a session ended elsewhere is not brought
+//! back and no committed change is overwritten. Every store call is bounded
 //! by `session.store.timeout`, in one place (the writer's `bounded`).
 //!
 //! Layout: `persister.rs` (what a save, touch or delete does in an app's mode), `error.rs`
@@ -41,8 +43,13 @@ use crate::store::{SessionAdmin, SessionStore};
 pub(crate) trait Owner: Send + Sync {
     /// The session was ended here (a save of it must not be written).
     fn is_ended(&self) -> bool;
-    /// The stored version the session's next update is a compare-and-set on.
-    fn base(&self) -> i64;
+    /// Whether snapshot `version` is carried by a write already committed (a later snapshot
+    /// holds every change of the earlier ones): a write of it that arrives late is done.
+    fn is_committed(&self, version: i64) -> bool;
+    /// The row version an update of snapshot `version` is a compare-and-set on, if it is not
+    /// the one its record was made on (the session's own writes committed since the snapshot
+    /// was taken are parts of it); `None`: the record's own.
+    fn base_for(&self, version: i64) -> Option<i64>;
     /// The write of snapshot `version` was committed as row version `row` (`Written`), or
     /// refused with `outcome`.
     fn stored(&self, version: i64, row: i64, outcome: crate::store::Update);
@@ -57,10 +64,12 @@ pub(crate) trait Owner: Send + Sync {
 /// What [`Owner::rebase`] gave.
 #[allow(clippy::large_enum_variant)] // made and taken at once, on the rare rebase path
 pub(crate) enum Rebased {
-    /// Write this record (based on the stored version); `refused`: some change of this node
-    /// was a true conflict and was dropped, so whoever waits for it must not be told it is kept.
+    /// Write this record (the row version after the stored one), snapshot `version` of the
+    /// session; `refused`: some change of this node was a true conflict and was dropped, so
+    /// whoever waits for it must not be told it is kept.
     Write {
         record: crate::store::Record,
+        version: i64,
         refused: bool,
     },
     /// Nothing to merge: the session was ended here, or the stored state cannot be read.
@@ -74,8 +83,11 @@ pub(crate) fn nobody() -> Arc<dyn Owner> {
         fn is_ended(&self) -> bool {
             false
         }
-        fn base(&self) -> i64 {
-            0
+        fn is_committed(&self, _: i64) -> bool {
+            false
+        }
+        fn base_for(&self, _: i64) -> Option<i64> {
+            None
         }
         fn stored(&self, _: i64, _: i64, _: crate::store::Update) {}
         fn not_saved(&self) {}

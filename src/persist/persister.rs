@@ -61,24 +61,43 @@ impl Persister {
 
     /// Writes a changed session as the app's mode says (see the module docs). The entry is told
     /// what became of it.
-    pub(crate) async fn save(&self, record: Record, new: bool, entry: Arc<dyn Owner>) -> Saved {
+    pub(crate) async fn save(
+        &self,
+        record: Record,
+        version: i64,
+        new: bool,
+        entry: Arc<dyn Owner>,
+    ) -> Saved {
         let writer = &self.persistence.writer;
         let key = record.meta.key.clone();
         match self.mode {
             SaveMode::Async => {
                 let op = Op::Save {
                     record: record.clone(),
+                    version,
                     new,
                 };
                 if writer.enqueue(key.clone(), op, entry.clone()).is_ok() {
                     return Saved::Queued;
                 }
                 crate::metrics::sync_fallback();
-                self.save_directly(key, Op::Save { record, new }, entry)
-                    .await
+                self.save_directly(
+                    key,
+                    Op::Save {
+                        record,
+                        version,
+                        new,
+                    },
+                    entry,
+                )
+                .await
             }
             SaveMode::Sync if self.persistence.group_commit => {
-                let op = Op::Save { record, new };
+                let op = Op::Save {
+                    record,
+                    version,
+                    new,
+                };
                 let wait = writer.enqueue_and_wait(key, op, entry);
                 // The request's deadline: the window and the commit of its batch. The write
                 // itself stays queued if it is not made by then.
@@ -96,8 +115,16 @@ impl Persister {
                 }
             }
             SaveMode::Sync => {
-                self.save_directly(key, Op::Save { record, new }, entry)
-                    .await
+                self.save_directly(
+                    key,
+                    Op::Save {
+                        record,
+                        version,
+                        new,
+                    },
+                    entry,
+                )
+                .await
             }
         }
     }

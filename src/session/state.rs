@@ -136,6 +136,11 @@ pub(crate) struct State {
     /// The stored version this state descends from (restored, or last written by this node):
     /// the next update is a compare-and-set on it. 0: never stored.
     stored: i64,
+    /// The highest snapshot version known to be committed.
+    written: i64,
+    /// The snapshot version of the last merge with another node's write ([`State::rebase`]):
+    /// snapshots taken before it lack that write's changes.
+    rebased: i64,
     /// Changes since `stored` not yet known to be committed, in order, each with the version of
     /// the first snapshot that carried it (0: none yet).
     log: Vec<(i64, Change)>,
@@ -165,8 +170,9 @@ pub(crate) enum Due {
     Nothing,
     /// Push the row's expiry forward.
     Touch,
-    /// Write this version; insert it if `new` (the store has no row yet).
-    Save { version: i64, new: bool },
+    /// Write snapshot `version` (this node's sequence) as the row version after `base`, the
+    /// stored version its content descends from; insert it if `new` (the store has no row yet).
+    Save { version: i64, base: i64, new: bool },
 }
 
 /// What an entry needs from its application to merge itself with a newer stored state (see
@@ -174,8 +180,8 @@ pub(crate) enum Due {
 pub(crate) trait Recode: Send + Sync {
     /// The attributes of `record`, a stored state of this session; `None` if it does not decode.
     fn decode(&self, record: &crate::store::Record) -> Option<EncodedAttributes>;
-    /// The record of `state` at snapshot `version`, for the update based on `state`'s base.
-    fn encode(&self, state: &State, version: i64) -> Option<crate::store::Record>;
+    /// The record of `state` as the row version after `state`'s base.
+    fn encode(&self, state: &State) -> Option<crate::store::Record>;
 }
 
 /// A session as the node cache holds it.
@@ -224,6 +230,8 @@ impl State {
             dirty: true,
             version: 0,
             stored: 0,
+            written: 0,
+            rebased: 0,
             log: Vec::new(),
             persisted: false,
             persisted_at: now,
@@ -247,6 +255,8 @@ impl State {
             dirty: false,
             version: meta.version,
             stored: meta.version,
+            written: meta.version,
+            rebased: 0,
             log: Vec::new(),
             persisted: true,
             persisted_at: meta.modified_at,
@@ -286,13 +296,11 @@ impl State {
     pub(crate) fn take_work(&mut self, now: EpochMillis, touch_every: EpochMillis) -> Due {
         if self.dirty {
             self.dirty = false;
-            self.version = self.version.max(self.stored).saturating_add(1);
-            for (taken, _) in self.log.iter_mut().filter(|(taken, _)| *taken == 0) {
-                *taken = self.version;
-            }
+            self.next_version();
             self.persisted_at = now;
             return Due::Save {
                 version: self.version,
+                base: self.stored,
                 new: !self.persisted,
             };
         }
@@ -303,6 +311,15 @@ impl State {
             return Due::Touch;
         }
         Due::Nothing
+    }
+
+    /// The next snapshot version, which carries every change not yet carried by one.
+    fn next_version(&mut self) -> i64 {
+        self.version = self.version.max(self.stored).saturating_add(1);
+        for (taken, _) in self.log.iter_mut().filter(|(taken, _)| *taken == 0) {
+            *taken = self.version;
+        }
+        self.version
     }
 
     /// A save taken by [`State::take_work`] was not made (not encodable, or the store failed
@@ -318,6 +335,7 @@ impl State {
     pub(crate) fn mark_written(&mut self, version: i64, row: i64) {
         self.persisted = true;
         self.stored = self.stored.max(row);
+        self.written = self.written.max(version);
         self.log
             .retain(|(taken, _)| *taken == 0 || *taken > version);
     }
@@ -333,6 +351,23 @@ impl State {
         self.stored
     }
 
+    /// The row version a write of snapshot `version` is a compare-and-set on, if the snapshot
+    /// carries the state the session descends from now: it was taken after the last merge
+    /// with another node's write, and no later snapshot is committed, so the rows written since
+    /// it was taken hold only this node's earlier snapshots, each a part of it. `None`
+    /// otherwise: taken before that merge it lacks the other write's changes, and an older
+    /// snapshot than a committed one would undo changes; only the row its record was made on
+    /// will do (and the compare-and-set fails).
+    pub(crate) fn base_for(&self, version: i64) -> Option<i64> {
+        (version > self.rebased && version > self.written).then_some(self.stored)
+    }
+
+    /// Whether snapshot `version` is carried by a committed write (its own or a later one:
+    /// every snapshot holds every change of the snapshots before it).
+    pub(crate) fn is_committed(&self, version: i64) -> bool {
+        version <= self.written
+    }
+
     /// Memory-only sessions are never rebased: their change log is not kept.
     pub(crate) fn forget_changes(&mut self) {
         self.log.clear();
@@ -346,13 +381,18 @@ impl State {
     /// applied as is; a set based on a value that the other write replaced is a true conflict:
     /// with `refuse` it is dropped (the newer stored value stays, and the caller refuses the
     /// request), otherwise applied (last writer wins on that attribute, as async mode has
-    /// already acknowledged it). Returns the names of the conflicting attributes.
+    /// already acknowledged it). Returns the snapshot version of the merged state, which
+    /// carries every change made so far, and the names of the conflicting attributes.
+    ///
+    /// Whether the session has a change to save is left as it was: a request whose change the
+    /// merged state carries but which has not taken its save yet still saves and waits for its
+    /// own commit (a sync request must not be answered before a write carrying it commits).
     pub(crate) fn rebase(
         &mut self,
         meta: &crate::store::Meta,
         attributes: EncodedAttributes,
         refuse: bool,
-    ) -> Vec<String> {
+    ) -> (i64, Vec<String>) {
         let mut merged = encoded_values(attributes);
         let mut principal = meta.principal.clone();
         let mut conflicts = Vec::new();
@@ -400,10 +440,9 @@ impl State {
         self.attributes = merged;
         self.principal = principal;
         self.stored = meta.version;
-        self.version = self.version.max(meta.version);
         self.persisted = true;
-        self.dirty = true;
-        conflicts
+        self.rebased = self.next_version();
+        (self.rebased, conflicts)
     }
 
     /// Test support: as if version `version` had just been taken for saving.
@@ -439,6 +478,8 @@ impl State {
             version: self.version,
             // A new id is a new row: inserted, not compared.
             stored: 0,
+            written: 0,
+            rebased: 0,
             log: Vec::new(),
             persisted: false,
             persisted_at: self.persisted_at,
@@ -484,5 +525,76 @@ impl State {
         self.attributes.insert(name.clone(), value);
         self.dirty = true;
         self.log.push((0, Change::Update { name, apply }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(id: &SessionId, version: i64) -> crate::store::Meta {
+        crate::store::Meta {
+            key: id.store_key(),
+            app: "storefront".into(),
+            context_path: "/".into(),
+            node: "other".into(),
+            principal: None,
+            created_at: 0,
+            modified_at: 0,
+            expires_at: i64::MAX,
+            max_inactive_secs: 60,
+            version,
+            attributes: vec![],
+            size_bytes: 0,
+        }
+    }
+
+    fn bytes(b: u8) -> Value {
+        Value::Encoded {
+            bytes: vec![b].into(),
+            decoded: None,
+        }
+    }
+
+    /// A snapshot taken before a merge with another node's write lacks that write: it may only
+    /// be compared with the row it was made on. One taken after the merge descends from the
+    /// merged row. A change not yet taken by its request stays to be saved by it.
+    #[test]
+    fn snapshots_before_a_merge_keep_their_own_base() {
+        let id = SessionId::generate();
+        let mut state = State::restored(id.clone(), &meta(&id, 1), EncodedAttributes::new());
+        state.set("a".into(), Some(bytes(1)), None);
+        let Due::Save { version, base, .. } = state.take_work(0, i64::MAX) else {
+            panic!("a change is saved");
+        };
+        assert_eq!((base, state.base_for(version)), (1, Some(1)));
+        // Another request changes "b" but has not taken its save yet when the merge comes.
+        state.set("b".into(), Some(bytes(2)), None);
+        let mut theirs = EncodedAttributes::new();
+        theirs.insert("c".into(), vec![3]);
+        let (merged, conflicts) = state.rebase(&meta(&id, 7), theirs, true);
+        assert!(conflicts.is_empty());
+        assert!(merged > version);
+        assert_eq!(state.base_for(version), None, "made before the merge");
+        assert_eq!(state.attributes.keys().collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert!(
+            state.has_unsaved_change(),
+            "the request of \"b\" still saves"
+        );
+        let Due::Save {
+            version: later,
+            base,
+            ..
+        } = state.take_work(0, i64::MAX)
+        else {
+            panic!("\"b\" is saved by its request");
+        };
+        assert_eq!((base, state.base_for(later)), (7, Some(7)));
+        // The merged write commits as row 8: the later snapshot now follows it; the earlier
+        // one is carried.
+        state.mark_written(merged, 8);
+        assert_eq!(state.base_for(later), Some(8));
+        assert!(state.is_committed(version));
+        assert_eq!(state.base_for(version), None);
     }
 }

@@ -48,8 +48,13 @@ impl Shared {
     ) -> FlushReport {
         // Folded changes are encoded now, once per session and batch, outside the queue's lock.
         for (_, pending) in &mut batch {
-            if let (Some(folded), Op::Save { record, .. }) = (&pending.folded, &mut pending.op)
-                && !folded.newest(record)
+            if let (
+                Some(folded),
+                Op::Save {
+                    record, version, ..
+                },
+            ) = (&pending.folded, &mut pending.op)
+                && !folded.newest(record, version)
             {
                 let entry = &pending.entry;
                 // Not encodable now: the session's next request saves it again.
@@ -65,6 +70,7 @@ impl Shared {
         }
         let started = std::time::Instant::now();
         let (mut deletes, mut inserts, mut updates) = (Vec::new(), Vec::new(), Vec::new());
+        let mut carried = Vec::new();
         {
             let queue = self.queue();
             for (key, pending) in batch {
@@ -77,9 +83,21 @@ impl Shared {
                         resolve(pending, Update::Missing);
                     }
                     Op::Save { new: true, .. } => inserts.push((key, pending)),
+                    // A later snapshot of the session, which carries this one, is committed.
+                    Op::Save {
+                        new: false,
+                        version,
+                        record,
+                    } if pending.entry.is_committed(*version) => {
+                        let row = record.meta.version;
+                        carried.push((key, pending, row));
+                    }
                     Op::Save { new: false, .. } => updates.push((key, pending)),
                 }
             }
+        }
+        for (key, pending, row) in carried {
+            self.written(&key, pending, row, false);
         }
         // Saves before deletes: a rotation's new row lands before its old row goes.
         if !inserts.is_empty() {
@@ -166,12 +184,14 @@ impl Shared {
         report
     }
 
-    /// An update lost its compare-and-set: another write (another node's, usually) changed the
-    /// row since the version this node's state descends from. Reads the row, lets the session
-    /// merge its uncommitted changes into it ([`crate::persist::Owner::rebase`]) and writes the
-    /// result, based on the row just read; a few times if the row keeps moving, then the write
-    /// goes back to the queue with backoff. Nothing is acknowledged that is not written:
-    /// a change refused as a true conflict is reported to its waiters.
+    /// An update lost its compare-and-set: another write changed the row since the version the
+    /// record descends from. If that write was this node's own later snapshot, which carries
+    /// this one, there is nothing left to do. Otherwise (another node's write, usually) reads
+    /// the row, lets the session merge its uncommitted changes into it
+    /// ([`crate::persist::Owner::rebase`]) and writes the result, based on the row just read;
+    /// a few times if the row keeps moving, then the write goes back to the queue with
+    /// backoff. Nothing is acknowledged that is not written: a change refused as a true
+    /// conflict is reported to its waiters.
     async fn rebase(
         &self,
         key: SessionKey,
@@ -181,6 +201,13 @@ impl Shared {
     ) {
         let mut refused = false;
         for _ in 0..MAX_REBASES {
+            if let Op::Save { version, .. } = &pending.op
+                && pending.entry.is_committed(*version)
+            {
+                let row = record_of(&pending).meta.version;
+                self.written(&key, pending, row, refused);
+                return;
+            }
             report.statements += 1;
             let now = crate::store::now_millis();
             let stored = match self.bounded(self.store.get(&key, now)).await {
@@ -197,13 +224,14 @@ impl Shared {
                 }
             };
             let refuse = !pending.waiters.is_empty();
-            let record = match pending.entry.rebase(&stored, refuse) {
+            let (record, merged) = match pending.entry.rebase(&stored, refuse) {
                 Rebased::Write {
                     record,
+                    version,
                     refused: conflict,
                 } => {
                     refused |= conflict;
-                    record
+                    (record, version)
                 }
                 Rebased::Gone => {
                     report.conflicts += 1;
@@ -212,8 +240,14 @@ impl Shared {
                 }
             };
             crate::metrics::rebased();
-            if let Op::Save { record: queued, .. } = &mut pending.op {
+            if let Op::Save {
+                record: queued,
+                version,
+                ..
+            } = &mut pending.op
+            {
                 *queued = record;
+                *version = merged;
             }
             pending.folded = None;
             report.statements += 1;
@@ -245,21 +279,23 @@ impl Shared {
     }
 
     /// A save was committed as row version `row`. Queued writes of the session that this one
-    /// already carries (a rebase merged every change the node had) are done too; a later one
-    /// is based on `row`.
+    /// already carries (earlier snapshots, or all of them after a rebase) are done too; a
+    /// later one lost its compare-and-set and is merged.
     fn written(&self, key: &SessionKey, pending: Pending, row: i64, refused: bool) {
         let version = match &pending.op {
-            Op::Save { record, .. } => record.meta.version,
+            Op::Save { version, .. } => *version,
             Op::Delete => 0,
         };
         let carried = {
             let mut queue = self.queue();
             match queue.find(key) {
                 Some(Pending {
-                    op: Op::Save { record, .. },
+                    op: Op::Save {
+                        version: queued, ..
+                    },
                     folded,
                     ..
-                }) if record.meta.version <= version
+                }) if *queued <= version
                     && folded.as_ref().is_none_or(|f| f.version <= version) =>
                 {
                     queue.take(key)
@@ -397,11 +433,15 @@ pub(super) enum Disposition {
     LeaveToEntry,
 }
 
-/// The record of a pending update as sent to the store: the row version it makes is the one
-/// after the version the session's state descends from (compare-and-set on that one).
+/// The record of a pending update as sent to the store: the row version after the one its
+/// state descends from (see [`crate::persist::Owner::base_for`]).
 fn compare_and_set(pending: &Pending) -> Record {
     let mut record = record_of(pending);
-    record.meta.version = pending.entry.base().saturating_add(1);
+    if let Op::Save { version, .. } = &pending.op
+        && let Some(base) = pending.entry.base_for(*version)
+    {
+        record.meta.version = base.saturating_add(1);
+    }
     record
 }
 
@@ -415,9 +455,11 @@ fn record_of(pending: &Pending) -> Record {
 /// Tells the entry and the waiters what became of a write (for an insert, `Written` means the
 /// row has the record's version).
 fn resolve(pending: Pending, outcome: Update) {
-    if let Op::Save { record, .. } = &pending.op {
-        let version = record.meta.version;
-        pending.entry.stored(version, version, outcome);
+    if let Op::Save {
+        record, version, ..
+    } = &pending.op
+    {
+        pending.entry.stored(*version, record.meta.version, outcome);
     }
     for waiter in pending.waiters {
         let _ = waiter.send(Outcome::Stored(outcome));

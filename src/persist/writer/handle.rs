@@ -275,15 +275,19 @@ impl WriteBehind {
             }
             let pending = queue.find(key)?;
             let found = match &pending.op {
-                Op::Save { record, new } => Some((record.clone(), !new)),
+                Op::Save {
+                    record,
+                    version,
+                    new,
+                } => Some((record.clone(), *version, !new)),
                 Op::Delete => None,
             };
             (found, pending.folded.clone())
         };
         // Encoded outside the queue's lock.
-        Some(found.map(|(mut record, exists)| {
+        Some(found.map(|(mut record, mut version, exists)| {
             if let Some(folded) = folded {
-                folded.newest(&mut record);
+                folded.newest(&mut record, &mut version);
             }
             (record, exists)
         }))

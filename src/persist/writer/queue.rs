@@ -17,8 +17,15 @@ use crate::store::{Record, Update};
 #[derive(Clone, Debug)]
 #[allow(clippy::large_enum_variant)] // nearly every op is a save; boxing would only add a hop
 pub(crate) enum Op {
-    /// Write this state; insert if `new` (the store has no row yet), else update only.
-    Save { record: Record, new: bool },
+    /// Write `record`, snapshot `version` of the session on this node (the node's sequence,
+    /// which orders its writes; the row version is in the record); insert if `new` (the store
+    /// has no row yet), else update only, with a compare-and-set on the row version before the
+    /// record's.
+    Save {
+        record: Record,
+        version: i64,
+        new: bool,
+    },
     /// Remove the row.
     Delete,
 }
@@ -49,16 +56,17 @@ pub(crate) struct Folded {
 }
 
 impl Folded {
-    /// Makes `record` the folded state if that is newer. `false` if the folded state could not
-    /// be encoded (or its encoding panicked): `record` stands, and the caller must keep the
-    /// change for the session's next request.
-    pub(super) fn newest(&self, record: &mut Record) -> bool {
-        if self.version <= record.meta.version {
+    /// Makes `record` (snapshot `version`) the folded state if that is newer. `false` if the
+    /// folded state could not be encoded (or its encoding panicked): `record` stands, and the
+    /// caller must keep the change for the session's next request.
+    pub(super) fn newest(&self, record: &mut Record, version: &mut i64) -> bool {
+        if self.version <= *version {
             return true;
         }
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.encode)())) {
             Ok(Some(fresh)) => {
                 *record = fresh;
+                *version = self.version;
                 true
             }
             Ok(None) => false,
@@ -223,10 +231,12 @@ pub(super) fn merge(old: Pending, mut new: Pending) -> Pending {
         (
             Op::Save {
                 record: old_record,
+                version: old_version,
                 new: was_new,
             },
             Op::Save {
                 record: new_record,
+                version: new_version,
                 new: is_new,
             },
         ) => {
@@ -234,8 +244,9 @@ pub(super) fn merge(old: Pending, mut new: Pending) -> Pending {
             *is_new |= *was_new;
             // Requests of one session encode and enqueue in their own tasks, so states can
             // arrive out of order: the higher version is the newer state.
-            if old_record.meta.version > new_record.meta.version {
+            if *old_version > *new_version {
                 *new_record = old_record.clone();
+                *new_version = *old_version;
             }
         }
         _ => {}
