@@ -93,6 +93,10 @@ impl Owner for Entry {
         self.lock().is_ended()
     }
 
+    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
+        self
+    }
+
     fn is_committed(&self, version: i64) -> bool {
         self.lock().is_committed(version)
     }
@@ -247,14 +251,30 @@ impl AppShared {
         id: &SessionId,
     ) -> Result<Option<Arc<Entry>>, crate::store::Error> {
         let short = id.short_hash();
-        let Some((record, row_exists)) = persister.load(&id.store_key(), now_millis()).await?
-        else {
+        let Some(found) = persister.load(&id.store_key(), now_millis()).await? else {
             tracing::debug!(app = %self.settings.app, session = %short, "unknown or expired session id; a fresh session will be used");
             return Ok(None);
         };
+        let (record, row_exists) = (found.record, found.exists);
         if record.meta.app != self.settings.app {
             tracing::warn!(app = %self.settings.app, session = %short, stored_app = %record.meta.app, "session belongs to another application; not restored");
             return Ok(None);
+        }
+        // Its write is queued on this node: the cache takes back that very session (with its
+        // uncommitted changes and their order), not a copy of its state.
+        if let Some(entry) = found
+            .queued_by
+            .and_then(|owner| owner.into_any().downcast::<Entry>().ok())
+        {
+            let state = entry.lock();
+            if state.is_ended() || state.id != *id {
+                return Ok(None);
+            }
+            if !state.is_stale() {
+                drop(state);
+                tracing::debug!(app = %self.settings.app, session = %short, "taken back from this node's write queue");
+                return Ok(Some(entry));
+            }
         }
         let binding = Binding {
             app: &record.meta.app,

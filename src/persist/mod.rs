@@ -40,7 +40,7 @@ use crate::store::{SessionAdmin, SessionStore};
 /// merge itself with a newer stored state when another write got to the row first. The node
 /// cache's entries implement it; the writer knows no more of them than this. A queued write
 /// holds its owner, so a session evicted from the cache with a write pending can still merge.
-pub(crate) trait Owner: Send + Sync {
+pub(crate) trait Owner: Send + Sync + std::any::Any {
     /// The session was ended here (a save of it must not be written).
     fn is_ended(&self) -> bool;
     /// Whether snapshot `version` is carried by a write already committed (a later snapshot
@@ -59,6 +59,9 @@ pub(crate) trait Owner: Send + Sync {
     /// uncommitted changes into it, and give the record to write instead. With `refuse`, a
     /// change based on a value the other write replaced is dropped and reported.
     fn rebase(&self, stored: &crate::store::Record, refuse: bool) -> Rebased;
+    /// The owner as itself, for a restore on this node to take back the very session its
+    /// queued write belongs to.
+    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync>;
 }
 
 /// What [`Owner::rebase`] gave.
@@ -93,6 +96,9 @@ pub(crate) fn nobody() -> Arc<dyn Owner> {
         fn not_saved(&self) {}
         fn rebase(&self, _: &crate::store::Record, _: bool) -> Rebased {
             Rebased::Gone
+        }
+        fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
+            self
         }
     }
     Arc::new(Nobody)

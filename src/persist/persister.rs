@@ -4,6 +4,16 @@
 use std::sync::Arc;
 
 use super::{Op, Outcome, Owner, Persistence, SaveMode, WriteError, nobody};
+
+/// A session found by [`Persister::load`].
+pub(crate) struct Found {
+    /// Its newest state.
+    pub(crate) record: Record,
+    /// Whether the store has a row for it (a queued first write has not made one yet).
+    pub(crate) exists: bool,
+    /// The session whose write is queued on this node, if the state came from the queue.
+    pub(crate) queued_by: Option<Arc<dyn Owner>>,
+}
 use crate::id::SessionKey;
 use crate::store::{self, EpochMillis, Record, Update};
 
@@ -42,20 +52,30 @@ impl Persister {
         &self.persistence
     }
 
-    /// Reads a live session: the newest state queued on this node if there is one, else the
-    /// row; and whether the row exists (a queued first write has not made it yet).
+    /// Reads a live session: the newest state queued on this node if there is one (with
+    /// whether its row exists yet, and the session the write belongs to), else the row.
     pub(crate) async fn load(
         &self,
         key: &SessionKey,
         now: EpochMillis,
-    ) -> Result<Option<(Record, bool)>, store::Error> {
+    ) -> Result<Option<Found>, store::Error> {
         let writer = &self.persistence.writer;
         match writer.pending(key) {
-            Some(queued) => Ok(queued.filter(|(r, _)| r.meta.expires_at > now)),
+            Some(queued) => Ok(queued
+                .filter(|q| q.record.meta.expires_at > now)
+                .map(|q| Found {
+                    record: q.record,
+                    exists: q.exists,
+                    queued_by: Some(q.owner),
+                })),
             None => Ok(writer
                 .bounded(writer.store().get(key, now))
                 .await?
-                .map(|record| (record, true))),
+                .map(|record| Found {
+                    record,
+                    exists: true,
+                    queued_by: None,
+                })),
         }
     }
 

@@ -41,6 +41,16 @@ impl Shared {
     }
 }
 
+/// A session's write found in the queue ([`WriteBehind::pending`]).
+pub(crate) struct Queued {
+    /// The newest state queued.
+    pub(crate) record: Record,
+    /// Whether the store has a row for it yet.
+    pub(crate) exists: bool,
+    /// The session the write belongs to.
+    pub(crate) owner: Arc<dyn Owner>,
+}
+
 /// The handle requests enqueue writes into. Cheap to clone; all clones share one queue.
 #[derive(Clone)]
 pub struct WriteBehind {
@@ -264,10 +274,10 @@ impl WriteBehind {
         queue.put(key, pending, now);
     }
 
-    /// The newest state queued for `key`, if any, and whether its row exists yet:
-    /// `Some(None)` if the session is queued for deletion or was deleted lately. A restore on
-    /// this node must see it, not the older row in the store.
-    pub(crate) fn pending(&self, key: &SessionKey) -> Option<Option<(Record, bool)>> {
+    /// The newest state queued for `key`, if any, whether its row exists yet, and the session
+    /// the write belongs to: `Some(None)` if the session is queued for deletion or was deleted
+    /// lately. A restore on this node must see it, not the older row in the store.
+    pub(crate) fn pending(&self, key: &SessionKey) -> Option<Option<Queued>> {
         let (found, folded) = {
             let queue = self.shared.queue();
             if queue.deleted.contains_key(key) {
@@ -279,17 +289,21 @@ impl WriteBehind {
                     record,
                     version,
                     new,
-                } => Some((record.clone(), *version, !new)),
+                } => Some((record.clone(), *version, !new, Arc::clone(&pending.entry))),
                 Op::Delete => None,
             };
             (found, pending.folded.clone())
         };
         // Encoded outside the queue's lock.
-        Some(found.map(|(mut record, mut version, exists)| {
+        Some(found.map(|(mut record, mut version, exists, owner)| {
             if let Some(folded) = folded {
                 folded.newest(&mut record, &mut version);
             }
-            (record, exists)
+            Queued {
+                record,
+                exists,
+                owner,
+            }
         }))
     }
 

@@ -32,6 +32,7 @@ mod worker;
 use std::time::Duration;
 
 pub use handle::WriteBehind;
+
 pub(crate) use queue::{Folded, Op, Outcome};
 pub use worker::{DrainReport, FlushReport, Scope, Worker};
 
