@@ -82,16 +82,14 @@ impl Shared {
                         report.conflicts += 1;
                         resolve(pending, Update::Missing);
                     }
-                    Op::Save { new: true, .. } => inserts.push((key, pending)),
                     // A later snapshot of the session, which carries this one, is committed.
                     Op::Save {
-                        new: false,
-                        version,
-                        record,
+                        version, record, ..
                     } if pending.entry.is_committed(*version) => {
                         let row = record.meta.version;
                         carried.push((key, pending, row));
                     }
+                    Op::Save { new: true, .. } => inserts.push((key, pending)),
                     Op::Save { new: false, .. } => updates.push((key, pending)),
                 }
             }
@@ -102,12 +100,14 @@ impl Shared {
         // Saves before deletes: a rotation's new row lands before its old row goes.
         if !inserts.is_empty() {
             report.statements += 1;
-            let records: Vec<Record> = inserts.iter().map(|(_, p)| record_of(p)).collect();
+            // A new session's later snapshot, taken before its first insert committed, follows
+            // that insert's row (an insert replaces only a lower version).
+            let records: Vec<Record> = inserts.iter().map(|(_, p)| compare_and_set(p)).collect();
             match self.bounded(self.store.set_many(&records)).await {
                 Ok(()) => {
                     report.written += inserts.len();
-                    for (_, pending) in inserts {
-                        resolve(pending, Update::Written);
+                    for ((key, pending), sent) in inserts.into_iter().zip(&records) {
+                        self.written(&key, pending, sent.meta.version, false);
                     }
                 }
                 Err(error) => Box::pin(self.failed(inserts, error, disposition, &mut report)).await,

@@ -499,3 +499,33 @@ async fn an_older_snapshot_arriving_after_a_newer_one_committed_is_not_written()
     let stored = store.inner.get(&k, 0).await.unwrap().unwrap();
     assert_eq!((stored.meta.version, stored.data), (3, vec![44]));
 }
+
+/// A new session's second snapshot was taken before its first insert committed (so it is an
+/// insert too, made on no row): written after that insert, it replaces it, not skipped as an
+/// older version.
+#[tokio::test(start_paused = true)]
+async fn a_second_insert_of_a_new_session_follows_the_first() {
+    let (store, handle, worker) = writer(config());
+    let k = key();
+    let entry = Entry::new(State::new(SessionId::generate(), 0));
+    let snapshot = |version: i64, data: u8| {
+        let mut record = record(&k, 1);
+        record.data = vec![data];
+        Op::Save {
+            record,
+            version,
+            new: true,
+        }
+    };
+    handle
+        .enqueue(k.clone(), snapshot(1, 11), owner(&entry))
+        .unwrap();
+    worker.flush_once(Scope::All).await;
+    handle
+        .enqueue(k.clone(), snapshot(2, 22), owner(&entry))
+        .unwrap();
+    let report = worker.flush_once(Scope::All).await;
+    assert_eq!(report.written, 1);
+    let stored = store.inner.get(&k, 0).await.unwrap().unwrap();
+    assert_eq!((stored.meta.version, stored.data), (2, vec![22]));
+}
