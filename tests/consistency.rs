@@ -358,3 +358,86 @@ async fn an_older_reader_does_not_strip_fields_it_does_not_know() {
     assert_eq!(r.body["address"], json!({"city": "Kyiv", "zip": "01001"}));
     assert_eq!(r.body["visited"], "Kyiv");
 }
+
+/// A request that already holds the session when another request of it signs in (a new id)
+/// goes on with the session under its new id: its change lands there, and it does not start a
+/// second session (a fork: the user's next requests would carry one of two carts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_racing_a_rotation_follows_the_session_to_its_new_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = sqlite(dir.path()).await;
+    let started = Arc::new(tokio::sync::Notify::new());
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (s, r) = (Arc::clone(&started), Arc::clone(&release));
+    let app = Router::new()
+        .route(
+            "/slow",
+            post(move |session: Session| {
+                let (started, release) = (Arc::clone(&s), Arc::clone(&r));
+                async move {
+                    // Holds the session from before the sign-in.
+                    let _: Option<u32> = session.get("n");
+                    started.notify_one();
+                    release.notified().await;
+                    session.update("n", |n: &mut u32| *n += 1);
+                    "done"
+                }
+            }),
+        )
+        .route(
+            "/login",
+            post(|session: Session| async move {
+                session.set_principal(Some("eve".to_owned()));
+                session.cycle_id();
+                "in"
+            }),
+        )
+        .route(
+            "/read",
+            get(|session: Session| async move {
+                axum::Json(json!({"n": session.get::<u32>("n"), "user": session.principal()}))
+            }),
+        )
+        .layer(
+            SessionFailoverLayer::new("shop").with_store(Arc::new(sqlite.clone()), SaveMode::Sync),
+        );
+    // A session with n = 1.
+    let first = {
+        let app = app.clone();
+        tokio::spawn(async move { send(&app, "POST", "/slow", None, None).await })
+    };
+    started.notified().await;
+    release.notify_one();
+    let old = first.await.unwrap().cookie("JSESSIONID").unwrap();
+    let slow = {
+        let (app, cookie) = (app.clone(), jar(&old));
+        tokio::spawn(async move { send(&app, "POST", "/slow", Some(&cookie), None).await })
+    };
+    started.notified().await;
+    let login = send(&app, "POST", "/login", Some(&jar(&old)), None).await;
+    assert_eq!(login.status, StatusCode::OK);
+    let new = login.cookie("JSESSIONID").unwrap();
+    assert_ne!(new, old);
+    release.notify_one();
+    let slow = slow.await.unwrap();
+    assert_eq!(slow.status, StatusCode::OK);
+    if let Some(id) = slow.cookie("JSESSIONID") {
+        assert_eq!(
+            id, new,
+            "the racing request names the session's new id, not a third"
+        );
+    }
+    let r = send(&app, "GET", "/read", Some(&jar(&new)), None).await;
+    assert_eq!(
+        r.body,
+        json!({"n": 2, "user": "eve"}),
+        "its change landed under the new id"
+    );
+    let r = send(&app, "GET", "/read", Some(&jar(&old)), None).await;
+    assert_eq!(
+        r.body,
+        json!({"n": null, "user": null}),
+        "the old id stays dead"
+    );
+    assert_eq!(rows(&sqlite).await, 1, "one session, not two");
+}

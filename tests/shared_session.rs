@@ -1,7 +1,8 @@
 //! One session used by many requests at once: two tabs on one node, a user whose requests
 //! alternate between two nodes, several clients on several nodes. Real `serve` processes on one
 //! store (SQLite file, PostgreSQL, MariaDB), sync and async: every add answered 200 must be in
-//! the stored cart afterwards, and refusals must be rare (alternating requests: none).
+//! the stored cart afterwards and in what every node serves, and refusals must be rare
+//! (alternating requests: none).
 
 mod common;
 
@@ -16,6 +17,8 @@ use serde_json::json;
 
 /// The async interval of the async runs.
 const INTERVAL_MS: u64 = 200;
+/// `session.cache.verify.interval` of the nodes.
+const VERIFY_MS: u64 = 100;
 
 /// What the clients of one scenario were told, in total.
 #[derive(Default)]
@@ -101,7 +104,8 @@ async fn shared_session(url: Option<&str>, mode: &str, test: &str) {
         work.path(),
         &format!(
             "{store}spring.session.storefront.save={mode}\n\
-             spring.session.save.async.interval={INTERVAL_MS}\nsession.store.timeout=5000\n"
+             spring.session.save.async.interval={INTERVAL_MS}\nsession.store.timeout=5000\n\
+             session.cache.verify.interval={VERIFY_MS}\n"
         ),
     );
     let a = Server::start_with(
@@ -146,6 +150,16 @@ async fn shared_session(url: Option<&str>, mode: &str, test: &str) {
         settle().await;
         let stored = stored_cart(work.path(), &config, &cookie).await;
         let lost: Vec<&String> = tally.acknowledged.difference(&stored).collect();
+        // Every node's view: each checks its cached copy against the row (verify interval).
+        tokio::time::sleep(Duration::from_millis(VERIFY_MS * 2)).await;
+        for node in [&na, &nb] {
+            let mut client = Client::new();
+            client.cookie = Some(cookie.clone());
+            let (status, body) = client.send(node, "GET", "/cart", None).await;
+            assert_eq!(status, StatusCode::OK);
+            let view: BTreeSet<String> = items(&body).into_iter().map(|(sku, _)| sku).collect();
+            assert_eq!(view, stored, "{test} {name}: {node} serves what is stored");
+        }
         eprintln!(
             "{test} {name}: {} requests, {} acknowledged, {} refused, {} lost",
             tally.requests,

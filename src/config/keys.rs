@@ -166,6 +166,11 @@ pub const KEYS: &[KeySpec] = &[
         doc: "sessions each app keeps in this node's cache (1..=100000000)",
     },
     KeySpec {
+        key: "session.cache.verify.interval",
+        default: "1000",
+        doc: "milliseconds a cached session is served before its stored version is checked again (one cheap read): the bound on a stale read after another node changed or ended it (0..=3600000; 0: every request)",
+    },
+    KeySpec {
         key: "server.bind",
         default: "127.0.0.1:8080",
         doc: "address the server listens on (IP:PORT)",

@@ -136,6 +136,9 @@ impl Default for AppConfig {
     }
 }
 
+/// The default of `session.cache.verify.interval`, in milliseconds.
+pub(crate) const DEFAULT_VERIFY_INTERVAL_MS: u64 = 1000;
+
 /// The typed, validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -159,6 +162,8 @@ pub struct Config {
     pub node_name: Option<String>,
     /// `session.cache.max.entries`.
     pub cache_max_entries: u64,
+    /// `session.cache.verify.interval`.
+    pub cache_verify_interval: Duration,
     /// `server.bind`.
     pub bind: SocketAddr,
     /// `spring.session.<app>.*`, by app.
@@ -352,6 +357,12 @@ impl Config {
             timeout: Duration::from_secs(number(p, "session.timeout", 1, 31_536_000)?),
             node_name: Some(string(p, "session.node.name")).filter(|s| !s.is_empty()),
             cache_max_entries: number(p, "session.cache.max.entries", 1, 100_000_000)?,
+            cache_verify_interval: Duration::from_millis(number(
+                p,
+                "session.cache.verify.interval",
+                0,
+                3_600_000,
+            )?),
             bind: {
                 let setting = setting(p, "server.bind");
                 setting

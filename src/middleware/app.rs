@@ -41,6 +41,16 @@ pub(crate) enum Loaded {
     StoreDown,
 }
 
+/// What checking a cached copy against the row found.
+enum Verified {
+    /// The copy is the stored state (or could not be checked, or has changes of its own).
+    Current,
+    /// Another node stored a newer state: restore it.
+    Newer,
+    /// The row is gone (ended elsewhere): the copy was ended here.
+    Gone,
+}
+
 /// Why a restore did not produce a session.
 #[derive(Debug)]
 enum Miss {
@@ -194,11 +204,25 @@ impl AppShared {
     pub(crate) async fn load(&self, ids: &[SessionId]) -> Loaded {
         for id in ids {
             if let Some(entry) = self.cache.get(id).await {
-                let (live, stale) = {
+                let now = now_millis();
+                let every = millis(self.settings.verify_every);
+                let (mut live, mut stale, check) = {
                     let state = entry.lock();
                     // The entry may be a tombstone, or (after a rotation) hold another id.
-                    (!state.is_ended() && state.id == *id, state.is_stale())
+                    let live = !state.is_ended() && state.id == *id;
+                    (
+                        live,
+                        state.is_stale(),
+                        live && state.due_for_check(now, every),
+                    )
                 };
+                if check && let Some(persister) = &self.persister {
+                    match self.verify(persister, id, &entry, now).await {
+                        Verified::Current => {}
+                        Verified::Newer => stale = true,
+                        Verified::Gone => live = false,
+                    }
+                }
                 if live && !stale {
                     self.metrics.cache_hits.increment(1);
                     return Loaded::Session(Session::new(Some(entry), self.recode()));
@@ -243,6 +267,52 @@ impl AppShared {
             }
         }
         Loaded::Session(Session::new(None, self.recode()))
+    }
+
+    /// Checks a settled cached copy against the row's version (see
+    /// `session.cache.verify.interval`): another node may have written a newer state (restore
+    /// it) or ended the session (end it here). A store that cannot answer leaves the copy
+    /// served: reads do not need the database.
+    async fn verify(
+        &self,
+        persister: &Persister,
+        id: &SessionId,
+        entry: &Entry,
+        now: EpochMillis,
+    ) -> Verified {
+        if persister.store_failing() {
+            entry.lock().checked(now);
+            return Verified::Current;
+        }
+        let probed = persister.version(&id.store_key(), now).await;
+        self.metrics.verifies.increment(1);
+        let mut state = entry.lock();
+        match probed {
+            // Changed by this node meanwhile: it writes, and merges if the row moved on.
+            _ if !state.is_settled() => Verified::Current,
+            Ok(Some(version)) if version == state.base() => {
+                state.checked(now);
+                Verified::Current
+            }
+            Ok(Some(_)) => {
+                state.mark_stale();
+                drop(state);
+                tracing::debug!(app = %self.settings.app, session = %id.short_hash(), "a newer state was stored by another node; restoring it");
+                Verified::Newer
+            }
+            Ok(None) => {
+                drop(state);
+                self.ended_elsewhere(id, entry);
+                Verified::Gone
+            }
+            Err(error) => {
+                state.checked(now);
+                drop(state);
+                crate::metrics::store_error(&self.settings.app, "verify");
+                tracing::warn!(app = %self.settings.app, session = %id.short_hash(), error = &error as &dyn std::error::Error, "cannot check the cached session against the store; served from the cache");
+                Verified::Current
+            }
+        }
     }
 
     async fn restore(
@@ -312,7 +382,7 @@ impl AppShared {
         let now = now_millis();
         let mut finish = Finish {
             entry: None,
-            cache_it: slot.created || slot.cycled,
+            cache_it: slot.created || slot.cycled || slot.followed,
             work: Work::None,
             removed: slot.removed,
             check_failed: false,

@@ -59,7 +59,8 @@ impl std::fmt::Debug for SessionFailoverLayer {
 impl SessionFailoverLayer {
     /// A memory-only layer for application `app` with the defaults: cookie `JSESSIONID` on path
     /// `/`, `HttpOnly`, `SameSite=Lax`, `Secure` when the request is secure, a 3600 s timeout,
-    /// 100,000 cached sessions, node name `"node"`.
+    /// 100,000 cached sessions checked against the store at most once a second, node name
+    /// `"node"`.
     pub fn new(app: impl Into<String>) -> Self {
         let settings = AppSettings {
             app: app.into(),
@@ -71,6 +72,7 @@ impl SessionFailoverLayer {
             timeout: Duration::from_secs(3600),
             node: "node".to_owned(),
             cache_max_entries: 100_000,
+            verify_every: Duration::from_millis(crate::config::DEFAULT_VERIFY_INTERVAL_MS),
             codec: Codec::default(),
             check: false,
             check_response_error: false,
@@ -99,6 +101,7 @@ impl SessionFailoverLayer {
             timeout: config.timeout,
             node: node.to_owned(),
             cache_max_entries: config.cache_max_entries,
+            verify_every: config.cache_verify_interval,
             codec: config.codec(),
             check: config.check_covers(app),
             check_response_error: config.check.response_error,
@@ -246,6 +249,16 @@ impl SessionFailoverLayer {
     /// Sessions kept in this node's cache. Default 100,000.
     pub fn with_cache_max_entries(self, max: u64) -> Self {
         self.rebuild(|s| s.cache_max_entries = max)
+    }
+
+    /// How long a session is served from this node's cache before the version of its row is
+    /// checked again (one cheap read; a newer row written by another node is restored, a
+    /// deleted one ends the session here): the bound on how stale a read can be after another
+    /// node changed or ended the session (`session.cache.verify.interval`, default 1 s).
+    /// `Duration::ZERO` checks on every request. Only copies without changes of their own
+    /// waiting to be saved are checked; memory-only apps never are.
+    pub fn with_verify_interval(self, every: Duration) -> Self {
+        self.rebuild(|s| s.verify_every = every)
     }
 }
 

@@ -35,6 +35,9 @@ pub(crate) struct AppSettings {
     pub(crate) timeout: Duration,
     pub(crate) node: String,
     pub(crate) cache_max_entries: u64,
+    /// `session.cache.verify.interval`: how long a cached copy is served before the row's
+    /// version is checked again.
+    pub(crate) verify_every: Duration,
     pub(crate) codec: Codec,
     /// The serializability checker runs on every save.
     pub(crate) check: bool,

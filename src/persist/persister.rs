@@ -79,6 +79,23 @@ impl Persister {
         }
     }
 
+    /// The version of the live row of `key` (`None`: absent or expired), to check a cached
+    /// copy.
+    pub(crate) async fn version(
+        &self,
+        key: &SessionKey,
+        now: EpochMillis,
+    ) -> Result<Option<i64>, store::Error> {
+        let writer = &self.persistence.writer;
+        writer.bounded(writer.store().version(key, now)).await
+    }
+
+    /// Whether the last write that reached the store failed: reads served from the cache do
+    /// not check the row then (they must not wait for a dead database).
+    pub(crate) fn store_failing(&self) -> bool {
+        self.persistence.writer.is_failing()
+    }
+
     /// Writes a changed session as the app's mode says (see the module docs). The entry is told
     /// what became of it.
     pub(crate) async fn save(

@@ -35,6 +35,9 @@ pub(crate) struct Slot {
     pub(crate) created: bool,
     /// The session got a new id in this request: its cookie must be sent.
     pub(crate) cycled: bool,
+    /// The session got a new id in a concurrent request, and this one followed it there: its
+    /// cookie is sent too.
+    pub(crate) followed: bool,
     /// Ids that this request ended (invalidated or rotated away): removed from the store.
     pub(crate) removed: Vec<SessionId>,
     /// This request invalidated a session.
@@ -73,6 +76,7 @@ impl Session {
     /// handler).
     pub(crate) fn take(&self) -> Slot {
         let mut slot = self.slot();
+        follow(&mut slot);
         let taken = std::mem::take(&mut *slot);
         slot.finished = true;
         taken
@@ -80,9 +84,7 @@ impl Session {
 
     /// The live entry of this request, if any (an entry ended by a concurrent request is none).
     fn entry(&self) -> Option<Arc<Entry>> {
-        let entry = self.slot().entry.clone()?;
-        let ended = entry.lock().is_ended();
-        (!ended).then_some(entry)
+        follow(&mut self.slot())
     }
 
     fn with_state<R>(&self, f: impl FnOnce(&mut State) -> R) -> Option<R> {
@@ -106,9 +108,9 @@ impl Session {
                     "session changed after its response was sent; the change is not saved"
                 );
             }
-            match &slot.entry {
-                Some(entry) if !entry.lock().is_ended() => Arc::clone(entry),
-                _ => {
+            match follow(&mut slot) {
+                Some(entry) => entry,
+                None => {
                     let state = State::new(SessionId::generate(), now_millis());
                     let entry = Entry::with_recode(state, slot.recode.clone());
                     slot.entry = Some(Arc::clone(&entry));
@@ -388,13 +390,39 @@ impl Session {
                 return;
             }
             let old = state.id.clone();
-            (old, state.rotate(SessionId::generate()))
+            let moved =
+                Entry::with_recode(state.rotate(SessionId::generate()), entry.recode().cloned());
+            // Under the old entry's lock: a concurrent request of the session never finds it
+            // ended without its successor (it would start a second session).
+            state.set_successor(&moved);
+            (old, moved)
         };
-        slot.entry = Some(Entry::with_recode(moved, entry.recode().cloned()));
+        slot.entry = Some(moved);
         if !slot.created {
             slot.removed.push(old);
             slot.cycled = true;
         }
+    }
+}
+
+/// The request's live entry: its own, or, if a concurrent request gave the session a new id
+/// since, the entry under that id (a request that already held the session goes on with it; a
+/// request arriving with the old id later finds no session).
+fn follow(slot: &mut Slot) -> Option<Arc<Entry>> {
+    let mut entry = slot.entry.clone()?;
+    loop {
+        // `None`: live; `Some(None)`: ended for good.
+        let moved = {
+            let state = entry.lock();
+            state.is_ended().then(|| state.successor())
+        };
+        let next = match moved {
+            None => return Some(entry),
+            Some(next) => next?,
+        };
+        entry = next;
+        slot.entry = Some(Arc::clone(&entry));
+        slot.followed = true;
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::any::Any;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -150,6 +150,9 @@ pub(crate) struct State {
     persisted: bool,
     /// When the row was last written or touched (for the touch throttle).
     persisted_at: EpochMillis,
+    /// When this copy was last known to be the stored state (restored, written, or its
+    /// version checked against the row's): see [`State::due_for_check`].
+    verified_at: EpochMillis,
     /// Ended (invalidated, rotated away, or deleted elsewhere): never served or saved again. The
     /// entry stays in the cache as a tombstone until its idle expiry, so a concurrent request
     /// cannot restore the old row before it is deleted.
@@ -157,6 +160,9 @@ pub(crate) struct State {
     /// Another node stored a newer state: this copy must not be served again; the next request
     /// drops it and restores the newer state.
     stale: bool,
+    /// The entry this session moved to when it got a new id ([`State::rotate`]): a request
+    /// that held the session before goes on there.
+    successor: Option<Weak<Entry>>,
     /// Restored from the store on this node and its cookie not yet sent again. The first request
     /// after a restore re-sends the cookie (same id), so a load balancer that sticks on a cookie
     /// prefix re-sticks the user to this node.
@@ -235,8 +241,10 @@ impl State {
             log: Vec::new(),
             persisted: false,
             persisted_at: now,
+            verified_at: now,
             invalidated: false,
             stale: false,
+            successor: None,
             announce: false,
         }
     }
@@ -260,8 +268,10 @@ impl State {
             log: Vec::new(),
             persisted: true,
             persisted_at: meta.modified_at,
+            verified_at: crate::store::now_millis(),
             invalidated: false,
             stale: false,
+            successor: None,
             announce: true,
         }
     }
@@ -336,8 +346,31 @@ impl State {
         self.persisted = true;
         self.stored = self.stored.max(row);
         self.written = self.written.max(version);
+        self.verified_at = crate::store::now_millis();
         self.log
             .retain(|(taken, _)| *taken == 0 || *taken > version);
+    }
+
+    /// Whether this copy is exactly a stored state: it has a row, no change of its own waiting
+    /// to be saved, and every snapshot taken is committed. Only such a copy is dropped when the
+    /// row moves on; one with changes of its own merges with the newer row when it is written.
+    pub(crate) fn is_settled(&self) -> bool {
+        self.persisted
+            && !self.dirty
+            && !self.invalidated
+            && !self.stale
+            && self.version <= self.written
+    }
+
+    /// Whether the row's version should be checked before this copy is served again: it is
+    /// settled and was last known current at least `every` ms ago.
+    pub(crate) fn due_for_check(&self, now: EpochMillis, every: EpochMillis) -> bool {
+        self.is_settled() && now.saturating_sub(self.verified_at) >= every
+    }
+
+    /// The copy was found current (or could not be checked) at `now`.
+    pub(crate) fn checked(&mut self, now: EpochMillis) {
+        self.verified_at = now;
     }
 
     /// A newer stored state exists that this copy cannot be merged with: the next request
@@ -483,12 +516,24 @@ impl State {
             log: Vec::new(),
             persisted: false,
             persisted_at: self.persisted_at,
+            verified_at: self.verified_at,
             invalidated: false,
             stale: false,
+            successor: None,
             announce: false,
         };
         self.end();
         moved
+    }
+
+    /// Records the entry the session moved to (after [`State::rotate`]).
+    pub(crate) fn set_successor(&mut self, entry: &Arc<Entry>) {
+        self.successor = Some(Arc::downgrade(entry));
+    }
+
+    /// The entry the session moved to, if it was rotated and that entry is still alive.
+    pub(crate) fn successor(&self) -> Option<Arc<Entry>> {
+        self.successor.as_ref()?.upgrade()
     }
 
     /// Marks the session ended and frees its data.

@@ -44,6 +44,14 @@ pub trait SessionStore: Send + Sync + 'static {
         expires_at: EpochMillis,
     ) -> Result<bool, Error>;
 
+    /// The version of the session stored under `key`, unless it is absent or expired at
+    /// `now`: the cheap read a node makes to learn whether its cached copy is still the newest
+    /// (`session.cache.verify.interval`). The default reads the whole row; the SQL stores read
+    /// one column by primary key.
+    async fn version(&self, key: &SessionKey, now: EpochMillis) -> Result<Option<i64>, Error> {
+        Ok(self.get(key, now).await?.map(|record| record.meta.version))
+    }
+
     /// Inserts or replaces one session: [`SessionStore::set_many`] of one.
     async fn set(&self, record: &Record) -> Result<(), Error> {
         self.set_many(std::slice::from_ref(record)).await

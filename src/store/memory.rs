@@ -55,6 +55,14 @@ impl SessionStore for MemoryStore {
         Ok(self.rows().get(key).filter(|r| live(r, now)).cloned())
     }
 
+    async fn version(&self, key: &SessionKey, now: EpochMillis) -> Result<Option<i64>, Error> {
+        Ok(self
+            .rows()
+            .get(key)
+            .filter(|r| live(r, now))
+            .map(|r| r.meta.version))
+    }
+
     async fn set_many(&self, records: &[Record]) -> Result<(), Error> {
         let mut rows = self.rows();
         for record in records {

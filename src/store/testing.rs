@@ -14,7 +14,7 @@ use crate::id::SessionKey;
 #[derive(Clone, Copy, Debug)]
 #[non_exhaustive]
 pub enum Call<'a> {
-    /// `get`, `exists` or `ttl` of a key.
+    /// `get`, `version`, `exists` or `ttl` of a key.
     Read(&'static str, &'a SessionKey),
     /// `set`, `set_many`, `update` or `update_many` of records.
     Write(&'static str, &'a [Record]),
@@ -88,6 +88,10 @@ impl<H: Hook> SessionStore for Wrapped<H> {
     async fn get(&self, key: &SessionKey, now: EpochMillis) -> Result<Option<Record>, Error> {
         self.hook.before(Call::Read("get", key)).await?;
         self.inner.get(key, now).await
+    }
+    async fn version(&self, key: &SessionKey, now: EpochMillis) -> Result<Option<i64>, Error> {
+        self.hook.before(Call::Read("version", key)).await?;
+        self.inner.version(key, now).await
     }
     async fn set_many(&self, records: &[Record]) -> Result<(), Error> {
         self.hook.before(Call::Write("set_many", records)).await?;

@@ -225,6 +225,11 @@ impl WriteBehind {
         self.shared.bounded(call).await
     }
 
+    /// Whether the last flush that reached the store failed.
+    pub(crate) fn is_failing(&self) -> bool {
+        self.shared.failing.load(Ordering::Relaxed)
+    }
+
     /// The store timeout every store call is bounded by.
     pub(crate) fn store_timeout(&self) -> Duration {
         self.shared.config.store_timeout

@@ -54,6 +54,7 @@ type BySize = Vec<OnceLock<Arc<str>>>;
 #[derive(Debug)]
 struct Statements {
     get: Arc<str>,
+    version: Arc<str>,
     reset_timer: Arc<str>,
     purge: Arc<str>,
     stats: Arc<str>,
@@ -74,6 +75,13 @@ impl Statements {
         Self {
             get: format!(
                 "SELECT {META_COLUMNS}, data FROM stored_http_session \
+                 WHERE session_id = {} AND expires_at > {}",
+                D::param(1),
+                D::param(2)
+            )
+            .into(),
+            version: format!(
+                "SELECT version FROM stored_http_session \
                  WHERE session_id = {} AND expires_at > {}",
                 D::param(1),
                 D::param(2)
@@ -188,6 +196,15 @@ where
             })
         })
         .transpose()
+    }
+
+    async fn version(&self, key: &SessionKey, now: EpochMillis) -> Result<Option<i64>, Error> {
+        let row = Self::query(&self.sql.version)
+            .bind(key.as_str())
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|row| row.try_get("version")).transpose()?)
     }
 
     /// One statement per chunk of [`Dialect::MAX_ROWS`] rows (any size with arrays), in one

@@ -1,0 +1,139 @@
+//! Fresh reads across nodes: after a change or a logout on node A, node B, which holds the
+//! session in its cache, stops serving its older copy within `session.cache.verify.interval`.
+//! Real `serve` processes on SQLite, PostgreSQL and MariaDB; the delays are measured and
+//! printed, and checked against the documented bound (the interval, plus slack for this noisy
+//! machine).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::backends::{Backend, TestDb};
+use common::{Client, Server, config_dir, items};
+use http::StatusCode;
+use serde_json::json;
+
+/// The default `session.cache.verify.interval`.
+const VERIFY_MS: u64 = 1000;
+/// What the bound allows on top of the interval: a request, a probe, a restore, scheduling.
+const SLACK_MS: u64 = 1500;
+
+fn skus(body: &serde_json::Value) -> Vec<String> {
+    items(body).into_iter().map(|(sku, _)| sku).collect()
+}
+
+/// Polls `GET /cart` on `base` until `done` holds; how long that took.
+async fn until(
+    client: &mut Client,
+    base: &str,
+    done: impl Fn(&[String]) -> bool,
+    what: &str,
+) -> Duration {
+    let started = Instant::now();
+    let limit = Duration::from_millis(VERIFY_MS + SLACK_MS);
+    loop {
+        let (status, body) = client.send(base, "GET", "/cart", None).await;
+        assert_eq!(status, StatusCode::OK);
+        if done(&skus(&body)) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{what}: still not seen after {:?} (bound {VERIFY_MS} ms + {SLACK_MS} ms slack)",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn fresh_reads(url: Option<&str>, test: &str) {
+    let work = tempfile::tempdir().unwrap();
+    let store = url
+        .map(|u| format!("session.store.url={u}\n"))
+        .unwrap_or_default();
+    // The default interval: what is measured is what a user gets.
+    let config = config_dir(
+        work.path(),
+        &format!("{store}spring.session.storefront.save=sync\n"),
+    );
+    let start = |name: &str| {
+        Server::start_with(
+            work.path(),
+            &config,
+            name,
+            "127.0.0.1:0",
+            &[("y_session_node_name", name)],
+        )
+    };
+    let (a, b) = (start("a"), start("b"));
+    let mut on_a = Client::new();
+    let add = |sku: &str| Some(json!({"sku": sku, "qty": 1}));
+    let (status, _) = on_a
+        .send(&a.base, "POST", "/cart/items", add("first"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // B restores the session and caches it.
+    let mut on_b = Client::new();
+    on_b.cookie = on_a.cookie.clone();
+    let (_, body) = on_b.send(&b.base, "GET", "/cart", None).await;
+    assert_eq!(skus(&body), ["first"]);
+
+    // A change on A: B serves it within the bound.
+    let (status, _) = on_a
+        .send(&a.base, "POST", "/cart/items", add("second"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let change = until(
+        &mut on_b,
+        &b.base,
+        |cart| cart.contains(&"second".to_owned()),
+        "a change on A, read on B",
+    )
+    .await;
+
+    // A logout on A: B stops serving the session within the bound.
+    let (status, _) = on_a.send(&a.base, "POST", "/logout", None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let logout = until(
+        &mut on_b,
+        &b.base,
+        <[String]>::is_empty,
+        "a logout on A, read on B",
+    )
+    .await;
+    // And does not bring it back: the row stays gone.
+    let reader = Server::start(work.path(), &config, "reader");
+    let mut fresh = Client::new();
+    fresh.cookie = on_a.cookie.clone();
+    let (_, body) = fresh.send(&reader.base, "GET", "/cart", None).await;
+    assert!(skus(&body).is_empty(), "ended for every node: {body}");
+    for server in [&a, &b] {
+        assert!(!server.log_text().contains("panicked"));
+    }
+    eprintln!(
+        "{test}: a change on A seen on B after {change:?}, a logout after {logout:?} \
+         (session.cache.verify.interval={VERIFY_MS} ms)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite() {
+    fresh_reads(None, "sqlite").await;
+}
+
+async fn on(backend: Backend, test: &str) {
+    let Some(db) = TestDb::create(backend, test).await else {
+        return;
+    };
+    fresh_reads(Some(&db.url), test).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres() {
+    on(Backend::Postgres, "postgres").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql() {
+    on(Backend::MySql, "mysql").await;
+}
