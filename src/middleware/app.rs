@@ -1,6 +1,7 @@
 //! One application's shared state and the two halves of the filter: load and finish.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 
 use cookie::{Cookie, SameSite};
 use http::header::{COOKIE, SET_COOKIE};
@@ -18,6 +19,12 @@ use crate::store::{EpochMillis, Update, now_millis};
 
 /// A session only read is touched in the store at most once per this fraction of its timeout.
 pub(crate) const TOUCH_DIVISOR: u32 = 10;
+/// After a check found the store unreachable, cached copies are served unchecked for this long
+/// (or `session.cache.verify.interval` if longer), doubling while it stays so: a read must not
+/// wait for a dead database on every request.
+const VERIFY_PAUSE_MS: i64 = 1000;
+/// The longest such pause, however long the store stays unreachable.
+const VERIFY_PAUSE_MAX_MS: i64 = 30_000;
 /// At most this many session cookies of one request are tried (a request with thousands of
 /// cookies must not cause thousands of store reads).
 const MAX_COOKIE_CANDIDATES: usize = 3;
@@ -32,6 +39,13 @@ pub(crate) struct AppShared {
     pub(crate) codec: Codec,
     /// The per-request series of this app, registered once.
     pub(crate) metrics: crate::metrics::AppMetrics,
+    /// Changes of the stored sessions pushed by the database, when it pushes them.
+    pub(crate) push: super::push::Push,
+    /// Cached copies are not checked against the store before this instant (epoch ms): the
+    /// last check found it unreachable.
+    pub(crate) verify_paused_until: AtomicI64,
+    /// Checks in a row that found the store unreachable.
+    pub(crate) verify_failures: AtomicU32,
 }
 
 /// What loading a request's session gave.
@@ -202,19 +216,20 @@ impl AppShared {
 
     /// Finds the session of the first id that names one: node cache first, then the store.
     pub(crate) async fn load(&self, ids: &[SessionId]) -> Loaded {
+        if let Some(persister) = &self.persister {
+            self.push.start(persister.persistence().store().as_ref());
+        }
         for id in ids {
             if let Some(entry) = self.cache.get(id).await {
                 let now = now_millis();
-                let every = millis(self.settings.verify_every);
+                let before = self
+                    .push
+                    .check_before(now, millis(self.settings.verify_every));
                 let (mut live, mut stale, check) = {
                     let state = entry.lock();
                     // The entry may be a tombstone, or (after a rotation) hold another id.
                     let live = !state.is_ended() && state.id == *id;
-                    (
-                        live,
-                        state.is_stale(),
-                        live && state.due_for_check(now, every),
-                    )
+                    (live, state.is_stale(), live && state.due_for_check(before))
                 };
                 if check && let Some(persister) = &self.persister {
                     match self.verify(persister, id, &entry, now).await {
@@ -250,7 +265,10 @@ impl AppShared {
                 })
                 .await;
             match restored {
-                Ok(entry) => return Loaded::Session(Session::new(Some(entry), self.recode())),
+                Ok(entry) => {
+                    self.push.index(id, &entry);
+                    return Loaded::Session(Session::new(Some(entry), self.recode()));
+                }
                 Err(miss) => match &*miss {
                     Miss::Absent => {}
                     Miss::Store(error) => {
@@ -272,7 +290,8 @@ impl AppShared {
     /// Checks a settled cached copy against the row's version (see
     /// `session.cache.verify.interval`): another node may have written a newer state (restore
     /// it) or ended the session (end it here). A store that cannot answer leaves the copy
-    /// served: reads do not need the database.
+    /// served (reads do not need the database); one that cannot be reached is not asked again
+    /// for a while, and the request's save does not wait for it either.
     async fn verify(
         &self,
         persister: &Persister,
@@ -280,12 +299,14 @@ impl AppShared {
         entry: &Entry,
         now: EpochMillis,
     ) -> Verified {
-        if persister.store_failing() {
-            entry.lock().checked(now);
+        if now < self.verify_paused_until.load(Ordering::Relaxed) {
             return Verified::Current;
         }
         let probed = persister.version(&id.store_key(), now).await;
         self.metrics.verifies.increment(1);
+        if probed.is_ok() && self.verify_failures.swap(0, Ordering::Relaxed) > 0 {
+            tracing::info!(app = %self.settings.app, "the store answers again; cached sessions are checked again");
+        }
         let mut state = entry.lock();
         match probed {
             // Changed by this node meanwhile: it writes, and merges if the row moved on.
@@ -308,6 +329,18 @@ impl AppShared {
             Err(error) => {
                 state.checked(now);
                 drop(state);
+                if error.is_unreachable() {
+                    // Neither the next reads nor this request's save wait for it again; the
+                    // pause doubles while the store stays unreachable.
+                    let failures = self.verify_failures.fetch_add(1, Ordering::Relaxed);
+                    let pause = millis(self.settings.verify_every)
+                        .max(VERIFY_PAUSE_MS)
+                        .saturating_mul(1 << failures.min(5))
+                        .min(VERIFY_PAUSE_MAX_MS);
+                    self.verify_paused_until
+                        .store(now_millis().saturating_add(pause), Ordering::Relaxed);
+                    persister.store_unreachable();
+                }
                 crate::metrics::store_error(&self.settings.app, "verify");
                 tracing::warn!(app = %self.settings.app, session = %id.short_hash(), error = &error as &dyn std::error::Error, "cannot check the cached session against the store; served from the cache");
                 Verified::Current
@@ -474,6 +507,7 @@ impl AppShared {
         if let Some((id, entry)) = &finish.entry {
             if finish.cache_it {
                 self.cache.insert(id.clone(), Arc::clone(entry)).await;
+                self.push.index(id, entry);
                 #[allow(clippy::cast_precision_loss)] // up to 10^8 entries: exact in f64
                 self.metrics
                     .cache_entries

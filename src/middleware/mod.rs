@@ -14,6 +14,7 @@
 mod app;
 pub mod future;
 mod layer;
+mod push;
 mod service;
 mod settings;
 

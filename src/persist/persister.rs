@@ -90,10 +90,10 @@ impl Persister {
         writer.bounded(writer.store().version(key, now)).await
     }
 
-    /// Whether the last write that reached the store failed: reads served from the cache do
-    /// not check the row then (they must not wait for a dead database).
-    pub(crate) fn store_failing(&self) -> bool {
-        self.persistence.writer.is_failing()
+    /// A read found the store unreachable: this request's save, and the next ones, do not
+    /// wait for it (they are queued for retry) until a write succeeds.
+    pub(crate) fn store_unreachable(&self) {
+        self.persistence.writer.set_failing();
     }
 
     /// Writes a changed session as the app's mode says (see the module docs). The entry is told

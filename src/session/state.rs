@@ -363,9 +363,9 @@ impl State {
     }
 
     /// Whether the row's version should be checked before this copy is served again: it is
-    /// settled and was last known current at least `every` ms ago.
-    pub(crate) fn due_for_check(&self, now: EpochMillis, every: EpochMillis) -> bool {
-        self.is_settled() && now.saturating_sub(self.verified_at) >= every
+    /// settled and was last known current at or before `before`.
+    pub(crate) fn due_for_check(&self, before: EpochMillis) -> bool {
+        self.is_settled() && self.verified_at <= before
     }
 
     /// The copy was found current (or could not be checked) at `now`.

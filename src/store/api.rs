@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{EpochMillis, Error, ListQuery, Meta, Record, Stats, Update};
+use super::{EpochMillis, Error, ListQuery, Meta, Pushed, Record, Stats, Update};
 use crate::id::SessionKey;
 
 /// A session store: what the failover filter and its writer ask of one. Implement it (and
@@ -50,6 +50,15 @@ pub trait SessionStore: Send + Sync + 'static {
     /// one column by primary key.
     async fn version(&self, key: &SessionKey, now: EpochMillis) -> Result<Option<i64>, Error> {
         Ok(self.get(key, now).await?.map(|record| record.meta.version))
+    }
+
+    /// Changes of the table, pushed by the database as other nodes (and this one) make them,
+    /// if the store can push them (PostgreSQL `LISTEN/NOTIFY`); `None` otherwise, and then
+    /// nodes check their cached copies by [`SessionStore::version`]. The first call starts
+    /// listening (in the caller's tokio runtime); every receiver gets every change after it
+    /// subscribed, a receiver that falls behind is told it lagged.
+    fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<Pushed>> {
+        None
     }
 
     /// Inserts or replaces one session: [`SessionStore::set_many`] of one.

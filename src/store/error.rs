@@ -58,6 +58,24 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether the store could not be reached in time (a timeout, a connection that failed or
+    /// could not be had): the next calls would most likely wait as long.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            Error::Timeout(_) => true,
+            #[cfg(feature = "sql")]
+            Error::Connect { .. } => true,
+            #[cfg(feature = "sql")]
+            Error::Database(
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed,
+            ) => true,
+            _ => false,
+        }
+    }
+
     /// Whether the store is unreachable or slow (retry everything later) rather than refusing
     /// this data (retry one by one, then give up).
     pub fn is_transient(&self) -> bool {

@@ -31,7 +31,7 @@ pub use error::Error;
 pub use memory::MemoryStore;
 #[cfg(feature = "sql")]
 pub(crate) use record::StatsGroup;
-pub use record::{EpochMillis, ListQuery, Meta, Record, Stats, Update, now_millis};
+pub use record::{EpochMillis, ListQuery, Meta, Pushed, Record, Stats, Update, now_millis};
 #[cfg(feature = "mysql")]
 pub use sql::MYSQL_PURGE_LOCK;
 #[cfg(feature = "postgres")]

@@ -130,3 +130,22 @@ pub(crate) struct StatsGroup {
     pub(crate) signed_in: u64,
     pub(crate) bytes: u64,
 }
+
+/// A change of the table pushed by the database to the nodes that listen
+/// ([`crate::store::SessionStore::subscribe`]), so their cached copies do not go stale.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Pushed {
+    /// Listening (again): changes from now on are pushed; changes before may have been missed.
+    Listening,
+    /// The listening connection was lost: changes are not pushed until the next `Listening`.
+    Lost,
+    /// The row of `key` was written as `version`.
+    Written {
+        /// The session's key.
+        key: SessionKey,
+        /// The row's new version.
+        version: i64,
+    },
+    /// The live row of `key` was deleted (a logout, a rotation, the backoffice).
+    Deleted(SessionKey),
+}

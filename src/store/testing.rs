@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
-    EpochMillis, Error, ListQuery, Meta, Record, SessionAdmin, SessionStore, Stats, Update,
+    EpochMillis, Error, ListQuery, Meta, Pushed, Record, SessionAdmin, SessionStore, Stats, Update,
 };
 use crate::id::SessionKey;
 
@@ -92,6 +92,9 @@ impl<H: Hook> SessionStore for Wrapped<H> {
     async fn version(&self, key: &SessionKey, now: EpochMillis) -> Result<Option<i64>, Error> {
         self.hook.before(Call::Read("version", key)).await?;
         self.inner.version(key, now).await
+    }
+    fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<Pushed>> {
+        self.inner.subscribe()
     }
     async fn set_many(&self, records: &[Record]) -> Result<(), Error> {
         self.hook.before(Call::Write("set_many", records)).await?;

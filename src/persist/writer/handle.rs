@@ -225,9 +225,10 @@ impl WriteBehind {
         self.shared.bounded(call).await
     }
 
-    /// Whether the last flush that reached the store failed.
-    pub(crate) fn is_failing(&self) -> bool {
-        self.shared.failing.load(Ordering::Relaxed)
+    /// A read found the store unreachable: sync writes are queued for the next retry and
+    /// answered at once (as after a failed flush) until a flush succeeds.
+    pub(crate) fn set_failing(&self) {
+        self.shared.failing.store(true, Ordering::Relaxed);
     }
 
     /// The store timeout every store call is bounded by.

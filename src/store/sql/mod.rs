@@ -86,6 +86,16 @@ pub trait Dialect: std::fmt::Debug + Send + Sync + Sized + 'static {
     /// Applies this dialect's migrations.
     fn migrate(pool: &sqlx::Pool<Self::Db>) -> impl Future<Output = Result<(), Error>> + Send;
 
+    /// Starts pushing the table's changes to `sender` from a task of its own; `false` if the
+    /// database cannot push them (the default).
+    fn listen(
+        pool: &sqlx::Pool<Self::Db>,
+        sender: tokio::sync::broadcast::Sender<crate::store::Pushed>,
+    ) -> bool {
+        let _ = (pool, sender);
+        false
+    }
+
     /// Takes the purge lock on `conn` without waiting; `false` if another node holds it. The
     /// default takes none.
     fn try_lock(

@@ -11,8 +11,8 @@ use super::{
 };
 use crate::id::SessionKey;
 use crate::store::{
-    EpochMillis, Error, ListQuery, Meta, Record, SessionAdmin, SessionStore, Stats, StatsGroup,
-    Update,
+    EpochMillis, Error, ListQuery, Meta, Pushed, Record, SessionAdmin, SessionStore, Stats,
+    StatsGroup, Update,
 };
 
 /// The largest number of keys in one `IN (…)` list (deletes and version look-ups are chunked).
@@ -26,6 +26,9 @@ const MAX_KEYS: usize = 500;
 pub struct SqlStore<D: Dialect> {
     pool: sqlx::Pool<D::Db>,
     sql: Arc<Statements>,
+    /// Where the table's changes are pushed, once [`SessionStore::subscribe`] started it
+    /// (`None` inside: the dialect cannot push).
+    push: Arc<OnceLock<Option<tokio::sync::broadcast::Sender<Pushed>>>>,
     dialect: PhantomData<D>,
 }
 
@@ -34,6 +37,7 @@ impl<D: Dialect> Clone for SqlStore<D> {
         Self {
             pool: self.pool.clone(),
             sql: Arc::clone(&self.sql),
+            push: Arc::clone(&self.push),
             dialect: PhantomData,
         }
     }
@@ -46,6 +50,9 @@ impl<D: Dialect> std::fmt::Debug for SqlStore<D> {
             .finish_non_exhaustive()
     }
 }
+
+/// Pushed changes a slow receiver may fall behind by before it is told it lagged.
+const PUSH_BUFFER: usize = 16_384;
 
 /// A statement per batch size, built on first use.
 type BySize = Vec<OnceLock<Arc<str>>>;
@@ -151,6 +158,7 @@ where
         Ok(Self {
             pool: D::connect(url, options).await?,
             sql: Arc::new(Statements::new::<D>()),
+            push: Arc::default(),
             dialect: PhantomData,
         })
     }
@@ -196,6 +204,16 @@ where
             })
         })
         .transpose()
+    }
+
+    fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<Pushed>> {
+        let sender = self.push.get_or_init(|| {
+            let (sender, _) = tokio::sync::broadcast::channel(PUSH_BUFFER);
+            D::listen(&self.pool, sender.clone()).then_some(sender)
+        });
+        sender
+            .as_ref()
+            .map(tokio::sync::broadcast::Sender::subscribe)
     }
 
     async fn version(&self, key: &SessionKey, now: EpochMillis) -> Result<Option<i64>, Error> {
