@@ -441,3 +441,67 @@ async fn a_write_racing_a_rotation_follows_the_session_to_its_new_id() {
     );
     assert_eq!(rows(&sqlite).await, 1, "one session, not two");
 }
+
+/// Sync mode: a request whose change a concurrent request's save carried (it found nothing
+/// left to save) is answered only once that save is committed, not before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_saved_by_a_concurrent_request_is_committed_before_its_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = sqlite(dir.path()).await;
+    let slow = SlowStore::new(Arc::new(sqlite.clone()));
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (c, r) = (Arc::clone(&changed), Arc::clone(&release));
+    let app = Router::new()
+        .route(
+            "/x",
+            post(move |session: Session| {
+                let (changed, release) = (Arc::clone(&c), Arc::clone(&r));
+                async move {
+                    session.insert("x", 1u32);
+                    changed.notify_one();
+                    release.notified().await;
+                    "x"
+                }
+            }),
+        )
+        .route(
+            "/y",
+            post(|session: Session| async move {
+                session.insert("y", 1u32);
+                "y"
+            }),
+        )
+        .layer(SessionFailoverLayer::new("shop").with_store(slow.clone(), SaveMode::Sync));
+    let id = send(&app, "POST", "/y", None, None)
+        .await
+        .cookie("JSESSIONID")
+        .unwrap();
+    let key = SessionId::parse(&id).unwrap().store_key();
+    // /x changes the session and waits; /y then saves it (x included) slowly.
+    let x = {
+        let (app, cookie) = (app.clone(), jar(&id));
+        tokio::spawn(async move { send(&app, "POST", "/x", Some(&cookie), None).await })
+    };
+    changed.notified().await;
+    slow.update_ms.store(400, Ordering::SeqCst);
+    let y = {
+        let (app, cookie) = (app.clone(), jar(&id));
+        tokio::spawn(async move { send(&app, "POST", "/y", Some(&cookie), None).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // /y's save is in flight; /x finishes now and has nothing left to save.
+    release.notify_one();
+    let answered = x.await.unwrap();
+    assert_eq!(answered.status, StatusCode::OK);
+    let row = session_failover::store::SessionStore::get(&sqlite, &key, 0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        row.meta.attributes.contains(&"x".to_owned()),
+        "answered before a write carrying its change was committed: {:?}",
+        row.meta.attributes
+    );
+    assert_eq!(y.await.unwrap().status, StatusCode::OK);
+}

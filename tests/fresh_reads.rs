@@ -142,3 +142,43 @@ async fn postgres() {
 async fn mysql() {
     on(Backend::MySql, "mysql", VERIFY_MS + SLACK_MS).await;
 }
+
+/// Read-your-writes without waiting for a push or a check: a client alternating between two
+/// nodes (a balancer without stickiness) reads every change it made on the other node at once,
+/// through its version cookie. SQLite, with checks all but off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_reads_its_own_writes_on_any_node() {
+    let work = tempfile::tempdir().unwrap();
+    let config = config_dir(
+        work.path(),
+        "spring.session.storefront.save=sync\nsession.cache.verify.interval=3600000\n",
+    );
+    let (a, b) = (
+        Server::start(work.path(), &config, "a"),
+        Server::start(work.path(), &config, "b"),
+    );
+    let mut client = Client::new();
+    let mut expected = Vec::new();
+    for i in 0..10 {
+        let (write_on, read_on) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        let sku = format!("item{i}");
+        let (status, _) = client
+            .send(
+                &write_on.base,
+                "POST",
+                "/cart/items",
+                Some(json!({"sku": sku, "qty": 1})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        expected.push(sku);
+        let (status, body) = client.send(&read_on.base, "GET", "/cart", None).await;
+        assert_eq!(status, StatusCode::OK);
+        let mut cart = skus(&body);
+        cart.sort();
+        let mut want = expected.clone();
+        want.sort();
+        assert_eq!(cart, want, "read {i} on the other node");
+    }
+    assert!(client.version.is_some(), "the version cookie was set");
+}

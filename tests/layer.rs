@@ -259,7 +259,15 @@ async fn per_app_cookie_settings_appear_in_set_cookie() {
         store.clone(),
     );
     let r = send(&app, "POST", "/cart/items", None, add("A", 1)).await;
-    assert_eq!(r.set_cookie.len(), 1);
+    // The session cookie, and (sync mode) the version cookie with the same settings.
+    assert_eq!(r.set_cookie.len(), 2, "{:?}", r.set_cookie);
+    let version = parse_cookie(&r.set_cookie[1]);
+    assert_eq!(version.name(), "SHOPSESSION_VERSION");
+    assert_eq!(version.value(), "1", "the first row version");
+    assert_eq!(
+        (version.path(), version.secure(), version.http_only()),
+        (Some("/shop"), Some(true), Some(true))
+    );
     let c = parse_cookie(&r.set_cookie[0]);
     assert_eq!(c.name(), "SHOPSESSION");
     assert!(SessionId::parse(c.value()).is_some());

@@ -314,9 +314,17 @@ async fn measure(
     } else {
         None
     };
-    let mut server = start(options, repo, sf_bin, target).await?;
+    let mut server = start(options, repo, sf_bin, target, None).await?;
+    // A second node on the same database (SQLite: the same file).
+    let mut second = if workload.nodes() == 2 {
+        Some(start(options, repo, sf_bin, target, Some(server.dir.path())).await?)
+    } else {
+        None
+    };
+    let mut addrs = vec![server.addr];
+    addrs.extend(second.as_ref().map(|s| s.addr));
     let report = loadgen::run(LoadConfig {
-        addr: server.addr,
+        addrs,
         users: options.users,
         warmup: options.warmup,
         duration: options.duration,
@@ -324,6 +332,9 @@ async fn measure(
         check_state: true,
     })
     .await;
+    if let Some(second) = &mut second {
+        stop(second).await?;
+    }
     stop(&mut server).await?;
     let report = report?;
     let (transactions, row_writes) = match before {
@@ -358,13 +369,18 @@ async fn measure(
     })
 }
 
+/// Starts `target`'s server; with `first`, as a second node sharing the first's data
+/// directory (its SQLite file).
 async fn start(
     options: &Options,
     repo: &Path,
     sf_bin: &Path,
     target: Target,
+    first: Option<&Path>,
 ) -> anyhow::Result<Server> {
     let dir = tempfile::tempdir()?;
+    let data = first.unwrap_or(dir.path()).to_path_buf();
+    let node = if first.is_some() { "bench-b" } else { "bench" };
     let me = std::env::current_exe()?;
     let mut command = match target {
         Target::Ceiling => {
@@ -376,7 +392,7 @@ async fn start(
             let (store, url) = match target {
                 Target::TsSqlite => (
                     "sqlite",
-                    format!("sqlite://{}", dir.path().join("ts.db").display()),
+                    format!("sqlite://{}", data.join("ts.db").display()),
                 ),
                 Target::TsPg => ("postgres", options.postgres_url.clone()),
                 _ => ("postgres-moka", options.postgres_url.clone()),
@@ -404,7 +420,7 @@ async fn start(
             .context("copying config/project.properties")?;
             let url = match target.backend() {
                 Backend::Postgres => options.postgres_url.clone(),
-                _ => format!("sqlite://{}", dir.path().join("sessions.db").display()),
+                _ => format!("sqlite://{}", data.join("sessions.db").display()),
             };
             let mode = match target {
                 Target::SfSqliteAsync | Target::SfPgAsync => "async",
@@ -416,7 +432,7 @@ async fn start(
                     "spring.session.storefront.save={mode}\n\
                      session.store.url={url}\n\
                      session.secret={SECRET}\n\
-                     session.node.name=bench\n\
+                     session.node.name={node}\n\
                      # No purge during a measurement (tower-sessions runs none either).\n\
                      session.purge.cron=\n"
                 ),

@@ -7,7 +7,9 @@
 //! - `write`: `POST /cart/items` over 20 SKUs in turn, one more of each every time; a line that
 //!   has reached [`MAX_LINE_QTY`] is removed (`DELETE`) instead, so a cart never holds more than
 //!   20 lines;
-//! - `mixed`: 90 % reads and 10 % writes, each user's writes spread evenly.
+//! - `mixed`: 90 % reads and 10 % writes, each user's writes spread evenly;
+//! - `roundrobin`: `mixed` sent to two nodes on one database in turn (a balancer without
+//!   stickiness): every request of a user goes to the other node than its last one.
 //!
 //! A user knows what its cart should hold. A cart answer that differs (a session that vanished,
 //! or an older state served) counts the user as **lost** once, and the user carries on from
@@ -48,6 +50,9 @@ pub enum Workload {
     Write,
     /// 90 % reads, 10 % writes.
     Mixed,
+    /// 90 % reads, 10 % writes, alternating between two nodes.
+    #[value(name = "roundrobin")]
+    RoundRobin,
 }
 
 impl Workload {
@@ -58,15 +63,22 @@ impl Workload {
             Self::Read => "read",
             Self::Write => "write",
             Self::Mixed => "mixed",
+            Self::RoundRobin => "roundrobin",
         }
+    }
+
+    /// Nodes the workload sends to.
+    pub fn nodes(self) -> usize {
+        if self == Self::RoundRobin { 2 } else { 1 }
     }
 }
 
 /// One load run.
 #[derive(Clone, Debug)]
 pub struct LoadConfig {
-    /// The server (must be on loopback).
-    pub addr: SocketAddr,
+    /// The servers, one per node of the workload (must be on loopback); a user sends its
+    /// requests to them in turn.
+    pub addrs: Vec<SocketAddr>,
     /// Concurrent users.
     pub users: usize,
     /// Requests before the measured window (not counted in the figures).
@@ -111,11 +123,11 @@ impl Report {
 
 /// Runs the load and reports. Refuses any address but loopback.
 pub async fn run(config: LoadConfig) -> anyhow::Result<Report> {
-    if !config.addr.ip().is_loopback() {
-        bail!(
-            "the load generator sends traffic only to loopback, not to {}",
-            config.addr
-        );
+    if let Some(addr) = config.addrs.iter().find(|a| !a.ip().is_loopback()) {
+        bail!("the load generator sends traffic only to loopback, not to {addr}");
+    }
+    if config.addrs.is_empty() {
+        bail!("no server to send to");
     }
     if config.users == 0 {
         bail!("--users must be at least 1");
@@ -126,7 +138,7 @@ pub async fn run(config: LoadConfig) -> anyhow::Result<Report> {
         let config = config.clone();
         let ready = Arc::clone(&ready);
         users.push(tokio::spawn(async move {
-            let user = match User::new(id, config.addr).await {
+            let user = match User::new(id, config.addrs.clone()).await {
                 Ok(mut user) => user
                     .set_up(config.workload, config.check_state)
                     .await
@@ -184,8 +196,11 @@ fn new_histogram() -> Histogram<u64> {
 /// A simulated user: one keep-alive connection, a cookie jar, and what its cart should hold.
 struct User {
     id: usize,
-    addr: SocketAddr,
-    sender: SendRequest<Full<Bytes>>,
+    /// The nodes, and a keep-alive connection to each.
+    addrs: Vec<SocketAddr>,
+    senders: Vec<SendRequest<Full<Bytes>>>,
+    /// Requests sent so far by node turn: the next goes to `addrs[turn % len]`.
+    turn: usize,
     /// Cookie name to value, as the server set them.
     jar: HashMap<String, String>,
     /// Quantity of each of the [`LINES`] SKUs (0: no line).
@@ -218,11 +233,16 @@ async fn connect(addr: SocketAddr) -> anyhow::Result<SendRequest<Full<Bytes>>> {
 }
 
 impl User {
-    async fn new(id: usize, addr: SocketAddr) -> anyhow::Result<Self> {
+    async fn new(id: usize, addrs: Vec<SocketAddr>) -> anyhow::Result<Self> {
+        let mut senders = Vec::with_capacity(addrs.len());
+        for &addr in &addrs {
+            senders.push(connect(addr).await?);
+        }
         Ok(Self {
             id,
-            addr,
-            sender: connect(addr).await?,
+            addrs,
+            senders,
+            turn: 0,
             jar: HashMap::new(),
             cart: [0; LINES],
             // Users start on different lines, as real ones would.
@@ -238,7 +258,10 @@ impl User {
 
     /// Creates the session where the workload reads one.
     async fn set_up(&mut self, workload: Workload, check: bool) -> anyhow::Result<()> {
-        if matches!(workload, Workload::Read | Workload::Mixed) {
+        if matches!(
+            workload,
+            Workload::Read | Workload::Mixed | Workload::RoundRobin
+        ) {
             let (status, body) = self.write().await?;
             if status != StatusCode::OK {
                 bail!(
@@ -267,7 +290,7 @@ impl User {
                 Workload::Health => self.get("/health").await,
                 Workload::Read => self.get("/cart").await,
                 Workload::Write => self.write().await,
-                Workload::Mixed => {
+                Workload::Mixed | Workload::RoundRobin => {
                     if (self.requests + self.id as u64).is_multiple_of(MIXED_WRITE_EVERY) {
                         self.write().await
                     } else {
@@ -291,10 +314,12 @@ impl User {
                 }
                 Ok(_) | Err(_) => {
                     self.errors += 1;
-                    if self.sender.is_closed() {
-                        match connect(self.addr).await {
-                            Ok(sender) => self.sender = sender,
-                            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                    for i in 0..self.senders.len() {
+                        if self.senders[i].is_closed() {
+                            match connect(self.addrs[i]).await {
+                                Ok(sender) => self.senders[i] = sender,
+                                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                            }
                         }
                     }
                 }
@@ -361,10 +386,12 @@ impl User {
         body: Option<Bytes>,
     ) -> anyhow::Result<(StatusCode, Bytes)> {
         self.sent += 1;
+        let node = self.turn % self.senders.len();
+        self.turn += 1;
         let mut request = Request::builder()
             .method(method)
             .uri(path)
-            .header(header::HOST, self.addr.to_string());
+            .header(header::HOST, self.addrs[node].to_string());
         if !self.jar.is_empty() {
             let cookies: Vec<String> = self
                 .jar
@@ -379,8 +406,9 @@ impl User {
                 .body(Full::new(body))?,
             None => request.body(Full::new(Bytes::new()))?,
         };
-        self.sender.ready().await?;
-        let response = self.sender.send_request(request).await?;
+        let sender = &mut self.senders[node];
+        sender.ready().await?;
+        let response = sender.send_request(request).await?;
         for set_cookie in response.headers().get_all(header::SET_COOKIE) {
             self.remember(set_cookie.to_str().unwrap_or_default());
         }

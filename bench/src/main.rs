@@ -148,7 +148,7 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let (warmup, duration) = load.durations()?;
             let report = loadgen::run(loadgen::LoadConfig {
-                addr,
+                addrs: vec![addr],
                 users: load.users,
                 warmup,
                 duration,

@@ -87,6 +87,9 @@ pub(crate) struct Finish {
     /// A write of the request was refused (based on a value a concurrent request replaced):
     /// the response must say so (409).
     conflict: bool,
+    /// The request changed the session but a concurrent request's snapshot carries the change
+    /// (it found nothing left to save): sync mode waits for that snapshot's commit.
+    carried_by: Option<i64>,
 }
 
 /// Whether the request's change may be acknowledged.
@@ -98,6 +101,14 @@ pub(crate) enum Answer {
     Conflict,
     /// Kept, but the serializability checker failed and asks for a 500.
     CheckFailed,
+}
+
+/// What [`AppShared::execute`] did.
+pub(crate) struct Executed {
+    pub(crate) answer: Answer,
+    /// The row version holding the request's change, committed (sync mode): sent to the client
+    /// as the version cookie, so its next request on any node reads at least that version.
+    pub(crate) row: Option<i64>,
 }
 
 /// What a request leaves to persist.
@@ -130,18 +141,23 @@ impl Owner for Entry {
     }
 
     fn stored(&self, version: i64, row: i64, outcome: Update) {
-        let mut state = self.lock();
-        match outcome {
-            Update::Written => state.mark_written(version, row),
-            // The session was ended elsewhere: stop serving it here.
-            Update::Missing => state.end(),
-            // A newer stored state this node could not merge with: the next request restores it.
-            Update::Superseded => state.mark_stale(),
+        {
+            let mut state = self.lock();
+            match outcome {
+                Update::Written => state.mark_written(version, row),
+                // The session was ended elsewhere: stop serving it here.
+                Update::Missing => state.end(),
+                // A newer stored state this node could not merge with: the next request
+                // restores it.
+                Update::Superseded => state.mark_stale(),
+            }
         }
+        self.wake();
     }
 
     fn not_saved(&self) {
         self.lock().keep_change();
+        self.wake();
     }
 
     fn rebase(&self, stored: &crate::store::Record, refuse: bool) -> Rebased {
@@ -215,7 +231,51 @@ impl AppShared {
     }
 
     /// Finds the session of the first id that names one: node cache first, then the store.
-    pub(crate) async fn load(&self, ids: &[SessionId]) -> Loaded {
+    /// The version cookie of the request (see [`Executed::row`]), if it has a well-formed one.
+    pub(crate) fn version_hint(&self, headers: &HeaderMap) -> Option<i64> {
+        let name = self.version_cookie_name();
+        headers
+            .get_all(COOKIE)
+            .iter()
+            .flat_map(|value| value.as_bytes().split(|&b| b == b';'))
+            .find_map(|pair| {
+                let at = pair.iter().position(|&b| b == b'=')?;
+                let (n, v) = (pair[..at].trim_ascii(), pair[at + 1..].trim_ascii());
+                (n == name.as_bytes()).then_some(v)
+            })
+            .and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok())
+            .filter(|&v| v > 0)
+    }
+
+    /// The name of the version cookie: the session cookie's, with `_VERSION`.
+    fn version_cookie_name(&self) -> String {
+        format!("{}_VERSION", self.settings.cookie_name)
+    }
+
+    /// Sets the version cookie to `row`: the client's next request, on any node, is served a
+    /// state at least that new (read-your-writes across nodes).
+    pub(crate) fn set_version_cookie(&self, headers: &mut HeaderMap, row: i64, secure: bool) {
+        let s = &self.settings;
+        let path = s
+            .cookie_path
+            .clone()
+            .unwrap_or_else(|| s.context_path.clone());
+        let cookie = Cookie::build((self.version_cookie_name(), row.to_string()))
+            .path(path)
+            .secure(s.secure.unwrap_or(secure))
+            .http_only(s.http_only.unwrap_or(true))
+            .same_site(SameSite::Lax)
+            .build();
+        if let Ok(value) = HeaderValue::try_from(cookie.to_string()) {
+            headers.append(SET_COOKIE, value);
+        }
+    }
+
+    /// Finds the session of the first id that names one: node cache first, then the store. A
+    /// cached copy older than `hint` (the version the client last wrote, from its version
+    /// cookie) is restored anew; so is one older than another node's write, when the push or
+    /// the version check says so.
+    pub(crate) async fn load(&self, ids: &[SessionId], hint: Option<i64>) -> Loaded {
         if let Some(persister) = &self.persister {
             self.push.start(persister.persistence().store().as_ref());
         }
@@ -226,9 +286,13 @@ impl AppShared {
                     .push
                     .check_before(now, millis(self.settings.verify_every));
                 let (mut live, mut stale, check) = {
-                    let state = entry.lock();
+                    let mut state = entry.lock();
                     // The entry may be a tombstone, or (after a rotation) hold another id.
                     let live = !state.is_ended() && state.id == *id;
+                    // The client wrote a newer version (on another node) than this copy.
+                    if live && hint.is_some_and(|hint| state.is_behind(hint)) {
+                        state.mark_stale();
+                    }
                     (live, state.is_stale(), live && state.due_for_check(before))
                 };
                 if check && let Some(persister) = &self.persister {
@@ -267,6 +331,10 @@ impl AppShared {
             match restored {
                 Ok(entry) => {
                     self.push.index(id, &entry);
+                    if let Some(hint) = hint {
+                        // Not newer in the store either (async, not written yet): not asked again.
+                        entry.lock().saw_hint(hint);
+                    }
                     return Loaded::Session(Session::new(Some(entry), self.recode()));
                 }
                 Err(miss) => match &*miss {
@@ -420,11 +488,15 @@ impl AppShared {
             removed: slot.removed,
             check_failed: false,
             conflict: slot.conflict,
+            carried_by: None,
         };
         if let Some(entry) = slot.entry {
             let mut state = entry.lock();
             if !state.is_ended() {
                 finish.work = self.work(&mut state, now);
+                if slot.changed && !matches!(finish.work, Work::Save(_)) {
+                    finish.carried_by = state.uncommitted();
+                }
                 if self.persister.is_none() {
                     state.forget_changes();
                 }
@@ -449,6 +521,7 @@ impl AppShared {
             finish.removed.clear();
         }
         let idle = !finish.cache_it
+            && finish.carried_by.is_none()
             && finish.removed.is_empty()
             && !finish.check_failed
             && !finish.conflict
@@ -500,10 +573,12 @@ impl AppShared {
     ///
     /// Returns [`Answer::Conflict`] when the change was not kept because the store holds a newer
     /// state or no longer holds the session: the response must not acknowledge it.
-    pub(crate) async fn execute(self: Arc<Self>, finish: Finish) -> Answer {
+    pub(crate) async fn execute(self: Arc<Self>, finish: Finish) -> Executed {
         let mut saved = Answer::Done;
         // Whether this request's new state is in the store (nothing to save counts as yes).
         let mut committed = true;
+        // The row version that holds this request's change, once committed (sync).
+        let mut row = None;
         if let Some((id, entry)) = &finish.entry {
             if finish.cache_it {
                 self.cache.insert(id.clone(), Arc::clone(entry)).await;
@@ -514,11 +589,28 @@ impl AppShared {
                     .set(self.cache.entry_count() as f64);
             }
             if let Some(persister) = &self.persister {
+                if let Some(version) = finish.carried_by
+                    && persister.mode() == SaveMode::Sync
+                {
+                    let wait = persister.persistence().writer().store_timeout();
+                    if tokio::time::timeout(wait, entry.carried(version))
+                        .await
+                        .is_ok()
+                        && entry.lock().is_committed(version)
+                    {
+                        row = Some(entry.lock().base());
+                    }
+                }
                 match finish.work {
                     Work::None => {}
                     Work::Touch => self.touch(persister, id, entry).await,
                     Work::Save(snapshot) => {
+                        let carries = snapshot.version;
                         (saved, committed) = self.save(persister, id, entry, snapshot).await;
+                        let state = entry.lock();
+                        if persister.mode() == SaveMode::Sync && state.is_committed(carries) {
+                            row = Some(state.base());
+                        }
                     }
                 }
             }
@@ -544,7 +636,10 @@ impl AppShared {
                 }
             }
         }
-        saved
+        Executed {
+            answer: saved,
+            row: row.filter(|_| saved == Answer::Done),
+        }
     }
 
     async fn touch(&self, persister: &Persister, id: &SessionId, entry: &Entry) {

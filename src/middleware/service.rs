@@ -64,7 +64,8 @@ where
             inner: Box::pin(async move {
                 let ids = app.cookie_ids(request.headers());
                 let secure = super::settings::request_is_secure(&request);
-                let session = match app.load(&ids).await {
+                let hint = app.version_hint(request.headers());
+                let session = match app.load(&ids, hint).await {
                     Loaded::Session(session) => session,
                     Loaded::StoreDown => {
                         let mut response = Response::new(ResBody::default());
@@ -108,14 +109,17 @@ where
                             None
                         }
                     };
-                    match answer {
-                        Some(Answer::Done) | None => {}
+                    match answer.map(|executed| (executed.answer, executed.row)) {
+                        Some((Answer::Done, Some(row))) => {
+                            app.set_version_cookie(response.headers_mut(), row, secure);
+                        }
+                        Some((Answer::Done, None)) | None => {}
                         // The change was not kept: do not acknowledge it.
-                        Some(Answer::Conflict) => {
+                        Some((Answer::Conflict, _)) => {
                             return Ok(replace(&response, StatusCode::CONFLICT));
                         }
                         // The cause is in the log (the attribute names), not in the body.
-                        Some(Answer::CheckFailed) => {
+                        Some((Answer::CheckFailed, _)) => {
                             return Ok(replace(&response, StatusCode::INTERNAL_SERVER_ERROR));
                         }
                     }

@@ -50,6 +50,9 @@ pub(crate) struct Slot {
     /// A write of this request was based on a value another request replaced: it was not
     /// applied, and the response must say so (409).
     pub(crate) conflict: bool,
+    /// This request changed the session (its response must not leave before a write carrying
+    /// the change is committed, in sync mode, even if a concurrent request took the save).
+    pub(crate) changed: bool,
 }
 
 /// What a typed read must do outside the entry's lock.
@@ -274,6 +277,7 @@ impl Session {
             });
             state.set_updated(name.clone(), written.clone(), apply);
             drop(state);
+            slot.changed = true;
             if let Some(read) = slot.read.iter_mut().find(|(n, _)| *n == name) {
                 read.1 = Some(written);
             }
@@ -317,6 +321,7 @@ impl Session {
             .set(name.clone(), value.clone(), read.clone())
             .is_some();
         drop(state);
+        slot.changed = true;
         if read.is_some()
             && let Some(slot_read) = slot.read.iter_mut().find(|(n, _)| *n == name)
         {
@@ -349,6 +354,7 @@ impl Session {
                 self.with_state(update);
             }
         }
+        self.slot().changed = true;
     }
 
     /// Whether the request has a live session (restored, or created by a write).

@@ -138,12 +138,19 @@ pub(crate) struct State {
     stored: i64,
     /// The highest snapshot version known to be committed.
     written: i64,
+    /// The highest version cookie a restore of this copy could not satisfy (an async write not
+    /// stored yet): not restored again for it.
+    hint_seen: i64,
     /// The snapshot version of the last merge with another node's write ([`State::rebase`]):
     /// snapshots taken before it lack that write's changes.
     rebased: i64,
     /// Changes since `stored` not yet known to be committed, in order, each with the version of
     /// the first snapshot that carried it (0: none yet).
     log: Vec<(i64, Change)>,
+    /// How many entries at the start of `log` carry a snapshot version (the rest are 0): each
+    /// request's save stamps only the new ones (async mode keeps a busy session's changes for a
+    /// whole interval; scanning them all on every request was quadratic).
+    stamped: usize,
     /// The store has a row for this id (restored from it, or saved once): later saves only
     /// update that row, so a row deleted meanwhile (logout elsewhere, backoffice) is not
     /// re-created.
@@ -199,6 +206,8 @@ pub(crate) struct Entry {
     state: Mutex<State>,
     /// The application's codec (`None` in unit tests of the writer).
     recode: Option<Arc<dyn Recode>>,
+    /// Woken when a write of the session is committed or given up ([`Entry::settled`]).
+    commits: tokio::sync::Notify,
 }
 
 impl Entry {
@@ -211,7 +220,30 @@ impl Entry {
         Arc::new(Self {
             state: Mutex::new(state),
             recode,
+            commits: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Wakes the requests waiting in [`Entry::carried`]: a write was committed or given up.
+    pub(crate) fn wake(&self) {
+        self.commits.notify_waiters();
+    }
+
+    /// Waits until snapshot `version` is committed, or cannot be by the write that carries it
+    /// (given up: the change is saved by the session's next request; or the session ended).
+    pub(crate) async fn carried(&self, version: i64) {
+        loop {
+            let notified = self.commits.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let state = self.lock();
+                if state.is_committed(version) || state.is_ended() || state.dirty {
+                    return;
+                }
+            }
+            notified.await;
+        }
     }
 
     /// The application's codec, if the entry has one.
@@ -238,7 +270,9 @@ impl State {
             stored: 0,
             written: 0,
             rebased: 0,
+            hint_seen: 0,
             log: Vec::new(),
+            stamped: 0,
             persisted: false,
             persisted_at: now,
             verified_at: now,
@@ -265,7 +299,9 @@ impl State {
             stored: meta.version,
             written: meta.version,
             rebased: 0,
+            hint_seen: 0,
             log: Vec::new(),
+            stamped: 0,
             persisted: true,
             persisted_at: meta.modified_at,
             verified_at: crate::store::now_millis(),
@@ -294,6 +330,12 @@ impl State {
     /// Whether it holds a change not yet saved (and is not ended).
     pub(crate) fn has_unsaved_change(&self) -> bool {
         self.dirty && !self.invalidated
+    }
+
+    /// The latest snapshot taken, if it is not committed yet: a request whose change another
+    /// request's snapshot carries waits for it.
+    pub(crate) fn uncommitted(&self) -> Option<i64> {
+        (self.version > self.written && !self.invalidated).then_some(self.version)
     }
 
     /// Whether the cookie must be sent again (first request after a restore); once.
@@ -326,9 +368,11 @@ impl State {
     /// The next snapshot version, which carries every change not yet carried by one.
     fn next_version(&mut self) -> i64 {
         self.version = self.version.max(self.stored).saturating_add(1);
-        for (taken, _) in self.log.iter_mut().filter(|(taken, _)| *taken == 0) {
+        // Entries are stamped in order: only the ones after the last stamped are new.
+        for (taken, _) in &mut self.log[self.stamped..] {
             *taken = self.version;
         }
+        self.stamped = self.log.len();
         self.version
     }
 
@@ -347,8 +391,13 @@ impl State {
         self.stored = self.stored.max(row);
         self.written = self.written.max(version);
         self.verified_at = crate::store::now_millis();
-        self.log
-            .retain(|(taken, _)| *taken == 0 || *taken > version);
+        // The committed entries are a prefix of the stamped ones (stamps grow along the log).
+        let done = self.log[..self.stamped]
+            .iter()
+            .take_while(|(taken, _)| *taken <= version)
+            .count();
+        self.log.drain(..done);
+        self.stamped -= done;
     }
 
     /// Whether this copy is exactly a stored state: it has a row, no change of its own waiting
@@ -366,6 +415,20 @@ impl State {
     /// settled and was last known current at or before `before`.
     pub(crate) fn due_for_check(&self, before: EpochMillis) -> bool {
         self.is_settled() && self.verified_at <= before
+    }
+
+    /// Whether the client's version cookie names a newer row than this settled copy holds (it
+    /// wrote through another node): the copy must be restored anew.
+    pub(crate) fn is_behind(&self, hint: i64) -> bool {
+        hint > self.stored && hint > self.hint_seen && self.is_settled()
+    }
+
+    /// A restore for version cookie `hint` gave this copy: if it is still older, the store has
+    /// nothing newer yet, and `hint` does not make it restore again.
+    pub(crate) fn saw_hint(&mut self, hint: i64) {
+        if hint > self.stored {
+            self.hint_seen = self.hint_seen.max(hint);
+        }
     }
 
     /// The copy was found current (or could not be checked) at `now`.
@@ -404,6 +467,7 @@ impl State {
     /// Memory-only sessions are never rebased: their change log is not kept.
     pub(crate) fn forget_changes(&mut self) {
         self.log.clear();
+        self.stamped = 0;
     }
 
     /// Another node committed `stored` (version `meta.version`, attributes `attributes`) since
@@ -469,6 +533,7 @@ impl State {
                 merged.insert(name.clone(), value.clone());
             }
         }
+        self.stamped = log.iter().take_while(|(taken, _)| *taken != 0).count();
         self.log = log;
         self.attributes = merged;
         self.principal = principal;
@@ -513,7 +578,9 @@ impl State {
             stored: 0,
             written: 0,
             rebased: 0,
+            hint_seen: 0,
             log: Vec::new(),
+            stamped: 0,
             persisted: false,
             persisted_at: self.persisted_at,
             verified_at: self.verified_at,
@@ -543,6 +610,7 @@ impl State {
         self.principal = None;
         self.attributes.clear();
         self.log.clear();
+        self.stamped = 0;
     }
 
     /// Sets (`Some`) or removes (`None`) attribute `name`; `read` is the value the request read

@@ -268,6 +268,8 @@ impl Drop for Server {
 pub struct Client {
     http: reqwest::Client,
     pub cookie: Option<String>,
+    /// The version cookie (`JSESSIONID_VERSION`) the server set, sent back as a browser would.
+    pub version: Option<String>,
 }
 
 impl Client {
@@ -275,6 +277,7 @@ impl Client {
         Self {
             http: reqwest::Client::new(),
             cookie: None,
+            version: None,
         }
     }
 
@@ -303,8 +306,15 @@ impl Client {
             .http
             .request(method.parse().unwrap(), format!("{base}{path}"))
             .timeout(Duration::from_secs(10));
+        let mut cookies = Vec::new();
         if let Some(cookie) = &self.cookie {
-            request = request.header("cookie", format!("JSESSIONID={cookie}"));
+            cookies.push(format!("JSESSIONID={cookie}"));
+        }
+        if let Some(version) = &self.version {
+            cookies.push(format!("JSESSIONID_VERSION={version}"));
+        }
+        if !cookies.is_empty() {
+            request = request.header("cookie", cookies.join("; "));
         }
         if let Some(json) = json {
             request = request.json(&json);
@@ -312,8 +322,11 @@ impl Client {
         let response = request.send().await.ok()?;
         for value in response.headers().get_all("set-cookie") {
             let parsed = cookie::Cookie::parse(value.to_str().unwrap().to_owned()).unwrap();
-            if parsed.name() == "JSESSIONID" {
-                self.cookie = (!parsed.value().is_empty()).then(|| parsed.value().to_owned());
+            let value = (!parsed.value().is_empty()).then(|| parsed.value().to_owned());
+            match parsed.name() {
+                "JSESSIONID" => self.cookie = value,
+                "JSESSIONID_VERSION" => self.version = value,
+                _ => {}
             }
         }
         let status = response.status();
