@@ -46,6 +46,8 @@ pub(crate) struct AppShared {
     pub(crate) verify_paused_until: AtomicI64,
     /// Checks in a row that found the store unreachable.
     pub(crate) verify_failures: AtomicU32,
+    /// The name of the version cookie: the session cookie's, with `_VERSION`.
+    pub(crate) version_cookie: String,
 }
 
 /// What loading a request's session gave.
@@ -233,7 +235,7 @@ impl AppShared {
     /// Finds the session of the first id that names one: node cache first, then the store.
     /// The version cookie of the request (see [`Executed::row`]), if it has a well-formed one.
     pub(crate) fn version_hint(&self, headers: &HeaderMap) -> Option<i64> {
-        let name = self.version_cookie_name();
+        let name = &self.version_cookie;
         headers
             .get_all(COOKIE)
             .iter()
@@ -247,11 +249,6 @@ impl AppShared {
             .filter(|&v| v > 0)
     }
 
-    /// The name of the version cookie: the session cookie's, with `_VERSION`.
-    fn version_cookie_name(&self) -> String {
-        format!("{}_VERSION", self.settings.cookie_name)
-    }
-
     /// Sets the version cookie to `row`: the client's next request, on any node, is served a
     /// state at least that new (read-your-writes across nodes).
     pub(crate) fn set_version_cookie(&self, headers: &mut HeaderMap, row: i64, secure: bool) {
@@ -260,7 +257,7 @@ impl AppShared {
             .cookie_path
             .clone()
             .unwrap_or_else(|| s.context_path.clone());
-        let cookie = Cookie::build((self.version_cookie_name(), row.to_string()))
+        let cookie = Cookie::build((self.version_cookie.clone(), row.to_string()))
             .path(path)
             .secure(s.secure.unwrap_or(secure))
             .http_only(s.http_only.unwrap_or(true))

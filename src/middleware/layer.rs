@@ -142,6 +142,7 @@ impl SessionFailoverLayer {
                 push: super::push::Push::new(settings.cache_max_entries, settings.timeout),
                 verify_paused_until: std::sync::atomic::AtomicI64::new(0),
                 verify_failures: std::sync::atomic::AtomicU32::new(0),
+                version_cookie: format!("{}_VERSION", settings.cookie_name),
                 codec: settings.codec.clone(),
                 persister: self.persister.clone(),
                 settings: Arc::new(settings),
