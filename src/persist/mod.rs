@@ -14,7 +14,7 @@
 //! with backoff; written directly, it stays in the node cache marked changed and the next
 //! request writes it. A new session is inserted; an existing one is only updated, with a
 //! compare-and-set on the row version its state descends from (a write that lost the race is
-//! merged into the newer row, [`Owner::rebase`]), so a session ended elsewhere is not brought
+//! merged into the newer row, `Owner::rebase`), so a session ended elsewhere is not brought
 //! back and no committed change is overwritten. Every store call is bounded
 //! by `session.store.timeout`, in one place (the writer's `bounded`).
 //!
