@@ -138,7 +138,10 @@ async fn a_sync_app_and_an_async_app_share_one_store() {
         .unwrap()
         .expect("async: written");
     assert_eq!(row.meta.app, "news");
-    assert_eq!(row.meta.version, 1, "one insert");
+    assert_eq!(
+        row.meta.version, 51,
+        "one insert, made as the newest of 51 snapshots"
+    );
     // A node with nothing queued reads the row: the newest of 51 states.
     let reader = counter("reader").layer(
         SessionFailoverLayer::new("news")
@@ -385,7 +388,10 @@ async fn async_changes_folded_into_a_queued_write_are_seen_and_written() {
     assert_eq!(report.written, 1, "{report:?}");
     let key = SessionId::parse(&id).unwrap().store_key();
     let row = SessionStore::get(&sqlite, &key, 0).await.unwrap().unwrap();
-    assert_eq!(row.meta.version, 1, "one insert");
+    assert_eq!(
+        row.meta.version, 6,
+        "one insert, made as the newest snapshot (the second layer's)"
+    );
     // A third node with nothing queued reads the row: the newest state, from the second layer.
     let third = counter("third").layer(
         SessionFailoverLayer::new("news")
@@ -442,7 +448,10 @@ async fn a_folded_change_is_written_while_another_request_is_mid_change() {
     assert_eq!(report.written, 1, "{report:?}");
     let key = SessionId::parse(&id).unwrap().store_key();
     let row = SessionStore::get(&sqlite, &key, 0).await.unwrap().unwrap();
-    assert_eq!(row.meta.version, 1, "one insert");
+    assert_eq!(
+        row.meta.version, 2,
+        "one insert, made as the acknowledged second visit's snapshot"
+    );
     // A node with nothing queued reads the row: the acknowledged second visit, and not yet the
     // change of the request still running.
     let reader = Router::new()

@@ -590,12 +590,14 @@ impl AppShared {
                     && persister.mode() == SaveMode::Sync
                 {
                     let wait = persister.persistence().writer().store_timeout();
-                    if tokio::time::timeout(wait, entry.carried(version))
-                        .await
-                        .is_ok()
-                        && entry.lock().is_committed(version)
-                    {
-                        row = Some(entry.lock().base());
+                    let _ = tokio::time::timeout(wait, entry.carried(version)).await;
+                    let state = entry.lock();
+                    if state.is_committed(version) {
+                        row = Some(state.base());
+                    } else if state.is_ended() || state.is_stale() {
+                        // The write that carried the change was not kept (the session was
+                        // ended elsewhere, or a newer stored state could not be merged).
+                        saved = Answer::Conflict;
                     }
                 }
                 match finish.work {

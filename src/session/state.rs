@@ -238,7 +238,7 @@ impl Entry {
             notified.as_mut().enable();
             {
                 let state = self.lock();
-                if state.is_committed(version) || state.is_ended() || state.dirty {
+                if state.is_committed(version) || state.is_ended() || state.dirty || state.stale {
                     return;
                 }
             }

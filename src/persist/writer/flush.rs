@@ -435,12 +435,23 @@ pub(super) enum Disposition {
 
 /// The record of a pending update as sent to the store: the row version after the one its
 /// state descends from (see [`crate::persist::Owner::base_for`]).
+///
+/// An insert (a new session's key, which only this node writes) is made as the snapshot's own
+/// number instead: two inserts of one session in flight at once (a direct write beside a
+/// flush) both have base 0, and the later snapshot must win the store's "replace only a lower
+/// version" rule, not be skipped as equal.
 fn compare_and_set(pending: &Pending) -> Record {
     let mut record = record_of(pending);
-    if let Op::Save { version, .. } = &pending.op
-        && let Some(base) = pending.entry.base_for(*version)
-    {
-        record.meta.version = base.saturating_add(1);
+    match &pending.op {
+        Op::Save {
+            version, new: true, ..
+        } => record.meta.version = *version,
+        Op::Save { version, .. } => {
+            if let Some(base) = pending.entry.base_for(*version) {
+                record.meta.version = base.saturating_add(1);
+            }
+        }
+        Op::Delete => {}
     }
     record
 }
