@@ -107,34 +107,23 @@ impl Persister {
     ) -> Saved {
         let writer = &self.persistence.writer;
         let key = record.meta.key.clone();
+        let op = Op::Save {
+            record,
+            version,
+            new,
+        };
         match self.mode {
             SaveMode::Async => {
-                let op = Op::Save {
-                    record: record.clone(),
-                    version,
-                    new,
-                };
-                if writer.enqueue(key.clone(), op, entry.clone()).is_ok() {
+                if writer
+                    .enqueue(key.clone(), op.clone(), entry.clone())
+                    .is_ok()
+                {
                     return Saved::Queued;
                 }
                 crate::metrics::sync_fallback();
-                self.save_directly(
-                    key,
-                    Op::Save {
-                        record,
-                        version,
-                        new,
-                    },
-                    entry,
-                )
-                .await
+                self.save_directly(key, op, entry).await
             }
             SaveMode::Sync if self.persistence.group_commit => {
-                let op = Op::Save {
-                    record,
-                    version,
-                    new,
-                };
                 let wait = writer.enqueue_and_wait(key, op, entry);
                 // The request's deadline: the window and the commit of its batch. The write
                 // itself stays queued if it is not made by then.
@@ -151,18 +140,7 @@ impl Persister {
                     Err(_) => Saved::Kept(WriteError::Timeout(timeout)),
                 }
             }
-            SaveMode::Sync => {
-                self.save_directly(
-                    key,
-                    Op::Save {
-                        record,
-                        version,
-                        new,
-                    },
-                    entry,
-                )
-                .await
-            }
+            SaveMode::Sync => self.save_directly(key, op, entry).await,
         }
     }
 
