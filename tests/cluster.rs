@@ -1,6 +1,8 @@
-//! Failover behind a real load balancer: HAProxy (deploy/haproxy.cfg) in front of three
-//! `session-failover serve` nodes sharing PostgreSQL or MariaDB; the busiest node is killed with
-//! SIGKILL mid-run.
+//! Failover behind a real load balancer: HAProxy (deploy/haproxy.cfg) or nginx
+//! (deploy/nginx.conf) in front of three `session-failover serve` nodes sharing PostgreSQL or
+//! MariaDB; the busiest node is killed with SIGKILL mid-run. And the shipped files' two
+//! frontends: the public one refuses the backoffice and the metrics, the admin one keeps an
+//! operator signed in on every node.
 
 mod common;
 
@@ -21,36 +23,72 @@ const ADDS_BEFORE: usize = 4;
 const ADDS_DURING: usize = 6;
 const ADDS_AFTER: usize = 2;
 
-struct HaProxy(Child);
+/// A load balancer process, stopped when dropped.
+struct Balancer(Child);
 
-impl Drop for HaProxy {
+impl Drop for Balancer {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
 }
 
-/// Runs deploy/haproxy.cfg with its ports replaced.
-fn haproxy(work: &Path, front: u16, nodes: [u16; 3]) -> HaProxy {
-    let mut cfg = std::fs::read_to_string("deploy/haproxy.cfg").unwrap();
+#[derive(Clone, Copy, Debug)]
+enum Lb {
+    HaProxy,
+    Nginx,
+}
+
+/// A shipped file of deploy/ with its ports replaced: the public frontend's 8080 by `front`, the
+/// admin one's 8090 by `admin`, the nodes' 8081–8083 by `nodes`.
+fn shipped_config(file: &str, front: u16, admin: u16, nodes: [u16; 3]) -> String {
+    let mut cfg = std::fs::read_to_string(file).unwrap();
     cfg = cfg.replace("127.0.0.1:8080", &format!("127.0.0.1:{front}"));
+    cfg = cfg.replace("127.0.0.1:8090", &format!("127.0.0.1:{admin}"));
     for (i, port) in nodes.iter().enumerate() {
         cfg = cfg.replace(
             &format!("127.0.0.1:808{}", i + 1),
             &format!("127.0.0.1:{port}"),
         );
     }
-    let path = work.join("haproxy.cfg");
-    std::fs::write(&path, cfg).unwrap();
-    let child = Command::new("haproxy")
-        .arg("-db")
-        .arg("-f")
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(work.join("haproxy.log")).unwrap())
-        .spawn()
-        .unwrap();
-    HaProxy(child)
+    cfg
+}
+
+/// Runs deploy/haproxy.cfg or deploy/nginx.conf with its ports replaced.
+fn balancer(lb: Lb, work: &Path, front: u16, admin: u16, nodes: [u16; 3]) -> Balancer {
+    let log = std::fs::File::create(work.join(format!("{lb:?}.log"))).unwrap();
+    let mut command = match lb {
+        Lb::HaProxy => {
+            let path = work.join("haproxy.cfg");
+            std::fs::write(
+                &path,
+                shipped_config("deploy/haproxy.cfg", front, admin, nodes),
+            )
+            .unwrap();
+            let mut command = Command::new("haproxy");
+            command.arg("-db").arg("-f").arg(path);
+            command
+        }
+        Lb::Nginx => {
+            std::fs::write(
+                work.join("nginx.conf"),
+                shipped_config("deploy/nginx.conf", front, admin, nodes),
+            )
+            .unwrap();
+            let mut command = Command::new("nginx");
+            command
+                .arg("-p")
+                .arg(work)
+                .args(["-c", "nginx.conf", "-g"])
+                .arg(format!(
+                    "daemon off; pid {}; error_log stderr;",
+                    work.join("nginx.pid").display()
+                ));
+            command
+        }
+    };
+    let child = command.stdout(Stdio::null()).stderr(log).spawn().unwrap();
+    Balancer(child)
 }
 
 /// What one simulated user knows: the items whose add was acknowledged (a 200, or seen in the
@@ -106,8 +144,12 @@ impl User {
     }
 }
 
-async fn cluster_failover(backend: Backend, test: &str) {
-    if !require_program("haproxy", test) {
+async fn cluster_failover(lb: Lb, backend: Backend, test: &str) {
+    let program = match lb {
+        Lb::HaProxy => "haproxy",
+        Lb::Nginx => "nginx",
+    };
+    if !require_program(program, test) {
         return;
     }
     let Some(db) = TestDb::create(backend, test).await else {
@@ -134,9 +176,10 @@ async fn cluster_failover(backend: Backend, test: &str) {
             ))
         })
         .collect();
-    let _lb = haproxy(work.path(), front, ports);
+    let _lb = balancer(lb, work.path(), front, free_port(), ports);
     let base = format!("http://127.0.0.1:{front}");
     wait_until_all_up(&base).await;
+    public_side_refuses_the_operators_paths(&base).await;
 
     let store: Arc<dyn SessionAdmin> =
         session_failover::store::open(&db.url, &StoreOptions::default())
@@ -240,6 +283,37 @@ async fn cluster_failover(backend: Backend, test: &str) {
     drop(nodes);
 }
 
+/// The public frontend serves the shop, and nothing of the operators' under any spelling.
+async fn public_side_refuses_the_operators_paths(public: &str) {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for path in [
+        "/backoffice/login",
+        "/backoffice/api/stats",
+        "/metrics",
+        "//backoffice/login",
+        "/%62ackoffice/login",
+        "/%6detrics",
+    ] {
+        let status = http
+            .get(format!("{public}{path}"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, StatusCode::NOT_FOUND, "public {path}");
+    }
+    let status = http
+        .get(format!("{public}/cart"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::OK, "public /cart");
+}
+
 async fn wait_until_all_up(base: &str) {
     let http = reqwest::Client::new();
     for _ in 0..100 {
@@ -302,10 +376,145 @@ async fn phase(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_behind_haproxy_on_postgres() {
-    cluster_failover(Backend::Postgres, "failover_behind_haproxy_on_postgres").await;
+    cluster_failover(
+        Lb::HaProxy,
+        Backend::Postgres,
+        "failover_behind_haproxy_on_postgres",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_behind_nginx_on_postgres() {
+    cluster_failover(
+        Lb::Nginx,
+        Backend::Postgres,
+        "failover_behind_nginx_on_postgres",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_behind_haproxy_on_mariadb() {
-    cluster_failover(Backend::MySql, "failover_behind_haproxy_on_mariadb").await;
+    cluster_failover(
+        Lb::HaProxy,
+        Backend::MySql,
+        "failover_behind_haproxy_on_mariadb",
+    )
+    .await;
+}
+
+/// The backoffice behind the shipped HAProxy file, two nodes on one SQLite file: signed in on one
+/// node, the operator stays signed in on requests that alternate between the nodes (the sign-in
+/// is a persisted session like a shopper's). The public frontend refuses the backoffice and the
+/// metrics; the admin frontend serves nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backoffice_sign_in_survives_alternating_nodes_behind_haproxy() {
+    use argon2::password_hash::{PasswordHasher as _, SaltString};
+    if !require_program(
+        "haproxy",
+        "backoffice_sign_in_survives_alternating_nodes_behind_haproxy",
+    ) {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let hash = argon2::Argon2::default()
+        .hash_password(
+            b"operator password",
+            &SaltString::encode_b64(b"0123456789abcdef").unwrap(),
+        )
+        .unwrap()
+        .to_string();
+    let config = config_dir(
+        work.path(),
+        &format!(
+            "spring.session.enabled=true\nspring.session.storefront.save=sync\n\
+             session.store.url=sqlite://{}\n\
+             session.backoffice.user=ops\nsession.backoffice.password.hash={hash}\n",
+            work.path().join("sessions.db").display()
+        ),
+    );
+    // Two nodes; the file's third server has nothing listening and is taken out by its checks.
+    let ports = [free_port(), free_port(), free_port()];
+    let nodes: Vec<Server> = (0..2)
+        .map(|i| {
+            let name = format!("node{}", i + 1);
+            Server::start_with(
+                work.path(),
+                &config,
+                &name,
+                &format!("127.0.0.1:{}", ports[i]),
+                &[("y_session_node_name", name.as_str())],
+            )
+        })
+        .collect();
+    let (front, admin) = (free_port(), free_port());
+    let _lb = balancer(Lb::HaProxy, work.path(), front, admin, ports);
+    let public = format!("http://127.0.0.1:{front}");
+    let admin = format!("http://127.0.0.1:{admin}");
+    wait_until_all_up(&public).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+
+    public_side_refuses_the_operators_paths(&public).await;
+    let status = http
+        .get(format!("{admin}/cart"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::NOT_FOUND, "admin /cart");
+
+    // Sign in through the admin frontend.
+    let response = http
+        .post(format!("{admin}/backoffice/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("user=ops&password=operator+password")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let set_cookie = response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.strip_prefix("BACKOFFICESESSION="))
+        .expect("the sign-in sets the backoffice cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    // HAProxy prefixed the value with the node's name; without the prefix, HAProxy balances
+    // round-robin, so the next requests alternate between the nodes.
+    let id = set_cookie.rsplit('~').next().unwrap().to_owned();
+    let mut served_by = Vec::new();
+    for i in 0..10 {
+        let response = http
+            .get(format!("{admin}/backoffice/api/stats"))
+            .header("cookie", format!("BACKOFFICESESSION={id}"))
+            .send()
+            .await
+            .unwrap();
+        let node = response
+            .headers()
+            .get("x-served-by")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("?")
+            .to_owned();
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "request {i} on {node}: still signed in"
+        );
+        served_by.push(node);
+    }
+    assert!(
+        served_by.windows(2).all(|pair| pair[0] != pair[1])
+            && served_by.iter().all(|n| n == "node1" || n == "node2"),
+        "the requests alternate between the two nodes: {served_by:?}"
+    );
+    drop(nodes);
 }

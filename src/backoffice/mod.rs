@@ -3,9 +3,11 @@
 //!
 //! Credentials come from `session.backoffice.user` and `session.backoffice.password.hash` (an
 //! argon2 PHC string: `session-failover hash-password` makes one). Without them the backoffice is
-//! not mounted: every route is a 404. The page signs in with a form and keeps its own session
-//! (the backoffice is an application of this very layer, cookie `BACKOFFICESESSION` on path
-//! `/backoffice`, memory-only); the API also takes HTTP Basic credentials, for scripts.
+//! not mounted: every route is a 404. The page signs in with a form and keeps its own session:
+//! the backoffice is an application of this very layer (`spring.session.backoffice.*`: cookie
+//! `BACKOFFICESESSION` on path `/backoffice`, saved `sync` by default), so an operator stays
+//! signed in when the balancer sends them to another node. The API also takes HTTP Basic
+//! credentials, for scripts.
 //!
 //! Listings show metadata and attribute names, never values, unless
 //! `session.backoffice.show.values=true` (then a session's page decodes them, decrypting with the
@@ -34,7 +36,8 @@ use crate::{Session, SessionFailoverLayer};
 
 /// Where the backoffice is mounted.
 pub const PATH: &str = "/backoffice";
-const COOKIE: &str = "BACKOFFICESESSION";
+/// The backoffice's application name (its `spring.session.backoffice.*` keys).
+pub const APP: &str = "backoffice";
 const PAGE: u32 = 50;
 
 /// The backoffice's settings and store.
@@ -110,8 +113,9 @@ impl Backoffice {
     }
 }
 
-/// The backoffice routes, with their own session layer, to merge into the server's router.
-pub fn router(backoffice: Arc<Backoffice>) -> Router {
+/// The backoffice routes behind `session` (the backoffice's own session layer, for [`APP`] at
+/// [`PATH`]), to merge into the server's router.
+pub fn router(backoffice: Arc<Backoffice>, session: SessionFailoverLayer) -> Router {
     // Every route but sign-in and sign-out requires an operator: the API answers 401, the pages
     // redirect to the sign-in form. The session layer is outermost, so both can see the session.
     let api = Router::new()
@@ -134,12 +138,7 @@ pub fn router(backoffice: Arc<Backoffice>) -> Router {
         .merge(pages)
         .merge(api)
         .with_state(backoffice)
-        .layer(
-            SessionFailoverLayer::new("backoffice")
-                .with_context_path(PATH)
-                .with_cookie_name(COOKIE)
-                .with_timeout(std::time::Duration::from_secs(3600)),
-        );
+        .layer(session);
     Router::new().nest(PATH, routes)
 }
 

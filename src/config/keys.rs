@@ -146,6 +146,16 @@ pub const KEYS: &[KeySpec] = &[
         doc: "argon2 PHC hash of the backoffice password (session-failover hash-password makes one)",
     },
     KeySpec {
+        key: "spring.session.backoffice.save",
+        default: "sync",
+        doc: "the backoffice's own sessions (its sign-in): sync, async, or empty for memory-only; persisted, an operator stays signed in when the balancer moves them to another node",
+    },
+    KeySpec {
+        key: "spring.session.backoffice.cookie.name",
+        default: "BACKOFFICESESSION",
+        doc: "the backoffice's session cookie (stick on it in the balancer, as on the storefront's)",
+    },
+    KeySpec {
         key: "session.backoffice.show.values",
         default: "false",
         doc: "true/false: the backoffice shows decoded attribute values, not only their names",

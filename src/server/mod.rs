@@ -47,9 +47,14 @@ pub enum Error {
 
 /// Opens the configured store if any application persists sessions; `None` otherwise.
 pub async fn open_store(config: &Config) -> Result<Option<Persistence>, store::Error> {
-    for app in config.apps.keys().filter(|app| *app != STOREFRONT_APP) {
+    for app in config
+        .apps
+        .keys()
+        .filter(|app| ![STOREFRONT_APP, crate::backoffice::APP].contains(&app.as_str()))
+    {
         tracing::warn!(
-            "spring.session.{app}.* configures an application this server does not run (it runs {STOREFRONT_APP}); check the spelling"
+            "spring.session.{app}.* configures an application this server does not run (it runs {STOREFRONT_APP} and {}); check the spelling",
+            crate::backoffice::APP
         );
     }
     if config.save_mode(STOREFRONT_APP).is_none() {
@@ -88,7 +93,8 @@ pub async fn open_store(config: &Config) -> Result<Option<Persistence>, store::E
     Ok(Some(Persistence::from_config(store, config)))
 }
 
-/// The router of the whole server: `/health` plus the storefront behind its session layer.
+/// The router of the whole server: `/health`, `/metrics`, the storefront behind its session
+/// layer, and the backoffice behind its own (when configured).
 pub fn app(config: &Config, node: &str, persistence: Option<Persistence>) -> Router {
     let layer = SessionFailoverLayer::from_config(
         config,
@@ -108,7 +114,14 @@ pub fn app(config: &Config, node: &str, persistence: Option<Persistence>) -> Rou
                 config.backoffice_show_values,
             )
             .with_local_layers(vec![layer.clone()]);
-            Some(crate::backoffice::router(Arc::new(backoffice)))
+            let session = SessionFailoverLayer::from_config(
+                config,
+                crate::backoffice::APP,
+                crate::backoffice::PATH,
+                node,
+                persistence.clone(),
+            );
+            Some(crate::backoffice::router(Arc::new(backoffice), session))
         }
         _ => None,
     };
