@@ -65,6 +65,8 @@ pub mod check;
 pub mod codec;
 pub mod config;
 pub mod id;
+#[cfg(feature = "backoffice")]
+mod json;
 pub mod metrics;
 pub mod middleware;
 pub mod persist;

@@ -27,11 +27,15 @@ enum Command {
         #[arg(long)]
         bind: Option<SocketAddr>,
     },
-    /// Print the effective configuration and where each value came from.
+    /// Print the effective configuration and where each value came from, then every value
+    /// that cannot be used (exit status 2 if any).
     CheckConfig {
         /// Directory with project.properties and local.properties.
         #[arg(long, default_value = "config")]
         config: PathBuf,
+        /// Also connect to the store and read its table (creates and changes nothing).
+        #[arg(long)]
+        connect: bool,
     },
     /// Apply the schema migrations to the configured store.
     Migrate {
@@ -72,7 +76,7 @@ enum SessionsAction {
         #[arg(long, allow_hyphen_values = true)]
         after: Option<String>,
         /// Sessions per page (1 to 1000).
-        #[arg(long, default_value_t = 50)]
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
         limit: u32,
     },
     /// Show one session by its key (as listed).
@@ -117,13 +121,27 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", render(&error));
             ExitCode::from(2)
         }
     }
 }
 
-fn load(dir: &Path) -> anyhow::Result<(Config, Properties)> {
+/// An error and its causes on one line, each cause once: drivers often repeat their source's
+/// message in their own ("error returned from database: X", then "X").
+fn render(error: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !parts.last().is_some_and(|last| last.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
+}
+
+/// The layered properties of `dir` (built-in defaults, the two files, the environment).
+fn load_properties(dir: &Path) -> anyhow::Result<Properties> {
     if dir.is_file() {
         anyhow::bail!(
             "--config {} is a file; it takes the directory that holds project.properties and local.properties",
@@ -142,11 +160,61 @@ fn load(dir: &Path) -> anyhow::Result<(Config, Properties)> {
             dir.display()
         );
     }
-    let (config, properties) = Config::load(dir)?;
+    let vars = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+    Ok(Properties::load(dir, vars)?)
+}
+
+fn load(dir: &Path) -> anyhow::Result<(Config, Properties)> {
+    let properties = load_properties(dir)?;
+    let config = Config::from_properties(&properties)?;
     for warning in properties.unknown_key_warnings() {
         tracing::warn!("{warning}");
     }
     Ok((config, properties))
+}
+
+/// Where `session.store.url` was set, to prefix a store error with: "FILE:LINE:
+/// session.store.url".
+fn store_origin(properties: &Properties) -> String {
+    let origin = properties
+        .get("session.store.url")
+        .map_or_else(|| "built-in default".to_owned(), |s| s.source.to_string());
+    format!("{origin}: session.store.url")
+}
+
+/// Opens the configured store as an operators' tool does: it neither creates the database nor
+/// migrates it (only `serve` and `migrate` do).
+async fn open_existing(
+    config: &Config,
+    properties: &Properties,
+) -> anyhow::Result<std::sync::Arc<dyn session_failover::SessionAdmin>> {
+    let options = store::StoreOptions {
+        migrate: false,
+        create: false,
+        ..config.store.clone()
+    };
+    store::open(&config.store_url, &options)
+        .await
+        .map_err(|e| anyhow::Error::new(e).context(store_origin(properties)))
+}
+
+/// A store error from an operators' tool, with a hint when the table is missing.
+fn store_error(error: store::Error) -> anyhow::Error {
+    let error = anyhow::Error::new(error);
+    let text = format!("{error:#}");
+    let missing = text.contains("stored_http_session")
+        && ["does not exist", "doesn't exist", "no such table"]
+            .iter()
+            .any(|s| text.contains(s));
+    if missing {
+        error.context(
+            "the store has no stored_http_session table: is this the right database? If it is, \
+             create the table with `session-failover migrate`",
+        )
+    } else {
+        error
+    }
 }
 
 fn key(text: &str) -> anyhow::Result<session_failover::session::SessionKey> {
@@ -189,7 +257,8 @@ async fn sessions(
                     limit,
                 },
             )
-            .await?;
+            .await
+            .map_err(store_error)?;
             if json {
                 return print_json(&page);
             }
@@ -216,7 +285,10 @@ async fn sessions(
             }
         }
         SessionsAction::Show { key: text } => {
-            let Some(meta) = admin::show(&**store, &key(&text)?).await? else {
+            let Some(meta) = admin::show(&**store, &key(&text)?)
+                .await
+                .map_err(store_error)?
+            else {
                 anyhow::bail!("no session with key {text}");
             };
             if json {
@@ -244,7 +316,9 @@ async fn sessions(
         SessionsAction::Delete {
             key: Some(text), ..
         } => {
-            let deleted = admin::delete(&**store, &key(&text)?).await?;
+            let deleted = admin::delete(&**store, &key(&text)?)
+                .await
+                .map_err(store_error)?;
             if json {
                 return print_json(&serde_json::json!({ "deleted": u64::from(deleted) }));
             }
@@ -257,7 +331,9 @@ async fn sessions(
             principal: Some(principal),
             ..
         } => {
-            let deleted = admin::delete_principal(&**store, &principal, |_| {}).await?;
+            let deleted = admin::delete_principal(&**store, &principal, |_| {})
+                .await
+                .map_err(store_error)?;
             if json {
                 return print_json(&serde_json::json!({ "deleted": deleted }));
             }
@@ -273,7 +349,9 @@ async fn sessions(
             });
             let started = std::time::Instant::now();
             let batch = batch_size.unwrap_or(config.purge_batch_size);
-            let result = admin::purge(store, session_failover::store::now_millis(), batch).await?;
+            let result = admin::purge(store, session_failover::store::now_millis(), batch)
+                .await
+                .map_err(store_error)?;
             if let Some(bar) = &spinner {
                 bar.finish_and_clear();
             }
@@ -304,7 +382,8 @@ async fn sessions(
                     bar.set_position(n);
                 }
             })
-            .await?;
+            .await
+            .map_err(store_error)?;
             if let Some(bar) = &bar {
                 bar.finish_and_clear();
             }
@@ -326,63 +405,113 @@ async fn sessions(
     Ok(())
 }
 
+/// `check-config`: the effective properties and where each came from (unknown keys marked),
+/// the applications, then every value that cannot be used; with `connect`, a read of the store.
+async fn check_config(dir: &Path, connect: bool) -> anyhow::Result<()> {
+    use session_failover::config::keys;
+    let properties = load_properties(dir)?;
+    println!("# effective configuration from {}", dir.display());
+    for (key, setting) in properties.iter() {
+        let secret =
+            matches!(key, "session.secret" | "session.secret.previous") || key.contains("password");
+        let value = if secret && !setting.value.is_empty() {
+            "********".to_owned()
+        } else if key == "session.store.url" {
+            store::redact_url(&setting.value)
+        } else {
+            setting.value.clone()
+        };
+        let unknown = if keys::is_unknown(key) {
+            match keys::nearest(key) {
+                Some(near) => format!("    # UNKNOWN KEY, ignored: did you mean {near}?"),
+                None => "    # UNKNOWN KEY, ignored".to_owned(),
+            }
+        } else {
+            String::new()
+        };
+        println!("{key}={value}    # {}{unknown}", setting.source);
+    }
+    let config = match Config::from_properties(&properties) {
+        Ok(config) => config,
+        Err(error) => {
+            println!("# configuration is NOT valid");
+            return Err(error.into());
+        }
+    };
+    println!("# applications");
+    let mut apps: Vec<&str> = config.apps.keys().map(String::as_str).collect();
+    if !apps.contains(&server::STOREFRONT_APP) {
+        apps.push(server::STOREFRONT_APP);
+    }
+    for app in apps {
+        let c = config.app(app);
+        let mode = match config.save_mode(app) {
+            Some(mode) => format!("{mode:?}").to_lowercase(),
+            None => "memory-only".to_owned(),
+        };
+        let encryption = if config.secrets.is_some() {
+            "encrypted"
+        } else {
+            "not encrypted"
+        };
+        println!(
+            "# {app}: {mode}, {encryption}, cookie {} path {} secure {} httponly {}",
+            c.cookie_name,
+            c.cookie_path.as_deref().unwrap_or("(context path)"),
+            c.secure
+                .map_or("(follows request)".to_owned(), |b| b.to_string()),
+            c.http_only
+                .map_or("true (default)".to_owned(), |b| b.to_string()),
+        );
+    }
+    let unknown = properties.unknown_key_warnings().len();
+    if unknown > 0 {
+        println!("# {unknown} unknown key(s) above are ignored");
+    }
+    if !connect {
+        println!(
+            "# configuration is valid (the store was not contacted: add --connect to check it)"
+        );
+        return Ok(());
+    }
+    let store = open_existing(&config, &properties).await?;
+    let probe = session_failover::session::SessionId::generate().store_key();
+    store
+        .exists(&probe, store::now_millis())
+        .await
+        .map_err(|e| store_error(e).context(store_origin(&properties)))?;
+    println!(
+        "# configuration is valid; the store {} answers and has its table",
+        store::redact_url(&config.store_url)
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config, bind } => {
-            let (config, _) = load(&config)?;
-            server::serve(config, bind, server::shutdown_signal()).await?;
+            let (config, properties) = load(&config)?;
+            server::serve(config, bind, server::shutdown_signal())
+                .await
+                .map_err(|e| match e {
+                    server::Error::Store(e) => {
+                        anyhow::Error::new(e).context(store_origin(&properties))
+                    }
+                    other => other.into(),
+                })?;
         }
-        Command::CheckConfig { config: dir } => {
-            let (config, properties) = load(&dir)?;
-            println!("# effective configuration from {}", dir.display());
-            for (key, setting) in properties.iter() {
-                let secret = matches!(key, "session.secret" | "session.secret.previous")
-                    || key.contains("password");
-                let value = if secret && !setting.value.is_empty() {
-                    "********".to_owned()
-                } else if key == "session.store.url" {
-                    store::redact_url(&setting.value)
-                } else {
-                    setting.value.clone()
-                };
-                println!("{key}={value}    # {}", setting.source);
-            }
-            println!("# applications");
-            let mut apps: Vec<&str> = config.apps.keys().map(String::as_str).collect();
-            if !apps.contains(&server::STOREFRONT_APP) {
-                apps.push(server::STOREFRONT_APP);
-            }
-            for app in apps {
-                let c = config.app(app);
-                let mode = match config.save_mode(app) {
-                    Some(mode) => format!("{mode:?}").to_lowercase(),
-                    None => "memory-only".to_owned(),
-                };
-                let encryption = if config.secrets.is_some() {
-                    "encrypted"
-                } else {
-                    "not encrypted"
-                };
-                println!(
-                    "# {app}: {mode}, {encryption}, cookie {} path {} secure {} httponly {}",
-                    c.cookie_name,
-                    c.cookie_path.as_deref().unwrap_or("(context path)"),
-                    c.secure
-                        .map_or("(follows request)".to_owned(), |b| b.to_string()),
-                    c.http_only
-                        .map_or("true (default)".to_owned(), |b| b.to_string()),
-                );
-            }
-            println!("# configuration is valid");
-        }
+        Command::CheckConfig {
+            config: dir,
+            connect,
+        } => check_config(&dir, connect).await?,
         Command::Sessions {
             config,
             json,
             action,
         } => {
-            let (config, _) = load(&config)?;
-            let store = store::open(&config.store_url, &config.store).await?;
+            let (config, properties) = load(&config)?;
+            let store = open_existing(&config, &properties).await?;
             sessions(&config, &store, action, json).await?;
         }
         Command::HashPassword => {
@@ -404,7 +533,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{hash}");
         }
         Command::Migrate { config } => {
-            let (config, _) = load(&config)?;
+            let (config, properties) = load(&config)?;
             store::open(
                 &config.store_url,
                 &store::StoreOptions {
@@ -412,7 +541,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     ..config.store.clone()
                 },
             )
-            .await?;
+            .await
+            .map_err(|e| anyhow::Error::new(e).context(store_origin(&properties)))?;
             println!(
                 "migrations applied to {}",
                 store::redact_url(&config.store_url)

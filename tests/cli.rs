@@ -63,6 +63,14 @@ fn keys_that_begin_with_a_hyphen_are_keys_not_flags() {
             work.path().display()
         ),
     );
+    // The operators' tools do not create a store: the server or `migrate` does.
+    let migrated = Command::new(env!("CARGO_BIN_EXE_session-failover"))
+        .args(["migrate", "--config"])
+        .arg(&config)
+        .current_dir(work.path())
+        .status()
+        .unwrap();
+    assert!(migrated.success());
     let key = format!("-{}", &SessionId::generate().store_key().as_str()[1..]);
     let (code, _, err) = cli(work.path(), &config, &["list", "--json", "--after", &key]);
     assert_eq!(code, 0, "{err}");

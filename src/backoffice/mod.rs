@@ -18,12 +18,14 @@ mod pages;
 use std::sync::Arc;
 
 use argon2::password_hash::{PasswordHash, PasswordVerifier as _};
+use axum::Router;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{delete, get, post};
-use axum::{Json, Router};
+
+use crate::json::JsonLine;
 use headers::HeaderMapExt as _;
 use headers::authorization::{Authorization, Basic};
 use serde::Deserialize;
@@ -193,7 +195,7 @@ fn unauthorized() -> Response {
             header::WWW_AUTHENTICATE,
             "Basic realm=\"backoffice\", charset=\"UTF-8\"",
         )],
-        Json(serde_json::json!({ "error": "sign in to the backoffice" })),
+        JsonLine(serde_json::json!({ "error": "sign in to the backoffice" })),
     )
         .into_response()
 }
@@ -201,7 +203,7 @@ fn unauthorized() -> Response {
 fn bad_key(text: &str) -> Response {
     (
         StatusCode::BAD_REQUEST,
-        Json(serde_json::json!({ "error": format!("{text:?} is not a session key") })),
+        JsonLine(serde_json::json!({ "error": format!("{text:?} is not a session key") })),
     )
         .into_response()
 }
@@ -213,7 +215,7 @@ fn store_error(error: &crate::store::Error) -> Response {
     );
     (
         StatusCode::SERVICE_UNAVAILABLE,
-        Json(serde_json::json!({ "error": "the session store is unavailable" })),
+        JsonLine(serde_json::json!({ "error": "the session store is unavailable" })),
     )
         .into_response()
 }
@@ -253,7 +255,7 @@ async fn api_list(State(b): Shared, Query(filter): Query<Filter>) -> Response {
         Err(text) => return bad_key(&text),
     };
     match admin::list(&*b.store, &query).await {
-        Ok(page) => Json(page).into_response(),
+        Ok(page) => JsonLine(page).into_response(),
         Err(e) => store_error(&e),
     }
 }
@@ -298,11 +300,11 @@ async fn api_show(State(b): Shared, Key(key): Key) -> Response {
             if let (Some(values), Some(object)) = (values, body.as_object_mut()) {
                 object.insert("values".into(), values);
             }
-            Json(body).into_response()
+            JsonLine(body).into_response()
         }
         Ok(None) => (
             StatusCode::NOT_FOUND,
-            Json(serde_json::json!({ "error": "no such session" })),
+            JsonLine(serde_json::json!({ "error": "no such session" })),
         )
             .into_response(),
         Err(e) => store_error(&e),
@@ -313,11 +315,11 @@ async fn api_delete(State(b): Shared, Key(key): Key) -> Response {
     match b.delete(&key).await {
         Ok(true) => {
             tracing::info!(session = %key.short_hash(), "backoffice: session deleted");
-            Json(serde_json::json!({ "deleted": 1 })).into_response()
+            JsonLine(serde_json::json!({ "deleted": 1 })).into_response()
         }
         Ok(false) => (
             StatusCode::NOT_FOUND,
-            Json(serde_json::json!({ "error": "no such session" })),
+            JsonLine(serde_json::json!({ "error": "no such session" })),
         )
             .into_response(),
         Err(e) => store_error(&e),
@@ -336,7 +338,7 @@ async fn api_delete_principal(State(b): Shared, Path(principal): Path<String>) -
                 deleted = n,
                 "backoffice: all sessions of a principal deleted"
             );
-            Json(serde_json::json!({ "deleted": n })).into_response()
+            JsonLine(serde_json::json!({ "deleted": n })).into_response()
         }
         Err(e) => store_error(&e),
     }
@@ -344,7 +346,7 @@ async fn api_delete_principal(State(b): Shared, Path(principal): Path<String>) -
 
 async fn api_stats(State(b): Shared) -> Response {
     match admin::stats(&*b.store, crate::store::now_millis(), |_| {}).await {
-        Ok(stats) => Json(stats).into_response(),
+        Ok(stats) => JsonLine(stats).into_response(),
         Err(e) => store_error(&e),
     }
 }

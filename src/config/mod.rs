@@ -77,6 +77,9 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// Several values cannot be used: each is one of the other variants.
+    #[error("{} values cannot be used:\n  {}", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
+    Several(Vec<Error>),
     /// The configuration directory given on the command line does not exist.
     #[error("configuration directory {} does not exist", .0.display())]
     MissingDir(PathBuf),
@@ -247,7 +250,16 @@ impl Config {
     }
 
     /// Parses and validates effective properties.
+    ///
+    /// Every value that cannot be used is reported, not only the first: one error as itself,
+    /// several as [`Error::Several`].
     pub fn from_properties(p: &Properties) -> Result<Self, Error> {
+        let mut problems = Problems::default();
+        let config = Self::collect(p, &mut problems);
+        problems.into_result(config)
+    }
+
+    fn collect(p: &Properties, problems: &mut Problems) -> Self {
         let mut apps: BTreeMap<String, AppConfig> = BTreeMap::new();
         for (key, setting) in p.iter() {
             let Some((app, spec)) = keys::per_app(key) else {
@@ -261,16 +273,20 @@ impl Config {
                         "sync" => Some(SaveMode::Sync),
                         "async" => Some(SaveMode::Async),
                         "" => None,
-                        _ => return Err(invalid(key, setting, "sync or async")),
+                        _ => {
+                            problems.push(invalid(key, setting, "sync or async"));
+                            continue;
+                        }
                     }
                 }
                 "cookie.name" => {
                     if !valid_cookie_name(value) {
-                        return Err(invalid(
+                        problems.push(invalid(
                             key,
                             setting,
                             "a cookie name: letters, digits and !#$%&'*+-.^_`|~",
                         ));
+                        continue;
                     }
                     value.clone_into(&mut app.cookie_name);
                 }
@@ -279,43 +295,69 @@ impl Config {
                         "" => None,
                         _ if valid_cookie_path(value) => Some(value.to_owned()),
                         _ => {
-                            return Err(invalid(
+                            problems.push(invalid(
                                 key,
                                 setting,
                                 "a path starting with / without ; or control characters",
                             ));
+                            continue;
                         }
                     }
                 }
-                "secure" => app.secure = optional_bool(key, setting)?,
-                "cookie.httponly" => app.http_only = optional_bool(key, setting)?,
+                "secure" => app.secure = problems.ok(optional_bool(key, setting)),
+                "cookie.httponly" => app.http_only = problems.ok(optional_bool(key, setting)),
                 other => unreachable!("per-app key suffix {other} has no parser"),
             }
         }
         let extensions = string(p, "session.serialization.check.extensions");
-        Ok(Self {
-            enabled: boolean(p, "spring.session.enabled")?,
+        Self {
+            enabled: problems.ok(boolean(p, "spring.session.enabled")),
             writer: crate::persist::WriterConfig {
-                interval: millis(p, "spring.session.save.async.interval", 1, 3_600_000)?,
-                queue_size: usize_number(p, "spring.session.save.async.queue.size", 1, 10_000_000)?,
-                max_items: usize_number(p, "spring.session.save.async.max.items", 1, 100_000)?,
-                group_commit_window: millis(p, "session.save.group.commit.window", 0, 1000)?,
-                retry_delay: millis(p, "session.save.retry.delay", 1, 3_600_000)?,
-                retry_multiplier: u32::try_from(number(
+                interval: problems.ok(millis(
+                    p,
+                    "spring.session.save.async.interval",
+                    1,
+                    3_600_000,
+                )),
+                queue_size: problems.ok(usize_number(
+                    p,
+                    "spring.session.save.async.queue.size",
+                    1,
+                    10_000_000,
+                )),
+                max_items: problems.ok(usize_number(
+                    p,
+                    "spring.session.save.async.max.items",
+                    1,
+                    100_000,
+                )),
+                group_commit_window: problems.ok(millis(
+                    p,
+                    "session.save.group.commit.window",
+                    0,
+                    1000,
+                )),
+                retry_delay: problems.ok(millis(p, "session.save.retry.delay", 1, 3_600_000)),
+                retry_multiplier: u32::try_from(problems.ok(number(
                     p,
                     "session.save.retry.multiplier",
                     1,
                     100,
-                )?)
+                )))
                 .unwrap_or(100),
-                retry_max_delay: millis(p, "session.save.retry.max.delay", 1, 86_400_000)?,
-                store_timeout: millis(p, "session.store.timeout", 1, 600_000)?,
-                concurrency: usize_number(p, "session.save.concurrency", 1, 64)?,
+                retry_max_delay: problems.ok(millis(
+                    p,
+                    "session.save.retry.max.delay",
+                    1,
+                    86_400_000,
+                )),
+                store_timeout: problems.ok(millis(p, "session.store.timeout", 1, 600_000)),
+                concurrency: problems.ok(usize_number(p, "session.save.concurrency", 1, 64)),
             },
-            group_commit: boolean(p, "session.save.group.commit")?,
-            drain_timeout: millis(p, "session.shutdown.drain.timeout", 0, 3_600_000)?,
+            group_commit: problems.ok(boolean(p, "session.save.group.commit")),
+            drain_timeout: problems.ok(millis(p, "session.shutdown.drain.timeout", 0, 3_600_000)),
             check: CheckConfig {
-                enabled: boolean(p, "session.serialization.check")?,
+                enabled: problems.ok(boolean(p, "session.serialization.check")),
                 extensions: (!extensions.is_empty()).then(|| {
                     extensions
                         .split(',')
@@ -324,74 +366,100 @@ impl Config {
                         .map(str::to_owned)
                         .collect()
                 }),
-                response_error: boolean(p, "session.serialization.check.response.error")?,
+                response_error: problems
+                    .ok(boolean(p, "session.serialization.check.response.error")),
             },
             store_url: {
-                let url = required(
+                let url = problems.ok(required(
                     p,
                     "session.store.url",
                     "a store URL such as sqlite://data/sessions.db",
-                )?;
-                crate::store::validate_url(&url).map_err(|error| {
+                ));
+                if !url.is_empty()
+                    && let Err(error) = crate::store::validate_url(&url)
+                {
                     let reason = match error {
                         crate::store::Error::Url { reason, .. } => reason,
                         other => other.to_string(),
                     };
-                    Error::Invalid {
+                    problems.push(Error::Invalid {
                         origin: setting(p, "session.store.url").source,
                         key: "session.store.url".to_owned(),
                         value: crate::store::redact_url(&url),
-                        expected: format!(
-                            "sqlite://PATH, postgres://USER@HOST/DB or mysql://USER@HOST/DB; {reason}"
-                        ),
-                    }
-                })?;
+                        expected: format!("a usable store URL: {reason}"),
+                    });
+                }
                 url
             },
             store: crate::store::StoreOptions {
-                migrate: boolean(p, "session.store.migrate")?,
-                pool_size: u32::try_from(number(p, "session.store.pool.size", 1, 1000)?)
-                    .unwrap_or(1000),
-                timeout: Duration::from_millis(number(p, "session.store.timeout", 1, 600_000)?),
+                migrate: problems.ok(boolean(p, "session.store.migrate")),
+                create: true,
+                pool_size: u32::try_from(problems.ok(number(
+                    p,
+                    "session.store.pool.size",
+                    1,
+                    1000,
+                )))
+                .unwrap_or(1000),
+                timeout: Duration::from_millis(problems.ok(number(
+                    p,
+                    "session.store.timeout",
+                    1,
+                    600_000,
+                ))),
             },
-            timeout: Duration::from_secs(number(p, "session.timeout", 1, 31_536_000)?),
+            timeout: Duration::from_secs(problems.ok(number(p, "session.timeout", 1, 31_536_000))),
             node_name: Some(string(p, "session.node.name")).filter(|s| !s.is_empty()),
-            cache_max_entries: number(p, "session.cache.max.entries", 1, 100_000_000)?,
-            cache_verify_interval: Duration::from_millis(number(
+            cache_max_entries: problems.ok(number(p, "session.cache.max.entries", 1, 100_000_000)),
+            cache_verify_interval: Duration::from_millis(problems.ok(number(
                 p,
                 "session.cache.verify.interval",
                 0,
                 3_600_000,
-            )?),
+            ))),
             bind: {
                 let setting = setting(p, "server.bind");
-                setting
-                    .value
-                    .parse()
-                    .map_err(|_| invalid("server.bind", &setting, "IP:PORT, e.g. 127.0.0.1:8080"))?
+                setting.value.parse().unwrap_or_else(|_| {
+                    problems.push(invalid(
+                        "server.bind",
+                        &setting,
+                        "IP:PORT, e.g. 127.0.0.1:8080",
+                    ));
+                    SocketAddr::from(([127, 0, 0, 1], 8080))
+                })
             },
             apps,
-            secrets: secrets(p)?,
-            backoffice: backoffice(p)?,
-            backoffice_show_values: boolean(p, "session.backoffice.show.values")?,
+            secrets: problems.ok(secrets(p)),
+            backoffice: problems.ok(backoffice(p)),
+            backoffice_show_values: problems.ok(boolean(p, "session.backoffice.show.values")),
             purge_cron: {
                 let cron = string(p, "session.purge.cron");
-                if !cron.is_empty() {
-                    crate::purge::PurgeSchedule::parse(&cron).map_err(|e| {
-                        invalid(
-                            "session.purge.cron",
-                            &setting(p, "session.purge.cron"),
-                            &e.to_string(),
-                        )
-                    })?;
+                if !cron.is_empty()
+                    && let Err(e) = crate::purge::PurgeSchedule::parse(&cron)
+                {
+                    problems.push(invalid(
+                        "session.purge.cron",
+                        &setting(p, "session.purge.cron"),
+                        &e.to_string(),
+                    ));
                 }
                 cron
             },
-            purge_batch_size: u32::try_from(number(p, "session.purge.batch.size", 1, 100_000)?)
-                .unwrap_or(100_000),
-            purge_jitter: Duration::from_secs(number(p, "session.purge.jitter", 0, 3600)?),
-            accept_plaintext: boolean(p, "session.secret.accept.plaintext")?,
-        })
+            purge_batch_size: u32::try_from(problems.ok(number(
+                p,
+                "session.purge.batch.size",
+                1,
+                100_000,
+            )))
+            .unwrap_or(100_000),
+            purge_jitter: Duration::from_secs(problems.ok(number(
+                p,
+                "session.purge.jitter",
+                0,
+                3600,
+            ))),
+            accept_plaintext: problems.ok(boolean(p, "session.secret.accept.plaintext")),
+        }
     }
 
     /// The codec these settings ask for: encrypting if a secret is set.
@@ -496,6 +564,36 @@ fn secrets(p: &Properties) -> Result<Option<Secrets>, Error> {
             .map(|s| check("session.secret.previous", s))
             .collect::<Result<_, _>>()?,
     }))
+}
+
+/// The values that cannot be used, gathered so that all are reported at once.
+#[derive(Default)]
+struct Problems(Vec<Error>);
+
+impl Problems {
+    fn push(&mut self, error: Error) {
+        self.0.push(error);
+    }
+
+    /// The value, or its type's default (never used: the configuration is refused) after
+    /// noting why it cannot be had.
+    fn ok<T: Default>(&mut self, result: Result<T, Error>) -> T {
+        result.unwrap_or_else(|error| {
+            self.push(error);
+            T::default()
+        })
+    }
+
+    fn into_result<T>(mut self, value: T) -> Result<T, Error> {
+        // A key read for two settings (session.store.timeout) is reported once.
+        let mut seen = std::collections::HashSet::new();
+        self.0.retain(|error| seen.insert(error.to_string()));
+        match self.0.len() {
+            0 => Ok(value),
+            1 => Err(self.0.remove(0)),
+            _ => Err(Error::Several(self.0)),
+        }
+    }
 }
 
 fn setting(p: &Properties, key: &str) -> Setting {

@@ -108,12 +108,50 @@ fn bad_values_name_file_line_key_and_accepted_values() {
         ("session.timeout=+5\n", "expected a whole number"),
         (
             "session.purge.cron=* * * * *\n",
-            "session.purge.cron = \"* * * * *\": expected \"* * * * *\" has 5 fields",
+            "session.purge.cron = \"* * * * *\": expected 6 or 7 fields, seconds first (Quartz \
+             style); \"* * * * *\" has 5: write \"0 * * * * *\" for the Unix cron meaning",
+        ),
+        (
+            "session.store.url=redis://h\n",
+            "session.store.url = \"redis://h\": expected a usable store URL: scheme \"redis\" is not \
+             supported by this build (supported: sqlite://PATH, postgres://USER@HOST/DB, \
+             mysql://USER@HOST/DB)",
+        ),
+        (
+            "session.store.url=data/x.db\n",
+            "expected a usable store URL: no scheme (supported: sqlite://PATH, \
+             postgres://USER@HOST/DB, mysql://USER@HOST/DB); for a SQLite file write \
+             sqlite://data/x.db",
         ),
     ] {
         let err = parse(text).unwrap_err().to_string();
         assert!(err.contains(needle), "{text:?} gave {err:?}");
     }
+}
+
+#[test]
+fn every_bad_value_is_reported_not_only_the_first() {
+    let err = parse(
+        "session.timeout=x\nserver.bind=nowhere\nspring.session.storefront.save=syncc\n\
+         session.store.timeout=0\nsession.purge.cron=* * * * *\n",
+    )
+    .unwrap_err();
+    let Error::Several(errors) = &err else {
+        panic!("{err}");
+    };
+    let text = err.to_string();
+    assert!(text.starts_with("5 values cannot be used:\n"), "{text}");
+    for needle in [
+        "local.properties:1: session.timeout = \"x\"",
+        "local.properties:2: server.bind = \"nowhere\"",
+        "local.properties:3: spring.session.storefront.save = \"syncc\"",
+        // Read for two settings, reported once.
+        "local.properties:4: session.store.timeout = \"0\"",
+        "local.properties:5: session.purge.cron",
+    ] {
+        assert_eq!(text.matches(needle).count(), 1, "{needle} in {text}");
+    }
+    assert_eq!(errors.len(), 5);
 }
 
 #[test]

@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use crate::store::{self, EpochMillis, SessionAdmin};
 
-/// A cron expression that is not usable.
+/// A cron expression that is not usable; the message says what is expected (it follows
+/// "expected" in the configuration's error).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct ScheduleError(String);
@@ -34,19 +35,21 @@ impl PurgeSchedule {
         let fields = expression.split_whitespace().count();
         if fields == 5 {
             return Err(ScheduleError(format!(
-                "{expression:?} has 5 fields; this schedule starts with seconds (Quartz style): \
-                 write \"0 {expression}\" for the Unix cron meaning"
+                "6 or 7 fields, seconds first (Quartz style); {expression:?} has 5: write \
+                 \"0 {expression}\" for the Unix cron meaning"
             )));
         }
         if !(6..=7).contains(&fields) {
             return Err(ScheduleError(format!(
-                "{expression:?} has {fields} fields; expected 6 or 7: seconds minutes hours \
-                 day-of-month month day-of-week [year], e.g. \"0 * * * * *\""
+                "6 or 7 fields: seconds minutes hours day-of-month month day-of-week [year], \
+                 e.g. \"0 0 3 * * *\" (03:00 UTC daily); {expression:?} has {fields}"
             )));
         }
-        cron::Schedule::from_str(expression)
-            .map(Self)
-            .map_err(|e| ScheduleError(format!("{expression:?} is not a cron expression: {e}")))
+        cron::Schedule::from_str(expression).map(Self).map_err(|e| {
+            ScheduleError(format!(
+                "a cron expression, seconds first (e.g. \"0 0 3 * * *\"); {expression:?}: {e}"
+            ))
+        })
     }
 
     /// The next time after `after` (UTC).
@@ -130,6 +133,11 @@ impl Purger {
                 Ok(report) if report.skipped => {
                     tracing::debug!("purge skipped: another node is purging");
                 }
+                // An idle run is not news: INFO only when something was deleted.
+                Ok(report) if report.deleted == 0 => tracing::debug!(
+                    ms = report.took.as_millis(),
+                    "purge found no expired sessions"
+                ),
                 Ok(report) => tracing::info!(
                     deleted = report.deleted,
                     ms = report.took.as_millis(),
@@ -170,17 +178,22 @@ mod tests {
             "2026-11-21T10:16:00+00:00"
         );
         let err = PurgeSchedule::parse("* * * * *").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "6 or 7 fields, seconds first (Quartz style); \"* * * * *\" has 5: write \
+             \"0 * * * * *\" for the Unix cron meaning"
+        );
+        let err = PurgeSchedule::parse("every minute")
+            .unwrap_err()
+            .to_string();
         assert!(
-            err.contains("5 fields") && err.contains("0 * * * * *"),
+            err.starts_with("6 or 7 fields") && err.ends_with("has 2"),
             "{err}"
         );
-        assert!(
-            PurgeSchedule::parse("every minute")
-                .unwrap_err()
-                .to_string()
-                .contains("expected 6 or 7")
-        );
-        assert!(PurgeSchedule::parse("0 61 * * * *").is_err());
+        let err = PurgeSchedule::parse("0 61 * * * *")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("a cron expression"), "{err}");
         assert!(PurgeSchedule::parse("0 0 3 * * MON-FRI").is_ok());
     }
 }

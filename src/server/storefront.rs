@@ -15,6 +15,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+
+use crate::json::JsonLine;
 use serde::{Deserialize, Serialize};
 
 use crate::Session;
@@ -75,7 +77,7 @@ pub fn router() -> Router {
 fn json_rejection(rejection: &JsonRejection) -> Response {
     (
         rejection.status(),
-        Json(serde_json::json!({ "error": rejection.body_text() })),
+        JsonLine(serde_json::json!({ "error": rejection.body_text() })),
     )
         .into_response()
 }
@@ -83,7 +85,7 @@ fn json_rejection(rejection: &JsonRejection) -> Response {
 fn bad_request(message: String) -> Response {
     (
         StatusCode::UNPROCESSABLE_ENTITY,
-        Json(serde_json::json!({ "error": message })),
+        JsonLine(serde_json::json!({ "error": message })),
     )
         .into_response()
 }
@@ -97,8 +99,8 @@ fn view(session: &Session) -> CartView {
     }
 }
 
-async fn cart(session: Session) -> Json<CartView> {
-    Json(view(&session))
+async fn cart(session: Session) -> JsonLine<CartView> {
+    JsonLine(view(&session))
 }
 
 async fn add_item(session: Session, item: Result<Json<CartItem>, JsonRejection>) -> Response {
@@ -137,7 +139,7 @@ async fn add_item(session: Session, item: Result<Json<CartItem>, JsonRejection>)
         Ok(())
     });
     match added {
-        Ok(()) => Json(view(&session)).into_response(),
+        Ok(()) => JsonLine(view(&session)).into_response(),
         Err(message) => bad_request(message),
     }
 }
@@ -155,11 +157,11 @@ async fn remove_item(session: Session, Path(sku): Path<String>) -> Response {
     if !removed {
         return (
             StatusCode::NOT_FOUND,
-            Json(serde_json::json!({ "error": "no such line" })),
+            JsonLine(serde_json::json!({ "error": "no such line" })),
         )
             .into_response();
     }
-    Json(view(&session)).into_response()
+    JsonLine(view(&session)).into_response()
 }
 
 async fn login(session: Session, login: Result<Json<Login>, JsonRejection>) -> Response {
@@ -177,7 +179,7 @@ async fn login(session: Session, login: Result<Json<Login>, JsonRejection>) -> R
     session.set_principal(Some(user.to_owned()));
     // A new id at sign-in: an id planted before it (session fixation) is worth nothing after.
     session.cycle_id();
-    Json(view(&session)).into_response()
+    JsonLine(view(&session)).into_response()
 }
 
 async fn logout(session: Session) -> StatusCode {

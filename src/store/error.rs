@@ -16,13 +16,14 @@ pub enum Error {
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// The store could not be opened or reached at start-up.
     #[cfg(feature = "sql")]
-    #[error("cannot open {url} (session.store.url)")]
+    #[error("cannot connect to {url}: {reason}")]
     Connect {
         /// The URL (password redacted).
         url: String,
-        /// The cause.
-        #[source]
-        source: sqlx::Error,
+        /// What failed, in an operator's words (the server's message, once).
+        reason: String,
+        /// The error as the driver reported it.
+        error: sqlx::Error,
     },
     /// The store URL is not usable.
     #[error("session.store.url {url:?}: {reason}")]
@@ -32,14 +33,14 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
-    /// Preparing the store's files failed (e.g. creating the SQLite data directory).
-    #[error("cannot prepare {path:?}")]
-    Io {
+    /// The store's file or directory is not usable (the SQLite database: missing, not
+    /// writable, a directory that is a file).
+    #[error("{}: {reason}", path.display())]
+    File {
         /// The path at fault.
         path: std::path::PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
+        /// What is wrong, with the file system's own words.
+        reason: String,
     },
     /// The store did not answer within `session.store.timeout`.
     #[error("store did not answer within {0:?} (session.store.timeout)")]

@@ -54,6 +54,10 @@ pub type MySqlStore = SqlStore<sql::MySql>;
 pub struct StoreOptions {
     /// Apply the migrations when opening (`session.store.migrate`).
     pub migrate: bool,
+    /// Create the database if it does not exist (the SQLite file). The server and `migrate`
+    /// do; the operators' tools (`sessions …`) do not, so a mistyped path is an error rather
+    /// than a new, empty store.
+    pub create: bool,
     /// Connections in the pool (`session.store.pool.size`).
     pub pool_size: u32,
     /// The longest a store operation, or waiting for a pooled connection, may take
@@ -65,6 +69,7 @@ impl Default for StoreOptions {
     fn default() -> Self {
         Self {
             migrate: true,
+            create: true,
             pool_size: 10,
             timeout: Duration::from_secs(5),
         }
@@ -116,9 +121,16 @@ fn unsupported(url: &str, scheme: &str) -> Error {
     } else {
         built.join(", ")
     };
+    let reason = if url.contains("://") {
+        format!(
+            "scheme {scheme:?} is not supported by this build (supported: {supported}){feature}"
+        )
+    } else {
+        format!("no scheme (supported: {supported}); for a SQLite file write sqlite://{url}")
+    };
     Error::Url {
         url: redact_url(url),
-        reason: format!("scheme {scheme:?} is not supported (supported: {supported}){feature}"),
+        reason,
     }
 }
 

@@ -116,21 +116,52 @@ pub trait Dialect: std::fmt::Debug + Send + Sync + Sized + 'static {
 
 /// A pool of `options.pool_size` connections to `connect`, waiting at most `options.timeout` for
 /// one and not pinging them before use; `url` (redacted) names it in the error.
+///
+/// One connection is made first, on its own: the pool retries a refused connection until its
+/// timeout and then reports only that it timed out, while this says at once what failed
+/// (connection refused, authentication, an unknown database).
 pub(crate) async fn pool<DB: Database>(
     url: &str,
     options: &StoreOptions,
     connect: <DB::Connection as sqlx::Connection>::Options,
 ) -> Result<sqlx::Pool<DB>, Error> {
+    use sqlx::Connection as _;
+    let failed = |error: sqlx::Error| Error::Connect {
+        url: crate::store::redact_url(url),
+        reason: connect_failure(&error, options.timeout),
+        error,
+    };
+    match tokio::time::timeout(options.timeout, DB::Connection::connect_with(&connect)).await {
+        Ok(Ok(first)) => {
+            let _ = first.close().await;
+        }
+        Ok(Err(error)) => return Err(failed(error)),
+        Err(_) => return Err(failed(sqlx::Error::PoolTimedOut)),
+    }
     sqlx::pool::PoolOptions::<DB>::new()
         .max_connections(options.pool_size)
         .acquire_timeout(options.timeout)
         .test_before_acquire(false)
         .connect_with(connect)
         .await
-        .map_err(|source| Error::Connect {
-            url: crate::store::redact_url(url),
-            source,
-        })
+        .map_err(failed)
+}
+
+/// What a failed connection attempt says to an operator: the server's own message, once.
+fn connect_failure(error: &sqlx::Error, timeout: std::time::Duration) -> String {
+    match error {
+        sqlx::Error::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            format!("{e}: is the database server running, on that host and port?")
+        }
+        sqlx::Error::Io(e) => e.to_string(),
+        sqlx::Error::Tls(e) => format!("TLS: {e}"),
+        sqlx::Error::Database(e) => format!("the server refused: {}", e.message()),
+        sqlx::Error::PoolTimedOut => format!(
+            "no answer within {} ms (session.store.timeout)",
+            timeout.as_millis()
+        ),
+        other => other.to_string(),
+    }
 }
 
 /// `(p, p, …), (p, …)`: `rows` groups of `columns` parameters, numbered from 1.

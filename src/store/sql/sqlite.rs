@@ -64,15 +64,10 @@ impl Dialect for Sqlite {
     /// the working directory unless it starts with `/`; its directory is created.
     async fn connect(url: &str, options: &StoreOptions) -> Result<SqlitePool, Error> {
         let path = sqlite_path(url)?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-                path: dir.to_owned(),
-                source,
-            })?;
-        }
+        prepare(&path, options.create)?;
         let connect = SqliteConnectOptions::from_str("sqlite:")?
             .filename(&path)
-            .create_if_missing(true)
+            .create_if_missing(options.create)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(options.timeout);
@@ -82,6 +77,70 @@ impl Dialect for Sqlite {
     async fn migrate(pool: &SqlitePool) -> Result<(), Error> {
         sqlx::migrate!("migrations/sqlite").run(pool).await?;
         Ok(())
+    }
+}
+
+/// Checks the database file and its directory with the file system's own words ("Permission
+/// denied", "Not a directory"), which SQLite reduces to "unable to open database file": the
+/// directory is created if `create` (and must be a directory), the file must exist unless
+/// `create`, and must open for reading and writing.
+fn prepare(path: &Path, create: bool) -> Result<(), Error> {
+    let fail = |path: &Path, reason: String| Error::File {
+        path: path.to_owned(),
+        reason,
+    };
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    if let Some(dir) = dir {
+        match std::fs::metadata(dir) {
+            Ok(meta) if !meta.is_dir() => {
+                return Err(fail(
+                    dir,
+                    "is a file; the database's directory must be a directory".to_owned(),
+                ));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| fail(dir, format!("cannot create the directory: {e}")))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(fail(
+                    path,
+                    "does not exist (its directory neither): check the path; only `serve` and \
+                     `migrate` create a store"
+                        .to_owned(),
+                ));
+            }
+            Err(e) => return Err(fail(dir, e.to_string())),
+        }
+    }
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => Err(fail(
+            path,
+            "is a directory; give the database file's path, e.g. sqlite://data/sessions.db"
+                .to_owned(),
+        )),
+        Ok(_) => std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map(drop)
+            .map_err(|e| fail(path, format!("cannot open for reading and writing: {e}"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+            // SQLite takes an empty file for an empty database.
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .map(drop)
+                .map_err(|e| fail(path, format!("cannot create: {e}")))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(fail(
+            path,
+            "does not exist: check the path; only `serve` and `migrate` create a store".to_owned(),
+        )),
+        Err(e) => Err(fail(path, e.to_string())),
     }
 }
 

@@ -1,0 +1,333 @@
+//! What a new user and an operator meet first, through the real binary: errors that name their
+//! cause, the key and where it was set; `check-config` reporting every problem and reaching the
+//! store on request; operators' tools that never create a store; a quiet idle server.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::backends::Backend;
+use common::{Server, config_dir, free_port};
+
+/// Runs the binary in `dir` with `args`: exit code, stdout, stderr.
+fn run(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    run_as(dir, args, false)
+}
+
+/// As [`run`]; `unprivileged`: as user nobody when this runs as root (root reads and writes
+/// every file, so permissions would not be tested).
+fn run_as(dir: &Path, args: &[&str], unprivileged: bool) -> (i32, String, String) {
+    let bin = env!("CARGO_BIN_EXE_session-failover");
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    let mut command = if unprivileged && root {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", bin]);
+        c
+    } else {
+        Command::new(bin)
+    };
+    let out = command.args(args).current_dir(dir).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn assert_error(result: &(i32, String, String), needles: &[&str]) {
+    let (code, out, err) = result;
+    assert_eq!(*code, 2, "exit status; stdout {out}, stderr {err}");
+    for needle in needles {
+        assert!(err.contains(needle), "{needle:?} not in: {err}");
+    }
+}
+
+#[test]
+fn a_refused_connection_is_said_at_once_with_the_key_and_its_line() {
+    let work = tempfile::tempdir().unwrap();
+    let port = free_port(); // nothing listens there
+    config_dir(
+        work.path(),
+        &format!(
+            "# the store\nsession.store.url=postgres://u:pw@127.0.0.1:{port}/x\nsession.store.timeout=60000\n"
+        ),
+    );
+    let started = Instant::now();
+    let result = run(work.path(), &["migrate"]);
+    assert_error(
+        &result,
+        &[
+            "config/local.properties:2: session.store.url: cannot connect to postgres://u:***@127.0.0.1",
+            "Connection refused",
+            "is the database server running",
+        ],
+    );
+    assert!(!result.2.contains("pw@"), "no password in: {}", result.2);
+    // Not the 60 s timeout: a refused connection does not wait.
+    assert!(started.elapsed() < Duration::from_secs(30));
+    // The same from the server and from check-config --connect.
+    assert_error(
+        &run(work.path(), &["serve", "--bind", "127.0.0.1:0"]),
+        &[
+            "config/local.properties:2: session.store.url",
+            "Connection refused",
+        ],
+    );
+    assert_error(
+        &run(work.path(), &["check-config", "--connect"]),
+        &[
+            "config/local.properties:2: session.store.url",
+            "Connection refused",
+        ],
+    );
+}
+
+#[test]
+fn the_database_servers_words_for_a_refused_sign_in_or_an_unknown_database() {
+    let test = "the_database_servers_words_for_a_refused_sign_in_or_an_unknown_database";
+    let (Some(pg), Some(my)) = (Backend::Postgres.url(test), Backend::MySql.url(test)) else {
+        return;
+    };
+    // scheme://user@host:port/db → scheme://, host:port
+    let parts = |url: &str| {
+        let (scheme, rest) = url.split_once("://").unwrap();
+        let host = rest.split_once('@').map_or(rest, |(_, h)| h);
+        (
+            scheme.to_owned(),
+            host.split_once('/').unwrap().0.to_owned(),
+        )
+    };
+    let (pg_scheme, pg_host) = parts(&pg);
+    let (my_scheme, my_host) = parts(&my);
+    let work = tempfile::tempdir().unwrap();
+    for (url, needle) in [
+        (
+            format!("{pg_scheme}://no_such_role@{pg_host}/test"),
+            "the server refused: role \"no_such_role\" does not exist",
+        ),
+        (
+            format!("{pg}_no_such_database"),
+            "_no_such_database\" does not exist",
+        ),
+        (
+            format!("{my_scheme}://root@{my_host}/no_such_database"),
+            "the server refused: Unknown database 'no_such_database'",
+        ),
+    ] {
+        config_dir(work.path(), &format!("session.store.url={url}\n"));
+        assert_error(
+            &run(work.path(), &["migrate"]),
+            &[
+                "config/local.properties:1: session.store.url: cannot connect to",
+                needle,
+            ],
+        );
+    }
+}
+
+#[test]
+fn sqlite_paths_that_cannot_be_used_say_why() {
+    let work = tempfile::tempdir().unwrap();
+    // `nobody` must be able to reach the configuration.
+    std::fs::set_permissions(
+        work.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::create_dir(work.path().join("locked")).unwrap();
+    std::fs::set_permissions(
+        work.path().join("locked"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o555),
+    )
+    .unwrap();
+    std::fs::write(work.path().join("data"), "not a directory").unwrap();
+    for (url, needle) in [
+        (
+            "sqlite://locked/sessions.db",
+            "locked/sessions.db: cannot create: Permission denied",
+        ),
+        (
+            "sqlite://locked/sub/sessions.db",
+            "locked/sub: cannot create the directory: Permission denied",
+        ),
+        (
+            "sqlite://data/sessions.db",
+            "data: is a file; the database's directory must be a directory",
+        ),
+    ] {
+        config_dir(
+            work.path(),
+            &format!("spring.session.enabled=true\nsession.store.url={url}\n"),
+        );
+        let result = run_as(work.path(), &["migrate"], true);
+        assert_error(
+            &result,
+            &["config/local.properties:2: session.store.url: ", needle],
+        );
+        assert!(
+            !result.2.contains("unable to open database file"),
+            "{}",
+            result.2
+        );
+    }
+}
+
+#[test]
+fn check_config_reports_every_problem_and_marks_unknown_keys() {
+    let work = tempfile::tempdir().unwrap();
+    config_dir(
+        work.path(),
+        "session.timeout=soon\nspring.sesion.enabled=true\nsession.purge.cron=0 3 * * *\n\
+         server.bind=localhost\n",
+    );
+    let (code, out, err) = run(work.path(), &["check-config"]);
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(
+        out.contains(
+            "spring.sesion.enabled=true    # config/local.properties:2    # UNKNOWN KEY, ignored: \
+             did you mean spring.session.enabled?"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("# configuration is NOT valid"), "{out}");
+    for needle in [
+        "3 values cannot be used:",
+        "config/local.properties:1: session.timeout = \"soon\"",
+        "config/local.properties:3: session.purge.cron = \"0 3 * * *\": expected 6 or 7 fields, \
+         seconds first (Quartz style); \"0 3 * * *\" has 5: write \"0 0 3 * * *\" for the Unix \
+         cron meaning",
+        "config/local.properties:4: server.bind = \"localhost\"",
+    ] {
+        assert!(err.contains(needle), "{needle:?} not in: {err}");
+    }
+}
+
+#[test]
+fn check_config_connect_reads_the_store_and_creates_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    config_dir(
+        work.path(),
+        "spring.session.enabled=true\nsession.store.url=sqlite://data/sessions.db\n",
+    );
+    // Without --connect: valid, and says the store was not contacted.
+    let (code, out, _) = run(work.path(), &["check-config"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("the store was not contacted: add --connect"),
+        "{out}"
+    );
+    // With it: the missing database is an error, and is not created.
+    assert_error(
+        &run(work.path(), &["check-config", "--connect"]),
+        &[
+            "config/local.properties:2: session.store.url: data/sessions.db: does not exist",
+            "only `serve` and `migrate` create a store",
+        ],
+    );
+    assert!(!work.path().join("data").exists());
+    // An empty database file: the table is missing, and the message says what to run.
+    std::fs::create_dir(work.path().join("data")).unwrap();
+    std::fs::write(work.path().join("data/sessions.db"), "").unwrap();
+    assert_error(
+        &run(work.path(), &["check-config", "--connect"]),
+        &["no stored_http_session table", "session-failover migrate"],
+    );
+    // After migrate: valid and reachable.
+    let (code, _, err) = run(work.path(), &["migrate"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run(work.path(), &["check-config", "--connect"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("answers and has its table"), "{out}");
+}
+
+#[test]
+fn operators_tools_never_create_a_store() {
+    let work = tempfile::tempdir().unwrap();
+    config_dir(
+        work.path(),
+        "spring.session.enabled=true\nsession.store.url=sqlite://dta/sessions.db\n",
+    );
+    for args in [
+        &["sessions", "list"][..],
+        &["sessions", "stats"],
+        &["sessions", "purge"],
+    ] {
+        assert_error(
+            &run(work.path(), args),
+            &["config/local.properties:2: session.store.url: dta/sessions.db: does not exist"],
+        );
+    }
+    assert!(!work.path().join("dta").exists(), "nothing was created");
+    let (code, _, err) = run(work.path(), &["sessions", "list", "--limit", "0"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("0 is not in 1..=1000"), "{err}");
+}
+
+/// An idle server's purge logs nothing at INFO; a purge that deletes says so.
+#[tokio::test]
+async fn an_idle_purge_is_quiet_and_a_useful_one_is_logged() {
+    let work = tempfile::tempdir().unwrap();
+    let config = config_dir(
+        work.path(),
+        "spring.session.enabled=true\nspring.session.storefront.save=sync\n\
+         session.store.url=sqlite://data/sessions.db\nsession.purge.cron=* * * * * *\n\
+         session.purge.jitter=0\nsession.timeout=1\n",
+    );
+    let server = Server::start(work.path(), &config, "node");
+    // Several purges run over an empty table.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let quiet = server.log_text();
+    assert!(!quiet.contains("purged expired sessions"), "{quiet}");
+    // A session that expires: the next purge deletes it, and says so.
+    let mut client = common::Client::new();
+    let (status, _) = client
+        .send(
+            &server.base,
+            "POST",
+            "/cart/items",
+            Some(serde_json::json!({"sku": "A", "qty": 1})),
+        )
+        .await;
+    assert_eq!(status, http::StatusCode::OK);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !server.log_text().contains("purged expired sessions") {
+        assert!(Instant::now() < deadline, "{}", server.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = server.log_text();
+    assert!(log.contains("deleted=1"), "{log}");
+}
+
+/// JSON answers end with a newline, so two curl outputs do not run together.
+#[tokio::test]
+async fn json_answers_end_with_a_newline() {
+    let work = tempfile::tempdir().unwrap();
+    let config = config_dir(
+        work.path(),
+        "spring.session.enabled=true\nspring.session.storefront.save=sync\n\
+         session.store.url=sqlite://data/sessions.db\n",
+    );
+    let server = Server::start(work.path(), &config, "node");
+    let http = reqwest::Client::new();
+    for (method, path, body) in [
+        ("GET", "/cart", None),
+        ("POST", "/cart/items", Some(r#"{"sku":"A","qty":1}"#)),
+        ("POST", "/login", Some(r#"{"user":"ann"}"#)),
+        ("DELETE", "/cart/items/nothing", None),
+        ("POST", "/cart/items", Some("not json")),
+    ] {
+        let mut request = http.request(method.parse().unwrap(), format!("{}{path}", server.base));
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body);
+        }
+        let text = request.send().await.unwrap().text().await.unwrap();
+        assert!(text.ends_with('\n'), "{method} {path}: {text:?}");
+    }
+}
