@@ -331,3 +331,35 @@ async fn json_answers_end_with_a_newline() {
         assert!(text.ends_with('\n'), "{method} {path}: {text:?}");
     }
 }
+
+/// README's command list names every command and `sessions` action the binary has.
+#[test]
+fn readme_lists_every_command() {
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let commands = |args: &[&str]| -> Vec<String> {
+        let (code, out, err) = run(work.path(), args);
+        assert_eq!(code, 0, "{err}");
+        out.lines()
+            .skip_while(|line| !line.starts_with("Commands:"))
+            .skip(1)
+            .take_while(|line| line.starts_with("  "))
+            .filter_map(|line| line.split_whitespace().next().map(str::to_owned))
+            .filter(|name| name != "help")
+            .collect()
+    };
+    let top = commands(&["--help"]);
+    assert!(top.contains(&"hash-password".to_owned()), "{top:?}");
+    for command in top {
+        assert!(
+            readme.contains(&format!("session-failover {command}")),
+            "README's command list lacks {command}"
+        );
+    }
+    for action in commands(&["sessions", "--help"]) {
+        assert!(
+            readme.contains(&format!("session-failover sessions {action}")),
+            "README's command list lacks sessions {action}"
+        );
+    }
+}
