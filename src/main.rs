@@ -100,8 +100,8 @@ enum SessionsAction {
     },
     /// Delete the expired sessions now (unless another node is purging).
     Purge {
-        /// Rows per statement (default: session.purge.batch.size).
-        #[arg(long)]
+        /// Rows per statement, 1 to 100000 (default: session.purge.batch.size).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
         batch_size: Option<u32>,
     },
     /// Count sessions: total, expired, signed in, bytes, by application and node.
@@ -160,9 +160,41 @@ fn load_properties(dir: &Path) -> anyhow::Result<Properties> {
             dir.display()
         );
     }
+    for warning in stray_files(dir) {
+        tracing::warn!("{warning}");
+    }
     let vars = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
     Ok(Properties::load(dir, vars)?)
+}
+
+/// Files in `dir` whose names are near misses of the two that are read (`local.propertie`,
+/// `Local.properties`, `dev.properties`): they are not read, and nobody would guess.
+fn stray_files(dir: &Path) -> Vec<String> {
+    const READ: [&str; 2] = ["project.properties", "local.properties"];
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut warnings: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .filter(|name| !READ.contains(&name.as_str()) && name != "local.properties.example")
+        .filter_map(|name| {
+            let lower = name.to_lowercase();
+            let near = READ
+                .iter()
+                .min_by_key(|read| strsim::levenshtein(&lower, read))
+                .filter(|read| {
+                    strsim::levenshtein(&lower, read) <= 2 || lower.ends_with(".properties")
+                })?;
+            Some(format!(
+                "{} is not read (only project.properties and local.properties are); did you mean {near}?",
+                dir.join(&name).display()
+            ))
+        })
+        .collect();
+    warnings.sort();
+    warnings
 }
 
 fn load(dir: &Path) -> anyhow::Result<(Config, Properties)> {
@@ -199,7 +231,7 @@ async fn open_existing(
         .map_err(|e| anyhow::Error::new(e).context(store_origin(properties)))
 }
 
-/// A store error from an operators' tool, with a hint when the table is missing.
+/// A store error, with a hint when the table is missing.
 fn store_error(error: store::Error) -> anyhow::Error {
     let error = anyhow::Error::new(error);
     let text = format!("{error:#}");
@@ -210,7 +242,8 @@ fn store_error(error: store::Error) -> anyhow::Error {
     if missing {
         error.context(
             "the store has no stored_http_session table: is this the right database? If it is, \
-             create the table with `session-failover migrate`",
+             create the table with `session-failover migrate --config DIR` (or start a node with \
+             session.store.migrate=true, the default)",
         )
     } else {
         error
@@ -233,9 +266,11 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
 async fn sessions(
     config: &Config,
     store: &std::sync::Arc<dyn session_failover::SessionAdmin>,
+    origin: &str,
     action: SessionsAction,
     json: bool,
 ) -> anyhow::Result<()> {
+    let store_error = |e| store_error(e).context(origin.to_owned());
     use session_failover::admin;
     use session_failover::store::ListQuery;
     match action {
@@ -411,6 +446,9 @@ async fn check_config(dir: &Path, connect: bool) -> anyhow::Result<()> {
     use session_failover::config::keys;
     let properties = load_properties(dir)?;
     println!("# effective configuration from {}", dir.display());
+    for warning in stray_files(dir) {
+        println!("# WARNING: {warning}");
+    }
     for (key, setting) in properties.iter() {
         let secret =
             matches!(key, "session.secret" | "session.secret.previous") || key.contains("password");
@@ -454,8 +492,20 @@ async fn check_config(dir: &Path, connect: bool) -> anyhow::Result<()> {
         } else {
             "not encrypted"
         };
+        let note = if app == session_failover::backoffice::APP && config.backoffice.is_none() {
+            "    # the backoffice is off (session.backoffice.user and .password.hash unset)"
+                .to_owned()
+        } else if ![server::STOREFRONT_APP, session_failover::backoffice::APP].contains(&app) {
+            format!(
+                "    # NOT RUN by this server (it runs {} and {}): check the spelling",
+                server::STOREFRONT_APP,
+                session_failover::backoffice::APP
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "# {app}: {mode}, {encryption}, cookie {} path {} secure {} httponly {}",
+            "# {app}: {mode}, {encryption}, cookie {} path {} secure {} httponly {}{note}",
             c.cookie_name,
             c.cookie_path.as_deref().unwrap_or("(context path)"),
             c.secure
@@ -492,12 +542,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config, bind } => {
             let (config, properties) = load(&config)?;
+            let bound_by = match bind {
+                Some(_) => "--bind".to_owned(),
+                None => {
+                    properties
+                        .get("server.bind")
+                        .map_or_else(|| "built-in default".to_owned(), |s| s.source.to_string())
+                        + ": server.bind"
+                }
+            };
             server::serve(config, bind, server::shutdown_signal())
                 .await
                 .map_err(|e| match e {
-                    server::Error::Store(e) => {
-                        anyhow::Error::new(e).context(store_origin(&properties))
-                    }
+                    server::Error::Store(e) => store_error(e).context(store_origin(&properties)),
+                    server::Error::Bind { addr, source } => anyhow::Error::new(source)
+                        .context(format!("{bound_by}: cannot listen on {addr}")),
                     other => other.into(),
                 })?;
         }
@@ -512,7 +571,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let (config, properties) = load(&config)?;
             let store = open_existing(&config, &properties).await?;
-            sessions(&config, &store, action, json).await?;
+            sessions(&config, &store, &store_origin(&properties), action, json).await?;
         }
         Command::HashPassword => {
             use argon2::password_hash::{PasswordHasher as _, SaltString};

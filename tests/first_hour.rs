@@ -363,3 +363,171 @@ fn readme_lists_every_command() {
         );
     }
 }
+
+/// `session.store.migrate=false` on a database nobody migrated: the node refuses to start,
+/// rather than answering changes it cannot save.
+#[test]
+fn a_node_without_its_table_refuses_to_start() {
+    let work = tempfile::tempdir().unwrap();
+    std::fs::create_dir(work.path().join("data")).unwrap();
+    std::fs::write(work.path().join("data/sessions.db"), "").unwrap();
+    config_dir(
+        work.path(),
+        "spring.session.enabled=true\nspring.session.storefront.save=sync\n\
+         session.store.url=sqlite://data/sessions.db\nsession.store.migrate=false\n",
+    );
+    assert_error(
+        &run(work.path(), &["serve", "--bind", "127.0.0.1:0"]),
+        &[
+            "config/local.properties:3: session.store.url: the store has no stored_http_session table",
+            "session-failover migrate --config DIR",
+            "no such table: stored_http_session",
+        ],
+    );
+}
+
+/// A sync change the store refuses for good (here: its table was dropped under the running
+/// node) is answered 503, never 200: it is neither committed nor kept by the writer. With and
+/// without group commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_change_the_store_refuses_is_not_acknowledged() {
+    for group_commit in [true, false] {
+        let work = tempfile::tempdir().unwrap();
+        let config = config_dir(
+            work.path(),
+            &format!(
+                "spring.session.enabled=true\nspring.session.storefront.save=sync\n\
+                 session.store.url=sqlite://data/sessions.db\n\
+                 session.save.group.commit={group_commit}\nsession.store.timeout=3000\n"
+            ),
+        );
+        let server = Server::start(work.path(), &config, "node");
+        let mut client = common::Client::new();
+        let add = |sku: &str| Some(serde_json::json!({"sku": sku, "qty": 1}));
+        let (status, _) = client
+            .send(&server.base, "POST", "/cart/items", add("A"))
+            .await;
+        assert_eq!(status, http::StatusCode::OK);
+        let store = common::sqlite(&work.path().join("data")).await;
+        sqlx::query("DROP TABLE stored_http_session")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let (status, _) = client
+            .send(&server.base, "POST", "/cart/items", add("B"))
+            .await;
+        assert_eq!(
+            status,
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "group commit {group_commit}: {}",
+            server.log_text()
+        );
+    }
+}
+
+#[test]
+fn check_config_names_stray_files_apps_not_run_and_a_backoffice_that_is_off() {
+    let work = tempfile::tempdir().unwrap();
+    let config = config_dir(work.path(), "spring.session.storefrnt.save=sync\n");
+    std::fs::write(config.join("local.propertie"), "session.timeout=60\n").unwrap();
+    let (code, out, err) = run(work.path(), &["check-config"]);
+    assert_eq!(code, 0, "{err}");
+    for needle in [
+        "# WARNING: config/local.propertie is not read (only project.properties and \
+         local.properties are); did you mean local.properties?",
+        "# storefrnt: sync",
+        "# NOT RUN by this server (it runs storefront and backoffice): check the spelling",
+        "# the backoffice is off (session.backoffice.user and .password.hash unset)",
+    ] {
+        assert!(out.contains(needle), "{needle:?} not in:\n{out}");
+    }
+}
+
+#[test]
+fn flags_out_of_range_and_a_taken_port_say_so() {
+    let work = tempfile::tempdir().unwrap();
+    config_dir(
+        work.path(),
+        "spring.session.enabled=true\nsession.store.url=sqlite://data/sessions.db\n",
+    );
+    let (code, _, err) = run(work.path(), &["sessions", "purge", "--batch-size", "0"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("0 is not in 1..=100000"), "{err}");
+    // A taken port names where the address came from.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_session-failover"))
+        .arg("serve")
+        .env("y_server_bind", &addr)
+        .current_dir(work.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "environment variable y_server_bind: server.bind: cannot listen on {addr}: Address \
+             already in use"
+        )),
+        "{err}"
+    );
+}
+
+/// Logging out expires the session cookie and the version cookie with it.
+#[tokio::test]
+async fn logout_expires_the_version_cookie_too() {
+    let work = tempfile::tempdir().unwrap();
+    let config = config_dir(
+        work.path(),
+        "spring.session.enabled=true\nspring.session.storefront.save=sync\n\
+         session.store.url=sqlite://data/sessions.db\n",
+    );
+    let server = Server::start(work.path(), &config, "node");
+    let http = reqwest::Client::new();
+    let added = http
+        .post(format!("{}/cart/items", server.base))
+        .header("content-type", "application/json")
+        .body(r#"{"sku":"A","qty":1}"#)
+        .send()
+        .await
+        .unwrap();
+    let cookies: Vec<String> = added
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    let session = cookies
+        .iter()
+        .find_map(|c| c.strip_prefix("JSESSIONID="))
+        .and_then(|c| c.split(';').next())
+        .expect("a session cookie")
+        .to_owned();
+    assert!(
+        cookies.iter().any(|c| c.starts_with("JSESSIONID_VERSION=")),
+        "{cookies:?}"
+    );
+    let out = http
+        .post(format!("{}/logout", server.base))
+        .header(
+            "cookie",
+            format!("JSESSIONID={session}; JSESSIONID_VERSION=1"),
+        )
+        .send()
+        .await
+        .unwrap();
+    let cleared: Vec<String> = out
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    for name in ["JSESSIONID=;", "JSESSIONID_VERSION=;"] {
+        assert!(
+            cleared
+                .iter()
+                .any(|c| c.starts_with(name) && c.contains("Max-Age=0")),
+            "{name} not expired: {cleared:?}"
+        );
+    }
+}

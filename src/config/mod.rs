@@ -585,9 +585,20 @@ impl Problems {
     }
 
     fn into_result<T>(mut self, value: T) -> Result<T, Error> {
-        // A key read for two settings (session.store.timeout) is reported once.
+        // A key read for two settings (session.store.timeout) is reported once, and all in
+        // the order an operator reads them: file by file, line by line, then the environment.
         let mut seen = std::collections::HashSet::new();
         self.0.retain(|error| seen.insert(error.to_string()));
+        self.0.sort_by_key(|error| match error {
+            Error::Invalid { origin, .. }
+            | Error::Placeholder { origin, .. }
+            | Error::Secret { origin, .. } => match origin {
+                Source::Builtin => (0, String::new(), 0),
+                Source::File { path, line } => (1, path.display().to_string(), *line),
+                Source::Env { var } => (2, var.clone(), 0),
+            },
+            _ => (3, String::new(), 0),
+        });
         match self.0.len() {
             0 => Ok(value),
             1 => Err(self.0.remove(0)),

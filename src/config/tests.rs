@@ -114,7 +114,7 @@ fn bad_values_name_file_line_key_and_accepted_values() {
         (
             "session.store.url=redis://h\n",
             "session.store.url = \"redis://h\": expected a usable store URL: scheme \"redis\" is not \
-             supported by this build (supported: sqlite://PATH, postgres://USER@HOST/DB, \
+             supported (supported: sqlite://PATH, postgres://USER@HOST/DB, \
              mysql://USER@HOST/DB)",
         ),
         (
@@ -152,6 +152,18 @@ fn every_bad_value_is_reported_not_only_the_first() {
         assert_eq!(text.matches(needle).count(), 1, "{needle} in {text}");
     }
     assert_eq!(errors.len(), 5);
+    // In the order of the file's lines, whatever order the settings are read in.
+    let lines: Vec<usize> = errors
+        .iter()
+        .map(|e| match e {
+            Error::Invalid {
+                origin: Source::File { line, .. },
+                ..
+            } => *line,
+            other => panic!("{other}"),
+        })
+        .collect();
+    assert_eq!(lines, [1, 2, 3, 4, 5]);
 }
 
 #[test]

@@ -103,6 +103,9 @@ pub(crate) enum Answer {
     Conflict,
     /// Kept, but the serializability checker failed and asks for a 500.
     CheckFailed,
+    /// Neither committed nor queued (the store failed and the writer could not keep it): held
+    /// only in this node's memory, so not acknowledged: answer 503.
+    Unavailable,
 }
 
 /// What [`AppShared::execute`] did.
@@ -721,11 +724,11 @@ impl AppShared {
                 Answer::Done
             }
             Saved::Failed(error) => {
-                // Kept: still in the cache, marked changed (by the writer), saved by its next
-                // request.
+                // Held only in this node's memory (marked changed by the writer, tried again by
+                // the session's next request): a crash would lose it, so it is not acknowledged.
                 crate::metrics::store_error(app, "save");
-                tracing::error!(%app, session = %id.short_hash(), error = &error as &dyn std::error::Error, "cannot save session; kept in memory and retried on its next request");
-                Answer::Done
+                tracing::error!(%app, session = %id.short_hash(), error = &error as &dyn std::error::Error, "cannot save session; the change is refused (503) and tried again with the session's next request");
+                Answer::Unavailable
             }
         };
         (answer, committed)
@@ -748,32 +751,42 @@ impl AppShared {
         }
     }
 
-    /// Sets the session cookie, or expires it when `id` is `None`.
+    /// Sets the session cookie, or expires it (and the version cookie) when `id` is `None`.
     fn set_cookie(&self, headers: &mut HeaderMap, id: Option<&SessionId>, secure: bool) {
         let s = &self.settings;
         let path = s
             .cookie_path
             .clone()
             .unwrap_or_else(|| s.context_path.clone());
-        let mut cookie = Cookie::build((
-            s.cookie_name.clone(),
+        let build = |name: &str, value: String| {
+            let mut cookie = Cookie::build((name.to_owned(), value))
+                .path(path.clone())
+                .secure(s.secure.unwrap_or(secure))
+                .http_only(s.http_only.unwrap_or(true))
+                .same_site(SameSite::Lax)
+                .build();
+            if id.is_none() {
+                cookie.make_removal();
+            }
+            cookie
+        };
+        let mut cookies = vec![build(
+            &s.cookie_name,
             id.map(|id| id.as_cookie_value().to_owned())
                 .unwrap_or_default(),
-        ))
-        .path(path)
-        .secure(s.secure.unwrap_or(secure))
-        .http_only(s.http_only.unwrap_or(true))
-        .same_site(SameSite::Lax)
-        .build();
+        )];
         if id.is_none() {
-            cookie.make_removal();
+            // The version of a session that is gone means nothing any more.
+            cookies.push(build(&self.version_cookie, String::new()));
         }
-        match HeaderValue::try_from(cookie.to_string()) {
-            Ok(value) => {
-                headers.append(SET_COOKIE, value);
-            }
-            Err(error) => {
-                tracing::error!(app = %s.app, %error, "session cookie is not a valid header value")
+        for cookie in cookies {
+            match HeaderValue::try_from(cookie.to_string()) {
+                Ok(value) => {
+                    headers.append(SET_COOKIE, value);
+                }
+                Err(error) => {
+                    tracing::error!(app = %s.app, %error, "session cookie is not a valid header value")
+                }
             }
         }
     }

@@ -113,7 +113,12 @@ where
                         Some((Answer::Done, Some(row))) => {
                             app.set_version_cookie(response.headers_mut(), row, secure);
                         }
-                        Some((Answer::Done, None)) | None => {}
+                        Some((Answer::Done, None)) => {}
+                        // The save failed in a way nobody can vouch for (a panic, a lost
+                        // task): its change is not acknowledged.
+                        None => {
+                            return Ok(replace(&response, StatusCode::INTERNAL_SERVER_ERROR));
+                        }
                         // The change was not kept: do not acknowledge it.
                         Some((Answer::Conflict, _)) => {
                             return Ok(replace(&response, StatusCode::CONFLICT));
@@ -121,6 +126,15 @@ where
                         // The cause is in the log (the attribute names), not in the body.
                         Some((Answer::CheckFailed, _)) => {
                             return Ok(replace(&response, StatusCode::INTERNAL_SERVER_ERROR));
+                        }
+                        // Not committed, not queued: not acknowledged; the client may retry.
+                        Some((Answer::Unavailable, _)) => {
+                            let mut refused = replace(&response, StatusCode::SERVICE_UNAVAILABLE);
+                            refused.headers_mut().insert(
+                                http::header::RETRY_AFTER,
+                                http::HeaderValue::from_static("1"),
+                            );
+                            return Ok(refused);
                         }
                     }
                 }

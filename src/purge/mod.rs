@@ -45,11 +45,27 @@ impl PurgeSchedule {
                  e.g. \"0 0 3 * * *\" (03:00 UTC daily); {expression:?} has {fields}"
             )));
         }
-        cron::Schedule::from_str(expression).map(Self).map_err(|e| {
+        let schedule = cron::Schedule::from_str(expression).map_err(|e| {
+            // The parser's message repeats the expression over several lines, with a caret;
+            // its last line says what is wrong.
+            let text = e.to_string();
+            let reason = text
+                .lines()
+                .rev()
+                .map(str::trim)
+                .find(|line| !line.is_empty() && !line.starts_with('^'))
+                .unwrap_or("not understood")
+                .to_owned();
             ScheduleError(format!(
-                "a cron expression, seconds first (e.g. \"0 0 3 * * *\"); {expression:?}: {e}"
+                "a cron expression, seconds first (e.g. \"0 0 3 * * *\"); in {expression:?}: {reason}"
             ))
-        })
+        })?;
+        if schedule.upcoming(chrono::Utc).next().is_none() {
+            return Err(ScheduleError(format!(
+                "a schedule that runs; {expression:?} names no date that exists (e.g. 31 February)"
+            )));
+        }
+        Ok(Self(schedule))
     }
 
     /// The next time after `after` (UTC).
@@ -194,6 +210,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("a cron expression"), "{err}");
+        let err = PurgeSchedule::parse("0 0 3 * * FOO")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !err.contains('\n') && err.contains("'FOO' is not a valid day of the week"),
+            "{err}"
+        );
+        let err = PurgeSchedule::parse("0 0 3 31 2 *")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("names no date that exists"), "{err}");
         assert!(PurgeSchedule::parse("0 0 3 * * MON-FRI").is_ok());
     }
 }

@@ -89,6 +89,10 @@ pub async fn open_store(config: &Config) -> Result<Option<Persistence>, store::E
         );
     }
     let store = store::open(&config.store_url, &config.store).await?;
+    // One read of the table, so that a store without it (session.store.migrate=false on a
+    // database nobody migrated) stops start-up instead of failing every save.
+    let probe = crate::id::SessionId::generate().store_key();
+    store.exists(&probe, store::now_millis()).await?;
     tracing::info!(url = %store::redact_url(&config.store_url), "session store ready");
     Ok(Some(Persistence::from_config(store, config)))
 }

@@ -6,10 +6,12 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The database answered with an error or could not be reached.
+    /// The database answered with an error or could not be reached. The message is the
+    /// database's own, once (the driver's error is kept for inspection, not chained: its text
+    /// would repeat the message, with the server's source line).
     #[cfg(feature = "sql")]
-    #[error("database error")]
-    Database(#[from] sqlx::Error),
+    #[error("{}", database_message(.0))]
+    Database(sqlx::Error),
     /// Applying the schema migrations failed.
     #[cfg(feature = "sql")]
     #[error("applying migrations failed")]
@@ -56,6 +58,29 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+}
+
+#[cfg(feature = "sql")]
+impl From<sqlx::Error> for Error {
+    fn from(error: sqlx::Error) -> Self {
+        Error::Database(error)
+    }
+}
+
+/// A driver error in an operator's words: what the server said, or why it could not be asked.
+#[cfg(feature = "sql")]
+fn database_message(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Database(e) => match e.code() {
+            Some(code) => format!("the database answered: {} (SQLSTATE {code})", e.message()),
+            None => format!("the database answered: {}", e.message()),
+        },
+        sqlx::Error::Io(e) => format!("cannot reach the database: {e}"),
+        sqlx::Error::PoolTimedOut => {
+            "no database connection could be had in time (session.store.timeout)".to_owned()
+        }
+        other => format!("database error: {other}"),
+    }
 }
 
 impl Error {

@@ -122,9 +122,7 @@ fn unsupported(url: &str, scheme: &str) -> Error {
         built.join(", ")
     };
     let reason = if url.contains("://") {
-        format!(
-            "scheme {scheme:?} is not supported by this build (supported: {supported}){feature}"
-        )
+        format!("scheme {scheme:?} is not supported (supported: {supported}){feature}")
     } else {
         format!("no scheme (supported: {supported}); for a SQLite file write sqlite://{url}")
     };
