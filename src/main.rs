@@ -450,8 +450,11 @@ async fn check_config(dir: &Path, connect: bool) -> anyhow::Result<()> {
         println!("# WARNING: {warning}");
     }
     for (key, setting) in properties.iter() {
-        let secret =
-            matches!(key, "session.secret" | "session.secret.previous") || key.contains("password");
+        // By name, misspelt ones included: any key that may hold a secret.
+        let lower = key.to_lowercase();
+        let secret = ["secret", "passw", "hash", "token", "credential"]
+            .iter()
+            .any(|word| lower.contains(word));
         let value = if secret && !setting.value.is_empty() {
             "********".to_owned()
         } else if key == "session.store.url" {
@@ -526,10 +529,14 @@ async fn check_config(dir: &Path, connect: bool) -> anyhow::Result<()> {
     }
     let store = open_existing(&config, &properties).await?;
     let probe = session_failover::session::SessionId::generate().store_key();
-    store
-        .exists(&probe, store::now_millis())
-        .await
-        .map_err(|e| store_error(e).context(store_origin(&properties)))?;
+    tokio::time::timeout(
+        config.store.timeout,
+        store.exists(&probe, store::now_millis()),
+    )
+    .await
+    .map_err(|_| store::Error::Timeout(config.store.timeout))
+    .and_then(|read| read)
+    .map_err(|e| store_error(e).context(store_origin(&properties)))?;
     println!(
         "# configuration is valid; the store {} answers and has its table",
         store::redact_url(&config.store_url)

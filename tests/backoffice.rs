@@ -150,7 +150,8 @@ async fn operators_sign_in_find_show_and_delete_sessions() {
         let (status, headers, body) =
             call(&app, "GET", "/backoffice/api/sessions", auth, None, None).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{auth:?}");
-        assert!(headers.contains_key("www-authenticate"));
+        // No Basic prompt: a browser would cache the credentials and replay them.
+        assert!(!headers.contains_key("www-authenticate"));
         assert!(!body.contains("storefront"), "{body}");
     }
     let (status, headers, _) = call(&app, "GET", "/backoffice", None, None, None).await;
@@ -407,4 +408,177 @@ async fn values_are_shown_only_when_configured() {
     )
     .await;
     assert!(body.contains("SHOWN-SKU"), "{body}");
+}
+
+/// One request with the given headers (and a form body for POSTs).
+async fn request(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+    form: Option<&str>,
+) -> (StatusCode, http::HeaderMap) {
+    let mut builder = Request::builder().method(method).uri(uri);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let body = match form {
+        Some(form) => {
+            builder = builder.header("content-type", "application/x-www-form-urlencoded");
+            Body::from(form.to_owned())
+        }
+        None => Body::empty(),
+    };
+    let response = app
+        .clone()
+        .oneshot(builder.body(body).unwrap())
+        .await
+        .unwrap();
+    (response.status(), response.headers().clone())
+}
+
+/// Cross-site requests (CSRF) are refused before they load a session; every answer forbids
+/// framing and caching; pages take the signed-in session only, not Basic credentials.
+#[tokio::test]
+async fn cross_site_posts_framing_and_basic_on_pages_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn SessionAdmin> = Arc::new(sqlite(dir.path()).await);
+    let app = node(
+        &format!(
+            "session.backoffice.user=admin\nsession.backoffice.password.hash={}\n",
+            hash()
+        ),
+        store.clone(),
+    );
+    let form = format!("user=admin&password={}", PASSWORD.replace(' ', "+"));
+    // A sign-in posted from another site (login CSRF), by either header a browser sends.
+    for headers in [
+        &[("sec-fetch-site", "cross-site"), ("host", "shop.example")][..],
+        &[("origin", "https://evil.example"), ("host", "shop.example")],
+        &[("origin", "null"), ("host", "shop.example")],
+    ] {
+        let (status, _) = request(&app, "POST", "/backoffice/login", headers, Some(&form)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{headers:?}");
+    }
+    // The operator signs in from the backoffice's own page.
+    let (status, out) = request(
+        &app,
+        "POST",
+        "/backoffice/login",
+        &[
+            ("sec-fetch-site", "same-origin"),
+            ("origin", "http://shop.example"),
+            ("host", "shop.example"),
+        ],
+        Some(&form),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let cookie = out["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    // A shopper's session, which another site tries to have the operator delete.
+    let r = send(
+        &app,
+        "POST",
+        "/cart/items",
+        None,
+        Some(json!({"sku": "K", "qty": 1})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("admin:{PASSWORD}"))
+    );
+    let list = store
+        .list(&session_failover::store::ListQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let shopper = list
+        .iter()
+        .find(|m| m.app == "storefront")
+        .unwrap()
+        .key
+        .clone();
+    let before = store.length().await.unwrap();
+    let delete = format!("/backoffice/sessions/{shopper}/delete");
+    let (status, _) = request(
+        &app,
+        "POST",
+        &delete,
+        &[
+            ("cookie", &cookie),
+            ("origin", "https://evil.example"),
+            ("host", "shop.example"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let api = format!("/backoffice/api/sessions/{shopper}");
+    let (status, _) = request(
+        &app,
+        "DELETE",
+        &api,
+        &[("authorization", &auth), ("sec-fetch-site", "cross-site")],
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(store.length().await.unwrap(), before, "nothing was deleted");
+    // Pages: the session, not Basic credentials (a browser would replay cached ones).
+    let (status, _) = request(
+        &app,
+        "GET",
+        "/backoffice",
+        &[("authorization", &auth)],
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (status, page) = request(&app, "GET", "/backoffice", &[("cookie", &cookie)], None).await;
+    assert_eq!(status, StatusCode::OK);
+    for (name, value) in [
+        ("x-frame-options", "DENY"),
+        ("x-content-type-options", "nosniff"),
+        ("cache-control", "no-store"),
+        ("referrer-policy", "no-referrer"),
+    ] {
+        assert_eq!(page[name], value, "{name}");
+    }
+    assert!(
+        page["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("frame-ancestors 'none'")
+    );
+    // Scripts: Basic on the API, no browser headers: allowed, and the same delete works
+    // from the operator's own page.
+    let (status, _) = request(
+        &app,
+        "GET",
+        "/backoffice/api/stats",
+        &[("authorization", &auth)],
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = request(
+        &app,
+        "POST",
+        &delete,
+        &[("cookie", &cookie), ("sec-fetch-site", "same-origin")],
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(store.length().await.unwrap(), before - 1);
 }

@@ -296,6 +296,8 @@ async fn public_side_refuses_the_operators_paths(public: &str) {
         "//backoffice/login",
         "/%62ackoffice/login",
         "/%6detrics",
+        // The node routes this raw path to the API; a balancer that resolves it sees "/cart".
+        "/backoffice/api/sessions/..%2F..%2F..%2Fcart",
     ] {
         let status = http
             .get(format!("{public}{path}"))
@@ -511,10 +513,13 @@ async fn backoffice_sign_in_survives_alternating_nodes_behind_haproxy() {
         );
         served_by.push(node);
     }
-    assert!(
-        served_by.windows(2).all(|pair| pair[0] != pair[1])
-            && served_by.iter().all(|n| n == "node1" || n == "node2"),
-        "the requests alternate between the two nodes: {served_by:?}"
-    );
+    // Round-robin over the live nodes (a request sent to the third before its checks took it
+    // out is redispatched): both nodes served several of them.
+    for node in ["node1", "node2"] {
+        assert!(
+            served_by.iter().filter(|n| *n == node).count() >= 3,
+            "the requests go to both nodes: {served_by:?}"
+        );
+    }
     drop(nodes);
 }

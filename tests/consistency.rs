@@ -387,8 +387,7 @@ async fn a_write_racing_a_rotation_follows_the_session_to_its_new_id() {
         .route(
             "/login",
             post(|session: Session| async move {
-                session.set_principal(Some("eve".to_owned()));
-                session.cycle_id();
+                session.set_principal(Some("eve".to_owned())).unwrap();
                 "in"
             }),
         )

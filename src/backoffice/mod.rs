@@ -134,14 +134,79 @@ pub fn router(backoffice: Arc<Backoffice>, session: SessionFailoverLayer) -> Rou
         .route("/sessions/{key}", get(pages::detail_page))
         .route("/sessions/{key}/delete", post(pages::delete_from_page))
         .route_layer(from_fn_with_state(Arc::clone(&backoffice), require_page));
+    // The guard is outermost: a cross-site request is refused before it loads a session.
     let routes = Router::new()
         .route("/login", get(pages::login_page).post(pages::login))
         .route("/logout", post(pages::logout))
         .merge(pages)
         .merge(api)
         .with_state(backoffice)
-        .layer(session);
+        .layer(session)
+        .layer(axum::middleware::from_fn(guard));
     Router::new().nest(PATH, routes)
+}
+
+/// What every backoffice answer carries: no framing (clickjacking), no scripts or resources from
+/// anywhere, forms posted only here, no type sniffing, no referrer, no caching.
+const SECURITY_HEADERS: [(header::HeaderName, &str); 6] = [
+    (
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; \
+         frame-ancestors 'none'; base-uri 'none'",
+    ),
+    (header::X_FRAME_OPTIONS, "DENY"),
+    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    (header::REFERRER_POLICY, "no-referrer"),
+    (header::CACHE_CONTROL, "no-store"),
+    (header::VARY, "Cookie, Authorization"),
+];
+
+/// Refuses a state-changing request that a browser sent from another site (CSRF: a form on
+/// another site posting to the backoffice with the operator's cookie), and adds
+/// [`SECURITY_HEADERS`] to every answer.
+async fn guard(request: Request, next: Next) -> Response {
+    let safe = matches!(
+        *request.method(),
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+    );
+    let mut response = if !safe && cross_site(request.headers()) {
+        crate::metrics::backoffice_refused("cross-site");
+        tracing::warn!(method = %request.method(), "backoffice: a cross-site request was refused");
+        (
+            StatusCode::FORBIDDEN,
+            JsonLine(serde_json::json!({ "error": "cross-site request refused" })),
+        )
+            .into_response()
+    } else {
+        next.run(request).await
+    };
+    let headers = response.headers_mut();
+    for (name, value) in SECURITY_HEADERS {
+        headers.insert(name, http::HeaderValue::from_static(value));
+    }
+    response
+}
+
+/// Whether a browser says the request comes from another site: `Sec-Fetch-Site` (every current
+/// browser sends it), else an `Origin` that is not this host. A request with neither is not a
+/// browser's form post (curl, scripts), which cannot carry the operator's cookie unasked.
+fn cross_site(headers: &HeaderMap) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return !matches!(site.as_bytes(), b"same-origin" | b"none");
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return false;
+    };
+    let authority = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .map(|(_, authority)| authority);
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    match (authority, host) {
+        (Some(authority), Some(host)) => !authority.eq_ignore_ascii_case(host),
+        _ => true,
+    }
 }
 
 fn operator(b: &Backoffice, request: &Request) -> bool {
@@ -160,7 +225,13 @@ async fn require_api(State(b): Shared, request: Request, next: Next) -> Response
 }
 
 async fn require_page(State(b): Shared, request: Request, next: Next) -> Response {
-    if operator(&b, &request) {
+    // Pages take the signed-in session only: HTTP Basic is for scripts on the API, and a
+    // browser that cached Basic credentials would send them with any page it is led to.
+    let signed_in = request
+        .extensions()
+        .get::<Session>()
+        .is_some_and(|session| session.principal().as_deref() == Some(b.user.as_str()));
+    if signed_in {
         next.run(request).await
     } else {
         Redirect::to(&format!("{PATH}/login")).into_response()
@@ -188,14 +259,14 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Key {
 
 type Shared = State<Arc<Backoffice>>;
 
+/// 401 without `WWW-Authenticate`: a browser does not prompt for (and then cache and replay)
+/// Basic credentials; scripts send them unasked.
 fn unauthorized() -> Response {
     (
         StatusCode::UNAUTHORIZED,
-        [(
-            header::WWW_AUTHENTICATE,
-            "Basic realm=\"backoffice\", charset=\"UTF-8\"",
-        )],
-        JsonLine(serde_json::json!({ "error": "sign in to the backoffice" })),
+        JsonLine(serde_json::json!({
+            "error": "sign in to the backoffice, or send HTTP Basic credentials"
+        })),
     )
         .into_response()
 }

@@ -393,7 +393,9 @@ impl Config {
             },
             store: crate::store::StoreOptions {
                 migrate: problems.ok(boolean(p, "session.store.migrate")),
-                create: true,
+                // Creating a database is part of migrating it: a node told not to migrate does
+                // not create an empty SQLite file at a mistyped path either.
+                create: problems.ok(boolean(p, "session.store.migrate")),
                 pool_size: u32::try_from(problems.ok(number(
                     p,
                     "session.store.pool.size",
@@ -511,6 +513,9 @@ fn backoffice(p: &Properties) -> Result<Option<BackofficeCredentials>, Error> {
             "is set but session.backoffice.user is not",
         )),
         (false, false) => {
+            // The user becomes the operator's session principal.
+            crate::session::validate_principal(&user)
+                .map_err(|e| fail("session.backoffice.user", &e.to_string()))?;
             // Without the backoffice compiled in, the hash is kept but never checked against.
             #[cfg(feature = "backoffice")]
             argon2::password_hash::PasswordHash::new(&hash).map_err(|_| {

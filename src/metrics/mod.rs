@@ -27,6 +27,7 @@
 //!
 //! | `session_purge_runs_total` / `_rows_total` / `_seconds` | counter / counter / histogram | purge runs, rows deleted, time per run |
 //! | `session_purge_skipped_total` / `_failures_total` | counter | runs skipped (another node purging) / failed |
+//! | `session_backoffice_refused_total` | counter | backoffice requests refused before a handler, by `reason` (`cross-site`) |
 //!
 //! The writer's series have no `app` label: one writer serves every app sharing a store.
 
@@ -59,6 +60,12 @@ impl AppMetrics {
             cache_entries: metrics::gauge!("session_cache_entries", &label()),
         }
     }
+}
+
+/// A backoffice request refused before it reached a handler (`reason`: `cross-site`).
+#[cfg(feature = "backoffice")]
+pub(crate) fn backoffice_refused(reason: &'static str) {
+    metrics::counter!("session_backoffice_refused_total", "reason" => reason).increment(1);
 }
 
 pub(crate) fn store_error(app: &str, op: &'static str) {

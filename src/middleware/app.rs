@@ -103,8 +103,8 @@ pub(crate) enum Answer {
     Conflict,
     /// Kept, but the serializability checker failed and asks for a 500.
     CheckFailed,
-    /// Neither committed nor queued (the store failed and the writer could not keep it): held
-    /// only in this node's memory, so not acknowledged: answer 503.
+    /// Neither committed nor queued (the store failed and the writer could not keep it): not
+    /// acknowledged (503, no cookie) and not kept: this node drops its copy.
     Unavailable,
 }
 
@@ -601,6 +601,9 @@ impl AppShared {
                         // The write that carried the change was not kept (the session was
                         // ended elsewhere, or a newer stored state could not be merged).
                         saved = Answer::Conflict;
+                    } else if state.has_unsaved_change() {
+                        // The write that carried it failed and nobody keeps it.
+                        saved = Answer::Unavailable;
                     }
                 }
                 match finish.work {
@@ -623,6 +626,17 @@ impl AppShared {
         }
         if finish.check_failed && saved == Answer::Done {
             saved = Answer::CheckFailed;
+        }
+        if saved == Answer::Unavailable {
+            // Refused, so not kept either: this node drops its copy, and the session's next
+            // request restores the last stored state (a rotation keeps its old id and row).
+            if let Some((id, _)) = &finish.entry {
+                self.cache.invalidate(id).await;
+            }
+            return Executed {
+                answer: saved,
+                row: None,
+            };
         }
         // After the save: a rotation's old row goes only once its new row is written; if that
         // write is still queued (async, or being retried), the delete is queued behind it.
@@ -724,10 +738,10 @@ impl AppShared {
                 Answer::Done
             }
             Saved::Failed(error) => {
-                // Held only in this node's memory (marked changed by the writer, tried again by
-                // the session's next request): a crash would lose it, so it is not acknowledged.
+                // Nobody keeps it (not queued, not committed): refused, and dropped from this
+                // node by the caller.
                 crate::metrics::store_error(app, "save");
-                tracing::error!(%app, session = %id.short_hash(), error = &error as &dyn std::error::Error, "cannot save session; the change is refused (503) and tried again with the session's next request");
+                tracing::error!(%app, session = %id.short_hash(), error = &error as &dyn std::error::Error, "cannot save session; the change is refused (503) and this node's copy dropped");
                 Answer::Unavailable
             }
         };

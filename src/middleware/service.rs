@@ -127,9 +127,11 @@ where
                         Some((Answer::CheckFailed, _)) => {
                             return Ok(replace(&response, StatusCode::INTERNAL_SERVER_ERROR));
                         }
-                        // Not committed, not queued: not acknowledged; the client may retry.
+                        // Not committed, not kept: nothing of the request happened to the
+                        // session, so no cookie either (a rotation keeps the old id).
                         Some((Answer::Unavailable, _)) => {
-                            let mut refused = replace(&response, StatusCode::SERVICE_UNAVAILABLE);
+                            let mut refused = Response::new(ResBody::default());
+                            *refused.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
                             refused.headers_mut().insert(
                                 http::header::RETRY_AFTER,
                                 http::HeaderValue::from_static("1"),

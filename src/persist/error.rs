@@ -6,10 +6,9 @@ use std::time::Duration;
 use crate::store;
 
 /// Why a write was not committed when its request asked. Whether the change is still kept (and
-/// by whom) is said by the variant: [`WriteError::QueueFull`], [`WriteError::Stopped`], a
-/// direct write's [`WriteError::Store`] and a queued one the store refuses for good (not
-/// transient: the writer gives it up after a few attempts) leave it to the session's next
-/// request, so a sync request is not acknowledged.
+/// by whom) is said by the variant: [`WriteError::QueueFull`], [`WriteError::Stopped`] and a
+/// direct write's [`WriteError::Store`] are kept by nobody, so the request is refused (503) and
+/// the change dropped from this node; the others stay queued in the writer.
 #[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum WriteError {

@@ -136,11 +136,6 @@ impl Persister {
                     Ok(Outcome::Failed(error @ (WriteError::QueueFull | WriteError::Stopped))) => {
                         Saved::Failed(error)
                     }
-                    // Refused for this data (not an unreachable store): the writer retries a
-                    // few times and then gives it up, so it is not kept for sure.
-                    Ok(Outcome::Failed(WriteError::Store(error))) if !error.is_transient() => {
-                        Saved::Failed(WriteError::Store(error))
-                    }
                     Ok(Outcome::Failed(error)) => Saved::Kept(error),
                     Err(_) => Saved::Kept(WriteError::Timeout(timeout)),
                 }

@@ -92,7 +92,12 @@ pub async fn open_store(config: &Config) -> Result<Option<Persistence>, store::E
     // One read of the table, so that a store without it (session.store.migrate=false on a
     // database nobody migrated) stops start-up instead of failing every save.
     let probe = crate::id::SessionId::generate().store_key();
-    store.exists(&probe, store::now_millis()).await?;
+    tokio::time::timeout(
+        config.store.timeout,
+        store.exists(&probe, store::now_millis()),
+    )
+    .await
+    .map_err(|_| store::Error::Timeout(config.store.timeout))??;
     tracing::info!(url = %store::redact_url(&config.store_url), "session store ready");
     Ok(Some(Persistence::from_config(store, config)))
 }

@@ -176,9 +176,11 @@ async fn login(session: Session, login: Result<Json<Login>, JsonRejection>) -> R
             "user must be 1 to {MAX_USER_LEN} characters without control characters"
         ));
     }
-    session.set_principal(Some(user.to_owned()));
-    // A new id at sign-in: an id planted before it (session fixation) is worth nothing after.
-    session.cycle_id();
+    // A new id comes with the new user: an id planted before the sign-in (session fixation) is
+    // worth nothing after it.
+    if let Err(error) = session.set_principal(Some(user.to_owned())) {
+        return bad_request(format!("user: {error}"));
+    }
     JsonLine(view(&session)).into_response()
 }
 

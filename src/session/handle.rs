@@ -344,8 +344,32 @@ impl Session {
     /// Sets or clears the signed-in user. Setting one creates the session if needed; clearing
     /// one on a request without a session does nothing.
     ///
-    /// Call [`Session::cycle_id`] at the same time when signing in, against session fixation.
-    pub fn set_principal(&self, principal: Option<String>) {
+    /// A change of user also gives the session a new id ([`Session::cycle_id`]), against
+    /// session fixation: an id planted in a browser before the sign-in is worth nothing after
+    /// it. [`Session::set_principal_keeping_id`] opts out.
+    ///
+    /// The principal is refused (and nothing changes) when a store could not keep it as it is:
+    /// empty, more than [`MAX_PRINCIPAL_CHARS`] characters (MariaDB's column; non-strict MySQL
+    /// would cut it), or with control characters (PostgreSQL refuses NUL). A refused principal
+    /// never reaches the store, where it would fail the write of every session in its batch.
+    pub fn set_principal(&self, principal: Option<String>) -> Result<(), InvalidPrincipal> {
+        let changes = principal != self.principal();
+        self.set_principal_keeping_id(principal)?;
+        if changes {
+            self.cycle_id();
+        }
+        Ok(())
+    }
+
+    /// As [`Session::set_principal`], keeping the session's id: for an application that rotates
+    /// ids itself, or sets a principal that is not a sign-in.
+    pub fn set_principal_keeping_id(
+        &self,
+        principal: Option<String>,
+    ) -> Result<(), InvalidPrincipal> {
+        if let Some(principal) = &principal {
+            validate_principal(principal)?;
+        }
         let creates = principal.is_some();
         let update = |state: &mut State| state.set_principal(principal);
         match creates {
@@ -355,6 +379,7 @@ impl Session {
             }
         }
         self.slot().changed = true;
+        Ok(())
     }
 
     /// Whether the request has a live session (restored, or created by a write).
@@ -482,5 +507,38 @@ impl<S: Send + Sync> FromRequestParts<S> for Session {
             .get::<Session>()
             .cloned()
             .ok_or(SessionRejection)
+    }
+}
+
+/// The longest principal [`Session::set_principal`] takes, in characters: MariaDB's and MySQL's
+/// `principal VARCHAR(255)`.
+pub const MAX_PRINCIPAL_CHARS: usize = 255;
+
+/// Why [`Session::set_principal`] refused a principal: a store could not keep it as it is.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidPrincipal {
+    /// The empty string (clear the principal with `None`).
+    #[error("a principal must not be empty (clear it with None)")]
+    Empty,
+    /// Longer than [`MAX_PRINCIPAL_CHARS`].
+    #[error("a principal is at most 255 characters; this one has {0}")]
+    TooLong(usize),
+    /// A control character (NUL cannot be stored in PostgreSQL; the others would reach logs and
+    /// terminals as they are).
+    #[error("a principal must not contain control characters")]
+    Control,
+}
+
+pub(crate) fn validate_principal(principal: &str) -> Result<(), InvalidPrincipal> {
+    let chars = principal.chars().count();
+    if chars == 0 {
+        Err(InvalidPrincipal::Empty)
+    } else if chars > MAX_PRINCIPAL_CHARS {
+        Err(InvalidPrincipal::TooLong(chars))
+    } else if principal.chars().any(char::is_control) {
+        Err(InvalidPrincipal::Control)
+    } else {
+        Ok(())
     }
 }

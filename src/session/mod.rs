@@ -14,4 +14,5 @@ mod handle;
 pub(crate) mod state;
 
 pub use crate::id::{SessionId, SessionKey, ShortHash};
-pub use handle::{Session, SessionRejection};
+pub(crate) use handle::validate_principal;
+pub use handle::{InvalidPrincipal, MAX_PRINCIPAL_CHARS, Session, SessionRejection};

@@ -124,7 +124,11 @@ fn unsupported(url: &str, scheme: &str) -> Error {
     let reason = if url.contains("://") {
         format!("scheme {scheme:?} is not supported (supported: {supported}){feature}")
     } else {
-        format!("no scheme (supported: {supported}); for a SQLite file write sqlite://{url}")
+        if url.contains('@') {
+            format!("no scheme (supported: {supported})")
+        } else {
+            format!("no scheme (supported: {supported}); for a SQLite file write sqlite://{url}")
+        }
     };
     Error::Url {
         url: redact_url(url),
@@ -168,18 +172,31 @@ where
     Ok(Arc::new(store))
 }
 
-/// `url` with any password replaced by `***`, for messages.
+/// `url` with any password replaced by `***`, for messages: the userinfo's (with or without a
+/// scheme) and a `password=` query parameter's.
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(start), Some(at)) if at > start => {
-            let userinfo = &url[start + 3..at];
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let mut out = match url.rfind('@') {
+        Some(at) if at > start => {
+            let userinfo = &url[start..at];
             match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..start + 3], &url[at..]),
+                Some((user, _)) => format!("{}{user}:***{}", &url[..start], &url[at..]),
                 None => url.to_owned(),
             }
         }
         _ => url.to_owned(),
+    };
+    if let Some((base, query)) = out.split_once('?') {
+        let query: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) if name.eq_ignore_ascii_case("password") => format!("{name}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        out = format!("{base}?{}", query.join("&"));
     }
+    out
 }
 
 #[cfg(test)]
@@ -194,5 +211,10 @@ mod tests {
         );
         assert_eq!(redact_url("sqlite://data/s.db"), "sqlite://data/s.db");
         assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
+        assert_eq!(redact_url("app:pw@db/x"), "app:***@db/x");
+        assert_eq!(
+            redact_url("postgres://u@h/db?sslmode=require&password=pw"),
+            "postgres://u@h/db?sslmode=require&password=***"
+        );
     }
 }
