@@ -549,10 +549,10 @@ async fn an_unreachable_store_answers_503_not_a_fresh_session() {
 }
 
 #[tokio::test]
-async fn a_failed_save_is_retried_by_the_next_request() {
-    // Without group commit each request writes its own row; a failed one is kept in memory and
-    // written by the session's next request. (With the writer, the writer retries it: see
-    // tests/writer.rs.)
+async fn a_failed_direct_save_is_refused_and_dropped() {
+    // Without group commit each request writes its own row: one that fails is kept by nobody,
+    // so it is refused (503, no cookie) and dropped from the node; it never appears later.
+    // (With the writer, the writer keeps and retries it: see src/persist/writer/tests.rs.)
     let dir = tempfile::tempdir().unwrap();
     let sqlite = sqlite(dir.path()).await;
     let store: Arc<dyn SessionAdmin> = Arc::new(sqlite.clone());
@@ -568,16 +568,91 @@ async fn a_failed_save_is_retried_by_the_next_request() {
         .await
         .unwrap();
     let r = send(&a, "POST", "/cart/items", Some(&jar(&id)), add("B", 1)).await;
-    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.set_cookie.is_empty());
     sqlx::query("DROP TRIGGER fail")
         .execute(sqlite.pool())
         .await
         .unwrap();
-    // A read-only request: the session is still marked changed, so it is saved now.
-    send(&a, "GET", "/cart", Some(&jar(&id)), None).await;
+    // Neither this node nor another serves the refused change; the next one is kept.
+    let r = send(&a, "GET", "/cart", Some(&jar(&id)), None).await;
+    assert_eq!(items(&r.body), [("A".to_owned(), 1)]);
+    let r = send(&a, "POST", "/cart/items", Some(&jar(&id)), add("C", 1)).await;
+    assert_eq!(r.status, StatusCode::OK);
     let b = node(SYNC, "b", store.clone());
     let r = send(&b, "GET", "/cart", Some(&jar(&id)), None).await;
-    assert_eq!(items(&r.body), [("A".to_owned(), 1), ("B".to_owned(), 1)]);
+    assert_eq!(items(&r.body), [("A".to_owned(), 1), ("C".to_owned(), 1)]);
+}
+
+/// `set_principal` refuses what a store could not keep, and gives the session a new id when
+/// the user changes (session fixation); `set_principal_keeping_id` does not.
+#[tokio::test]
+async fn a_new_principal_gets_a_new_id_and_bad_principals_are_refused() {
+    use axum::extract::Path;
+    use axum::response::IntoResponse as _;
+    use axum::routing::post;
+    use session_failover::{Session, SessionFailoverLayer};
+    let app = Router::new()
+        .route(
+            "/as/{user}",
+            post(|session: Session, Path(user): Path<String>| async move {
+                match session.set_principal(Some(user)) {
+                    Ok(()) => StatusCode::OK.into_response(),
+                    Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+                }
+            }),
+        )
+        .route(
+            "/keep/{user}",
+            post(|session: Session, Path(user): Path<String>| async move {
+                session.set_principal_keeping_id(Some(user)).unwrap();
+            }),
+        )
+        .route(
+            "/visit",
+            post(|session: Session| async move { session.insert("n", 1u32) }),
+        )
+        .layer(SessionFailoverLayer::new("app"));
+    let first = send(&app, "POST", "/visit", None, None)
+        .await
+        .cookie("JSESSIONID")
+        .unwrap();
+    let r = send(&app, "POST", "/as/ann", Some(&jar(&first)), None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let second = r.cookie("JSESSIONID").expect("a new id at sign-in");
+    assert_ne!(second, first);
+    // The planted id is worth nothing now.
+    let r = send(&app, "POST", "/keep/eve", Some(&jar(&first)), None).await;
+    assert_ne!(r.cookie("JSESSIONID"), Some(first.clone()));
+    // The same user again: no new id; another user kept by the opt-out: no new id either.
+    let r = send(&app, "POST", "/as/ann", Some(&jar(&second)), None).await;
+    assert_eq!(r.cookie("JSESSIONID"), None);
+    let r = send(&app, "POST", "/keep/bob", Some(&jar(&second)), None).await;
+    assert_eq!(r.cookie("JSESSIONID"), None);
+    let long = "x".repeat(256);
+    for user in ["a%00b", "tab%09", long.as_str()] {
+        let r = send(
+            &app,
+            "POST",
+            &format!("/as/{user}"),
+            Some(&jar(&second)),
+            None,
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{user}");
+        assert!(r.cookie("JSESSIONID").is_none(), "{user}: no new id");
+    }
+    // 255 characters (510 bytes of UTF-8) are fine.
+    let ok = "%C3%A9".repeat(255);
+    let r = send(
+        &app,
+        "POST",
+        &format!("/as/{ok}"),
+        Some(&jar(&second)),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "255 characters are fine");
 }
 
 #[tokio::test]
