@@ -582,3 +582,143 @@ async fn cross_site_posts_framing_and_basic_on_pages_are_refused() {
     assert_eq!(status, StatusCode::SEE_OTHER);
     assert_eq!(store.length().await.unwrap(), before - 1);
 }
+
+/// A request to the app as if from `peer` (the server puts the connection's address there).
+async fn from(
+    app: &Router,
+    peer: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, http::HeaderMap) {
+    let mut builder = Request::builder().method("GET").uri(uri);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let mut request = builder.body(Body::empty()).unwrap();
+    let addr: std::net::SocketAddr = peer.parse().unwrap();
+    request
+        .extensions_mut()
+        .insert(axum::extract::ConnectInfo(addr));
+    let response = app.clone().oneshot(request).await.unwrap();
+    (response.status(), response.headers().clone())
+}
+
+fn basic(user: &str, password: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+/// Guessing costs the guesser: ten failures lock the address out (right password or not), and
+/// other addresses are not affected; behind a balancer on a private network, the address is the
+/// one the balancer forwards.
+#[tokio::test]
+async fn repeated_failed_sign_ins_lock_the_address_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn SessionAdmin> = Arc::new(sqlite(dir.path()).await);
+    let app = node(
+        &format!(
+            "session.backoffice.user=admin\nsession.backoffice.password.hash={}\n",
+            hash()
+        ),
+        store,
+    );
+    let wrong = basic("admin", "guess");
+    let right = basic("admin", PASSWORD);
+    for i in 0..10 {
+        let (status, _) = from(
+            &app,
+            "203.0.113.7:5000",
+            "/backoffice/api/stats",
+            &[("authorization", &wrong)],
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "attempt {i}");
+    }
+    let (status, headers) = from(
+        &app,
+        "203.0.113.7:5001",
+        "/backoffice/api/stats",
+        &[("authorization", &right)],
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "locked out, even with the password"
+    );
+    assert_eq!(headers["retry-after"], "900");
+    // The same client through a balancer on a private address: still locked out.
+    let (status, _) = from(
+        &app,
+        "10.0.0.2:6000",
+        "/backoffice/api/stats",
+        &[
+            ("authorization", &right),
+            ("x-forwarded-for", "203.0.113.7"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    // Another client, directly or through the balancer: not affected.
+    for (peer, forwarded) in [
+        ("198.51.100.1:5000", None),
+        ("10.0.0.2:6001", Some("198.51.100.2")),
+    ] {
+        let mut headers = vec![("authorization", right.as_str())];
+        if let Some(f) = forwarded {
+            headers.push(("x-forwarded-for", f));
+        }
+        let (status, _) = from(&app, peer, "/backoffice/api/stats", &headers).await;
+        assert_eq!(status, StatusCode::OK, "{peer} {forwarded:?}");
+    }
+}
+
+/// Password checks run off the async threads, a bounded number at once: attempts that find
+/// every slot busy are refused at once (429, retry in a second) instead of queueing argon2 work.
+#[tokio::test(flavor = "current_thread")]
+async fn concurrent_guesses_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn SessionAdmin> = Arc::new(sqlite(dir.path()).await);
+    let app = node(
+        &format!(
+            "session.backoffice.user=admin\nsession.backoffice.password.hash={}\n",
+            hash()
+        ),
+        store,
+    );
+    let wrong = basic("admin", "guess");
+    let mut attempts = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let app = app.clone();
+        let wrong = wrong.clone();
+        attempts.spawn(async move {
+            let peer = format!("203.0.113.{}:5000", 10 + i);
+            from(
+                &app,
+                &peer,
+                "/backoffice/api/stats",
+                &[("authorization", &wrong)],
+            )
+            .await
+        });
+    }
+    let results = attempts.join_all().await;
+    let busy = results
+        .iter()
+        .filter(|(status, headers)| {
+            *status == StatusCode::TOO_MANY_REQUESTS && headers["retry-after"] == "1"
+        })
+        .count();
+    let wrong_answers = results
+        .iter()
+        .filter(|(status, _)| *status == StatusCode::UNAUTHORIZED)
+        .count();
+    assert_eq!(busy + wrong_answers, 20, "{results:?}");
+    assert!(
+        busy >= 10,
+        "most concurrent guesses were not checked: {busy} of 20"
+    );
+    assert!(wrong_answers >= 1);
+}

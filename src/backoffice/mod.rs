@@ -14,10 +14,10 @@
 //! configured secret).
 
 mod pages;
+mod signin;
 
 use std::sync::Arc;
 
-use argon2::password_hash::{PasswordHash, PasswordVerifier as _};
 use axum::Router;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -49,7 +49,8 @@ pub struct Backoffice {
     local: Vec<SessionFailoverLayer>,
     codec: Codec,
     user: String,
-    password_hash: String,
+    /// Password checks: argon2 off the async threads, bounded, with lockouts.
+    signins: signin::SignIns,
     show_values: bool,
 }
 
@@ -74,8 +75,8 @@ impl Backoffice {
             store,
             local: Vec::new(),
             codec,
+            signins: signin::SignIns::new(user.clone(), password_hash),
             user,
-            password_hash,
             show_values,
         }
     }
@@ -93,26 +94,54 @@ impl Backoffice {
         admin::delete(&*self.store, key).await
     }
 
-    fn check_password(&self, user: &str, password: &str) -> bool {
-        let Ok(hash) = PasswordHash::new(&self.password_hash) else {
-            return false;
-        };
-        // Verify even for a wrong user name, so timing does not tell which part was wrong.
-        let password_ok = argon2::Argon2::default()
-            .verify_password(password.as_bytes(), &hash)
-            .is_ok();
-        password_ok && user == self.user
+    /// Whether `session` is the operator's signed-in session.
+    fn signed_in(&self, session: Option<&Session>) -> bool {
+        session.is_some_and(|s| s.principal().as_deref() == Some(self.user.as_str()))
     }
+}
 
-    /// Signed in through the page's session, or HTTP Basic credentials on this request.
-    fn authorized(&self, session: &Session, headers: &HeaderMap) -> bool {
-        if session.principal().as_deref() == Some(self.user.as_str()) {
-            return true;
-        }
-        headers
-            .typed_get::<Authorization<Basic>>()
-            .is_some_and(|basic| self.check_password(basic.username(), basic.password()))
+/// The client's address, as the server saw the connection (none in tests without one); put in
+/// every backoffice request's extensions by [`guard`], for the sign-in lockouts.
+#[derive(Clone, Copy, Debug)]
+struct ClientAddr(Option<std::net::IpAddr>);
+
+/// The client's address: the connection's peer, or, when the peer is a balancer on this host
+/// or a private network, the address that balancer appended last to `X-Forwarded-For` (the
+/// shipped HAProxy and nginx files send it). Without this, every client behind the balancer
+/// would share one address, and one guesser would lock all operators out.
+fn client_address(peer: Option<std::net::IpAddr>, headers: &HeaderMap) -> Option<std::net::IpAddr> {
+    let behind_balancer = peer.is_some_and(|ip| match ip {
+        std::net::IpAddr::V4(v4) => v4.is_loopback() || v4.is_private(),
+        std::net::IpAddr::V6(v6) => v6.is_loopback() || v6.is_unique_local(),
+    });
+    if !behind_balancer {
+        return peer;
     }
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|hop| hop.trim().parse().ok())
+        .next_back()
+        .or(peer)
+}
+
+/// 429 with `Retry-After`: a sign-in that was not even checked.
+fn too_many(checked: signin::Checked) -> Response {
+    let (after, message) = match checked {
+        signin::Checked::LockedOut => (
+            signin::LOCKOUT.as_secs(),
+            "too many failed sign-ins: try again later",
+        ),
+        _ => (1, "too many sign-ins at once: try again in a second"),
+    };
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::RETRY_AFTER, after.to_string())],
+        JsonLine(serde_json::json!({ "error": message })),
+    )
+        .into_response()
 }
 
 /// The backoffice routes behind `session` (the backoffice's own session layer, for [`APP`] at
@@ -169,6 +198,13 @@ async fn guard(request: Request, next: Next) -> Response {
         *request.method(),
         http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
     );
+    let peer = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip());
+    let client = client_address(peer, request.headers());
+    let mut request = request;
+    request.extensions_mut().insert(ClientAddr(client));
     let mut response = if !safe && cross_site(request.headers()) {
         crate::metrics::backoffice_refused("cross-site");
         tracing::warn!(method = %request.method(), "backoffice: a cross-site request was refused");
@@ -209,29 +245,30 @@ fn cross_site(headers: &HeaderMap) -> bool {
     }
 }
 
-fn operator(b: &Backoffice, request: &Request) -> bool {
-    request
-        .extensions()
-        .get::<Session>()
-        .is_some_and(|session| b.authorized(session, request.headers()))
-}
-
+/// The API: the signed-in session, or HTTP Basic credentials (checked by [`signin::SignIns`]).
 async fn require_api(State(b): Shared, request: Request, next: Next) -> Response {
-    if operator(&b, &request) {
-        next.run(request).await
-    } else {
-        unauthorized()
+    if b.signed_in(request.extensions().get::<Session>()) {
+        return next.run(request).await;
+    }
+    let Some(basic) = request.headers().typed_get::<Authorization<Basic>>() else {
+        return unauthorized();
+    };
+    let client = request.extensions().get::<ClientAddr>().and_then(|c| c.0);
+    match b
+        .signins
+        .check(client, basic.username(), basic.password())
+        .await
+    {
+        signin::Checked::Right => next.run(request).await,
+        signin::Checked::Wrong => unauthorized(),
+        refused => too_many(refused),
     }
 }
 
 async fn require_page(State(b): Shared, request: Request, next: Next) -> Response {
     // Pages take the signed-in session only: HTTP Basic is for scripts on the API, and a
     // browser that cached Basic credentials would send them with any page it is led to.
-    let signed_in = request
-        .extensions()
-        .get::<Session>()
-        .is_some_and(|session| session.principal().as_deref() == Some(b.user.as_str()));
-    if signed_in {
+    if b.signed_in(request.extensions().get::<Session>()) {
         next.run(request).await
     } else {
         Redirect::to(&format!("{PATH}/login")).into_response()

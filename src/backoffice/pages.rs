@@ -1,13 +1,14 @@
 //! The server-rendered pages: sign-in, the listing and one session. Built with maud, which
 //! escapes every interpolated value by default.
 
-use axum::extract::{Form, Query, State};
+use axum::extract::{Extension, Form, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{DOCTYPE, Markup, html};
 use serde::Deserialize;
 
-use super::{Filter, Key, PATH, Shared, bad_key, describe, store_error};
+use super::signin::Checked;
+use super::{ClientAddr, Filter, Key, PATH, Shared, bad_key, describe, store_error};
 use crate::Session;
 use crate::admin::{self, format_time as time};
 
@@ -59,19 +60,34 @@ pub(super) async fn login_page() -> Markup {
 
 pub(super) async fn login(
     State(b): Shared,
+    Extension(client): Extension<ClientAddr>,
     session: Session,
     Form(credentials): Form<Credentials>,
 ) -> Response {
-    if b.check_password(&credentials.user, &credentials.password) {
+    let checked = b
+        .signins
+        .check(client.0, &credentials.user, &credentials.password)
+        .await;
+    let (status, message) = match checked {
         // The configured user name is a valid principal (checked at start-up); the id changes
         // with it.
-        if session.set_principal(Some(credentials.user)).is_ok() {
+        Checked::Right if session.set_principal(Some(credentials.user)).is_ok() => {
             return Redirect::to(PATH).into_response();
         }
-    }
-    tracing::warn!("backoffice: sign-in refused");
-    let page = layout("Sign in", login_form(Some("wrong user or password")));
-    (StatusCode::UNAUTHORIZED, page).into_response()
+        Checked::Right | Checked::Wrong => {
+            tracing::warn!("backoffice: sign-in refused");
+            (StatusCode::UNAUTHORIZED, "wrong user or password")
+        }
+        Checked::LockedOut => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many failed sign-ins: try again later",
+        ),
+        Checked::Busy => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many sign-ins at once: try again in a second",
+        ),
+    };
+    (status, layout("Sign in", login_form(Some(message)))).into_response()
 }
 
 pub(super) async fn logout(session: Session) -> Redirect {

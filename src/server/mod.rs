@@ -201,9 +201,13 @@ pub async fn serve(
     tracing::info!(%node, "session-failover listening on http://{local}");
     // On stdout too, for scripts and tests that start the server on port 0.
     println!("session-failover listening on http://{local}");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    // The peer's address reaches handlers (the backoffice's sign-in lockouts).
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await?;
     stop_purge.notify_one();
     if let Some(purge) = purge {
         let _ = purge.await;
