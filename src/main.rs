@@ -127,6 +127,30 @@ fn main() -> ExitCode {
     }
 }
 
+/// Text from the table (written by applications, or by whoever can write to it) as a terminal
+/// may show it: control characters and bidirectional overrides, which could rewrite the screen
+/// or reorder what the operator reads, are printed escaped (`\u{1b}`).
+fn shown(text: &str) -> std::borrow::Cow<'_, str> {
+    let hidden = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(hidden) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(
+        text.chars()
+            .map(|c| {
+                if hidden(c) {
+                    format!("\\u{{{:x}}}", u32::from(c))
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
+}
+
 /// An error and its causes on one line, each cause once: drivers often repeat their source's
 /// message in their own ("error returned from database: X", then "X").
 fn render(error: &anyhow::Error) -> String {
@@ -305,13 +329,13 @@ async fn sessions(
                 println!(
                     "{:<43}  {:<12} {:<16} {:<14} {:<19} {:<19} {:>7}  {}",
                     m.key,
-                    m.app,
-                    m.principal.as_deref().unwrap_or("-"),
-                    m.node,
+                    shown(&m.app),
+                    shown(m.principal.as_deref().unwrap_or("-")),
+                    shown(&m.node),
                     time(m.modified_at),
                     time(m.expires_at),
                     m.size_bytes,
-                    m.attributes.join(",")
+                    shown(&m.attributes.join(","))
                 );
             }
             match &page.next {
@@ -332,10 +356,10 @@ async fn sessions(
             println!(
                 "key          {}\napp          {} (context path {})\nprincipal    {}\nnode         {}",
                 meta.key,
-                meta.app,
-                meta.context_path,
-                meta.principal.as_deref().unwrap_or("-"),
-                meta.node
+                shown(&meta.app),
+                shown(&meta.context_path),
+                shown(meta.principal.as_deref().unwrap_or("-")),
+                shown(&meta.node)
             );
             println!(
                 "created      {}\nmodified     {}\nexpires      {}\ntimeout      {} s\nversion      {}\nsize         {} bytes\nattributes   {}",
@@ -345,7 +369,7 @@ async fn sessions(
                 meta.max_inactive_secs,
                 meta.version,
                 meta.size_bytes,
-                meta.attributes.join(", ")
+                shown(&meta.attributes.join(", "))
             );
         }
         SessionsAction::Delete {
@@ -372,7 +396,7 @@ async fn sessions(
             if json {
                 return print_json(&serde_json::json!({ "deleted": deleted }));
             }
-            println!("deleted {deleted} session(s) of {principal}");
+            println!("deleted {deleted} session(s) of {}", shown(&principal));
         }
         SessionsAction::Delete { .. } => anyhow::bail!("give a key or --principal"),
         SessionsAction::Purge { batch_size } => {
@@ -430,10 +454,10 @@ async fn sessions(
                 stats.sessions, stats.expired, stats.signed_in, stats.bytes
             );
             for (app, n) in &stats.by_app {
-                println!("app   {app:<20} {n}");
+                println!("app   {:<20} {n}", shown(app));
             }
             for (node, n) in &stats.by_node {
-                println!("node  {node:<20} {n}");
+                println!("node  {:<20} {n}", shown(node));
             }
         }
     }
@@ -449,12 +473,22 @@ async fn check_config(dir: &Path, connect: bool) -> anyhow::Result<()> {
     for warning in stray_files(dir) {
         println!("# WARNING: {warning}");
     }
-    for (key, setting) in properties.iter() {
-        // By name, misspelt ones included: any key that may hold a secret.
+    // By name, misspelt ones included: any key that may hold a secret; and by value: any other
+    // key holding one of those values (pulled in with ${…}, or pasted twice).
+    let secret_name = |key: &str| {
         let lower = key.to_lowercase();
-        let secret = ["secret", "passw", "hash", "token", "credential"]
+        ["secret", "passw", "hash", "token", "credential"]
             .iter()
-            .any(|word| lower.contains(word));
+            .any(|word| lower.contains(word))
+    };
+    let secret_values: Vec<&str> = properties
+        .iter()
+        .filter(|(key, setting)| secret_name(key) && setting.value.len() >= 8)
+        .flat_map(|(_, setting)| setting.value.split(',').map(str::trim))
+        .filter(|value| value.len() >= 8)
+        .collect();
+    for (key, setting) in properties.iter() {
+        let secret = secret_name(key) || secret_values.iter().any(|v| setting.value.contains(v));
         let value = if secret && !setting.value.is_empty() {
             "********".to_owned()
         } else if key == "session.store.url" {

@@ -176,3 +176,53 @@ async fn sessions_command_on_postgres() {
     };
     exercise(&db.url).await;
 }
+
+/// What the table holds reaches the operator's terminal escaped (no control characters, no
+/// bidirectional overrides), and a row whose key is not a session key is skipped, not shown.
+#[tokio::test]
+async fn hostile_rows_cannot_write_to_the_terminal() {
+    let work = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/s.db", work.path().display());
+    let config = config_dir(work.path(), &format!("session.store.url={url}\n"));
+    let store = store::SqliteStore::connect(&url, &StoreOptions::default())
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let mut hostile = record(
+        "storefront",
+        Some("eve\u{1b}[2J\u{1b}[31mroot"),
+        "n\u{202e}1",
+        false,
+    );
+    hostile.meta.attributes = vec!["cart\ninjected".into()];
+    store::SessionStore::set_many(&store, &[hostile])
+        .await
+        .unwrap();
+    // A row written around the store, with a key that is markup.
+    sqlx::query(
+        "INSERT INTO stored_http_session SELECT '<script>x</script>', app, context_path, node, \
+         principal, created_at, modified_at, expires_at, max_inactive_secs, version, attributes, \
+         size_bytes, data FROM stored_http_session",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+    for args in [&["list"][..], &["stats"]] {
+        let (code, out, err) = cli(work.path(), &config, args);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            !out.contains('\u{1b}') && !out.contains('\u{202e}') && !out.contains("<script>"),
+            "{out:?}"
+        );
+    }
+    let (_, out, _) = cli(work.path(), &config, &["list"]);
+    assert!(out.contains("eve\\u{1b}[2J\\u{1b}[31mroot"), "{out}");
+    assert!(
+        out.contains("n\\u{202e}1") && out.contains("cart\\u{a}injected"),
+        "{out}"
+    );
+    assert!(
+        out.contains("# 1 session(s)"),
+        "the markup row is skipped: {out}"
+    );
+}

@@ -571,3 +571,36 @@ async fn logout_expires_the_version_cookie_too() {
         );
     }
 }
+
+/// check-config shows no secret: by name (misspelt names too), by value (a secret pulled into
+/// another key with ${…}), and in a store URL (with or without a scheme, or as a parameter).
+#[test]
+fn check_config_masks_secrets_by_name_and_by_value() {
+    let secret = "kM3v9QxZ2pL8wT4yR7nB1cF6hJ0dG5sA-eU_iO+oP/qWzXbYlKjHgNmVtCrEaSuD";
+    let work = tempfile::tempdir().unwrap();
+    config_dir(
+        work.path(),
+        &format!(
+            "session.secret={secret}\nsession.secret.previus=older-secret-value-123\n\
+             app.copy=${{session.secret}}\n\
+             session.store.url=postgres://app:hunter2pw@db/x?password=hunter3pw\n"
+        ),
+    );
+    let (_, out, err) = run(work.path(), &["check-config"]);
+    for leaked in [secret, "older-secret-value-123", "hunter2pw", "hunter3pw"] {
+        assert!(
+            !out.contains(leaked) && !err.contains(leaked),
+            "{leaked} shown:\n{out}\n{err}"
+        );
+    }
+    assert!(out.contains("app.copy=********"), "{out}");
+    // A guessable secret is refused, without being shown.
+    config_dir(work.path(), &format!("session.secret={}\n", "a".repeat(64)));
+    let (code, out, err) = run(work.path(), &["check-config"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("session.secret: this secret repeats a few characters"),
+        "{err}"
+    );
+    assert!(!out.contains(&"a".repeat(64)) && !err.contains(&"a".repeat(64)));
+}

@@ -142,7 +142,7 @@ struct Measurement {
 }
 
 /// A 64-character secret: session-failover encrypts at rest, as in production.
-const SECRET: &str = "bench-secret-bench-secret-bench-secret-bench-secret-bench-secret-";
+const SECRET: &str = "bench-secret-0123456789-abcdefghijklmnopqrstuvwxyz-ABCDEFGHIJKLMNOP";
 
 /// Runs the benchmark and prints the table.
 pub async fn run(options: Options) -> anyhow::Result<()> {

@@ -532,6 +532,9 @@ fn backoffice(p: &Properties) -> Result<Option<BackofficeCredentials>, Error> {
     }
 }
 
+/// The fewest different characters a secret may have.
+const MIN_SECRET_DISTINCT: usize = 16;
+
 fn secrets(p: &Properties) -> Result<Option<Secrets>, Error> {
     let check = |key: &str, value: &str| {
         let length = value.chars().count();
@@ -543,6 +546,22 @@ fn secrets(p: &Properties) -> Result<Option<Secrets>, Error> {
                     "a secret must be at least {} characters; this one has {length} \
                      (generate one with: openssl rand -base64 48)",
                     crate::codec::MIN_SECRET_LEN
+                ),
+            });
+        }
+        // Long but guessable: a few characters repeated (64 × "a", "abab…"). A random
+        // base64 secret of 64 characters has about 40 different ones.
+        let distinct = value
+            .chars()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        if distinct < MIN_SECRET_DISTINCT {
+            return Err(Error::Secret {
+                origin: setting(p, key).source,
+                key: key.to_owned(),
+                reason: format!(
+                    "this secret repeats a few characters ({distinct} different ones; at least \
+                     {MIN_SECRET_DISTINCT} are needed): generate one with: openssl rand -base64 48"
                 ),
             });
         }

@@ -167,6 +167,19 @@ fn every_bad_value_is_reported_not_only_the_first() {
 }
 
 #[test]
+fn guessable_secrets_are_refused() {
+    for secret in ["a".repeat(64), "ab".repeat(32), "0123456789abcd".repeat(5)] {
+        let err = parse(&format!("session.secret={secret}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("repeats a few characters"), "{err}");
+        assert!(!err.contains(&secret), "the message never shows the secret");
+    }
+    let random = "kM3v9QxZ2pL8wT4yR7nB1cF6hJ0dG5sA-eU_iO+oP/qWzXbYlKjHgNmVtCrEaSuD";
+    parse(&format!("session.secret={random}\n")).unwrap();
+}
+
+#[test]
 fn check_extensions() {
     let c = parse("session.serialization.check=true\nsession.serialization.check.extensions=hac, storefront\n").unwrap();
     assert!(c.check_covers("storefront") && c.check_covers("hac") && !c.check_covers("x"));

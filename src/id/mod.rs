@@ -89,12 +89,6 @@ impl SessionKey {
         // Keys read from a store are not checked: take characters, never slice bytes blindly.
         ShortHash(self.0.chars().take(SHORT_HASH_LEN).collect())
     }
-
-    /// A key from a trusted source (the store's own column), unchecked.
-    #[cfg_attr(not(feature = "sql"), allow(dead_code))]
-    pub(crate) fn from_stored(text: String) -> Self {
-        Self(text)
-    }
 }
 
 impl fmt::Display for SessionKey {

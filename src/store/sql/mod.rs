@@ -252,13 +252,21 @@ where
     i64: Decode<'r, R::Database> + Type<R::Database>,
 {
     let key: String = row.try_get("session_id")?;
+    // Whoever can write the table could put anything here: a key reaches pages, terminals and
+    // logs, so only a well-formed one is taken (the message quotes it escaped).
+    let Some(parsed) = SessionKey::parse(&key) else {
+        return Err(Error::CorruptRow {
+            key: format!("{key:?}"),
+            reason: "its key is not a session key (43 characters of base64url)".to_owned(),
+        });
+    };
     let attributes: String = row.try_get("attributes")?;
     let attributes = serde_json::from_str(&attributes).map_err(|e| Error::CorruptRow {
         key: key.clone(),
         reason: format!("attribute names are not a JSON array of strings: {e}"),
     })?;
     Ok(Meta {
-        key: SessionKey::from_stored(key),
+        key: parsed,
         app: row.try_get("app")?,
         context_path: row.try_get("context_path")?,
         node: row.try_get("node")?,

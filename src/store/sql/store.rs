@@ -392,7 +392,17 @@ where
             .bind(i64::from(query.limit))
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(meta_from_row).collect()
+        // A row that is not a session (a malformed key or attribute list) is skipped, not the
+        // whole page.
+        rows.iter()
+            .filter_map(|row| match meta_from_row(row) {
+                Err(Error::CorruptRow { key, reason }) => {
+                    tracing::warn!(key = %key, %reason, "a row that is not a session was skipped");
+                    None
+                }
+                other => Some(other),
+            })
+            .collect()
     }
 
     async fn purge_expired(&self, now: EpochMillis, batch_size: u32) -> Result<u64, Error> {
