@@ -279,3 +279,87 @@ async fn only_one_node_purges_at_a_time() {
         assert!(left.is_empty());
     }
 }
+
+/// A purge run cancelled while it holds the lock (the server's shutdown, the run's deadline)
+/// leaves no lock behind: its connection is closed rather than pooled with the lock, so another
+/// node's next run purges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_purge_leaves_no_lock_behind() {
+    for backend in [Backend::Postgres, Backend::MySql] {
+        let Some(db) = TestDb::create(backend, "purge_cancelled").await else {
+            continue;
+        };
+        let options = StoreOptions {
+            pool_size: 1,
+            ..StoreOptions::default()
+        };
+        let store = store::open(&db.url, &options).await.unwrap();
+        fill_expired(Some(backend), &db.url, 20_000).await;
+        // One row a statement: still running when it is cancelled.
+        let cancelled = tokio::time::timeout(
+            Duration::from_millis(300),
+            store.purge_expired_exclusive(NOW, 1),
+        )
+        .await;
+        assert!(cancelled.is_err(), "{backend:?}: the run was still going");
+        let other = store::open(&db.url, &StoreOptions::default())
+            .await
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let deleted = loop {
+            if let Some(deleted) = other.purge_expired_exclusive(NOW, 10_000).await.unwrap() {
+                break deleted;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{backend:?}: the cancelled run still holds the purge lock"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(deleted > 0, "{backend:?}");
+        // The first node's pool works on, and purges too.
+        assert_eq!(
+            store.purge_expired_exclusive(NOW, 10_000).await.unwrap(),
+            Some(0)
+        );
+    }
+}
+
+/// SIGTERM while a long purge runs: the purge stops where it is (logged), and the server
+/// drains and exits without waiting for it; the next start purges the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_for_a_running_purge() {
+    let work = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/sessions.db", work.path().display());
+    let store = store::open(&url, &StoreOptions::default()).await.unwrap();
+    let file = format!("sqlite:{}/sessions.db", work.path().display());
+    fill_expired(None, &file, 100_000).await;
+    let mut c = sqlx::SqliteConnection::connect(&file).await.unwrap();
+    sqlx::raw_sql("UPDATE stored_http_session SET expires_at = 1")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let config = common::config_dir(
+        work.path(),
+        &format!(
+            "spring.session.enabled=true\nspring.session.storefront.save=sync\n\
+             session.store.url={url}\nsession.purge.cron=* * * * * *\nsession.purge.jitter=0\n\
+             session.purge.batch.size=1\n"
+        ),
+    );
+    let server = common::Server::start(work.path(), &config, "node");
+    // The purge is deleting, one row a statement.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while store.length().await.unwrap() == 100_000 {
+        assert!(Instant::now() < deadline, "{}", server.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = server.log.clone();
+    let status = server.terminate();
+    assert!(status.success());
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(log.contains("purge stopped for shutdown"), "{log}");
+    assert!(log.contains("stopped"), "{log}");
+    let left = store.length().await.unwrap();
+    assert!(left > 0, "the server waited for the whole purge");
+}

@@ -77,6 +77,9 @@ impl PurgeSchedule {
     }
 }
 
+/// The longest one purge run may take; the rest waits for the next run.
+pub const RUN_DEADLINE: Duration = Duration::from_secs(10 * 60);
+
 /// What one purge run did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PurgeReport {
@@ -145,7 +148,26 @@ impl Purger {
                 () = &mut shutdown => return,
                 () = tokio::time::sleep(wait) => {}
             }
-            match self.purge_once(store::now_millis()).await {
+            // A run stops at shutdown (it must never hold up the drain of queued session
+            // writes) and at its deadline; the statement in progress is abandoned with its
+            // connection, which releases the purge lock. The next run goes on from there.
+            let run = tokio::time::timeout(RUN_DEADLINE, self.purge_once(store::now_millis()));
+            let outcome = tokio::select! {
+                () = &mut shutdown => {
+                    tracing::info!("purge stopped for shutdown; the next start purges the rest");
+                    return;
+                }
+                outcome = run => outcome,
+            };
+            let Ok(outcome) = outcome else {
+                crate::metrics::purge_failed();
+                tracing::warn!(
+                    minutes = RUN_DEADLINE.as_secs() / 60,
+                    "purge run stopped at its deadline; the next run goes on"
+                );
+                continue;
+            };
+            match outcome {
                 Ok(report) if report.skipped => {
                     tracing::debug!("purge skipped: another node is purging");
                 }

@@ -421,8 +421,18 @@ where
         if !D::try_lock(&mut conn).await? {
             return Ok(None);
         }
+        // The lock belongs to this connection's session: it must never go back to the pool
+        // holding it (every node would skip purging while the pool keeps it). Whatever happens
+        // next (an unlock that fails, a run cancelled at shutdown or at its deadline), the
+        // connection is closed when dropped, and closing it releases the lock.
+        conn.close_on_drop();
         let result = self.purge_on(&mut conn, now, batch_size).await;
-        D::unlock(&mut conn).await?;
+        if let Err(error) = D::unlock(&mut conn).await {
+            tracing::warn!(
+                error = &error as &dyn std::error::Error,
+                "cannot release the purge lock; closing its connection releases it"
+            );
+        }
         result.map(Some)
     }
 
