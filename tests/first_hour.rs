@@ -604,3 +604,42 @@ fn check_config_masks_secrets_by_name_and_by_value() {
     );
     assert!(!out.contains(&"a".repeat(64)) && !err.contains(&"a".repeat(64)));
 }
+
+/// `session.metrics.bind` serves /metrics on an address of its own, and not on the public
+/// port; a bad value names the key.
+#[tokio::test]
+async fn metrics_can_have_an_address_of_their_own() {
+    let work = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = config_dir(
+        work.path(),
+        &format!(
+            "spring.session.enabled=true\nspring.session.storefront.save=sync\n\
+             session.store.url=sqlite://data/sessions.db\nsession.metrics.bind=127.0.0.1:{port}\n"
+        ),
+    );
+    let server = Server::start(work.path(), &config, "node");
+    let public = reqwest::get(format!("{}/metrics", server.base))
+        .await
+        .unwrap();
+    assert_eq!(public.status(), http::StatusCode::NOT_FOUND);
+    // Traffic, then its counters on the metrics address.
+    let mut client = common::Client::new();
+    client.send(&server.base, "GET", "/cart", None).await;
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), http::StatusCode::OK);
+    // SIGTERM stops both listeners.
+    assert!(server.terminate().success());
+    assert!(
+        reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .is_err()
+    );
+    config_dir(work.path(), "session.metrics.bind=localhost:9100\n");
+    assert_error(
+        &run(work.path(), &["check-config"]),
+        &["config/local.properties:1: session.metrics.bind = \"localhost:9100\": expected IP:PORT"],
+    );
+}

@@ -185,6 +185,11 @@ pub const KEYS: &[KeySpec] = &[
         default: "127.0.0.1:8080",
         doc: "address the server listens on (IP:PORT)",
     },
+    KeySpec {
+        key: "session.metrics.bind",
+        default: "",
+        doc: "address /metrics is served on instead of server.bind (IP:PORT), so it can stay off the public port; empty: on server.bind",
+    },
 ];
 
 /// Per-application keys: `spring.session.<app>.<suffix>`.

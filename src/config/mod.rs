@@ -169,6 +169,8 @@ pub struct Config {
     pub cache_verify_interval: Duration,
     /// `server.bind`.
     pub bind: SocketAddr,
+    /// `session.metrics.bind`: where `/metrics` is served instead of `bind`.
+    pub metrics_bind: Option<SocketAddr>,
     /// `spring.session.<app>.*`, by app.
     pub apps: BTreeMap<String, AppConfig>,
     /// `session.secret` and `session.secret.previous`; `None`: sessions stored unencrypted.
@@ -429,6 +431,20 @@ impl Config {
                     ));
                     SocketAddr::from(([127, 0, 0, 1], 8080))
                 })
+            },
+            metrics_bind: {
+                let setting = setting(p, "session.metrics.bind");
+                match setting.value.as_str() {
+                    "" => None,
+                    value => value.parse().map(Some).unwrap_or_else(|_| {
+                        problems.push(invalid(
+                            "session.metrics.bind",
+                            &setting,
+                            "IP:PORT, e.g. 10.0.0.11:9100, or nothing",
+                        ));
+                        None
+                    }),
+                }
             },
             apps,
             secrets: problems.ok(secrets(p)),

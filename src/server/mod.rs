@@ -134,11 +134,15 @@ pub fn app(config: &Config, node: &str, persistence: Option<Persistence>) -> Rou
         }
         _ => None,
     };
-    Router::new()
+    let router = Router::new()
         .route("/health", get(|| async { "ok" }))
-        .route("/metrics", get(metrics_text))
         .merge(storefront::router().layer(layer))
-        .merge(backoffice.unwrap_or_default())
+        .merge(backoffice.unwrap_or_default());
+    match config.metrics_bind {
+        // Served on its own listener (see `serve`).
+        Some(_) => router,
+        None => router.route("/metrics", get(metrics_text)),
+    }
 }
 
 /// The process-wide Prometheus recorder, installed on first use.
@@ -172,6 +176,14 @@ pub async fn serve(
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| Error::Bind { addr, source })?;
+    let metrics_listener = match config.metrics_bind {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Bind { addr, source })?,
+        ),
+        None => None,
+    };
     let store = open_store(&config).await?;
     let local = listener.local_addr()?;
     let node = config
@@ -198,6 +210,28 @@ pub async fn serve(
         }
         _ => None,
     };
+    // One shutdown signal for every listener.
+    let (stopping, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stopping.send(true);
+    });
+    let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    };
+    let metrics_server = match metrics_listener {
+        Some(metrics_listener) => {
+            let at = metrics_listener.local_addr()?;
+            tracing::info!("metrics on http://{at}/metrics");
+            let metrics = Router::new().route("/metrics", get(metrics_text));
+            Some(tokio::spawn(
+                axum::serve(metrics_listener, metrics)
+                    .with_graceful_shutdown(stopped(stop.clone()))
+                    .into_future(),
+            ))
+        }
+        None => None,
+    };
     tracing::info!(%node, "session-failover listening on http://{local}");
     // On stdout too, for scripts and tests that start the server on port 0.
     println!("session-failover listening on http://{local}");
@@ -206,8 +240,11 @@ pub async fn serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown)
+    .with_graceful_shutdown(stopped(stop))
     .await?;
+    if let Some(metrics_server) = metrics_server {
+        let _ = metrics_server.await;
+    }
     stop_purge.notify_one();
     if let Some(purge) = purge {
         let _ = purge.await;
