@@ -750,3 +750,64 @@ async fn clones_of_a_configured_layer_share_one_node_cache() {
     );
     assert!(r.set_cookie.is_empty(), "no new session was created");
 }
+
+/// A session larger than `session.max.size` is refused where it is saved (500, no cookie) and
+/// its change dropped: it is never stored, where a body that compresses well could be written
+/// and never restored.
+#[tokio::test]
+async fn a_session_over_the_size_limit_is_refused_not_stored() {
+    use axum::routing::{get, post};
+    use session_failover::{SaveMode, Session, SessionFailoverLayer};
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = sqlite(dir.path()).await;
+    let store: Arc<dyn SessionAdmin> = Arc::new(sqlite.clone());
+    let app = Router::new()
+        .route(
+            "/small",
+            post(|session: Session| async move { session.insert("n", 1u32) }),
+        )
+        .route(
+            // 4 KiB that compress to almost nothing.
+            "/big",
+            post(|session: Session| async move { session.insert("blob", "x".repeat(4096)) }),
+        )
+        .route(
+            "/names",
+            get(|session: Session| async move { session.attribute_names().join(",") }),
+        )
+        .layer(
+            SessionFailoverLayer::new("app")
+                .with_store(
+                    store.clone() as Arc<dyn session_failover::SessionStore>,
+                    SaveMode::Sync,
+                )
+                .with_max_size(2048),
+        );
+    let id = send(&app, "POST", "/small", None, None)
+        .await
+        .cookie("JSESSIONID")
+        .unwrap();
+    let r = send(&app, "POST", "/big", Some(&jar(&id)), None).await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(r.set_cookie.is_empty());
+    let names = tower::ServiceExt::oneshot(
+        app.clone(),
+        http::Request::get("/names")
+            .header("cookie", jar(&id))
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let names = http_body_util::BodyExt::collect(names.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&names[..], b"n", "the refused change is dropped");
+    let row = store
+        .get(&SessionId::parse(&id).unwrap().store_key(), 0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.meta.attributes, ["n"]);
+}

@@ -15,6 +15,12 @@
 //!
 //! With `session.serialization.check.response.error=true` such a request answers 500. When the
 //! check is off it is never called: nothing extra is encoded ([`encodings`] counts what it does).
+//!
+//! Checked on every save whether the checker is on or not: a session larger than
+//! `session.max.size` (its encoded attributes, before compression; default 1 MiB) is not saved.
+//! It is logged at ERROR as `session too large to save (N bytes, session.max.size is M): <name>
+//! (<bytes>), …` with its ten largest attributes, the request answers 500 with no cookie, and
+//! its change is dropped (the session's next request sees the last state that was saved).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

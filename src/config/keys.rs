@@ -166,6 +166,11 @@ pub const KEYS: &[KeySpec] = &[
         doc: "seconds of inactivity before a session expires (1..=31536000)",
     },
     KeySpec {
+        key: "session.max.size",
+        default: "1048576",
+        doc: "bytes: the largest session saved (its encoded attributes, before compression); a larger one is refused with 500 and logged with its largest attributes (1024..=16777216)",
+    },
+    KeySpec {
         key: "session.node.name",
         default: "",
         doc: "name written to the node column; unset: host name and port",

@@ -139,6 +139,9 @@ impl Default for AppConfig {
     }
 }
 
+/// The default of `session.max.size`, in bytes.
+pub(crate) const DEFAULT_MAX_SIZE: usize = 1024 * 1024;
+
 /// The default of `session.cache.verify.interval`, in milliseconds.
 pub(crate) const DEFAULT_VERIFY_INTERVAL_MS: u64 = 1000;
 
@@ -169,6 +172,8 @@ pub struct Config {
     pub cache_verify_interval: Duration,
     /// `server.bind`.
     pub bind: SocketAddr,
+    /// `session.max.size`: the largest session saved, in bytes before compression.
+    pub max_size: usize,
     /// `session.metrics.bind`: where `/metrics` is served instead of `bind`.
     pub metrics_bind: Option<SocketAddr>,
     /// `spring.session.<app>.*`, by app.
@@ -432,6 +437,12 @@ impl Config {
                     SocketAddr::from(([127, 0, 0, 1], 8080))
                 })
             },
+            max_size: problems.ok(usize_number(
+                p,
+                "session.max.size",
+                1024,
+                crate::codec::MAX_DECODED_LEN as u64,
+            )),
             metrics_bind: {
                 let setting = setting(p, "session.metrics.bind");
                 match setting.value.as_str() {

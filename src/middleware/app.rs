@@ -106,6 +106,9 @@ pub(crate) enum Answer {
     /// Neither committed nor queued (the store failed and the writer could not keep it): not
     /// acknowledged (503, no cookie) and not kept: this node drops its copy.
     Unavailable,
+    /// The session could not be encoded for the store (larger than `session.max.size`, or the
+    /// codec failed): not acknowledged (500, no cookie) and not kept, as for `Unavailable`.
+    NotSaved,
 }
 
 /// What [`AppShared::execute`] did.
@@ -627,7 +630,7 @@ impl AppShared {
         if finish.check_failed && saved == Answer::Done {
             saved = Answer::CheckFailed;
         }
-        if saved == Answer::Unavailable {
+        if matches!(saved, Answer::Unavailable | Answer::NotSaved) {
             // Refused, so not kept either: this node drops its copy, and the session's next
             // request restores the last stored state (a rotation keeps its old id and row).
             if let Some((id, _)) = &finish.entry {
@@ -697,8 +700,8 @@ impl AppShared {
         let (version, new) = (snapshot.version, snapshot.new);
         let started = std::time::Instant::now();
         let Some(record) = self.settings.record(id, snapshot) else {
-            entry.lock().keep_change();
-            return (Answer::Done, false);
+            // Logged with its cause; retrying would only fail again.
+            return (Answer::NotSaved, false);
         };
         let app = &self.settings.app;
         let saved = persister.save(record, version, new, owner(entry)).await;

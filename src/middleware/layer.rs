@@ -76,6 +76,7 @@ impl SessionFailoverLayer {
             codec: Codec::default(),
             check: false,
             check_response_error: false,
+            max_size: crate::config::DEFAULT_MAX_SIZE,
         };
         Self::build(settings, None)
     }
@@ -105,6 +106,7 @@ impl SessionFailoverLayer {
             codec: config.codec(),
             check: config.check_covers(app),
             check_response_error: config.check.response_error,
+            max_size: config.max_size,
         };
         let persister = match (config.save_mode(app), persistence) {
             (Some(mode), Some(persistence)) => Some(Persister::new(persistence, mode)),
@@ -219,6 +221,14 @@ impl SessionFailoverLayer {
     /// reading a session id.
     pub fn with_http_only(self, http_only: Option<bool>) -> Self {
         self.rebuild(|s| s.http_only = http_only)
+    }
+
+    /// The largest session that is saved, in bytes of encoded attributes before compression
+    /// (`session.max.size`), clamped to 1 KiB ..= 16 MiB. A larger one is refused: the request
+    /// is answered 500 and its change dropped. Default 1 MiB.
+    pub fn with_max_size(self, bytes: usize) -> Self {
+        let bytes = bytes.clamp(1024, crate::codec::MAX_DECODED_LEN);
+        self.rebuild(|s| s.max_size = bytes)
     }
 
     /// Inactivity before a session expires, in cache and store, clamped to 1 s ..= 365 days.

@@ -138,6 +138,13 @@ where
                             );
                             return Ok(refused);
                         }
+                        // The same, for a session that cannot be stored (too large): a retry
+                        // would fail again.
+                        Some((Answer::NotSaved, _)) => {
+                            let mut refused = Response::new(ResBody::default());
+                            *refused.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                            return Ok(refused);
+                        }
                     }
                 }
                 Ok(response)

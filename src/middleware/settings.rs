@@ -43,6 +43,8 @@ pub(crate) struct AppSettings {
     pub(crate) check: bool,
     /// ...and a failure answers 500.
     pub(crate) check_response_error: bool,
+    /// `session.max.size`: the largest encoded session (before compression) that is saved.
+    pub(crate) max_size: usize,
 }
 
 /// Whether the request arrived over TLS, directly or through a proxy that says so
@@ -104,6 +106,35 @@ impl AppSettings {
                     "node-local attribute not persisted"
                 ),
             }
+        }
+        // One limit, where the value is saved: a session larger than this (before compression)
+        // is refused rather than stored, since a body that compresses well would be stored and
+        // then never restored (decoding refuses more than MAX_DECODED_LEN).
+        let size: usize = encoded
+            .iter()
+            .map(|(name, bytes)| name.len() + bytes.len())
+            .sum();
+        if size > self.max_size {
+            let mut largest: Vec<(&String, usize)> = encoded
+                .iter()
+                .map(|(name, bytes)| (name, bytes.len()))
+                .collect();
+            largest.sort_by_key(|&(_, len)| std::cmp::Reverse(len));
+            let listed: Vec<String> = largest
+                .iter()
+                .take(10)
+                .map(|(name, len)| format!("{name} ({len} bytes)"))
+                .collect();
+            tracing::error!(
+                app = %self.app,
+                session = %id.short_hash(),
+                size,
+                max = self.max_size,
+                "session too large to save ({size} bytes, session.max.size is {}): {}; the change is refused",
+                self.max_size,
+                listed.join(", ")
+            );
+            return None;
         }
         let key = id.store_key();
         let binding = Binding {
