@@ -488,7 +488,11 @@ async fn check_config(dir: &Path, connect: bool) -> anyhow::Result<()> {
         .filter(|value| value.len() >= 8)
         .collect();
     for (key, setting) in properties.iter() {
-        let secret = secret_name(key) || secret_values.iter().any(|v| setting.value.contains(v));
+        // A yes/no (session.secret.accept.plaintext) is no secret, and worth seeing.
+        let flag = setting.value.eq_ignore_ascii_case("true")
+            || setting.value.eq_ignore_ascii_case("false");
+        let secret =
+            !flag && (secret_name(key) || secret_values.iter().any(|v| setting.value.contains(v)));
         let value = if secret && !setting.value.is_empty() {
             "********".to_owned()
         } else if key == "session.store.url" {
@@ -544,7 +548,11 @@ async fn check_config(dir: &Path, connect: bool) -> anyhow::Result<()> {
         println!(
             "# {app}: {mode}, {encryption}, cookie {} path {} secure {} httponly {}{note}",
             c.cookie_name,
-            c.cookie_path.as_deref().unwrap_or("(context path)"),
+            c.cookie_path.as_deref().unwrap_or(match app {
+                server::STOREFRONT_APP => server::STOREFRONT_CONTEXT_PATH,
+                session_failover::backoffice::APP => session_failover::backoffice::PATH,
+                _ => "(context path)",
+            }),
             c.secure
                 .map_or("(follows request)".to_owned(), |b| b.to_string()),
             c.http_only

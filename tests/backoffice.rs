@@ -571,6 +571,26 @@ async fn cross_site_posts_framing_and_basic_on_pages_are_refused() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
+    for limit in ["0", "1001"] {
+        let (status, _) = request(
+            &app,
+            "GET",
+            &format!("/backoffice/api/sessions?limit={limit}"),
+            &[("authorization", &auth)],
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "limit {limit}");
+    }
+    let (status, _) = request(
+        &app,
+        "GET",
+        "/backoffice/api/stats",
+        &[("authorization", &auth)],
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
     let (status, _) = request(
         &app,
         "POST",

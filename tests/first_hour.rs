@@ -226,7 +226,7 @@ fn check_config_connect_reads_the_store_and_creates_nothing() {
         &run(work.path(), &["check-config", "--connect"]),
         &[
             "config/local.properties:2: session.store.url: data/sessions.db: does not exist",
-            "only `serve` and `migrate` create a store",
+            "a store is created only by `migrate`, or by `serve` with session.store.migrate=true",
         ],
     );
     assert!(!work.path().join("data").exists());
@@ -333,6 +333,7 @@ async fn json_answers_end_with_a_newline() {
     let server = Server::start(work.path(), &config, "node");
     let http = reqwest::Client::new();
     for (method, path, body) in [
+        ("GET", "/health", None),
         ("GET", "/cart", None),
         ("POST", "/cart/items", Some(r#"{"sku":"A","qty":1}"#)),
         ("POST", "/login", Some(r#"{"user":"ann"}"#)),
@@ -594,6 +595,11 @@ fn check_config_masks_secrets_by_name_and_by_value() {
         );
     }
     assert!(out.contains("app.copy=********"), "{out}");
+    // A yes/no is no secret.
+    assert!(
+        out.contains("session.secret.accept.plaintext=false    # "),
+        "{out}"
+    );
     // A guessable secret is refused, without being shown.
     config_dir(work.path(), &format!("session.secret={}\n", "a".repeat(64)));
     let (code, out, err) = run(work.path(), &["check-config"]);

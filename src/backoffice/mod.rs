@@ -355,9 +355,25 @@ impl Filter {
             limit: self.limit.unwrap_or(PAGE),
         })
     }
+
+    /// A `limit` outside 1..=1000, as a JSON 400 (as the `sessions` command refuses it).
+    fn bad_limit(&self) -> Option<Response> {
+        self.limit.filter(|l| !(1..=1000).contains(l)).map(|limit| {
+            (
+                StatusCode::BAD_REQUEST,
+                JsonLine(
+                    serde_json::json!({ "error": format!("limit {limit} is not in 1..=1000") }),
+                ),
+            )
+                .into_response()
+        })
+    }
 }
 
 async fn api_list(State(b): Shared, Query(filter): Query<Filter>) -> Response {
+    if let Some(refused) = filter.bad_limit() {
+        return refused;
+    }
     let query = match filter.query() {
         Ok(q) => q,
         Err(text) => return bad_key(&text),

@@ -267,7 +267,16 @@ pub fn is_unknown(key: &str) -> bool {
     if global(key).is_some() || per_app(key).is_some() {
         return false;
     }
+    // A misspelt namespace too: `spring.sesion.storefront.save` would silently leave an app
+    // memory-only.
+    let near_namespace = key.match_indices('.').take(2).any(|(dot, _)| {
+        let prefix = &key[..=dot];
+        NAMESPACES
+            .iter()
+            .any(|ns| prefix != *ns && strsim::levenshtein(prefix, ns) <= 2)
+    });
     NAMESPACES.iter().any(|ns| key.starts_with(ns))
+        || near_namespace
         || KEYS
             .iter()
             .any(|spec| strsim::levenshtein(key, spec.key) <= 2)
@@ -301,6 +310,12 @@ mod tests {
 
     #[test]
     fn classifies_keys() {
+        assert!(
+            is_unknown("spring.sesion.storefront.save"),
+            "a misspelt namespace"
+        );
+        assert!(is_unknown("sesion.timeout"));
+        assert!(!is_unknown("spring.session.storefront.save"));
         assert!(global("session.timeout").is_some());
         assert_eq!(
             per_app("spring.session.storefront.save").unwrap().0,

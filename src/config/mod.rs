@@ -445,8 +445,17 @@ impl Config {
             )),
             metrics_bind: {
                 let setting = setting(p, "session.metrics.bind");
+                let server = string(p, "server.bind");
                 match setting.value.as_str() {
                     "" => None,
+                    value if value == server => {
+                        problems.push(invalid(
+                            "session.metrics.bind",
+                            &setting,
+                            "an address other than server.bind's (or nothing, to serve /metrics there)",
+                        ));
+                        None
+                    }
                     value => value.parse().map(Some).unwrap_or_else(|_| {
                         problems.push(invalid(
                             "session.metrics.bind",
@@ -587,8 +596,9 @@ fn secrets(p: &Properties) -> Result<Option<Secrets>, Error> {
                 origin: setting(p, key).source,
                 key: key.to_owned(),
                 reason: format!(
-                    "this secret repeats a few characters ({distinct} different ones; at least \
-                     {MIN_SECRET_DISTINCT} are needed): generate one with: openssl rand -base64 48"
+                    "this secret repeats a few characters (it has {distinct} different \
+                     characters; at least {MIN_SECRET_DISTINCT} are needed): generate one with: \
+                     openssl rand -base64 48"
                 ),
             });
         }

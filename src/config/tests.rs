@@ -167,6 +167,17 @@ fn every_bad_value_is_reported_not_only_the_first() {
 }
 
 #[test]
+fn metrics_and_the_server_cannot_share_an_address() {
+    let err = parse("server.bind=127.0.0.1:9000\nsession.metrics.bind=127.0.0.1:9000\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("session.metrics.bind = \"127.0.0.1:9000\": expected an address other than server.bind's"),
+        "{err}"
+    );
+}
+
+#[test]
 fn guessable_secrets_are_refused() {
     for secret in ["a".repeat(64), "ab".repeat(32), "0123456789abcd".repeat(5)] {
         let err = parse(&format!("session.secret={secret}\n"))

@@ -135,7 +135,7 @@ pub fn app(config: &Config, node: &str, persistence: Option<Persistence>) -> Rou
         _ => None,
     };
     let router = Router::new()
-        .route("/health", get(|| async { "ok" }))
+        .route("/health", get(|| async { "ok\n" }))
         .merge(storefront::router().layer(layer))
         .merge(backoffice.unwrap_or_default());
     match config.metrics_bind {

@@ -106,8 +106,8 @@ fn prepare(path: &Path, create: bool) -> Result<(), Error> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(fail(
                     path,
-                    "does not exist (its directory neither): check the path; only `serve` and \
-                     `migrate` create a store"
+                    "does not exist (its directory neither): check the path; a store is created \
+                     only by `migrate`, or by `serve` with session.store.migrate=true"
                         .to_owned(),
                 ));
             }
@@ -138,7 +138,9 @@ fn prepare(path: &Path, create: bool) -> Result<(), Error> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(fail(
             path,
-            "does not exist: check the path; only `serve` and `migrate` create a store".to_owned(),
+            "does not exist: check the path; a store is created only by `migrate`, or by `serve` \
+             with session.store.migrate=true"
+                .to_owned(),
         )),
         Err(e) => Err(fail(path, e.to_string())),
     }
