@@ -44,29 +44,44 @@ async fn call(
     cookie: Option<&str>,
     form: Option<&str>,
 ) -> (StatusCode, http::HeaderMap, String) {
-    let mut request = Request::builder().method(method).uri(uri);
-    if let Some(auth) = auth {
-        request = request.header(
-            "authorization",
-            format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(auth)
-            ),
-        );
+    let auth = auth.map(|auth| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(auth)
+        )
+    });
+    let mut headers = Vec::new();
+    if let Some(auth) = &auth {
+        headers.push(("authorization", auth.as_str()));
     }
     if let Some(cookie) = cookie {
-        request = request.header("cookie", cookie);
+        headers.push(("cookie", cookie));
+    }
+    exchange(app, method, uri, &headers, form).await
+}
+
+/// One request with the given headers (and a form body for POSTs): status, headers, body.
+async fn exchange(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+    form: Option<&str>,
+) -> (StatusCode, http::HeaderMap, String) {
+    let mut builder = Request::builder().method(method).uri(uri);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
     }
     let body = match form {
         Some(form) => {
-            request = request.header("content-type", "application/x-www-form-urlencoded");
+            builder = builder.header("content-type", "application/x-www-form-urlencoded");
             Body::from(form.to_owned())
         }
         None => Body::empty(),
     };
     let response = app
         .clone()
-        .oneshot(request.body(body).unwrap())
+        .oneshot(builder.body(body).unwrap())
         .await
         .unwrap();
     let (parts, body) = response.into_parts();
@@ -410,7 +425,7 @@ async fn values_are_shown_only_when_configured() {
     assert!(body.contains("SHOWN-SKU"), "{body}");
 }
 
-/// One request with the given headers (and a form body for POSTs).
+/// One request with the given headers (and a form body for POSTs): status and headers.
 async fn request(
     app: &Router,
     method: &str,
@@ -418,23 +433,8 @@ async fn request(
     headers: &[(&str, &str)],
     form: Option<&str>,
 ) -> (StatusCode, http::HeaderMap) {
-    let mut builder = Request::builder().method(method).uri(uri);
-    for (name, value) in headers {
-        builder = builder.header(*name, *value);
-    }
-    let body = match form {
-        Some(form) => {
-            builder = builder.header("content-type", "application/x-www-form-urlencoded");
-            Body::from(form.to_owned())
-        }
-        None => Body::empty(),
-    };
-    let response = app
-        .clone()
-        .oneshot(builder.body(body).unwrap())
-        .await
-        .unwrap();
-    (response.status(), response.headers().clone())
+    let (status, headers, _) = exchange(app, method, uri, headers, form).await;
+    (status, headers)
 }
 
 /// Cross-site requests (CSRF) are refused before they load a session; every answer forbids
