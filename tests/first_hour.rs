@@ -649,3 +649,53 @@ async fn metrics_can_have_an_address_of_their_own() {
         &["config/local.properties:1: session.metrics.bind = \"localhost:9100\": expected IP:PORT"],
     );
 }
+
+/// A client that sends another application's session id on every request costs one WARN line
+/// a minute, not one per request.
+#[tokio::test]
+async fn another_apps_id_is_logged_once_not_per_request() {
+    use argon2::password_hash::{PasswordHasher as _, SaltString};
+    let work = tempfile::tempdir().unwrap();
+    let hash = argon2::Argon2::default()
+        .hash_password(b"pw", &SaltString::encode_b64(b"0123456789abcdef").unwrap())
+        .unwrap()
+        .to_string();
+    let config = config_dir(
+        work.path(),
+        &format!(
+            "spring.session.enabled=true\nspring.session.storefront.save=sync\n\
+             session.store.url=sqlite://data/sessions.db\nsession.backoffice.user=ops\n\
+             session.backoffice.password.hash={hash}\n"
+        ),
+    );
+    let server = Server::start(work.path(), &config, "node");
+    let mut shopper = common::Client::new();
+    let (status, _) = shopper
+        .send(
+            &server.base,
+            "POST",
+            "/cart/items",
+            Some(serde_json::json!({"sku": "A", "qty": 1})),
+        )
+        .await;
+    assert_eq!(status, http::StatusCode::OK);
+    let id = shopper.cookie.clone().unwrap();
+    let http = reqwest::Client::new();
+    for _ in 0..30 {
+        // The storefront's id, sent as the backoffice's cookie: a stored session of another app.
+        let status = http
+            .get(format!("{}/backoffice/login", server.base))
+            .header("cookie", format!("BACKOFFICESESSION={id}"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, http::StatusCode::OK);
+    }
+    let warnings = server
+        .log_text()
+        .lines()
+        .filter(|l| l.contains(" WARN ") && l.contains("session belongs to another application"))
+        .count();
+    assert_eq!(warnings, 1, "{}", server.log_text());
+}

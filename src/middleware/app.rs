@@ -46,6 +46,10 @@ pub(crate) struct AppShared {
     pub(crate) verify_paused_until: AtomicI64,
     /// Checks in a row that found the store unreachable.
     pub(crate) verify_failures: AtomicU32,
+    /// When a request last logged another application's session id at WARN (epoch ms), and
+    /// how many were logged at DEBUG since: one client can send such ids on every request.
+    pub(crate) foreign_warned_at: std::sync::atomic::AtomicI64,
+    pub(crate) foreign_quiet: std::sync::atomic::AtomicU64,
     /// The name of the version cookie: the session cookie's, with `_VERSION`.
     pub(crate) version_cookie: String,
 }
@@ -110,6 +114,9 @@ pub(crate) enum Answer {
     /// codec failed): not acknowledged (500, no cookie) and not kept, as for `Unavailable`.
     NotSaved,
 }
+
+/// The least time between two WARN lines about another application's session id.
+const FOREIGN_WARN_EVERY_MS: i64 = 60_000;
 
 /// What [`AppShared::execute`] did.
 pub(crate) struct Executed {
@@ -431,7 +438,21 @@ impl AppShared {
         };
         let (record, row_exists) = (found.record, found.exists);
         if record.meta.app != self.settings.app {
-            tracing::warn!(app = %self.settings.app, session = %short, stored_app = %record.meta.app, "session belongs to another application; not restored");
+            // At most one WARN every FOREIGN_WARN_EVERY_MS, with how many went to DEBUG since.
+            let now = now_millis();
+            let last = self.foreign_warned_at.load(Ordering::Relaxed);
+            if now - last >= FOREIGN_WARN_EVERY_MS
+                && self
+                    .foreign_warned_at
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                let quiet = self.foreign_quiet.swap(0, Ordering::Relaxed);
+                tracing::warn!(app = %self.settings.app, session = %short, stored_app = %record.meta.app, since_last_warning = quiet, "session belongs to another application; not restored");
+            } else {
+                self.foreign_quiet.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(app = %self.settings.app, session = %short, stored_app = %record.meta.app, "session belongs to another application; not restored");
+            }
             return Ok(None);
         }
         // Its write is queued on this node: the cache takes back that very session (with its

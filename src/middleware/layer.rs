@@ -144,6 +144,8 @@ impl SessionFailoverLayer {
                 push: super::push::Push::new(settings.cache_max_entries, settings.timeout),
                 verify_paused_until: std::sync::atomic::AtomicI64::new(0),
                 verify_failures: std::sync::atomic::AtomicU32::new(0),
+                foreign_warned_at: std::sync::atomic::AtomicI64::new(0),
+                foreign_quiet: std::sync::atomic::AtomicU64::new(0),
                 version_cookie: format!("{}_VERSION", settings.cookie_name),
                 codec: settings.codec.clone(),
                 persister: self.persister.clone(),
