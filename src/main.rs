@@ -184,9 +184,6 @@ fn load_properties(dir: &Path) -> anyhow::Result<Properties> {
             dir.display()
         );
     }
-    for warning in stray_files(dir) {
-        tracing::warn!("{warning}");
-    }
     let vars = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
     Ok(Properties::load(dir, vars)?)
@@ -224,6 +221,9 @@ fn stray_files(dir: &Path) -> Vec<String> {
 fn load(dir: &Path) -> anyhow::Result<(Config, Properties)> {
     let properties = load_properties(dir)?;
     let config = Config::from_properties(&properties)?;
+    for warning in stray_files(dir) {
+        tracing::warn!("{warning}");
+    }
     for warning in properties.unknown_key_warnings() {
         tracing::warn!("{warning}");
     }

@@ -5,7 +5,6 @@ mod common;
 
 use std::sync::Arc;
 
-use argon2::password_hash::{PasswordHasher as _, SaltString};
 use axum::Router;
 use axum::body::Body;
 use base64::Engine as _;
@@ -21,11 +20,7 @@ use tower::ServiceExt as _;
 const PASSWORD: &str = "correct horse battery staple";
 
 fn hash() -> String {
-    let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
-    argon2::Argon2::default()
-        .hash_password(PASSWORD.as_bytes(), &salt)
-        .unwrap()
-        .to_string()
+    common::password_hash(PASSWORD)
 }
 
 fn node(extra: &str, store: Arc<dyn SessionAdmin>) -> Router {
@@ -34,6 +29,17 @@ fn node(extra: &str, store: Arc<dyn SessionAdmin>) -> Router {
     ));
     let persistence = Persistence::from_config(store, &config);
     server::app(&config, "a", Some(persistence))
+}
+
+/// A node with the backoffice on (user `admin`, password [`PASSWORD`]).
+fn operator_node(store: Arc<dyn SessionAdmin>) -> Router {
+    node(
+        &format!(
+            "session.backoffice.user=admin\nsession.backoffice.password.hash={}\n",
+            hash()
+        ),
+        store,
+    )
 }
 
 async fn call(
@@ -120,13 +126,7 @@ async fn without_credentials_the_backoffice_does_not_exist() {
 async fn operators_sign_in_find_show_and_delete_sessions() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn SessionAdmin> = Arc::new(sqlite(dir.path()).await);
-    let app = node(
-        &format!(
-            "session.backoffice.user=admin\nsession.backoffice.password.hash={}\n",
-            hash()
-        ),
-        store.clone(),
-    );
+    let app = operator_node(store.clone());
 
     // A shopper with a cart, signed in as zoë; another one.
     let r = send(
@@ -443,13 +443,7 @@ async fn request(
 async fn cross_site_posts_framing_and_basic_on_pages_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn SessionAdmin> = Arc::new(sqlite(dir.path()).await);
-    let app = node(
-        &format!(
-            "session.backoffice.user=admin\nsession.backoffice.password.hash={}\n",
-            hash()
-        ),
-        store.clone(),
-    );
+    let app = operator_node(store.clone());
     let form = format!("user=admin&password={}", PASSWORD.replace(' ', "+"));
     // A sign-in posted from another site (login CSRF), by either header a browser sends.
     for headers in [
@@ -637,13 +631,7 @@ fn basic(user: &str, password: &str) -> String {
 async fn repeated_failed_sign_ins_lock_the_address_out() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn SessionAdmin> = Arc::new(sqlite(dir.path()).await);
-    let app = node(
-        &format!(
-            "session.backoffice.user=admin\nsession.backoffice.password.hash={}\n",
-            hash()
-        ),
-        store,
-    );
+    let app = operator_node(store);
     let wrong = basic("admin", "guess");
     let right = basic("admin", PASSWORD);
     for i in 0..10 {
@@ -701,13 +689,7 @@ async fn repeated_failed_sign_ins_lock_the_address_out() {
 async fn concurrent_guesses_are_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn SessionAdmin> = Arc::new(sqlite(dir.path()).await);
-    let app = node(
-        &format!(
-            "session.backoffice.user=admin\nsession.backoffice.password.hash={}\n",
-            hash()
-        ),
-        store,
-    );
+    let app = operator_node(store);
     let wrong = basic("admin", "guess");
     let mut attempts = tokio::task::JoinSet::new();
     for i in 0..20 {

@@ -412,7 +412,6 @@ async fn failover_behind_haproxy_on_mariadb() {
 /// metrics; the admin frontend serves nothing else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backoffice_sign_in_survives_alternating_nodes_behind_haproxy() {
-    use argon2::password_hash::{PasswordHasher as _, SaltString};
     if !require_program(
         "haproxy",
         "backoffice_sign_in_survives_alternating_nodes_behind_haproxy",
@@ -420,13 +419,7 @@ async fn backoffice_sign_in_survives_alternating_nodes_behind_haproxy() {
         return;
     }
     let work = tempfile::tempdir().unwrap();
-    let hash = argon2::Argon2::default()
-        .hash_password(
-            b"operator password",
-            &SaltString::encode_b64(b"0123456789abcdef").unwrap(),
-        )
-        .unwrap()
-        .to_string();
+    let hash = common::password_hash("operator password");
     let config = config_dir(
         work.path(),
         &format!(

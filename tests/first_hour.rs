@@ -654,12 +654,8 @@ async fn metrics_can_have_an_address_of_their_own() {
 /// a minute, not one per request.
 #[tokio::test]
 async fn another_apps_id_is_logged_once_not_per_request() {
-    use argon2::password_hash::{PasswordHasher as _, SaltString};
     let work = tempfile::tempdir().unwrap();
-    let hash = argon2::Argon2::default()
-        .hash_password(b"pw", &SaltString::encode_b64(b"0123456789abcdef").unwrap())
-        .unwrap()
-        .to_string();
+    let hash = common::password_hash("pw");
     let config = config_dir(
         work.path(),
         &format!(

@@ -398,24 +398,27 @@ impl Config {
                 }
                 url
             },
-            store: crate::store::StoreOptions {
-                migrate: problems.ok(boolean(p, "session.store.migrate")),
-                // Creating a database is part of migrating it: a node told not to migrate does
-                // not create an empty SQLite file at a mistyped path either.
-                create: problems.ok(boolean(p, "session.store.migrate")),
-                pool_size: u32::try_from(problems.ok(number(
-                    p,
-                    "session.store.pool.size",
-                    1,
-                    1000,
-                )))
-                .unwrap_or(1000),
-                timeout: Duration::from_millis(problems.ok(number(
-                    p,
-                    "session.store.timeout",
-                    1,
-                    600_000,
-                ))),
+            store: {
+                let migrate = problems.ok(boolean(p, "session.store.migrate"));
+                crate::store::StoreOptions {
+                    migrate,
+                    // Creating a database is part of migrating it: a node told not to migrate does
+                    // not create an empty SQLite file at a mistyped path either.
+                    create: migrate,
+                    pool_size: u32::try_from(problems.ok(number(
+                        p,
+                        "session.store.pool.size",
+                        1,
+                        1000,
+                    )))
+                    .unwrap_or(1000),
+                    timeout: Duration::from_millis(problems.ok(number(
+                        p,
+                        "session.store.timeout",
+                        1,
+                        600_000,
+                    ))),
+                }
             },
             timeout: Duration::from_secs(problems.ok(number(p, "session.timeout", 1, 31_536_000))),
             node_name: Some(string(p, "session.node.name")).filter(|s| !s.is_empty()),

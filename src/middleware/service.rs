@@ -29,6 +29,20 @@ impl<S> std::fmt::Debug for SessionFailover<S> {
 
 /// An empty response of `status` in place of `original`, keeping its session cookies (a rotated
 /// or new session's id must still reach the client).
+/// An empty answer with `status` and no cookie: nothing of the request happened to the
+/// session. A 503 asks the client to retry in a second.
+fn refusal<B: Default>(status: StatusCode) -> Response<B> {
+    let mut response = Response::new(B::default());
+    *response.status_mut() = status;
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("1"),
+        );
+    }
+    response
+}
+
 fn replace<B: Default>(original: &Response<B>, status: StatusCode) -> Response<B> {
     let mut response = Response::new(B::default());
     *response.status_mut() = status;
@@ -67,15 +81,7 @@ where
                 let hint = app.version_hint(request.headers());
                 let session = match app.load(&ids, hint).await {
                     Loaded::Session(session) => session,
-                    Loaded::StoreDown => {
-                        let mut response = Response::new(ResBody::default());
-                        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-                        response.headers_mut().insert(
-                            http::header::RETRY_AFTER,
-                            http::HeaderValue::from_static("1"),
-                        );
-                        return Ok(response);
-                    }
+                    Loaded::StoreDown => return Ok(refusal(StatusCode::SERVICE_UNAVAILABLE)),
                 };
                 request.extensions_mut().insert(session.clone());
                 let mut response = inner.call(request).await?;
@@ -130,20 +136,12 @@ where
                         // Not committed, not kept: nothing of the request happened to the
                         // session, so no cookie either (a rotation keeps the old id).
                         Some((Answer::Unavailable, _)) => {
-                            let mut refused = Response::new(ResBody::default());
-                            *refused.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-                            refused.headers_mut().insert(
-                                http::header::RETRY_AFTER,
-                                http::HeaderValue::from_static("1"),
-                            );
-                            return Ok(refused);
+                            return Ok(refusal(StatusCode::SERVICE_UNAVAILABLE));
                         }
                         // The same, for a session that cannot be stored (too large): a retry
                         // would fail again.
                         Some((Answer::NotSaved, _)) => {
-                            let mut refused = Response::new(ResBody::default());
-                            *refused.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-                            return Ok(refused);
+                            return Ok(refusal(StatusCode::INTERNAL_SERVER_ERROR));
                         }
                     }
                 }

@@ -364,6 +364,17 @@ impl Hook for Delays {
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for tests on one machine).
+/// The argon2 PHC hash of `password` (for `session.backoffice.password.hash`), with a fixed
+/// salt: tests need a hash, not a secret.
+pub fn password_hash(password: &str) -> String {
+    use argon2::password_hash::{PasswordHasher as _, SaltString};
+    let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .unwrap()
+        .to_string()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
