@@ -106,6 +106,17 @@ enum SessionsAction {
     },
     /// Count sessions: total, expired, signed in, bytes, by application and node.
     Stats,
+    /// Write every live session not under session.secret's key again under it (after a
+    /// rotation, before session.secret.previous is removed). Safe while nodes serve, and to
+    /// stop and run again.
+    Reencrypt {
+        /// Start after this key (printed when a run stops). Keys may begin with `-`.
+        #[arg(long, allow_hyphen_values = true)]
+        after: Option<String>,
+        /// Rows read per batch, 1 to 10000.
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        batch_size: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -425,6 +436,55 @@ async fn sessions(
                     started.elapsed().as_secs_f64()
                 ),
                 None => println!("skipped: another node is purging right now"),
+            }
+        }
+        SessionsAction::Reencrypt { after, batch_size } => {
+            let after = after.as_deref().map(key).transpose()?;
+            let codec = config.codec();
+            if !codec.encrypts() {
+                anyhow::bail!(
+                    "session.secret is not set: there is no key to re-encrypt under (set it in local.properties or y_session_secret)"
+                );
+            }
+            let bar = (!json).then(|| {
+                // The total is a count of every row, read once; the bar is a guide, not a promise.
+                let bar = indicatif::ProgressBar::new(0);
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{bar:30} {pos}/{len} sessions read, {msg} ({elapsed})",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                bar
+            });
+            if let Some(bar) = &bar
+                && let Ok(total) = store.length().await
+            {
+                bar.set_length(total);
+            }
+            let result = admin::reencrypt(&**store, &codec, after, batch_size, |done| {
+                if let Some(bar) = &bar {
+                    bar.set_position(done.read);
+                    bar.set_message(format!("{} rewritten", done.rewritten));
+                }
+            })
+            .await;
+            if let Some(bar) = &bar {
+                bar.finish_and_clear();
+            }
+            let done = result.map_err(store_error)?;
+            if json {
+                return print_json(&done);
+            }
+            println!(
+                "read {} live session(s): {} written again under the current key, {} already under it, {} changed by a node meanwhile",
+                done.read, done.rewritten, done.current, done.changed
+            );
+            if done.unreadable > 0 {
+                println!(
+                    "WARNING: {} session(s) do not decode with the configured secrets (a secret already removed?); no node with this configuration can restore them",
+                    done.unreadable
+                );
             }
         }
         SessionsAction::Stats => {

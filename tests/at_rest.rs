@@ -445,3 +445,142 @@ fn the_checker_keys_are_read_from_properties() {
     assert!(c.check_covers("storefront") && !c.check_covers("backoffice"));
     assert!(c.check.response_error);
 }
+
+/// The `sessions` command with the secrets given as environment variables.
+fn sessions_cli(config: &std::path::Path, secrets: &[(&str, &str)], args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_session-failover"))
+        .args(["sessions", "--config"])
+        .arg(config)
+        .args(args)
+        .envs(secrets.iter().copied())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{args:?}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// After a rotation, a session kept alive by reads alone moves to the new key when it is
+/// touched, `sessions reencrypt` moves the idle ones, and once the old secret is removed every
+/// user still has their cart.
+#[tokio::test]
+async fn removing_the_old_secret_after_rotation_loses_nobody() {
+    let work = tempfile::tempdir().unwrap();
+    let db = work.path().join("s.db");
+    // A 20 s timeout: a read-only session is touched once 2 s have passed since its last write.
+    let config = config_dir(
+        work.path(),
+        &format!(
+            "session.store.url=sqlite://{}\nsession.timeout=20\n",
+            db.display()
+        ),
+    );
+    let only_a = [("y_session_secret", SECRET_A)];
+    let rotated = [
+        ("y_session_secret", SECRET_B),
+        ("y_session_secret_previous", SECRET_A),
+    ];
+    let only_b = [("y_session_secret", SECRET_B)];
+    let a = Server::start_with(work.path(), &config, "a", "127.0.0.1:0", &only_a);
+    let (mut reader, mut idle) = (Client::new(), Client::new());
+    for (user, sku) in [(&mut reader, "READS"), (&mut idle, "IDLE")] {
+        let (status, _) = user
+            .send(
+                &a.base,
+                "POST",
+                "/cart/items",
+                Some(json!({"sku": sku, "qty": 1})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    a.kill();
+    let store = session_failover::store::SqliteStore::connect(
+        &format!("sqlite://{}", db.display()),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let key_id = |secret: &str| {
+        session_failover::codec::Keys::new(secret, &[])
+            .unwrap()
+            .current_id()
+    };
+    let (reader_id, idle_id) = (reader.cookie.clone().unwrap(), idle.cookie.clone().unwrap());
+    assert_eq!(blob(&store, &reader_id).await[2], key_id(SECRET_A));
+
+    // The rotation: B current, A previous. The reader only reads, past the touch interval.
+    let b = Server::start_with(work.path(), &config, "b", "127.0.0.1:0", &rotated);
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let (status, body) = reader.send(&b.base, "GET", "/cart", None).await;
+    assert_eq!(
+        (status, items(&body)),
+        (StatusCode::OK, vec![("READS".to_owned(), 1)])
+    );
+    let moved = async {
+        for _ in 0..100 {
+            if blob(&store, &reader_id).await[2] == key_id(SECRET_B) {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        false
+    };
+    assert!(moved.await, "a touched session is written again under B");
+    assert_eq!(
+        blob(&store, &idle_id).await[2],
+        key_id(SECRET_A),
+        "not touched yet"
+    );
+    let metrics = reqwest::get(format!("{}/metrics", b.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("session_rekeys_total{") && l.ends_with(" 1")),
+        "{metrics}"
+    );
+    b.kill();
+
+    // The idle session is moved by the command; a second run finds nothing left to do.
+    let first = sessions_cli(&config, &rotated, &["reencrypt"]);
+    assert!(
+        first.contains("read 2 live session(s): 1 written again under the current key, 1 already under it, 0 changed"),
+        "{first}"
+    );
+    assert_eq!(blob(&store, &idle_id).await[2], key_id(SECRET_B));
+    let again = sessions_cli(&config, &rotated, &["reencrypt", "--batch-size", "1"]);
+    assert!(
+        again.contains("0 written again under the current key, 2 already under it"),
+        "{again}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&sessions_cli(&config, &only_b, &["--json", "reencrypt"])).unwrap();
+    assert_eq!(
+        (
+            json["read"].as_u64(),
+            json["current"].as_u64(),
+            json["unreadable"].as_u64()
+        ),
+        (Some(2), Some(2), Some(0)),
+        "{json}"
+    );
+
+    // The old secret removed: both carts are still there.
+    let c = Server::start_with(work.path(), &config, "c", "127.0.0.1:0", &only_b);
+    for (user, sku) in [(&mut reader, "READS"), (&mut idle, "IDLE")] {
+        let (status, body) = user.send(&c.base, "GET", "/cart", None).await;
+        assert_eq!(
+            (status, items(&body)),
+            (StatusCode::OK, vec![(sku.to_owned(), 1)])
+        );
+    }
+}

@@ -179,6 +179,71 @@ async fn suite(store: Arc<dyn SessionAdmin>) {
     let unknown = SessionId::generate().store_key();
     assert!(!store.reset_timer(&unknown, NOW, NOW + 1).await.unwrap());
 
+    // rekey: the blob only, at the version read, of a live row
+    let version = touched.meta.version;
+    assert!(
+        !store.rekey(&key, version + 1, &[9], NOW).await.unwrap(),
+        "another version"
+    );
+    assert!(
+        !store
+            .rekey(&key, version, &[9], NOW + 70_000)
+            .await
+            .unwrap(),
+        "expired"
+    );
+    assert!(
+        !store.rekey(&unknown, 1, &[9], NOW).await.unwrap(),
+        "absent"
+    );
+    assert_eq!(store.get(&key, NOW).await.unwrap(), Some(touched.clone()));
+    assert!(
+        store
+            .rekey(&key, version, &[1, 0, 7, 7], NOW)
+            .await
+            .unwrap()
+    );
+    let rekeyed = store.get(&key, NOW).await.unwrap().unwrap();
+    assert_eq!(rekeyed.data, [1, 0, 7, 7]);
+    let mut expected = touched.meta.clone();
+    expected.size_bytes = 4;
+    assert_eq!(rekeyed.meta, expected, "every other column as it was");
+
+    // records: live rows with their data, by key, a page after a key
+    let mut paged = Vec::new();
+    let mut after = None;
+    while let [one] = store
+        .records(after.as_ref(), 1, NOW)
+        .await
+        .unwrap()
+        .as_slice()
+    {
+        after = Some(one.meta.key.clone());
+        paged.push(one.clone());
+    }
+    let live: Vec<SessionKey> = store
+        .list(&ListQuery {
+            limit: 1000,
+            ..ListQuery::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.expires_at > NOW)
+        .map(|m| m.key)
+        .collect();
+    assert_eq!(
+        paged.iter().map(|r| r.meta.key.clone()).collect::<Vec<_>>(),
+        live
+    );
+    assert!(paged.contains(&rekeyed));
+    let later = store.records(None, 1000, NOW + 70_000).await.unwrap();
+    assert!(
+        later.iter().all(|r| r.meta.expires_at > NOW + 70_000),
+        "expired rows are absent"
+    );
+    assert!(!later.iter().any(|r| r.meta.key == key));
+
     // set_many, with two states of one session in the batch: the newer wins
     let mut batch: Vec<Record> = (0..50)
         .map(|i| {

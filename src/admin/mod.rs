@@ -1,13 +1,15 @@
 //! Operations on persisted sessions for operators: what `session-failover sessions …` runs (and
 //! what a backoffice would run): list, show, delete one, delete all of a principal, purge, stats.
 //!
-//! Nothing here decrypts or prints attribute values: a row's metadata and attribute names are
-//! readable without the secret, and that is what operators see.
+//! Nothing here prints attribute values: a row's metadata and attribute names are readable
+//! without the secret, and that is what operators see. Only [`reencrypt`] decrypts, to write the
+//! same data again under the current key.
 
 use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::codec::{Binding, Codec};
 use crate::id::SessionKey;
 pub use crate::store::Stats;
 use crate::store::{self, EpochMillis, ListQuery, Meta, SessionAdmin};
@@ -112,4 +114,81 @@ pub async fn purge(
     batch_size: u32,
 ) -> Result<Option<u64>, store::Error> {
     store.purge_expired_exclusive(now, batch_size).await
+}
+
+/// What [`reencrypt`] did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Reencrypted {
+    /// Live sessions read.
+    pub read: u64,
+    /// Written again under the current key.
+    pub rewritten: u64,
+    /// Already under the current key.
+    pub current: u64,
+    /// Written, ended or expired by a node while they were being re-encrypted: a node's
+    /// write is under its current key, so a later run finds them done.
+    pub changed: u64,
+    /// Under no key this configuration has (or corrupt): no node with it can restore them.
+    pub unreadable: u64,
+    /// The last key done: give it as `after` to go on from there.
+    pub last: Option<SessionKey>,
+}
+
+/// Writes every live session not under the codec's current key again under it, `batch` rows
+/// at a time in key order, starting after `after`. Each row keeps its version and expiry, and
+/// is replaced only if no node wrote it meanwhile ([`crate::SessionStore::rekey`]), so this runs
+/// while the nodes serve. Safe to stop and run again: rows already under the current key are
+/// only read. `progress` is told the counts after each batch.
+pub async fn reencrypt(
+    store: &dyn SessionAdmin,
+    codec: &Codec,
+    after: Option<SessionKey>,
+    batch: u32,
+    progress: impl Fn(&Reencrypted),
+) -> Result<Reencrypted, store::Error> {
+    let mut done = Reencrypted {
+        last: after,
+        ..Reencrypted::default()
+    };
+    loop {
+        let now = store::now_millis();
+        let records = store.records(done.last.as_ref(), batch.max(1), now).await?;
+        let Some(last) = records.last() else {
+            return Ok(done);
+        };
+        let last = last.meta.key.clone();
+        for record in records {
+            done.read += 1;
+            let binding = Binding {
+                app: &record.meta.app,
+                key: &record.meta.key,
+                principal: record.meta.principal.as_deref(),
+            };
+            let attributes = match codec.decode_keyed(&record.data, binding) {
+                Ok((_, false)) => {
+                    done.current += 1;
+                    continue;
+                }
+                Ok((attributes, true)) => attributes,
+                Err(error) => {
+                    done.unreadable += 1;
+                    tracing::warn!(session = %record.meta.key.short_hash(), error = &error as &dyn std::error::Error, "stored session does not decode with the configured secrets");
+                    continue;
+                }
+            };
+            let data = codec.encode(&attributes, binding).map_err(|error| {
+                store::Error::Backend(format!("cannot encode a session: {error}").into())
+            })?;
+            if store
+                .rekey(&record.meta.key, record.meta.version, &data, now)
+                .await?
+            {
+                done.rewritten += 1;
+            } else {
+                done.changed += 1;
+            }
+        }
+        done.last = Some(last);
+        progress(&done);
+    }
 }

@@ -212,6 +212,17 @@ impl Codec {
 
     /// Decodes a blob of the row `binding` into its attribute map.
     pub fn decode(&self, blob: &[u8], binding: Binding<'_>) -> Result<EncodedAttributes, Error> {
+        self.decode_keyed(blob, binding)
+            .map(|(attributes, _)| attributes)
+    }
+
+    /// [`Codec::decode`], and whether the blob should be written again to be under the current
+    /// key: it was encrypted under a previous one, or stored in plaintext while a secret is set.
+    pub fn decode_keyed(
+        &self,
+        blob: &[u8],
+        binding: Binding<'_>,
+    ) -> Result<(EncodedAttributes, bool), Error> {
         let [version, flags, rest @ ..] = blob else {
             return Err(Error::Truncated(blob.len()));
         };
@@ -222,6 +233,7 @@ impl Codec {
             return Err(Error::UnknownFlags(*flags));
         }
         let decrypted;
+        let mut rekey = false;
         let body = if flags & FLAG_ENCRYPTED != 0 {
             let keys = self.keys.as_ref().ok_or(Error::Encrypted)?;
             let [key_id, rest @ ..] = rest else {
@@ -240,7 +252,8 @@ impl Codec {
             }
             decrypted = candidates
                 .find_map(|key| {
-                    key.cipher
+                    let plain = key
+                        .cipher
                         .decrypt(
                             nonce.into(),
                             chacha20poly1305::aead::Payload {
@@ -248,7 +261,10 @@ impl Codec {
                                 aad: &aad,
                             },
                         )
-                        .ok()
+                        .ok()?;
+                    // Key ids are one byte: which key decrypted it is what counts.
+                    rekey = !std::ptr::eq(key, keys.current());
+                    Some(plain)
                 })
                 .ok_or(Error::Authentication)?;
             decrypted.as_slice()
@@ -256,6 +272,7 @@ impl Codec {
             if self.keys.is_some() && !self.accept_plaintext {
                 return Err(Error::Plaintext);
             }
+            rekey = self.keys.is_some();
             rest
         };
         let map: BTreeMap<String, serde_bytes::ByteBuf> = if flags & FLAG_COMPRESSED != 0 {
@@ -271,10 +288,11 @@ impl Codec {
         } else {
             rmp_serde::from_slice(body)?
         };
-        Ok(map
+        let attributes = map
             .into_iter()
             .map(|(name, value)| (name, value.into_vec()))
-            .collect())
+            .collect();
+        Ok((attributes, rekey))
     }
 }
 
@@ -448,6 +466,11 @@ mod tests {
         let rotated = Codec::default().with_keys(Keys::new(SECRET_B, &[SECRET_A]).unwrap());
         assert_eq!(rotated.decode(&blob, binding(&key)).unwrap(), attributes(3));
         let new_blob = rotated.encode(&attributes(3), binding(&key)).unwrap();
+        // Which blobs must be written again to move to the current key.
+        let rekey = |codec: &Codec, blob: &[u8]| codec.decode_keyed(blob, binding(&key)).unwrap().1;
+        assert!(rekey(&rotated, &blob), "under the previous key");
+        assert!(!rekey(&rotated, &new_blob), "under the current key");
+        assert!(!rekey(&old, &blob), "A is current for the old codec");
         assert_eq!(new_blob[2], Keys::new(SECRET_B, &[]).unwrap().current_id());
         assert_ne!(
             new_blob[2], blob[2],
@@ -475,6 +498,11 @@ mod tests {
         assert_eq!(
             lenient.decode(&plain, binding(&key)).unwrap(),
             attributes(3)
+        );
+        assert!(rekey(&lenient, &plain), "plaintext moves under the key");
+        assert!(
+            !rekey(&Codec::default(), &plain),
+            "no secret: nothing to move"
         );
         assert!(Keys::new("short", &[]).is_err());
         assert!(Keys::new(SECRET_A, &["short"]).is_err());

@@ -11,6 +11,7 @@
 //! | `session_saves_total` | counter | sessions written to the store |
 //! | `session_save_seconds` | histogram | time of one save (encode and store write) |
 //! | `session_touches_total` | counter | expiry pushes of read-only sessions |
+//! | `session_rekeys_total` | counter | rows written again under the current key when touched (after a secret rotation) |
 //! | `session_verifies_total` | counter | cached sessions checked against their row's version (`session.cache.verify.interval`) |
 //! | `session_store_errors_total` | counter | failed store calls, by `op` (load, save, touch, destroy, verify) |
 //! | `session_conflicts_total` | counter | refused changes, by `kind` (`attribute`: based on a value another request replaced; `missing`: the session was ended elsewhere; `superseded`: a newer stored state could not be merged) |
@@ -42,6 +43,7 @@ pub(crate) struct AppMetrics {
     pub(crate) saves: metrics::Counter,
     pub(crate) save_seconds: metrics::Histogram,
     pub(crate) touches: metrics::Counter,
+    pub(crate) rekeys: metrics::Counter,
     pub(crate) verifies: metrics::Counter,
     pub(crate) cache_entries: metrics::Gauge,
 }
@@ -56,6 +58,7 @@ impl AppMetrics {
             saves: metrics::counter!("session_saves_total", &label()),
             save_seconds: metrics::histogram!("session_save_seconds", &label()),
             touches: metrics::counter!("session_touches_total", &label()),
+            rekeys: metrics::counter!("session_rekeys_total", &label()),
             verifies: metrics::counter!("session_verifies_total", &label()),
             cache_entries: metrics::gauge!("session_cache_entries", &label()),
         }

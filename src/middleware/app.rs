@@ -129,7 +129,9 @@ pub(crate) struct Executed {
 /// What a request leaves to persist.
 enum Work {
     None,
-    Touch,
+    /// Push the expiry forward; with the settled state to write again under the current key
+    /// if the row is under an older one.
+    Touch(Option<Snapshot>),
     Save(Snapshot),
 }
 
@@ -476,11 +478,14 @@ impl AppShared {
             key: &record.meta.key,
             principal: record.meta.principal.as_deref(),
         };
-        match self.codec.decode(&record.data, binding) {
-            Ok(attributes) => {
+        match self.codec.decode_keyed(&record.data, binding) {
+            Ok((attributes, rekey)) => {
                 tracing::info!(app = %self.settings.app, session = %short, from_node = %record.meta.node, "restored from store");
                 self.metrics.restores.increment(1);
                 let mut state = State::restored(id.clone(), &record.meta, attributes);
+                if rekey {
+                    state.needs_rekey();
+                }
                 // Restored from this node's queue before its first write landed: no row yet.
                 if !row_exists {
                     state.restored_without_row();
@@ -575,19 +580,14 @@ impl AppShared {
         let touch_every = millis(self.settings.timeout / TOUCH_DIVISOR);
         match state.take_work(now, touch_every) {
             Due::Nothing => Work::None,
-            Due::Touch => Work::Touch,
-            Due::Save { version, base, new } => Work::Save(Snapshot {
-                principal: state.principal.clone(),
-                created_at: state.created_at,
-                version,
-                base,
-                new,
-                attributes: state
-                    .attributes
-                    .iter()
-                    .map(|(name, value)| (name.clone(), value.clone()))
-                    .collect(),
-            }),
+            // A row under a previous key (or in plaintext) is written again under the current
+            // one when it is touched, so the old secret can go once every live session was.
+            Due::Touch => Work::Touch(
+                state
+                    .wants_rekey()
+                    .then(|| Snapshot::of(state, state.base(), state.base(), false)),
+            ),
+            Due::Save { version, base, new } => Work::Save(Snapshot::of(state, version, base, new)),
         }
     }
 
@@ -632,7 +632,12 @@ impl AppShared {
                 }
                 match finish.work {
                     Work::None => {}
-                    Work::Touch => self.touch(persister, id, entry).await,
+                    Work::Touch(rekey) => {
+                        if let Some(snapshot) = rekey {
+                            self.rekey(persister, id, entry, snapshot).await;
+                        }
+                        self.touch(persister, id, entry).await;
+                    }
                     Work::Save(snapshot) => {
                         let carries = snapshot.version;
                         (saved, committed) = self.save(persister, id, entry, snapshot).await;
@@ -691,6 +696,38 @@ impl AppShared {
             Err(error) => {
                 crate::metrics::store_error(&self.settings.app, "touch");
                 tracing::warn!(app = %self.settings.app, session = %id.short_hash(), error = &error as &dyn std::error::Error, "cannot push session expiry forward")
+            }
+        }
+    }
+
+    /// Writes the row again under the current key: the same data and version (no other node
+    /// needs to reload it), only if the row still holds the version `snapshot` was taken from.
+    async fn rekey(
+        &self,
+        persister: &Persister,
+        id: &SessionId,
+        entry: &Entry,
+        snapshot: Snapshot,
+    ) {
+        let version = snapshot.base;
+        let Some(record) = self.settings.record(id, snapshot) else {
+            return;
+        };
+        match persister
+            .rekey(&record.meta.key, version, &record.data)
+            .await
+        {
+            Ok(true) => {
+                entry.lock().rekeyed();
+                self.metrics.rekeys.increment(1);
+                tracing::debug!(app = %self.settings.app, session = %id.short_hash(), "written again under the current key");
+            }
+            // Written or ended meanwhile: a write is under the current key, and the copy is
+            // checked against the row as usual.
+            Ok(false) => {}
+            Err(error) => {
+                crate::metrics::store_error(&self.settings.app, "rekey");
+                tracing::warn!(app = %self.settings.app, session = %id.short_hash(), error = &error as &dyn std::error::Error, "cannot write session again under the current key; tried at its next touch");
             }
         }
     }

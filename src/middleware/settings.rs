@@ -23,6 +23,24 @@ pub(super) struct Snapshot {
     pub(super) attributes: Vec<(String, Value)>,
 }
 
+impl Snapshot {
+    /// The data of `state` as snapshot `version` of the row after `base`.
+    pub(super) fn of(state: &State, version: i64, base: i64, new: bool) -> Self {
+        Self {
+            principal: state.principal.clone(),
+            created_at: state.created_at,
+            version,
+            base,
+            new,
+            attributes: state
+                .attributes
+                .iter()
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect(),
+        }
+    }
+}
+
 /// An application's settings, fixed when the layer is built.
 #[derive(Clone, Debug)]
 pub(crate) struct AppSettings {
@@ -187,18 +205,6 @@ impl Recode for AppSettings {
     }
 
     fn encode(&self, state: &State) -> Option<Record> {
-        let snapshot = Snapshot {
-            principal: state.principal.clone(),
-            created_at: state.created_at,
-            version: 0,
-            base: state.base(),
-            new: false,
-            attributes: state
-                .attributes
-                .iter()
-                .map(|(name, value)| (name.clone(), value.clone()))
-                .collect(),
-        };
-        self.record(&state.id, snapshot)
+        self.record(&state.id, Snapshot::of(state, 0, state.base(), false))
     }
 }

@@ -15,7 +15,7 @@ pub(crate) struct Found {
     pub(crate) queued_by: Option<Arc<dyn Owner>>,
 }
 use crate::id::SessionKey;
-use crate::store::{self, EpochMillis, Record, Update};
+use crate::store::{self, EpochMillis, Record, Update, now_millis};
 
 /// What became of a save.
 #[derive(Debug)]
@@ -163,6 +163,20 @@ impl Persister {
         let writer = &self.persistence.writer;
         writer
             .bounded(writer.store().reset_timer(key, now, expires_at))
+            .await
+    }
+
+    /// Replaces the blob of the live row of `key` at `version` (the same data under the
+    /// current key); `true` if it was.
+    pub(crate) async fn rekey(
+        &self,
+        key: &SessionKey,
+        version: i64,
+        data: &[u8],
+    ) -> Result<bool, store::Error> {
+        let writer = &self.persistence.writer;
+        writer
+            .bounded(writer.store().rekey(key, version, data, now_millis()))
             .await
     }
 

@@ -174,6 +174,8 @@ pub(crate) struct State {
     /// after a restore re-sends the cookie (same id), so a load balancer that sticks on a cookie
     /// prefix re-sticks the user to this node.
     announce: bool,
+    /// The row is under a previous key (or in plaintext): see [`State::needs_rekey`].
+    rekey: bool,
 }
 
 /// What a request leaves to persist, decided by [`State::take_work`].
@@ -280,6 +282,7 @@ impl State {
             stale: false,
             successor: None,
             announce: false,
+            rekey: false,
         }
     }
 
@@ -309,7 +312,25 @@ impl State {
             stale: false,
             successor: None,
             announce: true,
+            rekey: false,
         }
+    }
+
+    /// The row was found under a previous key (or in plaintext): written again under the
+    /// current one at its next touch, unless a write does it first.
+    pub(crate) fn needs_rekey(&mut self) {
+        self.rekey = true;
+    }
+
+    /// Whether a touch should write the row again under the current key: it is under an older
+    /// one and this copy is exactly the stored state (so writing it changes only the key).
+    pub(crate) fn wants_rekey(&self) -> bool {
+        self.rekey && self.is_settled()
+    }
+
+    /// The row was written again under the current key.
+    pub(crate) fn rekeyed(&mut self) {
+        self.rekey = false;
     }
 
     /// Restored from this node's write queue before its first write landed: no row yet.
@@ -388,6 +409,8 @@ impl State {
     /// it carried are done, and the next update is based on `row`.
     pub(crate) fn mark_written(&mut self, version: i64, row: i64) {
         self.persisted = true;
+        // Every write is under the current key.
+        self.rekey = false;
         self.stored = self.stored.max(row);
         self.written = self.written.max(version);
         self.verified_at = crate::store::now_millis();
@@ -588,6 +611,7 @@ impl State {
             stale: false,
             successor: None,
             announce: false,
+            rekey: false,
         };
         self.end();
         moved

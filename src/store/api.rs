@@ -44,6 +44,22 @@ pub trait SessionStore: Send + Sync + 'static {
         expires_at: EpochMillis,
     ) -> Result<bool, Error>;
 
+    /// Replaces the blob of the live row of `key` if the row is at `version`, keeping its
+    /// version, expiry and every other column: `data` is the same session encoded under the
+    /// current key (after a secret rotation). `false` if the row is absent, expired at `now` or
+    /// at another version. The default does nothing and answers `false`: rows then move to the
+    /// new key only when they are written.
+    async fn rekey(
+        &self,
+        key: &SessionKey,
+        version: i64,
+        data: &[u8],
+        now: EpochMillis,
+    ) -> Result<bool, Error> {
+        let _ = (key, version, data, now);
+        Ok(false)
+    }
+
     /// The version of the session stored under `key`, unless it is absent or expired at
     /// `now`: the cheap read a node makes to learn whether its cached copy is still the newest
     /// (`session.cache.verify.interval`). The default reads the whole row; the SQL stores read
@@ -88,6 +104,36 @@ pub trait SessionAdmin: SessionStore {
     /// Metadata of stored sessions matching `query` (expired ones not yet purged included),
     /// ordered by key.
     async fn list(&self, query: &ListQuery) -> Result<Vec<Meta>, Error>;
+
+    /// Up to `limit` sessions live at `now` with their data, ordered by key, after `after`
+    /// (re-encryption pages through them). The default lists keys and reads each row.
+    async fn records(
+        &self,
+        after: Option<&SessionKey>,
+        limit: u32,
+        now: EpochMillis,
+    ) -> Result<Vec<Record>, Error> {
+        let mut after = after.cloned();
+        let mut records = Vec::new();
+        // A page of expired rows only is not the end.
+        while records.is_empty() {
+            let page = self
+                .list(&ListQuery {
+                    after: after.take(),
+                    limit,
+                    ..ListQuery::default()
+                })
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.key.clone());
+            for meta in page {
+                if let Some(record) = self.get(&meta.key, now).await? {
+                    records.push(record);
+                }
+            }
+        }
+        Ok(records)
+    }
 
     /// Deletes rows expired at `now`, at most `batch_size` per statement; returns how many.
     async fn purge_expired(&self, now: EpochMillis, batch_size: u32) -> Result<u64, Error>;

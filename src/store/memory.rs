@@ -110,6 +110,27 @@ impl SessionStore for MemoryStore {
             None => Ok(false),
         }
     }
+
+    async fn rekey(
+        &self,
+        key: &SessionKey,
+        version: i64,
+        data: &[u8],
+        now: EpochMillis,
+    ) -> Result<bool, Error> {
+        let mut rows = self.rows();
+        match rows
+            .get_mut(key)
+            .filter(|r| live(r, now) && r.meta.version == version)
+        {
+            Some(row) => {
+                row.data = data.to_vec();
+                row.meta.size_bytes = i64::try_from(data.len()).unwrap_or(i64::MAX);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
 }
 
 #[async_trait::async_trait]

@@ -119,6 +119,16 @@ impl<H: Hook> SessionStore for Wrapped<H> {
         self.hook.before(Call::Other("reset_timer")).await?;
         self.inner.reset_timer(key, modified_at, expires_at).await
     }
+    async fn rekey(
+        &self,
+        key: &SessionKey,
+        version: i64,
+        data: &[u8],
+        now: EpochMillis,
+    ) -> Result<bool, Error> {
+        self.hook.before(Call::Other("rekey")).await?;
+        self.inner.rekey(key, version, data, now).await
+    }
     async fn set(&self, record: &Record) -> Result<(), Error> {
         let records = std::slice::from_ref(record);
         self.hook.before(Call::Write("set", records)).await?;

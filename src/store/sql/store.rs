@@ -63,11 +63,14 @@ struct Statements {
     get: Arc<str>,
     version: Arc<str>,
     reset_timer: Arc<str>,
+    rekey: Arc<str>,
     purge: Arc<str>,
     stats: Arc<str>,
     /// By filter: bit 0 app, 1 principal, 2 node, 3 after. Built for the filters given, so each
     /// can use its index.
     list: Vec<Arc<str>>,
+    /// Live rows with their data, from the start and after a key (re-encryption).
+    records: [Arc<str>; 2],
     upsert: BySize,
     update: BySize,
     versions: BySize,
@@ -103,6 +106,16 @@ impl Statements {
                 D::param(4)
             )
             .into(),
+            rekey: format!(
+                "UPDATE stored_http_session SET data = {}, size_bytes = {} \
+                 WHERE session_id = {} AND version = {} AND expires_at > {}",
+                D::param(1),
+                D::param(2),
+                D::param(3),
+                D::param(4),
+                D::param(5)
+            )
+            .into(),
             purge: D::PURGE.into(),
             stats: format!(
                 "SELECT app, node, COUNT(*) AS sessions, \
@@ -115,6 +128,18 @@ impl Statements {
             )
             .into(),
             list: (0..16).map(|filters| list::<D>(filters).into()).collect(),
+            records: [false, true].map(|after| {
+                let (after, now, limit) = if after {
+                    (format!("session_id > {} AND ", D::param(1)), D::param(2), D::param(3))
+                } else {
+                    (String::new(), D::param(1), D::param(2))
+                };
+                format!(
+                    "SELECT {META_COLUMNS}, data FROM stored_http_session \
+                     WHERE {after}expires_at > {now} ORDER BY session_id LIMIT {limit}"
+                )
+                .into()
+            }),
             upsert: sizes(batch_sizes),
             update: sizes(batch_sizes),
             versions: sizes(MAX_KEYS),
@@ -184,6 +209,7 @@ where
     for<'c> &'c mut <D::Db as Database>::Connection: Executor<'c, Database = D::Db>,
     <D::Db as Database>::Arguments: sqlx::IntoArguments<D::Db>,
     for<'t> &'t str: sqlx::Encode<'t, D::Db> + sqlx::Type<D::Db>,
+    for<'t> &'t [u8]: sqlx::Encode<'t, D::Db> + sqlx::Type<D::Db>,
     i64: for<'t> sqlx::Encode<'t, D::Db> + for<'r> sqlx::Decode<'r, D::Db> + sqlx::Type<D::Db>,
     String: for<'r> sqlx::Decode<'r, D::Db> + sqlx::Type<D::Db>,
     Option<String>: for<'r> sqlx::Decode<'r, D::Db> + sqlx::Type<D::Db>,
@@ -357,6 +383,24 @@ where
             .await?;
         Ok(done.rows_affected() > 0)
     }
+
+    async fn rekey(
+        &self,
+        key: &SessionKey,
+        version: i64,
+        data: &[u8],
+        now: EpochMillis,
+    ) -> Result<bool, Error> {
+        let done = Self::query(&self.sql.rekey)
+            .bind(data)
+            .bind(i64::try_from(data.len()).unwrap_or(i64::MAX))
+            .bind(key.as_str())
+            .bind(version)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
 }
 
 #[async_trait::async_trait]
@@ -365,6 +409,7 @@ where
     for<'c> &'c mut <D::Db as Database>::Connection: Executor<'c, Database = D::Db>,
     <D::Db as Database>::Arguments: sqlx::IntoArguments<D::Db>,
     for<'t> &'t str: sqlx::Encode<'t, D::Db> + sqlx::Type<D::Db>,
+    for<'t> &'t [u8]: sqlx::Encode<'t, D::Db> + sqlx::Type<D::Db>,
     for<'t> Option<&'t str>: sqlx::Encode<'t, D::Db> + sqlx::Type<D::Db>,
     i64: for<'t> sqlx::Encode<'t, D::Db> + for<'r> sqlx::Decode<'r, D::Db> + sqlx::Type<D::Db>,
     String: for<'r> sqlx::Decode<'r, D::Db> + sqlx::Type<D::Db>,
@@ -401,6 +446,37 @@ where
                     None
                 }
                 other => Some(other),
+            })
+            .collect()
+    }
+
+    async fn records(
+        &self,
+        after: Option<&SessionKey>,
+        limit: u32,
+        now: EpochMillis,
+    ) -> Result<Vec<Record>, Error> {
+        let mut statement = Self::query(&self.sql.records[usize::from(after.is_some())]);
+        if let Some(after) = after {
+            statement = statement.bind(after.as_str());
+        }
+        let rows = statement
+            .bind(now)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .filter_map(|row| match meta_from_row(row) {
+                Err(Error::CorruptRow { key, reason }) => {
+                    tracing::warn!(key = %key, %reason, "a row that is not a session was skipped");
+                    None
+                }
+                Err(error) => Some(Err(error)),
+                Ok(meta) => Some(
+                    row.try_get("data")
+                        .map(|data| Record { meta, data })
+                        .map_err(Error::from),
+                ),
             })
             .collect()
     }
