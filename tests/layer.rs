@@ -811,3 +811,118 @@ async fn a_session_over_the_size_limit_is_refused_not_stored() {
         .unwrap();
     assert_eq!(row.meta.attributes, ["n"]);
 }
+
+/// `Session::save` before a side effect: the side effect runs only after the change is
+/// committed (it can see the row), never when the save is refused, and the refused response is
+/// refused whatever the handler returns. A save with nothing left writes nothing more.
+#[tokio::test]
+async fn an_explicit_save_commits_before_the_side_effect() {
+    use axum::extract::{Path, State};
+    use axum::routing::post;
+    use session_failover::session::SaveError;
+    use session_failover::{SaveMode, Session, SessionFailoverLayer};
+    use std::sync::Mutex;
+
+    /// Orders placed, each with the order its session's row held when it was placed.
+    type Placed = Arc<Mutex<Vec<(String, Option<String>)>>>;
+    async fn order(
+        State((store, placed)): State<(SqliteStore, Placed)>,
+        session: Session,
+        Path(n): Path<String>,
+    ) -> Result<&'static str, SaveError> {
+        session.insert("order", n.clone());
+        session.save().await?;
+        // The side effect: it finds the change committed (the codec is plaintext here).
+        let data: Vec<u8> = sqlx::query("SELECT data FROM stored_http_session")
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+            .get("data");
+        let stored = String::from_utf8_lossy(&data)
+            .contains(&n)
+            .then(|| n.clone());
+        placed.lock().unwrap().push((n, stored));
+        // Nothing new since: this save writes nothing.
+        session.save().await?;
+        Ok("placed")
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = sqlite(dir.path()).await;
+    let counted = CountingStore::new(Arc::new(sqlite.clone()));
+    let placed: Placed = Arc::default();
+    let app = Router::new()
+        .route("/order/{n}", post(order))
+        .route(
+            "/ignore",
+            post(|session: Session| async move {
+                session.insert("order", "ignored".to_owned());
+                let _ = session.save().await;
+                "placed"
+            }),
+        )
+        .with_state((sqlite.clone(), placed.clone()))
+        .layer(SessionFailoverLayer::new("shop").with_persistence(
+            // Each save its own write (no group commit): a failed one is kept by nobody and
+            // refused. (With the writer, a failed write is kept and retried, and the save is Ok:
+            // the change is in the queue the drain guarantees.)
+            Persistence::new(
+                counted.clone(),
+                session_failover::persist::WriterConfig::default(),
+                std::time::Duration::from_secs(5),
+                false,
+            ),
+            SaveMode::Sync,
+        ));
+    let r = send(&app, "POST", "/order/A-1001", None, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let id = r.cookie("JSESSIONID").expect("the new session's cookie");
+    assert_eq!(
+        placed.lock().unwrap().as_slice(),
+        [("A-1001".to_owned(), Some("A-1001".to_owned()))],
+        "placed after its session change was committed"
+    );
+    assert_eq!(
+        counted.rows_written(),
+        1,
+        "one write: the second save and the end had nothing"
+    );
+    assert!(
+        r.set_cookie
+            .iter()
+            .any(|c| c.starts_with("JSESSIONID_VERSION=")),
+        "the committed version is sent as after any sync save: {:?}",
+        r.set_cookie
+    );
+
+    // The store refuses writes: the save fails, nothing is placed, and the response is a 503
+    // without a cookie, as for a change saved after the handler.
+    sqlx::query("CREATE TRIGGER fail BEFORE UPDATE ON stored_http_session BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+        .execute(sqlite.pool())
+        .await
+        .unwrap();
+    let r = send(&app, "POST", "/order/B-2002", Some(&jar(&id)), None).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.set_cookie.is_empty());
+    assert_eq!(
+        placed.lock().unwrap().len(),
+        1,
+        "no side effect for a refused save"
+    );
+    let r = send(&app, "POST", "/ignore", Some(&jar(&id)), None).await;
+    assert_eq!(
+        r.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "refused whatever the handler says"
+    );
+    sqlx::query("DROP TRIGGER fail")
+        .execute(sqlite.pool())
+        .await
+        .unwrap();
+    let r = send(&app, "POST", "/order/C-3003", Some(&jar(&id)), None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        placed.lock().unwrap().last(),
+        Some(&("C-3003".to_owned(), Some("C-3003".to_owned())))
+    );
+}

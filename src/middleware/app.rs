@@ -14,6 +14,7 @@ use crate::config::SaveMode;
 use crate::id::SessionId;
 use crate::persist::{Folded, Owner, Persister, Rebased, Saved};
 use crate::session::Session;
+use crate::session::handle::{Commit, SaveError};
 use crate::session::state::{Due, Entry, State};
 use crate::store::{EpochMillis, Update, now_millis};
 
@@ -96,6 +97,10 @@ pub(crate) struct Finish {
     /// The request changed the session but a concurrent request's snapshot carries the change
     /// (it found nothing left to save): sync mode waits for that snapshot's commit.
     carried_by: Option<i64>,
+    /// A [`Session::save`] of the request was refused: so is the response.
+    refused: Option<SaveError>,
+    /// The row version a [`Session::save`] of the request committed.
+    saved_row: Option<i64>,
 }
 
 /// Whether the request's change may be acknowledged.
@@ -113,6 +118,44 @@ pub(crate) enum Answer {
     /// The session could not be encoded for the store (larger than `session.max.size`, or the
     /// codec failed): not acknowledged (500, no cookie) and not kept, as for `Unavailable`.
     NotSaved,
+}
+
+impl From<SaveError> for Answer {
+    fn from(error: SaveError) -> Self {
+        match error {
+            SaveError::Conflict => Answer::Conflict,
+            SaveError::Unavailable => Answer::Unavailable,
+            SaveError::NotSaved => Answer::NotSaved,
+            SaveError::CheckFailed => Answer::CheckFailed,
+        }
+    }
+}
+
+impl Commit for AppShared {
+    /// [`Session::save`]: the save the layer makes after the handler, made now, in a task of
+    /// its own (a handler dropped meanwhile does not cut it in half).
+    fn commit(
+        self: Arc<Self>,
+        session: Session,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Option<i64>, SaveError>> + Send>>
+    {
+        Box::pin(async move {
+            let Some(finish) = self.plan_save(&session) else {
+                return Ok(None);
+            };
+            let executed = tokio::spawn(Arc::clone(&self).execute(finish))
+                .await
+                .inspect_err(|error| tracing::error!(%error, "session save task failed"))
+                .map_err(|_| SaveError::NotSaved)?;
+            match executed.answer {
+                Answer::Done => Ok(executed.row),
+                Answer::Conflict => Err(SaveError::Conflict),
+                Answer::CheckFailed => Err(SaveError::CheckFailed),
+                Answer::Unavailable => Err(SaveError::Unavailable),
+                Answer::NotSaved => Err(SaveError::NotSaved),
+            }
+        })
+    }
 }
 
 /// The least time between two WARN lines about another application's session id.
@@ -242,6 +285,12 @@ impl AppShared {
 
     /// The codec entries merge themselves with (none for memory-only sessions: they are
     /// never merged).
+    /// What [`Session::save`] calls (none for memory-only sessions: nothing to save).
+    fn commit(self: &Arc<Self>) -> Option<Arc<dyn Commit>> {
+        self.persister.as_ref()?;
+        Some(Arc::clone(self) as Arc<dyn Commit>)
+    }
+
     fn recode(&self) -> Option<Arc<dyn crate::session::state::Recode>> {
         self.persister.as_ref()?;
         Some(Arc::clone(&self.settings) as Arc<dyn crate::session::state::Recode>)
@@ -287,7 +336,7 @@ impl AppShared {
     /// cached copy older than `hint` (the version the client last wrote, from its version
     /// cookie) is restored anew; so is one older than another node's write, when the push or
     /// the version check says so.
-    pub(crate) async fn load(&self, ids: &[SessionId], hint: Option<i64>) -> Loaded {
+    pub(crate) async fn load(self: &Arc<Self>, ids: &[SessionId], hint: Option<i64>) -> Loaded {
         if let Some(persister) = &self.persister {
             self.push.start(persister.persistence().store().as_ref());
         }
@@ -316,7 +365,11 @@ impl AppShared {
                 }
                 if live && !stale {
                     self.metrics.cache_hits.increment(1);
-                    return Loaded::Session(Session::new(Some(entry), self.recode()));
+                    return Loaded::Session(Session::new(
+                        Some(entry),
+                        self.recode(),
+                        self.commit(),
+                    ));
                 }
                 if !stale {
                     continue;
@@ -347,7 +400,11 @@ impl AppShared {
                         // Not newer in the store either (async, not written yet): not asked again.
                         entry.lock().saw_hint(hint);
                     }
-                    return Loaded::Session(Session::new(Some(entry), self.recode()));
+                    return Loaded::Session(Session::new(
+                        Some(entry),
+                        self.recode(),
+                        self.commit(),
+                    ));
                 }
                 Err(miss) => match &*miss {
                     Miss::Absent => {}
@@ -364,7 +421,7 @@ impl AppShared {
                 },
             }
         }
-        Loaded::Session(Session::new(None, self.recode()))
+        Loaded::Session(Session::new(None, self.recode(), self.commit()))
     }
 
     /// Checks a settled cached copy against the row's version (see
@@ -518,10 +575,13 @@ impl AppShared {
             check_failed: false,
             conflict: slot.conflict,
             carried_by: None,
+            refused: slot.refused,
+            saved_row: slot.saved_row,
         };
         if let Some(entry) = slot.entry {
             let mut state = entry.lock();
-            if !state.is_ended() {
+            // A refused explicit save: its change is not saved later either.
+            if !state.is_ended() && finish.refused.is_none() {
                 finish.work = self.work(&mut state, now);
                 if slot.changed && !matches!(finish.work, Work::Save(_)) {
                     finish.carried_by = state.uncommitted();
@@ -554,8 +614,46 @@ impl AppShared {
             && finish.removed.is_empty()
             && !finish.check_failed
             && !finish.conflict
+            && finish.refused.is_none()
+            && finish.saved_row.is_none()
             && matches!(finish.work, Work::None);
         (!idle).then_some(finish)
+    }
+
+    /// What [`Session::save`] leaves to do: the request's change, taken as the save after the
+    /// handler would take it (that save then finds it done). Cookies, ended ids and the cache's
+    /// tombstones stay for the end of the request.
+    fn plan_save(&self, session: &Session) -> Option<Finish> {
+        let (entry, fresh, changed) = session.to_save()?;
+        let mut state = entry.lock();
+        if state.is_ended() {
+            return None;
+        }
+        let work = if state.has_unsaved_change() {
+            self.work(&mut state, now_millis())
+        } else {
+            Work::None
+        };
+        let carried_by = if changed && !matches!(work, Work::Save(_)) {
+            state.uncommitted()
+        } else {
+            None
+        };
+        let id = state.id.clone();
+        drop(state);
+        let check_failed = self.settings.check
+            && matches!(&work, Work::Save(snapshot) if self.check(&id, snapshot));
+        Some(Finish {
+            entry: Some((id, entry)),
+            cache_it: fresh,
+            work,
+            removed: Vec::new(),
+            check_failed,
+            conflict: false,
+            carried_by,
+            refused: None,
+            saved_row: None,
+        })
     }
 
     /// Runs the serializability checker on a session about to be saved; whether the response
@@ -598,11 +696,11 @@ impl AppShared {
     /// Returns [`Answer::Conflict`] when the change was not kept because the store holds a newer
     /// state or no longer holds the session: the response must not acknowledge it.
     pub(crate) async fn execute(self: Arc<Self>, finish: Finish) -> Executed {
-        let mut saved = Answer::Done;
+        let mut saved = finish.refused.map_or(Answer::Done, Answer::from);
         // Whether this request's new state is in the store (nothing to save counts as yes).
         let mut committed = true;
         // The row version that holds this request's change, once committed (sync).
-        let mut row = None;
+        let mut row = finish.saved_row;
         if let Some((id, entry)) = &finish.entry {
             if finish.cache_it {
                 self.cache.insert(id.clone(), Arc::clone(entry)).await;
@@ -643,7 +741,7 @@ impl AppShared {
                         (saved, committed) = self.save(persister, id, entry, snapshot).await;
                         let state = entry.lock();
                         if persister.mode() == SaveMode::Sync && state.is_committed(carries) {
-                            row = Some(state.base());
+                            row = row.max(Some(state.base()));
                         }
                     }
                 }

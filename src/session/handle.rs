@@ -53,6 +53,60 @@ pub(crate) struct Slot {
     /// This request changed the session (its response must not leave before a write carrying
     /// the change is committed, in sync mode, even if a concurrent request took the save).
     pub(crate) changed: bool,
+    /// How [`Session::save`] saves (`None`: a memory-only application, or a unit test).
+    commit: Option<Arc<dyn Commit>>,
+    /// A [`Session::save`] of this request was refused: so is the response.
+    pub(crate) refused: Option<SaveError>,
+    /// The row version a [`Session::save`] of this request committed (sync mode): the response's
+    /// version cookie.
+    pub(crate) saved_row: Option<i64>,
+}
+
+/// What [`Session::save`] asks of the layer: save the request's session now, as it would after
+/// the handler. Returns the committed row version, if the mode commits before answering.
+pub(crate) trait Commit: Send + Sync {
+    fn commit(
+        self: Arc<Self>,
+        session: Session,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Option<i64>, SaveError>> + Send>>;
+}
+
+/// Why [`Session::save`] did not keep the request's changes. The response is refused the same
+/// way whatever the handler returns (its status is this error's [`IntoResponse`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SaveError {
+    /// Another request or node changed a value this request's change was based on, or ended
+    /// the session: the change was not kept (409).
+    #[error("the session was changed or ended elsewhere: this change was not kept")]
+    Conflict,
+    /// The store could not take the change and nobody keeps it (503: retry later).
+    #[error("the session store cannot take the change now")]
+    Unavailable,
+    /// The session cannot be stored: larger than `session.max.size`, or not encodable (500).
+    #[error("the session cannot be stored (larger than session.max.size, or not encodable)")]
+    NotSaved,
+    /// The serializability checker found an attribute that would not survive failover, and
+    /// `session.serialization.check.response.error` is on (500).
+    #[error("an attribute would not survive failover (see the log)")]
+    CheckFailed,
+}
+
+impl SaveError {
+    /// The status the response gets.
+    pub fn status(self) -> StatusCode {
+        match self {
+            SaveError::Conflict => StatusCode::CONFLICT,
+            SaveError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            SaveError::NotSaved | SaveError::CheckFailed => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for SaveError {
+    fn into_response(self) -> Response {
+        self.status().into_response()
+    }
 }
 
 /// What a typed read must do outside the entry's lock.
@@ -62,12 +116,80 @@ enum Decode {
 }
 
 impl Session {
-    pub(crate) fn new(entry: Option<Arc<Entry>>, recode: Option<Arc<dyn Recode>>) -> Self {
+    pub(crate) fn new(
+        entry: Option<Arc<Entry>>,
+        recode: Option<Arc<dyn Recode>>,
+        commit: Option<Arc<dyn Commit>>,
+    ) -> Self {
         Self(Arc::new(Mutex::new(Slot {
             entry,
             recode,
+            commit,
             ..Slot::default()
         })))
+    }
+
+    /// Saves the session's changes now, as the layer would after the handler, and says whether
+    /// they were kept: call it before a side effect that must not happen unless the session
+    /// change is kept (an order placed, a payment sent).
+    ///
+    /// `Ok` means what the application's mode promises for an answered change: in `sync` mode
+    /// the change is committed; in `async` mode it is in the write-behind queue (written within
+    /// `session.save.interval`, and by the drain at shutdown). Memory-only applications always
+    /// answer `Ok`. A later change in the same request is saved after the handler, as usual.
+    ///
+    /// `Err` means the change was not kept, and the layer refuses the response the same way
+    /// (409, 503 or 500, without the handler's body), whatever the handler returns: skip the
+    /// side effect and return the error (`SaveError` is an axum response).
+    ///
+    /// ```no_run
+    /// # use session_failover::Session;
+    /// # use session_failover::session::SaveError;
+    /// # async fn place(_: &str) {}
+    /// async fn checkout(session: Session) -> Result<&'static str, SaveError> {
+    ///     session.insert("order", "A-1001".to_owned());
+    ///     session.save().await?; // the order is in the session before it is placed
+    ///     place("A-1001").await;
+    ///     Ok("placed")
+    /// }
+    /// ```
+    pub async fn save(&self) -> Result<(), SaveError> {
+        let commit = {
+            let slot = self.slot();
+            if slot.finished {
+                tracing::warn!(
+                    "Session::save after the response was sent; the change is not saved"
+                );
+                return Err(SaveError::NotSaved);
+            }
+            if let Some(refused) = slot.refused {
+                return Err(refused);
+            }
+            if slot.conflict {
+                return Err(SaveError::Conflict);
+            }
+            slot.commit.clone()
+        };
+        let Some(commit) = commit else {
+            return Ok(());
+        };
+        let result = commit.commit(self.clone()).await;
+        let mut slot = self.slot();
+        match result {
+            Ok(row) => slot.saved_row = slot.saved_row.max(row),
+            Err(error) => slot.refused = Some(error),
+        }
+        result.map(|_| ())
+    }
+
+    /// For [`Session::save`]: the request's live entry, whether its cookie is new to this node,
+    /// and whether this request changed it (reset: the save carries the change).
+    pub(crate) fn to_save(&self) -> Option<(Arc<Entry>, bool, bool)> {
+        let mut slot = self.slot();
+        let entry = follow(&mut slot)?;
+        let fresh = slot.created || slot.cycled || slot.followed;
+        let changed = std::mem::take(&mut slot.changed);
+        Some((entry, fresh, changed))
     }
 
     fn slot(&self) -> MutexGuard<'_, Slot> {

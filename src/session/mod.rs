@@ -10,9 +10,9 @@
 //! cannot be serialized (a handle, a channel) on this node only, where it will not survive
 //! failover.
 
-mod handle;
+pub(crate) mod handle;
 pub(crate) mod state;
 
 pub use crate::id::{SessionId, SessionKey, ShortHash};
 pub(crate) use handle::validate_principal;
-pub use handle::{InvalidPrincipal, MAX_PRINCIPAL_CHARS, Session, SessionRejection};
+pub use handle::{InvalidPrincipal, MAX_PRINCIPAL_CHARS, SaveError, Session, SessionRejection};
