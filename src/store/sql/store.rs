@@ -153,6 +153,16 @@ impl Statements {
     }
 }
 
+/// The filters of a list query, in the order their parameters are bound.
+fn list_filters(query: &ListQuery) -> [Option<&str>; 4] {
+    [
+        query.app.as_deref(),
+        query.principal.as_deref(),
+        query.node.as_deref(),
+        query.after.as_ref().map(SessionKey::as_str),
+    ]
+}
+
 /// The list statement for a filter set (see [`Statements::list`]).
 fn list<D: Dialect>(filters: usize) -> String {
     let columns = ["app = ", "principal = ", "node = ", "session_id > "];
@@ -196,6 +206,24 @@ where
     /// The underlying pool (for tests and tools that read the table directly).
     pub fn pool(&self) -> &sqlx::Pool<D::Db> {
         &self.pool
+    }
+
+    /// The statement [`SessionAdmin::list`] runs for `query`: only the filters it gives, so
+    /// each can use its index. Parameters: the filters given, in the order app, principal,
+    /// node, after; then the limit. (Public for tests/query_plans.rs, which checks its plan.)
+    #[doc(hidden)]
+    pub fn list_statement(&self, query: &ListQuery) -> Arc<str> {
+        let set = list_filters(query)
+            .iter()
+            .enumerate()
+            .fold(0, |bits, (bit, f)| bits | (usize::from(f.is_some()) << bit));
+        Arc::clone(&self.sql.list[set])
+    }
+
+    /// The purge statement (parameters: now, batch size), for tests/query_plans.rs.
+    #[doc(hidden)]
+    pub fn purge_statement(&self) -> Arc<str> {
+        Arc::clone(&self.sql.purge)
     }
 
     fn query(sql: &Arc<str>) -> Query<'static, D> {
@@ -419,17 +447,8 @@ where
     <D::Db as Database>::QueryResult: QueryResultExt,
 {
     async fn list(&self, query: &ListQuery) -> Result<Vec<Meta>, Error> {
-        let filters = [
-            query.app.as_deref(),
-            query.principal.as_deref(),
-            query.node.as_deref(),
-            query.after.as_ref().map(SessionKey::as_str),
-        ];
-        let set = filters
-            .iter()
-            .enumerate()
-            .fold(0, |bits, (bit, f)| bits | (usize::from(f.is_some()) << bit));
-        let mut statement = Self::query(&self.sql.list[set]);
+        let filters = list_filters(query);
+        let mut statement = Self::query(&self.list_statement(query));
         for value in filters.into_iter().flatten() {
             statement = statement.bind(value);
         }
