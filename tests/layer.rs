@@ -926,3 +926,40 @@ async fn an_explicit_save_commits_before_the_side_effect() {
         Some(&("C-3003".to_owned(), Some("C-3003".to_owned())))
     );
 }
+
+/// An unknown session id costs one store read a second in sync mode, not one a request; a
+/// client that names a version it wrote, and async mode (where another node's write of the id
+/// may be on its way), read every time.
+#[tokio::test]
+async fn unknown_ids_are_read_once_a_second_in_sync_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = sqlite(dir.path()).await;
+    let counting = CountingStore::new(Arc::new(sqlite.clone()));
+    let sync = node(SYNC, "a", counting.clone());
+    let unknown = SessionId::generate();
+    let cookie = jar(unknown.as_cookie_value());
+    for _ in 0..5 {
+        let r = send(&sync, "GET", "/cart", Some(&cookie), None).await;
+        assert_eq!((r.status, items(&r.body)), (StatusCode::OK, vec![]));
+    }
+    assert_eq!(counting.count("get"), 1, "one read for five requests");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    send(&sync, "GET", "/cart", Some(&cookie), None).await;
+    assert_eq!(counting.count("get"), 2, "remembered for a second");
+    // With a version cookie the client says it wrote: always read.
+    let hinted = format!("{cookie}; JSESSIONID_VERSION=3");
+    for _ in 0..3 {
+        send(&sync, "GET", "/cart", Some(&hinted), None).await;
+    }
+    assert_eq!(counting.count("get"), 5);
+    // Async mode: always read.
+    let asynchronous = node(
+        "spring.session.enabled=true\nspring.session.storefront.save=async\n",
+        "c",
+        counting.clone(),
+    );
+    for _ in 0..3 {
+        send(&asynchronous, "GET", "/cart", Some(&cookie), None).await;
+    }
+    assert_eq!(counting.count("get"), 8);
+}

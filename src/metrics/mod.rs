@@ -11,6 +11,7 @@
 //! | `session_saves_total` | counter | sessions written to the store |
 //! | `session_save_seconds` | histogram | time of one save (encode and store write) |
 //! | `session_touches_total` | counter | expiry pushes of read-only sessions |
+//! | `session_absent_hits_total` | counter | unknown session ids answered absent without a store read (sync mode: an id the store did not have in the last second) |
 //! | `session_rekeys_total` | counter | rows written again under the current key when touched (after a secret rotation) |
 //! | `session_verifies_total` | counter | cached sessions checked against their row's version (`session.cache.verify.interval`) |
 //! | `session_store_errors_total` | counter | failed store calls, by `op` (load, save, touch, destroy, verify) |
@@ -45,6 +46,7 @@ pub(crate) struct AppMetrics {
     pub(crate) touches: metrics::Counter,
     pub(crate) rekeys: metrics::Counter,
     pub(crate) verifies: metrics::Counter,
+    pub(crate) absent_hits: metrics::Counter,
     pub(crate) cache_entries: metrics::Gauge,
 }
 
@@ -60,6 +62,7 @@ impl AppMetrics {
             touches: metrics::counter!("session_touches_total", &label()),
             rekeys: metrics::counter!("session_rekeys_total", &label()),
             verifies: metrics::counter!("session_verifies_total", &label()),
+            absent_hits: metrics::counter!("session_absent_hits_total", &label()),
             cache_entries: metrics::gauge!("session_cache_entries", &label()),
         }
     }

@@ -30,6 +30,13 @@ const VERIFY_PAUSE_MAX_MS: i64 = 30_000;
 /// cookies must not cause thousands of store reads).
 const MAX_COOKIE_CANDIDATES: usize = 3;
 
+/// How long an id the store did not have is answered absent without asking it again (sync
+/// mode): a client that keeps sending an unknown id costs one store read a second, not one a
+/// request.
+pub(crate) const ABSENT_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+/// Absent ids remembered at most.
+pub(crate) const ABSENT_MAX: u64 = 10_000;
+
 /// Everything the filter of one application shares across requests.
 pub(crate) struct AppShared {
     pub(crate) settings: Arc<AppSettings>,
@@ -53,6 +60,10 @@ pub(crate) struct AppShared {
     pub(crate) foreign_quiet: std::sync::atomic::AtomicU64,
     /// The name of the version cookie: the session cookie's, with `_VERSION`.
     pub(crate) version_cookie: String,
+    /// Ids the store lately did not have ([`ABSENT_TTL`]; sync mode only: in sync mode a
+    /// session's cookie is sent only once its row is committed, so an id absent from the store
+    /// is not one whose write is on its way; in async mode it may be, from another node's queue).
+    pub(crate) absent: moka::sync::Cache<SessionId, ()>,
 }
 
 /// What loading a request's session gave.
@@ -382,6 +393,12 @@ impl AppShared {
                 tracing::debug!(app = %self.settings.app, session = %id.short_hash(), "unknown session id; a fresh session will be used");
                 continue;
             };
+            // Remembered absent, and the client names no version it wrote.
+            let negative = persister.mode() == SaveMode::Sync && hint.is_none();
+            if negative && self.absent.contains_key(id) {
+                self.metrics.absent_hits.increment(1);
+                continue;
+            }
             // Concurrent requests of one session restore it once and share the entry.
             let restored = self
                 .cache
@@ -407,7 +424,11 @@ impl AppShared {
                     ));
                 }
                 Err(miss) => match &*miss {
-                    Miss::Absent => {}
+                    Miss::Absent => {
+                        if negative {
+                            self.absent.insert(id.clone(), ());
+                        }
+                    }
                     Miss::Store(error) => {
                         crate::metrics::store_error(&self.settings.app, "load");
                         tracing::error!(

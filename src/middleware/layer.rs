@@ -147,6 +147,10 @@ impl SessionFailoverLayer {
                 foreign_warned_at: std::sync::atomic::AtomicI64::new(0),
                 foreign_quiet: std::sync::atomic::AtomicU64::new(0),
                 version_cookie: format!("{}_VERSION", settings.cookie_name),
+                absent: moka::sync::Cache::builder()
+                    .max_capacity(super::app::ABSENT_MAX)
+                    .time_to_live(super::app::ABSENT_TTL)
+                    .build(),
                 codec: settings.codec.clone(),
                 persister: self.persister.clone(),
                 settings: Arc::new(settings),
