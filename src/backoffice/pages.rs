@@ -120,10 +120,15 @@ pub(super) async fn page(State(b): Shared, Query(filter): Query<Filter>) -> Resp
         Ok(page) => page,
         Err(e) => return store_error(&e),
     };
+    listing_page(&b.user, &filter, &listing).into_response()
+}
+
+/// The listing of `listing` for `user`, with the search form holding `filter`.
+fn listing_page(user: &str, filter: &Filter, listing: &admin::Page) -> Markup {
     let value = |v: &Option<String>| v.clone().unwrap_or_default();
     let body = html! {
         p {
-            "Signed in as " (b.user) ". "
+            "Signed in as " (user) ". "
             form.inline method="post" action={ (PATH) "/logout" } { button { "sign out" } }
         }
         @if let Some(message) = &filter.message {
@@ -160,11 +165,11 @@ pub(super) async fn page(State(b): Shared, Query(filter): Query<Filter>) -> Resp
             }
         }
         @if let Some(next) = &listing.next {
-            p { a #next href=(next_href(next.as_str(), &filter)) { "next page" } }
+            p { a #next href=(next_href(next.as_str(), filter)) { "next page" } }
         }
         p { (listing.sessions.len()) " session(s) on this page. Times are UTC." }
     };
-    layout("Sessions", body).into_response()
+    layout("Sessions", body)
 }
 
 pub(super) async fn detail_page(State(b): Shared, Key(key): Key) -> Response {
@@ -176,6 +181,11 @@ pub(super) async fn detail_page(State(b): Shared, Key(key): Key) -> Response {
         }
         Err(e) => return store_error(&e),
     };
+    detail(&meta, values.as_ref()).into_response()
+}
+
+/// One session's page: its metadata, and its values if they are shown.
+fn detail(meta: &crate::store::Meta, values: Option<&serde_json::Value>) -> Markup {
     let body = html! {
         p { a href=(PATH) { "all sessions" } }
         table #session {
@@ -201,7 +211,7 @@ pub(super) async fn detail_page(State(b): Shared, Key(key): Key) -> Response {
             None => p { "Values are not shown (session.backoffice.show.values=false)." },
         }
     };
-    layout("Session", body).into_response()
+    layout("Session", body)
 }
 
 pub(super) async fn delete_from_page(State(b): Shared, Key(key): Key) -> Response {
@@ -215,5 +225,79 @@ pub(super) async fn delete_from_page(State(b): Shared, Key(key): Key) -> Respons
             Redirect::to(&format!("{PATH}?{query}")).into_response()
         }
         Err(e) => store_error(&e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::id::SessionId;
+    use crate::store::Meta;
+
+    /// Text with the characters that matter in HTML, often.
+    fn hostile() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            "[<>\"'&a-z /=]{0,24}",
+            Just("\"><script>alert(1)</script>".to_owned()),
+            Just("' onmouseover='x".to_owned()),
+        ]
+    }
+
+    fn meta(text: &str) -> Meta {
+        Meta {
+            key: SessionId::generate().store_key(),
+            app: text.to_owned(),
+            context_path: text.to_owned(),
+            node: text.to_owned(),
+            principal: Some(text.to_owned()),
+            created_at: 0,
+            modified_at: 0,
+            expires_at: 0,
+            max_inactive_secs: 60,
+            version: 1,
+            attributes: vec![text.to_owned(), text.to_owned()],
+            size_bytes: 3,
+        }
+    }
+
+    fn filter(text: &str) -> Filter {
+        Filter {
+            app: Some(text.to_owned()),
+            principal: Some(text.to_owned()),
+            node: Some(text.to_owned()),
+            after: None,
+            limit: None,
+            message: Some(text.to_owned()),
+        }
+    }
+
+    /// How many of each character that could open markup or leave an attribute (maud quotes
+    /// attributes with `"`; a `'` is text everywhere).
+    fn markup(html: &str) -> [usize; 2] {
+        ['<', '"'].map(|c| html.matches(c).count())
+    }
+
+    proptest! {
+        /// Whatever a stored row, a filter or a session value holds, the pages hold exactly the
+        /// `<` and `"` of their own markup: every field is escaped.
+        #[test]
+        fn no_field_reaches_the_html_unescaped(text in hostile(), user in hostile()) {
+            let plain = "x";
+            let rows = |t: &str| admin::Page {
+                sessions: vec![meta(t), meta(t)],
+                next: Some(SessionId::generate().store_key()),
+            };
+            let listing = listing_page(&user, &filter(&text), &rows(&text)).into_string();
+            let expected = listing_page(plain, &filter(plain), &rows(plain)).into_string();
+            prop_assert_eq!(markup(&listing), markup(&expected), "{}", listing);
+
+            let values = serde_json::json!({ text.clone(): text.clone() });
+            let page = detail(&meta(&text), Some(&values)).into_string();
+            let expected = detail(&meta(plain), Some(&serde_json::json!({ plain: plain }))).into_string();
+            prop_assert_eq!(markup(&page), markup(&expected), "{}", page);
+        }
     }
 }

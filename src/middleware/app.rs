@@ -37,6 +37,29 @@ pub(crate) const ABSENT_TTL: std::time::Duration = std::time::Duration::from_sec
 /// Absent ids remembered at most.
 pub(crate) const ABSENT_MAX: u64 = 10_000;
 
+/// The well-formed session ids in the `Cookie` headers under cookie `name`, in order, at most
+/// [`MAX_COOKIE_CANDIDATES`]. A value may be quoted; anything else is skipped.
+pub(crate) fn cookie_ids(headers: &HeaderMap, name: &[u8]) -> Vec<SessionId> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b';'))
+        .filter_map(|pair| {
+            let at = pair.iter().position(|&b| b == b'=')?;
+            let (n, v) = (pair[..at].trim_ascii(), pair[at + 1..].trim_ascii());
+            (n == name).then_some(v)
+        })
+        .filter_map(|value| {
+            let value = value
+                .strip_prefix(b"\"")
+                .and_then(|v| v.strip_suffix(b"\""))
+                .unwrap_or(value);
+            SessionId::parse(std::str::from_utf8(value).ok()?)
+        })
+        .take(MAX_COOKIE_CANDIDATES)
+        .collect()
+}
+
 /// Everything the filter of one application shares across requests.
 pub(crate) struct AppShared {
     pub(crate) settings: Arc<AppSettings>,
@@ -273,35 +296,17 @@ impl AppShared {
     /// Works on bytes: a cookie of another part of the site with non-ASCII bytes in it must not
     /// hide ours.
     pub(crate) fn cookie_ids(&self, headers: &HeaderMap) -> Vec<SessionId> {
-        let name = self.settings.cookie_name.as_bytes();
-        headers
-            .get_all(COOKIE)
-            .iter()
-            .flat_map(|value| value.as_bytes().split(|&b| b == b';'))
-            .filter_map(|pair| {
-                let at = pair.iter().position(|&b| b == b'=')?;
-                let (n, v) = (pair[..at].trim_ascii(), pair[at + 1..].trim_ascii());
-                (n == name).then_some(v)
-            })
-            .filter_map(|value| {
-                let value = value
-                    .strip_prefix(b"\"")
-                    .and_then(|v| v.strip_suffix(b"\""))
-                    .unwrap_or(value);
-                SessionId::parse(std::str::from_utf8(value).ok()?)
-            })
-            .take(MAX_COOKIE_CANDIDATES)
-            .collect()
+        cookie_ids(headers, self.settings.cookie_name.as_bytes())
     }
 
-    /// The codec entries merge themselves with (none for memory-only sessions: they are
-    /// never merged).
     /// What [`Session::save`] calls (none for memory-only sessions: nothing to save).
     fn commit(self: &Arc<Self>) -> Option<Arc<dyn Commit>> {
         self.persister.as_ref()?;
         Some(Arc::clone(self) as Arc<dyn Commit>)
     }
 
+    /// The codec entries merge themselves with (none for memory-only sessions: they are
+    /// never merged).
     fn recode(&self) -> Option<Arc<dyn crate::session::state::Recode>> {
         self.persister.as_ref()?;
         Some(Arc::clone(&self.settings) as Arc<dyn crate::session::state::Recode>)
@@ -982,6 +987,77 @@ impl AppShared {
                     tracing::error!(app = %s.app, %error, "session cookie is not a valid header value")
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const NAME: &[u8] = b"JSESSIONID";
+
+    fn headers(values: &[Vec<u8>]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            if let Ok(value) = HeaderValue::from_bytes(value) {
+                headers.append(COOKIE, value);
+            }
+        }
+        headers
+    }
+
+    /// A cookie pair that is not the session's: another name, any value a header may hold.
+    fn other_pair() -> impl Strategy<Value = String> {
+        ("[A-Za-z_][A-Za-z0-9_-]{0,12}", "[ -:<-~]{0,40}")
+            .prop_filter("not the session cookie", |(name, _)| name != "JSESSIONID")
+            .prop_map(|(name, value)| format!("{name}={value}"))
+    }
+
+    proptest! {
+        /// Any bytes a header may carry: no panic, at most three ids, each a value the header
+        /// holds under the session cookie's name.
+        #[test]
+        fn any_cookie_header_parses_without_panic(values in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..200), 0..4)) {
+            let headers = headers(&values);
+            let ids = cookie_ids(&headers, NAME);
+            prop_assert!(ids.len() <= MAX_COOKIE_CANDIDATES);
+            let all: Vec<u8> = values.concat();
+            for id in &ids {
+                let needle = id.as_cookie_value().as_bytes();
+                prop_assert!(all.windows(needle.len()).any(|w| w == needle));
+            }
+        }
+
+        /// A session id among other cookies, anywhere, spaced or quoted, is found, and is the
+        /// first candidate when it is the only session cookie.
+        #[test]
+        fn the_session_cookie_is_found_among_others(
+            before in prop::collection::vec(other_pair(), 0..6),
+            after in prop::collection::vec(other_pair(), 0..6),
+            quoted in any::<bool>(),
+            spaces in "[ ]{0,3}",
+            split in any::<bool>(),
+        ) {
+            let id = SessionId::generate();
+            let value = if quoted {
+                format!("\"{}\"", id.as_cookie_value())
+            } else {
+                id.as_cookie_value().to_owned()
+            };
+            let ours = format!("{spaces}JSESSIONID={value}{spaces}");
+            let mut pairs = before.clone();
+            pairs.push(ours);
+            pairs.extend(after.iter().cloned());
+            // One header, or one header per pair (HTTP/2 sends cookies that way).
+            let values: Vec<Vec<u8>> = if split {
+                pairs.iter().map(|p| p.clone().into_bytes()).collect()
+            } else {
+                vec![pairs.join("; ").into_bytes()]
+            };
+            prop_assert_eq!(cookie_ids(&headers(&values), NAME), vec![id]);
         }
     }
 }
