@@ -724,3 +724,86 @@ async fn concurrent_guesses_are_bounded() {
     );
     assert!(wrong_answers >= 1);
 }
+
+/// Guesses with made-up user names run no password check: concurrent ones are all answered
+/// wrong (none finds the check slots busy), while the same guesses with the operator's name
+/// queue for the slots. Credentials verified before the operator's name was locked out by
+/// guesses from many addresses keep working.
+#[tokio::test(flavor = "current_thread")]
+async fn made_up_names_cost_no_check_and_a_verified_operator_survives_a_lockout() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn SessionAdmin> = Arc::new(sqlite(dir.path()).await);
+    let app = operator_node(store);
+    let right = basic("admin", PASSWORD);
+    let (status, _) = from(
+        &app,
+        "198.51.100.9:5000",
+        "/backoffice/api/stats",
+        &[("authorization", &right)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let mut attempts = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let app = app.clone();
+        attempts.spawn(async move {
+            let guess = basic(&format!("user{i}"), "guess");
+            let peer = format!("203.0.113.{}:5000", 10 + i);
+            from(
+                &app,
+                &peer,
+                "/backoffice/api/stats",
+                &[("authorization", &guess)],
+            )
+            .await
+            .0
+        });
+    }
+    let statuses = attempts.join_all().await;
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::UNAUTHORIZED),
+        "no made-up name waits for a check slot: {statuses:?}"
+    );
+    // Fifty wrong passwords for the operator's name, each from another address: the name is
+    // locked out (busy slots answer some of them; keep going until it is).
+    let wrong = basic("admin", "guess");
+    let mut locked = false;
+    for i in 0..2000 {
+        let peer = format!("192.0.2.{}:{}", i % 250, 1000 + i);
+        let (status, headers) = from(
+            &app,
+            &peer,
+            "/backoffice/api/stats",
+            &[("authorization", &wrong)],
+        )
+        .await;
+        if status == StatusCode::TOO_MANY_REQUESTS && headers["retry-after"] == "900" {
+            locked = true;
+            break;
+        }
+    }
+    assert!(
+        locked,
+        "the operator's name is locked out after repeated failures"
+    );
+    let (status, _) = from(
+        &app,
+        "198.51.100.77:5000",
+        "/backoffice/api/stats",
+        &[("authorization", &right)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "verified credentials still pass");
+    let (status, _) = from(
+        &app,
+        "198.51.100.78:5000",
+        "/backoffice/api/stats",
+        &[("authorization", &basic("admin", "another guess"))],
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "new checks of the name are refused"
+    );
+}

@@ -1,8 +1,10 @@
-//! Password checks that cost whoever guesses, not the node: argon2 runs off the async threads,
-//! a bounded number at once (an attempt that finds them all busy is refused at once), and
-//! repeated failures lock out the client address (after [`ADDRESS_LIMIT`]) and the user name
-//! (after [`USER_LIMIT`]) for [`LOCKOUT`]. A success is remembered for [`REMEMBER`], so a
-//! script sending HTTP Basic credentials on every request pays for one check, not for each.
+//! Password checks that cost whoever guesses, not the node: argon2 runs only for the configured
+//! user name (any other is answered wrong after as long as a check takes, without one), off the
+//! async threads, a bounded number at once (an attempt that finds them all busy is refused at
+//! once), and repeated failures lock out the client address (after [`ADDRESS_LIMIT`]) and the
+//! user name (after [`USER_LIMIT`]) for [`LOCKOUT`]. A success is remembered for [`REMEMBER`],
+//! so a script sending HTTP Basic credentials on every request pays for one check, not for each,
+//! and keeps working while its user name is locked out by someone else's guesses.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -22,6 +24,8 @@ pub(super) const USER_LIMIT: u32 = 50;
 pub(super) const LOCKOUT: Duration = Duration::from_secs(15 * 60);
 /// How long a verified user and password are taken without a new argon2 check.
 const REMEMBER: Duration = Duration::from_secs(60);
+/// How long a check is taken to last before one was timed.
+const FIRST_CHECK_MICROS: u64 = 50_000;
 
 /// What a password check found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +55,8 @@ pub(super) struct SignIns {
     verified: moka::sync::Cache<[u8; 32], ()>,
     /// A random key for those digests, new in each process.
     key: [u8; 32],
+    /// How long the last argon2 check took (µs): a wrong user name is answered after as long.
+    check_micros: std::sync::atomic::AtomicU64,
 }
 
 impl SignIns {
@@ -79,6 +85,7 @@ impl SignIns {
                 .time_to_live(REMEMBER)
                 .build(),
             key,
+            check_micros: std::sync::atomic::AtomicU64::new(FIRST_CHECK_MICROS),
         }
     }
 
@@ -94,13 +101,22 @@ impl SignIns {
             .into_iter()
             .chain(std::iter::once(format!("user {user}")))
             .collect();
+        // Credentials verified lately pass even while their user name or address is locked out
+        // (by someone else's guesses): only a new check is refused.
+        let digest = self.digest(user, password);
+        if self.verified.contains_key(&digest) {
+            return Checked::Right;
+        }
         if keys.iter().any(|k| self.locked.contains_key(k)) {
             crate::metrics::backoffice_refused("locked-out");
             return Checked::LockedOut;
         }
-        let digest = self.digest(user, password);
-        if self.verified.contains_key(&digest) {
-            return Checked::Right;
+        if user != self.user {
+            // Cannot be right: no argon2 (guesses with made-up names cost the node nothing),
+            // and an answer after as long as a check takes, so timing does not tell names apart.
+            let micros = self.check_micros.load(Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_micros(micros)).await;
+            return self.failed(keys);
         }
         let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
             crate::metrics::backoffice_refused("busy");
@@ -108,9 +124,9 @@ impl SignIns {
         };
         let hash = self.hash.clone();
         let password = password.to_owned();
+        let started = std::time::Instant::now();
         let password_ok = tokio::task::spawn_blocking(move || {
             let _slot = slot;
-            // Verified even for a wrong user name, so timing does not tell which part was wrong.
             PasswordHash::new(&hash).is_ok_and(|hash| {
                 argon2::Argon2::default()
                     .verify_password(password.as_bytes(), &hash)
@@ -119,10 +135,18 @@ impl SignIns {
         })
         .await
         .unwrap_or(false);
-        if password_ok && user == self.user {
+        let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.check_micros.store(took, Ordering::Relaxed);
+        if password_ok {
             self.verified.insert(digest, ());
             return Checked::Right;
         }
+        self.failed(keys)
+    }
+
+    /// Counts a failed attempt against each of `keys` (address, user name), locking out those
+    /// that reach their limit.
+    fn failed(&self, keys: Vec<String>) -> Checked {
         crate::metrics::backoffice_refused("wrong-password");
         for key in keys {
             let limit = if key.starts_with("addr ") {
