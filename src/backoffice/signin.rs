@@ -116,7 +116,7 @@ impl SignIns {
             // and an answer after as long as a check takes, so timing does not tell names apart.
             let micros = self.check_micros.load(Ordering::Relaxed);
             tokio::time::sleep(Duration::from_micros(micros)).await;
-            return self.failed(keys);
+            return self.failed(keys, "unknown-user");
         }
         let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
             crate::metrics::backoffice_refused("busy");
@@ -141,13 +141,13 @@ impl SignIns {
             self.verified.insert(digest, ());
             return Checked::Right;
         }
-        self.failed(keys)
+        self.failed(keys, "wrong-password")
     }
 
-    /// Counts a failed attempt against each of `keys` (address, user name), locking out those
-    /// that reach their limit.
-    fn failed(&self, keys: Vec<String>) -> Checked {
-        crate::metrics::backoffice_refused("wrong-password");
+    /// Counts a failed attempt (`reason`, for the metric) against each of `keys` (address, user
+    /// name), locking out those that reach their limit.
+    fn failed(&self, keys: Vec<String>, reason: &'static str) -> Checked {
+        crate::metrics::backoffice_refused(reason);
         for key in keys {
             let limit = if key.starts_with("addr ") {
                 ADDRESS_LIMIT

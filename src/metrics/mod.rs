@@ -29,7 +29,7 @@
 //!
 //! | `session_purge_runs_total` / `_rows_total` / `_seconds` | counter / counter / histogram | purge runs, rows deleted, time per run |
 //! | `session_purge_skipped_total` / `_failures_total` | counter | runs skipped (another node purging) / failed |
-//! | `session_backoffice_refused_total` | counter | backoffice requests refused, by `reason`: `cross-site` (CSRF), `wrong-password`, `locked-out` (too many failures from the address or for the user), `busy` (every password-check slot taken) |
+//! | `session_backoffice_refused_total` | counter | backoffice requests refused, by `reason`: `cross-site` (CSRF), `wrong-password` (a password check failed), `unknown-user` (another user name: no check run), `locked-out` (too many failures from the address or for the user), `busy` (every password-check slot taken) |
 //!
 //! The writer's series have no `app` label: one writer serves every app sharing a store.
 
@@ -68,7 +68,8 @@ impl AppMetrics {
     }
 }
 
-/// A backoffice request refused (`reason`: `cross-site`, `wrong-password`, `locked-out`, `busy`).
+/// A backoffice request refused (`reason`: `cross-site`, `wrong-password`, `unknown-user`,
+/// `locked-out`, `busy`).
 #[cfg(feature = "backoffice")]
 pub(crate) fn backoffice_refused(reason: &'static str) {
     metrics::counter!("session_backoffice_refused_total", "reason" => reason).increment(1);
