@@ -42,8 +42,8 @@ pub const KEYS: &[KeySpec] = &[
     },
     KeySpec {
         key: "session.save.group.commit.window",
-        default: "2",
-        doc: "milliseconds a sync save waits for others to join its batch (0..=1000)",
+        default: "0",
+        doc: "milliseconds a batch of sync saves waits for others before it goes; 0: it goes as soon as a flight is free, with every save that arrived while the others committed (0..=1000)",
     },
     KeySpec {
         key: "session.save.concurrency",

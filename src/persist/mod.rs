@@ -2,8 +2,10 @@
 //!
 //! - `sync` mode: the write is committed before the response leaves. With group commit
 //!   (`session.save.group.commit=true`, the default) concurrent sync saves are gathered by the
-//!   [`WriteBehind`] writer into one batch (after at most `session.save.group.commit.window`),
-//!   and each request is answered when its own batch has committed. Without it, each request
+//!   [`WriteBehind`] writer: a batch goes as soon as one of `session.save.concurrency` flights
+//!   is free, holding every sync save that arrived while the flights were busy (no wait when
+//!   there is nothing to group; `session.save.group.commit.window` adds one), and each request
+//!   is answered when its own batch has committed. Without it, each request
 //!   writes its own row, in its own task, through the same batch code.
 //! - `async` mode: the write is queued before the response and written by the writer later
 //!   (`spring.session.save.async.*`); when the queue is full, that request writes directly.

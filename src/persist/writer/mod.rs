@@ -45,7 +45,10 @@ pub struct WriterConfig {
     pub queue_size: usize,
     /// Writes in one batch (one round trip per statement kind). Default 2,000.
     pub max_items: usize,
-    /// How long an urgent write waits for others to join its batch. Default 2 ms.
+    /// How long a batch of urgent writes waits for others before it goes. Default 0: it goes
+    /// as soon as a flight is free, holding every urgent write that arrived while the flights
+    /// were busy (group commit as PostgreSQL's WAL does it: no wait when there is nothing to
+    /// group).
     pub group_commit_window: Duration,
     /// The first retry delay after a failed batch. Default 1 s.
     pub retry_delay: Duration,
@@ -66,7 +69,7 @@ impl Default for WriterConfig {
             interval: Duration::from_secs(5),
             queue_size: 10_000,
             max_items: 2_000,
-            group_commit_window: Duration::from_millis(2),
+            group_commit_window: Duration::ZERO,
             retry_delay: Duration::from_secs(1),
             retry_multiplier: 2,
             retry_max_delay: Duration::from_secs(10),

@@ -529,3 +529,76 @@ async fn a_second_insert_of_a_new_session_follows_the_first() {
     let stored = store.inner.get(&k, 0).await.unwrap().unwrap();
     assert_eq!((stored.meta.version, stored.data), (2, vec![22]));
 }
+
+/// Takes `delay` (virtual time) for every write call, and records each call's row count.
+#[derive(Default)]
+struct Slow {
+    delay: Duration,
+    batches: std::sync::Mutex<Vec<usize>>,
+}
+
+impl Hook for Slow {
+    async fn before(&self, call: Call<'_>) -> Result<(), store::Error> {
+        if let Call::Write(_, records) = call {
+            self.batches.lock().unwrap().push(records.len());
+            tokio::time::sleep(self.delay).await;
+        }
+        Ok(())
+    }
+}
+
+/// Group commit without a fixed wait: a lone sync save goes at once (it waits for its store
+/// call, nothing more), and the saves that arrive while a batch commits go together in the next
+/// one, as soon as the flight is free.
+#[tokio::test(start_paused = true)]
+async fn a_lone_sync_save_goes_at_once_and_later_ones_share_the_next_batch() {
+    let hook = Slow {
+        delay: Duration::from_millis(10),
+        ..Slow::default()
+    };
+    let store = Wrapped::with(Arc::new(MemoryStore::new()), hook);
+    let config = WriterConfig {
+        concurrency: 1,
+        ..config()
+    };
+    assert_eq!(config.group_commit_window, Duration::ZERO, "the default");
+    let (handle, worker) = WriteBehind::pair(store.clone(), config);
+    tokio::spawn(worker.run_until_stopped(std::future::pending()));
+
+    let started = Instant::now();
+    let k = key();
+    let outcome = handle
+        .enqueue_and_wait(k.clone(), save(&k, 1, true), nobody())
+        .await;
+    assert!(matches!(outcome, Outcome::Stored(_)), "{outcome:?}");
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_millis(10),
+        "the store call and nothing else"
+    );
+
+    // One save takes the flight; five arrive while it commits and go together next.
+    let first = key();
+    let waiting = handle.enqueue_and_wait(first.clone(), save(&first, 1, true), nobody());
+    let first = tokio::spawn(waiting);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let mut later = Vec::new();
+    for _ in 0..5 {
+        let k = key();
+        later.push(tokio::spawn(handle.enqueue_and_wait(
+            k.clone(),
+            save(&k, 1, true),
+            nobody(),
+        )));
+    }
+    assert!(matches!(first.await.unwrap(), Outcome::Stored(_)));
+    for save in later {
+        assert!(matches!(save.await.unwrap(), Outcome::Stored(_)));
+    }
+    assert_eq!(*store.batches.lock().unwrap(), [1, 1, 5]);
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_millis(30),
+        "three batches, back to back"
+    );
+}

@@ -53,7 +53,8 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Runs until `shutdown` completes: flushes urgent writes after the group-commit window, lazy
+    /// Runs until `shutdown` completes: flushes urgent writes as soon as a flight is free (after
+    /// the group-commit window, if one is set), lazy
     /// writes every interval, and failed writes when their backoff has passed, with up to
     /// `concurrency` batches in flight. Waits for the batches in flight before returning; does
     /// not drain (see [`WriteBehind::shutdown`]).
