@@ -144,12 +144,17 @@ struct Measurement {
 /// A 64-character secret: session-failover encrypts at rest, as in production.
 const SECRET: &str = "bench-secret-0123456789-abcdefghijklmnopqrstuvwxyz-ABCDEFGHIJKLMNOP";
 
-/// Runs the benchmark and prints the table.
-pub async fn run(options: Options) -> anyhow::Result<()> {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+/// The repository the bench crate lives in (its `config/`, its `cargo build`).
+pub(crate) fn repo_root() -> anyhow::Result<PathBuf> {
+    Ok(Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .context("bench/ has a parent")?
-        .to_path_buf();
+        .to_path_buf())
+}
+
+/// Runs the benchmark and prints the table.
+pub async fn run(options: Options) -> anyhow::Result<()> {
+    let repo = repo_root()?;
     let needs_ours = options.targets.iter().any(|t| t.is_ours());
     let sf_bin = match (&options.session_failover_bin, needs_ours) {
         (Some(bin), _) => bin.clone(),
@@ -164,12 +169,18 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         prepare_postgres(&options.postgres_url).await?;
     }
     print_machine(&options, &sf_bin).await;
+    let launcher = Launcher {
+        repo,
+        sf_bin,
+        postgres_url: options.postgres_url.clone(),
+        extra_properties: String::new(),
+    };
 
     let mut results: BTreeMap<(Workload, Target), Vec<Measurement>> = BTreeMap::new();
     for round in 1..=options.rounds {
         for &workload in &options.workloads {
             for &target in &options.targets {
-                let m = measure(&options, &repo, &sf_bin, target, workload)
+                let m = measure(&options, &launcher, target, workload)
                     .await
                     .with_context(|| format!("{} under {}", target.label(), workload.name()))?;
                 eprintln!(
@@ -193,7 +204,8 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn build_session_failover(repo: &Path) -> anyhow::Result<PathBuf> {
+/// Builds the session-failover binary in release mode; its path.
+pub(crate) async fn build_session_failover(repo: &Path) -> anyhow::Result<PathBuf> {
     eprintln!("building session-failover (cargo build --release)…");
     let status = Command::new("cargo")
         .args(["build", "--release", "--quiet", "--bin", "session-failover"])
@@ -238,7 +250,8 @@ async fn prepare_postgres(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn print_machine(options: &Options, sf_bin: &Path) {
+/// The machine, as "N cores (CPU model)".
+pub(crate) fn machine() -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -249,10 +262,15 @@ async fn print_machine(options: &Options, sf_bin: &Path) {
                 .map(|name| name.trim().to_owned())
         })
         .unwrap_or_else(|| "unknown CPU".to_owned());
+    format!("{cores} cores ({cpu})")
+}
+
+async fn print_machine(options: &Options, sf_bin: &Path) {
     println!("# session-failover benchmark");
     println!();
     println!(
-        "machine: {cores} cores ({cpu}); the load generator, the server and the database share them"
+        "machine: {}; the load generator, the server and the database share them",
+        machine()
     );
     println!(
         "load: {} users, {} s warm-up, {} s measured, {} round(s), medians; targets interleaved within each round",
@@ -292,16 +310,35 @@ fn redact(url: &str) -> String {
 }
 
 /// A server process for one measurement, with its scratch directory.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    addr: SocketAddr,
+    /// Where it listens (on 127.0.0.1).
+    pub(crate) addr: SocketAddr,
     dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// What the server wrote on stderr so far.
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+}
+
+/// How servers are started for a measurement.
+pub(crate) struct Launcher {
+    /// The repository (its `config/project.properties` is session-failover's base).
+    pub(crate) repo: PathBuf,
+    /// The session-failover binary (unused by the other targets).
+    pub(crate) sf_bin: PathBuf,
+    /// The PostgreSQL targets' database.
+    pub(crate) postgres_url: String,
+    /// Lines appended to session-failover's `local.properties` (empty for `run`).
+    pub(crate) extra_properties: String,
 }
 
 async fn measure(
     options: &Options,
-    repo: &Path,
-    sf_bin: &Path,
+    launcher: &Launcher,
     target: Target,
     workload: Workload,
 ) -> anyhow::Result<Measurement> {
@@ -314,10 +351,10 @@ async fn measure(
     } else {
         None
     };
-    let mut server = start(options, repo, sf_bin, target, None).await?;
+    let mut server = launcher.start(target, None).await?;
     // A second node on the same database (SQLite: the same file).
     let mut second = if workload.nodes() == 2 {
-        Some(start(options, repo, sf_bin, target, Some(server.dir.path())).await?)
+        Some(launcher.start(target, Some(server.dir.path())).await?)
     } else {
         None
     };
@@ -369,112 +406,115 @@ async fn measure(
     })
 }
 
-/// Starts `target`'s server; with `first`, as a second node sharing the first's data
-/// directory (its SQLite file).
-async fn start(
-    options: &Options,
-    repo: &Path,
-    sf_bin: &Path,
-    target: Target,
-    first: Option<&Path>,
-) -> anyhow::Result<Server> {
-    let dir = tempfile::tempdir()?;
-    let data = first.unwrap_or(dir.path()).to_path_buf();
-    let node = if first.is_some() { "bench-b" } else { "bench" };
-    let me = std::env::current_exe()?;
-    let mut command = match target {
-        Target::Ceiling => {
-            let mut command = Command::new(&me);
-            command.args(["serve-ceiling", "--bind", "127.0.0.1:0"]);
-            command
-        }
-        Target::TsSqlite | Target::TsPg | Target::TsPgMoka => {
-            let (store, url) = match target {
-                Target::TsSqlite => (
-                    "sqlite",
-                    format!("sqlite://{}", data.join("ts.db").display()),
-                ),
-                Target::TsPg => ("postgres", options.postgres_url.clone()),
-                _ => ("postgres-moka", options.postgres_url.clone()),
-            };
-            let mut command = Command::new(&me);
-            command.args([
-                "serve-tower-sessions",
-                "--bind",
-                "127.0.0.1:0",
-                "--store",
-                store,
-                "--url",
-                &url,
-            ]);
-            command
-        }
-        Target::SfSqliteSync | Target::SfSqliteAsync | Target::SfPgSync | Target::SfPgAsync => {
-            let config = dir.path().join("config");
-            std::fs::create_dir(&config)?;
-            // The shipped defaults, and a local.properties as an operator would write one.
-            std::fs::copy(
-                repo.join("config/project.properties"),
-                config.join("project.properties"),
-            )
-            .context("copying config/project.properties")?;
-            let url = match target.backend() {
-                Backend::Postgres => options.postgres_url.clone(),
-                _ => format!("sqlite://{}", data.join("sessions.db").display()),
-            };
-            let mode = match target {
-                Target::SfSqliteAsync | Target::SfPgAsync => "async",
-                _ => "sync",
-            };
-            std::fs::write(
-                config.join("local.properties"),
-                format!(
-                    "spring.session.storefront.save={mode}\n\
+impl Launcher {
+    /// Starts `target`'s server; with `first`, as a second node sharing the first's data
+    /// directory (its SQLite file).
+    pub(crate) async fn start(
+        &self,
+        target: Target,
+        first: Option<&Path>,
+    ) -> anyhow::Result<Server> {
+        let (repo, sf_bin) = (&self.repo, &self.sf_bin);
+        let dir = tempfile::tempdir()?;
+        let data = first.unwrap_or(dir.path()).to_path_buf();
+        let node = if first.is_some() { "bench-b" } else { "bench" };
+        let me = std::env::current_exe()?;
+        let mut command = match target {
+            Target::Ceiling => {
+                let mut command = Command::new(&me);
+                command.args(["serve-ceiling", "--bind", "127.0.0.1:0"]);
+                command
+            }
+            Target::TsSqlite | Target::TsPg | Target::TsPgMoka => {
+                let (store, url) = match target {
+                    Target::TsSqlite => (
+                        "sqlite",
+                        format!("sqlite://{}", data.join("ts.db").display()),
+                    ),
+                    Target::TsPg => ("postgres", self.postgres_url.clone()),
+                    _ => ("postgres-moka", self.postgres_url.clone()),
+                };
+                let mut command = Command::new(&me);
+                command.args([
+                    "serve-tower-sessions",
+                    "--bind",
+                    "127.0.0.1:0",
+                    "--store",
+                    store,
+                    "--url",
+                    &url,
+                ]);
+                command
+            }
+            Target::SfSqliteSync | Target::SfSqliteAsync | Target::SfPgSync | Target::SfPgAsync => {
+                let config = dir.path().join("config");
+                std::fs::create_dir(&config)?;
+                // The shipped defaults, and a local.properties as an operator would write one.
+                std::fs::copy(
+                    repo.join("config/project.properties"),
+                    config.join("project.properties"),
+                )
+                .context("copying config/project.properties")?;
+                let url = match target.backend() {
+                    Backend::Postgres => self.postgres_url.clone(),
+                    _ => format!("sqlite://{}", data.join("sessions.db").display()),
+                };
+                let mode = match target {
+                    Target::SfSqliteAsync | Target::SfPgAsync => "async",
+                    _ => "sync",
+                };
+                std::fs::write(
+                    config.join("local.properties"),
+                    format!(
+                        "spring.session.storefront.save={mode}\n\
                      session.store.url={url}\n\
                      session.secret={SECRET}\n\
                      session.node.name={node}\n\
                      # No purge during a measurement (tower-sessions runs none either).\n\
-                     session.purge.cron=\n"
-                ),
-            )?;
-            let mut command = Command::new(sf_bin);
-            command
-                .args(["serve", "--bind", "127.0.0.1:0", "--config"])
-                .arg(&config)
-                .env("RUST_LOG", "warn");
-            command
-        }
-    };
-    let log = std::fs::File::create(dir.path().join("server.log"))?;
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {}", target.label()))?;
-    let stdout = child.stdout.take().context("server stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await? {
-            if let Some(url) = line.split("listening on http://").nth(1) {
-                return Ok::<_, anyhow::Error>(Some(url.trim().parse::<SocketAddr>()?));
+                     session.purge.cron=\n\
+                     {extra}",
+                        extra = self.extra_properties,
+                    ),
+                )?;
+                let mut command = Command::new(sf_bin);
+                command
+                    .args(["serve", "--bind", "127.0.0.1:0", "--config"])
+                    .arg(&config)
+                    .env("RUST_LOG", "warn");
+                command
             }
-        }
-        Ok(None)
-    })
-    .await
-    .context("the server did not say where it listens within 60 s")??;
-    let Some(addr) = addr else {
-        let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
-        bail!("{} exited before listening:\n{log}", target.label());
-    };
-    // Keep reading stdout so the server never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok(Server { child, addr, dir })
+        };
+        let log = std::fs::File::create(dir.path().join("server.log"))?;
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", target.label()))?;
+        let stdout = child.stdout.take().context("server stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(url) = line.split("listening on http://").nth(1) {
+                    return Ok::<_, anyhow::Error>(Some(url.trim().parse::<SocketAddr>()?));
+                }
+            }
+            Ok(None)
+        })
+        .await
+        .context("the server did not say where it listens within 60 s")??;
+        let Some(addr) = addr else {
+            let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
+            bail!("{} exited before listening:\n{log}", target.label());
+        };
+        // Keep reading stdout so the server never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Server { child, addr, dir })
+    }
 }
 
 /// SIGTERM, then waits (session-failover drains its write-behind queue before it exits).
-async fn stop(server: &mut Server) -> anyhow::Result<()> {
+pub(crate) async fn stop(server: &mut Server) -> anyhow::Result<()> {
     if let Some(pid) = server.child.id() {
         let status = Command::new("kill")
             .args(["-TERM", &pid.to_string()])
@@ -488,9 +528,7 @@ async fn stop(server: &mut Server) -> anyhow::Result<()> {
         Ok(status) => {
             let status = status?;
             if !status.success() {
-                let log = std::fs::read_to_string(server.dir.path().join("server.log"))
-                    .unwrap_or_default();
-                bail!("the server exited with {status}:\n{log}");
+                bail!("the server exited with {status}:\n{}", server.log());
             }
             Ok(())
         }
@@ -587,7 +625,8 @@ async fn stored_sessions(
     Ok(Some((u64::try_from(row.0).unwrap_or(0), row.1)))
 }
 
-fn median_of(mut values: Vec<f64>) -> f64 {
+/// The median (the mean of the middle two for an even count); NaN for none.
+pub(crate) fn median_of(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     let n = values.len();
     if n == 0 {
@@ -644,7 +683,8 @@ fn per_request(count: Option<u64>, m: &Measurement) -> String {
     }
 }
 
-fn thousands(n: f64) -> String {
+/// `n` rounded, with thousands separated by commas.
+pub(crate) fn thousands(n: f64) -> String {
     let n = n.round() as i64;
     let digits = n.abs().to_string();
     let mut out = String::new();

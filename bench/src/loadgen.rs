@@ -123,6 +123,15 @@ impl Report {
 
 /// Runs the load and reports. Refuses any address but loopback.
 pub async fn run(config: LoadConfig) -> anyhow::Result<Report> {
+    run_with_window(config, |_, _| {}).await
+}
+
+/// [`run`], telling `on_window` when the measured window starts and ends (once every user is
+/// set up, before the warm-up's first request), so that other traffic can be aligned with it.
+pub async fn run_with_window(
+    config: LoadConfig,
+    on_window: impl FnOnce(Instant, Instant),
+) -> anyhow::Result<Report> {
     if let Some(addr) = config.addrs.iter().find(|a| !a.ip().is_loopback()) {
         bail!("the load generator sends traffic only to loopback, not to {addr}");
     }
@@ -153,6 +162,7 @@ pub async fn run(config: LoadConfig) -> anyhow::Result<Report> {
     ready.wait().await;
     let measure_from = Instant::now() + config.warmup;
     let until = measure_from + config.duration;
+    on_window(measure_from, until);
     let mut runs = Vec::with_capacity(users.len());
     for user in users {
         runs.push(async move {
@@ -188,7 +198,8 @@ pub async fn run(config: LoadConfig) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-fn new_histogram() -> Histogram<u64> {
+/// A latency histogram in microseconds.
+pub(crate) fn new_histogram() -> Histogram<u64> {
     // 1 µs to 60 s, 3 significant digits.
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
@@ -219,7 +230,8 @@ fn sku(i: usize) -> String {
     format!("SKU-{:06}-BLUE-M", 100_000 + i)
 }
 
-async fn connect(addr: SocketAddr) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+/// A keep-alive HTTP/1.1 connection to `addr`, driven by a task on the current runtime.
+pub(crate) async fn connect(addr: SocketAddr) -> anyhow::Result<SendRequest<Full<Bytes>>> {
     let stream = TcpStream::connect(addr)
         .await
         .with_context(|| format!("connecting to {addr}"))?;

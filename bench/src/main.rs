@@ -1,6 +1,8 @@
 //! `session-failover-bench`: the load generator, the comparison servers and the driver that runs
-//! them side by side with session-failover. See docs/BENCHMARKS.md in the repository.
+//! them side by side with session-failover; and `attack`, the storefront's load while forged
+//! HTTP Basic credentials hit the backoffice. See docs/BENCHMARKS.md in the repository.
 
+mod attack;
 mod driver;
 mod loadgen;
 mod servers;
@@ -48,6 +50,29 @@ enum Command {
             default_value = "postgres://postgres@127.0.0.1:5432/sfbench"
         )]
         postgres_url: String,
+        /// The session-failover binary (default: `cargo build --release` in the repository).
+        #[arg(long)]
+        session_failover: Option<std::path::PathBuf>,
+    },
+    /// The storefront's mixed load with and without forged HTTP Basic requests to the
+    /// backoffice (session-failover on SQLite), interleaved, and the tables.
+    Attack {
+        /// Attacks (comma-separated), each run beside the baseline in every round.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            value_enum,
+            default_value = "forged,forged-spread,real-user"
+        )]
+        attacks: Vec<attack::Attack>,
+        /// Forged requests per second, in the measured window.
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        rate: u32,
+        #[command(flatten)]
+        load: AttackLoadArgs,
+        /// Rounds; each runs the baseline and every attack once.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
         /// The session-failover binary (default: `cargo build --release` in the repository).
         #[arg(long)]
         session_failover: Option<std::path::PathBuf>,
@@ -100,6 +125,20 @@ struct LoadArgs {
     seconds: f64,
 }
 
+/// The storefront load beside an attack (its measured window is the attack's length).
+#[derive(clap::Args)]
+struct AttackLoadArgs {
+    /// Concurrent storefront users.
+    #[arg(long, default_value_t = 32)]
+    users: usize,
+    /// Warm-up, seconds (storefront only: no attack, no probes).
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Measured window and attack, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+}
+
 impl LoadArgs {
     /// The warm-up and the measured window; the window must be more than 0.
     fn durations(&self) -> anyhow::Result<(Duration, Duration)> {
@@ -136,6 +175,30 @@ async fn main() -> anyhow::Result<()> {
                 duration,
                 rounds: rounds.max(1),
                 postgres_url,
+                session_failover_bin: session_failover,
+            })
+            .await
+        }
+        Command::Attack {
+            attacks,
+            rate,
+            load,
+            rounds,
+            session_failover,
+        } => {
+            let load = LoadArgs {
+                users: load.users,
+                warmup: load.warmup,
+                seconds: load.seconds,
+            };
+            let (warmup, duration) = load.durations()?;
+            attack::run(attack::Options {
+                attacks,
+                users: load.users,
+                warmup,
+                duration,
+                rounds: rounds.max(1),
+                rate,
                 session_failover_bin: session_failover,
             })
             .await
