@@ -806,4 +806,27 @@ async fn made_up_names_cost_no_check_and_a_verified_operator_survives_a_lockout(
         StatusCode::TOO_MANY_REQUESTS,
         "new checks of the name are refused"
     );
+    // Guesses of the locked-out name count against their address: after ten, even the
+    // remembered credentials get no answer from it (the memory is no oracle).
+    for _ in 0..10 {
+        from(
+            &app,
+            "198.51.100.79:5000",
+            "/backoffice/api/stats",
+            &[("authorization", &wrong)],
+        )
+        .await;
+    }
+    let (status, _) = from(
+        &app,
+        "198.51.100.79:5001",
+        "/backoffice/api/stats",
+        &[("authorization", &right)],
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "a locked-out address gets nothing"
+    );
 }

@@ -96,24 +96,37 @@ impl SignIns {
         user: &str,
         password: &str,
     ) -> Checked {
-        let keys: Vec<String> = client
-            .map(|ip| format!("addr {ip}"))
-            .into_iter()
-            .chain(std::iter::once(format!("user {user}")))
-            .collect();
-        // Credentials verified lately pass even while their user name or address is locked out
-        // (by someone else's guesses): only a new check is refused.
+        let address = client.map(|ip| format!("addr {ip}"));
+        let name = format!("user {user}");
+        let keys: Vec<String> = address.iter().cloned().chain([name.clone()]).collect();
+        // A locked-out address gets no answer at all, not even from the memory below.
+        if address
+            .as_ref()
+            .is_some_and(|a| self.locked.contains_key(a))
+        {
+            crate::metrics::backoffice_refused("locked-out");
+            return Checked::LockedOut;
+        }
+        // Credentials verified lately pass even while their user name is locked out by someone
+        // else's guesses (a script already signed in keeps working).
         let digest = self.digest(user, password);
         if self.verified.contains_key(&digest) {
             return Checked::Right;
         }
-        if keys.iter().any(|k| self.locked.contains_key(k)) {
-            crate::metrics::backoffice_refused("locked-out");
+        if self.locked.contains_key(&name) {
+            // Counted against the address: the memory above must not become a free oracle for
+            // guesses of the locked-out name.
+            self.failed(address.into_iter().collect(), "locked-out");
             return Checked::LockedOut;
         }
         if user != self.user {
-            // Cannot be right: no argon2 (guesses with made-up names cost the node nothing),
-            // and an answer after as long as a check takes, so timing does not tell names apart.
+            // Cannot be right: no argon2 (guesses with made-up names cost the node nothing).
+            // Answered as a check would be: busy when every slot is taken, else after as long
+            // as the last check took.
+            if self.slots.available_permits() == 0 {
+                crate::metrics::backoffice_refused("busy");
+                return Checked::Busy;
+            }
             let micros = self.check_micros.load(Ordering::Relaxed);
             tokio::time::sleep(Duration::from_micros(micros)).await;
             return self.failed(keys, "unknown-user");
