@@ -858,7 +858,18 @@ async fn an_explicit_save_commits_before_the_side_effect() {
             post(|session: Session| async move {
                 session.insert("order", "ignored".to_owned());
                 let _ = session.save().await;
+                // A change after the refusal: never saved, by this request or a later one.
+                session.insert("note", "after the refusal".to_owned());
                 "placed"
+            }),
+        )
+        .route(
+            "/peek",
+            axum::routing::get(|session: Session| async move {
+                axum::Json(json!({
+                    "order": session.get::<String>("order"),
+                    "note": session.get::<String>("note"),
+                }))
             }),
         )
         .with_state((sqlite.clone(), placed.clone()))
@@ -919,6 +930,12 @@ async fn an_explicit_save_commits_before_the_side_effect() {
         .execute(sqlite.pool())
         .await
         .unwrap();
+    let peek = send(&app, "GET", "/peek", Some(&jar(&id)), None).await;
+    assert_eq!(
+        peek.body,
+        json!({"order": "A-1001", "note": null}),
+        "the last stored state: not the refused change, nor the one made after it"
+    );
     let r = send(&app, "POST", "/order/C-3003", Some(&jar(&id)), None).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(
@@ -962,4 +979,72 @@ async fn unknown_ids_are_read_once_a_second_in_sync_mode() {
         send(&asynchronous, "GET", "/cart", Some(&cookie), None).await;
     }
     assert_eq!(counting.count("get"), 8);
+}
+
+/// A `Session::save` the serializability checker refuses writes nothing, and nothing the
+/// handler changes afterwards is saved by a later request: the node drops its copy.
+#[tokio::test]
+async fn a_save_the_checker_refuses_keeps_nothing_of_the_request() {
+    use axum::routing::{get, post};
+    use serde::{Deserialize, Serialize};
+    use session_failover::session::SaveError;
+    use session_failover::{SaveMode, Session, SessionFailoverLayer};
+
+    /// Loses a field on a round trip: the checker refuses it.
+    #[derive(Serialize, Deserialize)]
+    struct Lossy {
+        kept: u32,
+        #[serde(skip_deserializing)]
+        lost: u32,
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = sqlite(dir.path()).await;
+    let app = Router::new()
+        .route(
+            "/order",
+            post(|session: Session| async move { session.insert("order", "A-1".to_owned()) }),
+        )
+        .route(
+            "/lossy",
+            post(|session: Session| async move {
+                session.insert("lossy", Lossy { kept: 1, lost: 2 });
+                let refused = session.save().await == Err(SaveError::CheckFailed);
+                session.insert("note", "after the refusal".to_owned());
+                if refused { "refused" } else { "saved" }
+            }),
+        )
+        .route(
+            "/peek",
+            get(|session: Session| async move {
+                axum::Json(json!({
+                    "order": session.get::<String>("order"),
+                    "note": session.get::<String>("note"),
+                    "lossy": session.attribute_names().contains(&"lossy".to_owned()),
+                }))
+            }),
+        )
+        .layer(
+            SessionFailoverLayer::new("shop")
+                .with_store(Arc::new(sqlite.clone()), SaveMode::Sync)
+                .with_serialization_check(true, true),
+        );
+    let id = send(&app, "POST", "/order", None, None)
+        .await
+        .cookie("JSESSIONID")
+        .unwrap();
+    let r = send(&app, "POST", "/lossy", Some(&jar(&id)), None).await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    let peek = send(&app, "GET", "/peek", Some(&jar(&id)), None).await;
+    assert_eq!(
+        peek.body,
+        json!({"order": "A-1", "note": null, "lossy": false})
+    );
+    // A later change is saved on top of the stored state only.
+    send(&app, "POST", "/order", Some(&jar(&id)), None).await;
+    let stored: String = sqlx::query("SELECT attributes FROM stored_http_session")
+        .fetch_one(sqlite.pool())
+        .await
+        .unwrap()
+        .get("attributes");
+    assert_eq!(stored, r#"["order"]"#);
 }

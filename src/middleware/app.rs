@@ -174,7 +174,7 @@ impl Commit for AppShared {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Option<i64>, SaveError>> + Send>>
     {
         Box::pin(async move {
-            let Some(finish) = self.plan_save(&session) else {
+            let Some(finish) = self.plan_save(&session)? else {
                 return Ok(None);
             };
             let executed = tokio::spawn(Arc::clone(&self).execute(finish))
@@ -606,8 +606,15 @@ impl AppShared {
         };
         if let Some(entry) = slot.entry {
             let mut state = entry.lock();
-            // A refused explicit save: its change is not saved later either.
-            if !state.is_ended() && finish.refused.is_none() {
+            if finish.refused.is_some() {
+                // A refused explicit save: nothing of the request is saved, no cookie is sent,
+                // and this node drops its copy (execute), so nothing the handler did after the
+                // refusal is saved by a later request either.
+                let id = state.id.clone();
+                drop(state);
+                finish.saved_row = None;
+                finish.entry = Some((id, entry));
+            } else if !state.is_ended() {
                 finish.work = self.work(&mut state, now);
                 if slot.changed && !matches!(finish.work, Work::Save(_)) {
                     finish.carried_by = state.uncommitted();
@@ -628,8 +635,12 @@ impl AppShared {
                 }
                 finish.entry = Some((id, entry));
             }
-        } else if slot.invalidated && had_cookie {
-            self.set_cookie(headers, None, secure);
+        } else {
+            // Invalidated after an explicit save: no version cookie for a session that is gone.
+            finish.saved_row = None;
+            if slot.invalidated && had_cookie {
+                self.set_cookie(headers, None, secure);
+            }
         }
         if self.persister.is_none() {
             finish.work = Work::None;
@@ -649,11 +660,13 @@ impl AppShared {
     /// What [`Session::save`] leaves to do: the request's change, taken as the save after the
     /// handler would take it (that save then finds it done). Cookies, ended ids and the cache's
     /// tombstones stay for the end of the request.
-    fn plan_save(&self, session: &Session) -> Option<Finish> {
-        let (entry, fresh, changed) = session.to_save()?;
+    fn plan_save(&self, session: &Session) -> Result<Option<Finish>, SaveError> {
+        let Some((entry, fresh, changed)) = session.to_save()? else {
+            return Ok(None);
+        };
         let mut state = entry.lock();
         if state.is_ended() {
-            return None;
+            return Ok(None);
         }
         let work = if state.has_unsaved_change() {
             self.work(&mut state, now_millis())
@@ -667,19 +680,24 @@ impl AppShared {
         };
         let id = state.id.clone();
         drop(state);
-        let check_failed = self.settings.check
-            && matches!(&work, Work::Save(snapshot) if self.check(&id, snapshot));
-        Some(Finish {
+        if matches!(&work, Work::Save(snapshot) if self.settings.check && self.check(&id, snapshot))
+        {
+            // Refused before anything is written: the handler skips its side effect, so the
+            // session must not keep the change either (the end of the request drops this copy).
+            entry.lock().keep_change();
+            return Err(SaveError::CheckFailed);
+        }
+        Ok(Some(Finish {
             entry: Some((id, entry)),
             cache_it: fresh,
             work,
             removed: Vec::new(),
-            check_failed,
+            check_failed: false,
             conflict: false,
             carried_by,
             refused: None,
             saved_row: None,
-        })
+        }))
     }
 
     /// Runs the serializability checker on a session about to be saved; whether the response
@@ -780,11 +798,15 @@ impl AppShared {
         if finish.check_failed && saved == Answer::Done {
             saved = Answer::CheckFailed;
         }
-        if matches!(saved, Answer::Unavailable | Answer::NotSaved) {
+        if matches!(saved, Answer::Unavailable | Answer::NotSaved) || finish.refused.is_some() {
             // Refused, so not kept either: this node drops its copy, and the session's next
-            // request restores the last stored state (a rotation keeps its old id and row).
+            // request restores the last stored state. A rotation keeps its old id and row: the
+            // old id's tombstone goes too, so that row is served again.
             if let Some((id, _)) = &finish.entry {
                 self.cache.invalidate(id).await;
+            }
+            for old in &finish.removed {
+                self.cache.invalidate(old).await;
             }
             return Executed {
                 answer: saved,

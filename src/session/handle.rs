@@ -138,9 +138,13 @@ impl Session {
     /// `session.save.interval`, and by the drain at shutdown). Memory-only applications always
     /// answer `Ok`. A later change in the same request is saved after the handler, as usual.
     ///
-    /// `Err` means the change was not kept, and the layer refuses the response the same way
-    /// (409, 503 or 500, without the handler's body), whatever the handler returns: skip the
-    /// side effect and return the error (`SaveError` is an axum response).
+    /// `Err` means the change is not acknowledged: the layer refuses the response the same way
+    /// (409, 503 or 500, without the handler's body) whatever the handler returns, saves nothing
+    /// more of the request, and drops this node's copy of the session (its next request sees
+    /// the last stored state). Skip the side effect and return the error (`SaveError` is an
+    /// axum response). One case stores the change all the same: a concurrent request's write
+    /// that carried it, merged with another node's newer state and refused for a conflicting
+    /// attribute; make the side effect idempotent if that matters.
     ///
     /// ```no_run
     /// # use session_failover::Session;
@@ -155,7 +159,7 @@ impl Session {
     /// ```
     pub async fn save(&self) -> Result<(), SaveError> {
         let commit = {
-            let slot = self.slot();
+            let mut slot = self.slot();
             if slot.finished {
                 tracing::warn!(
                     "Session::save after the response was sent; the change is not saved"
@@ -166,6 +170,9 @@ impl Session {
                 return Err(refused);
             }
             if slot.conflict {
+                // A write of this request was refused: the request is refused as a whole, and
+                // its other changes are not saved at its end either.
+                slot.refused = Some(SaveError::Conflict);
                 return Err(SaveError::Conflict);
             }
             slot.commit.clone()
@@ -183,13 +190,18 @@ impl Session {
     }
 
     /// For [`Session::save`]: the request's live entry, whether its cookie is new to this node,
-    /// and whether this request changed it (reset: the save carries the change).
-    pub(crate) fn to_save(&self) -> Option<(Arc<Entry>, bool, bool)> {
+    /// and whether this request changed it. `changed` stays set: if this save is cut short (its
+    /// future dropped), the end of the request still waits for the write that carries it.
+    pub(crate) fn to_save(&self) -> Result<Option<(Arc<Entry>, bool, bool)>, SaveError> {
         let mut slot = self.slot();
-        let entry = follow(&mut slot)?;
+        if slot.finished {
+            return Err(SaveError::NotSaved);
+        }
+        let Some(entry) = follow(&mut slot) else {
+            return Ok(None);
+        };
         let fresh = slot.created || slot.cycled || slot.followed;
-        let changed = std::mem::take(&mut slot.changed);
-        Some((entry, fresh, changed))
+        Ok(Some((entry, fresh, slot.changed)))
     }
 
     fn slot(&self) -> MutexGuard<'_, Slot> {
