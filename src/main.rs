@@ -462,7 +462,10 @@ async fn sessions(
             {
                 bar.set_length(total);
             }
+            // The last key of the last batch done, to resume from if the run stops.
+            let reached = std::cell::RefCell::new(None);
             let result = admin::reencrypt(&**store, &codec, after, batch_size, |done| {
+                reached.replace(done.last.clone());
                 if let Some(bar) = &bar {
                     bar.set_position(done.read);
                     bar.set_message(format!("{} rewritten", done.rewritten));
@@ -472,7 +475,13 @@ async fn sessions(
             if let Some(bar) = &bar {
                 bar.finish_and_clear();
             }
-            let done = result.map_err(store_error)?;
+            let done = result.map_err(|error| {
+                let resume = match reached.take() {
+                    Some(key) => format!("; rows up to {key} are done: resume with --after {key}"),
+                    None => String::new(),
+                };
+                store_error(error).context(format!("{origin}{resume}"))
+            })?;
             if json {
                 return print_json(&done);
             }

@@ -478,3 +478,33 @@ async fn mysql_store() {
     store.migrate().await.unwrap(); // idempotent
     suite(Arc::new(store)).await;
 }
+
+/// Rows that are not sessions (a key no node writes) are skipped by `records`, and a page made
+/// only of them is not taken for the end of the table (re-encryption would stop there).
+#[tokio::test]
+async fn records_skip_rows_that_are_not_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = common::sqlite(dir.path()).await;
+    let r = record("storefront", None, "a", 1, vec![1, 0]);
+    store.set(&r).await.unwrap();
+    for bad in ["!bad-1", "!bad-2"] {
+        sqlx::query(
+            "INSERT INTO stored_http_session SELECT ?, app, context_path, node, principal, created_at, \
+             modified_at, expires_at, max_inactive_secs, version, attributes, size_bytes, data \
+             FROM stored_http_session WHERE session_id = ?",
+        )
+        .bind(bad)
+        .bind(r.meta.key.as_str())
+        .execute(store.pool())
+        .await
+        .unwrap();
+    }
+    assert_eq!(store.records(None, 1, NOW).await.unwrap(), std::slice::from_ref(&r));
+    assert!(
+        store
+            .records(Some(&r.meta.key), 1, NOW)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

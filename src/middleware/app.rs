@@ -84,8 +84,11 @@ pub(crate) struct AppShared {
     /// The name of the version cookie: the session cookie's, with `_VERSION`.
     pub(crate) version_cookie: String,
     /// Ids the store lately did not have ([`ABSENT_TTL`]; sync mode only: in sync mode a
-    /// session's cookie is sent only once its row is committed, so an id absent from the store
-    /// is not one whose write is on its way; in async mode it may be, from another node's queue).
+    /// session's cookie is sent once its row is committed, so an id absent from the store is
+    /// rarely one whose write is on its way; in async mode it often is, from another node's
+    /// queue. The exception: a sync write the writer keeps for a retry (store failing) is
+    /// answered before it lands; another node then answers its id absent for up to a second
+    /// more than it would have anyway).
     pub(crate) absent: moka::sync::Cache<SessionId, ()>,
 }
 
@@ -857,6 +860,9 @@ impl AppShared {
     ) {
         let version = snapshot.base;
         let Some(record) = self.settings.record(id, snapshot) else {
+            // Logged with its cause (larger than session.max.size, say): not tried again for
+            // this copy; its next write meets the same refusal.
+            entry.lock().rekeyed();
             return;
         };
         match persister

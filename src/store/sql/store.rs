@@ -475,29 +475,40 @@ where
         limit: u32,
         now: EpochMillis,
     ) -> Result<Vec<Record>, Error> {
-        let mut statement = Self::query(&self.sql.records[usize::from(after.is_some())]);
-        if let Some(after) = after {
-            statement = statement.bind(after.as_str());
-        }
-        let rows = statement
-            .bind(now)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .filter_map(|row| match meta_from_row(row) {
-                Err(Error::CorruptRow { key, reason }) => {
-                    tracing::warn!(key = %key, %reason, "a row that is not a session was skipped");
-                    None
+        let mut after: Option<String> = after.map(|key| key.as_str().to_owned());
+        loop {
+            let mut statement = Self::query(&self.sql.records[usize::from(after.is_some())]);
+            if let Some(after) = &after {
+                statement = statement.bind(after.as_str());
+            }
+            let rows = statement
+                .bind(now)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+            let full = rows.len() >= limit as usize;
+            let mut records = Vec::with_capacity(rows.len());
+            for row in &rows {
+                match meta_from_row(row) {
+                    Err(Error::CorruptRow { key, reason }) => {
+                        tracing::warn!(key = %key, %reason, "a row that is not a session was skipped");
+                    }
+                    Err(error) => return Err(error),
+                    Ok(meta) => records.push(Record {
+                        meta,
+                        data: row.try_get("data")?,
+                    }),
                 }
-                Err(error) => Some(Err(error)),
-                Ok(meta) => Some(
-                    row.try_get("data")
-                        .map(|data| Record { meta, data })
-                        .map_err(Error::from),
-                ),
-            })
-            .collect()
+            }
+            // A page of rows that are not sessions only is not the end of the table.
+            if !records.is_empty() || !full {
+                return Ok(records);
+            }
+            after = rows
+                .last()
+                .map(|row| row.try_get::<String, _>("session_id"))
+                .transpose()?;
+        }
     }
 
     async fn purge_expired(&self, now: EpochMillis, batch_size: u32) -> Result<u64, Error> {
