@@ -8,6 +8,15 @@ use clap::{Parser, Subcommand};
 use session_failover::config::{Config, Properties};
 use session_failover::{server, store};
 
+/// `println!` that returns a failed write as an error rather than panicking, so that
+/// `sessions list | head` ends quietly when `head` closes the pipe.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)?
+    }};
+}
+
 /// HTTP session failover in the SAP Commerce style.
 #[derive(Parser)]
 #[command(version, about)]
@@ -131,6 +140,16 @@ fn main() -> ExitCode {
         .init();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`| head`): nothing more to say, as for any Unix tool.
+        Err(error)
+            if error.chain().any(|cause| {
+                cause
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(error) => {
             eprintln!("error: {}", render(&error));
             ExitCode::from(2)
@@ -294,7 +313,7 @@ fn key(text: &str) -> anyhow::Result<session_failover::session::SessionKey> {
 use session_failover::admin::format_time as time;
 
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    out!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
@@ -332,12 +351,18 @@ async fn sessions(
             if json {
                 return print_json(&page);
             }
-            println!(
+            out!(
                 "{:<43}  {:<12} {:<16} {:<14} {:<19} {:<19} {:>7}  attributes",
-                "key", "app", "principal", "node", "modified (UTC)", "expires (UTC)", "bytes"
+                "key",
+                "app",
+                "principal",
+                "node",
+                "modified (UTC)",
+                "expires (UTC)",
+                "bytes"
             );
             for m in &page.sessions {
-                println!(
+                out!(
                     "{:<43}  {:<12} {:<16} {:<14} {:<19} {:<19} {:>7}  {}",
                     m.key,
                     shown(&m.app),
@@ -350,8 +375,8 @@ async fn sessions(
                 );
             }
             match &page.next {
-                Some(next) => println!("# more: --after {next}"),
-                None => println!("# {} session(s)", page.sessions.len()),
+                Some(next) => out!("# more: --after {next}"),
+                None => out!("# {} session(s)", page.sessions.len()),
             }
         }
         SessionsAction::Show { key: text } => {
@@ -364,7 +389,7 @@ async fn sessions(
             if json {
                 return print_json(&meta);
             }
-            println!(
+            out!(
                 "key          {}\napp          {} (context path {})\nprincipal    {}\nnode         {}",
                 meta.key,
                 shown(&meta.app),
@@ -372,7 +397,7 @@ async fn sessions(
                 shown(meta.principal.as_deref().unwrap_or("-")),
                 shown(&meta.node)
             );
-            println!(
+            out!(
                 "created      {}\nmodified     {}\nexpires      {}\ntimeout      {} s\nversion      {}\nsize         {} bytes\nattributes   {}",
                 time(meta.created_at),
                 time(meta.modified_at),
@@ -395,7 +420,7 @@ async fn sessions(
             if !deleted {
                 anyhow::bail!("no session with key {text}");
             }
-            println!("deleted 1 session");
+            out!("deleted 1 session");
         }
         SessionsAction::Delete {
             principal: Some(principal),
@@ -407,7 +432,7 @@ async fn sessions(
             if json {
                 return print_json(&serde_json::json!({ "deleted": deleted }));
             }
-            println!("deleted {deleted} session(s) of {}", shown(&principal));
+            out!("deleted {deleted} session(s) of {}", shown(&principal));
         }
         SessionsAction::Delete { .. } => anyhow::bail!("give a key or --principal"),
         SessionsAction::Purge { batch_size } => {
@@ -431,11 +456,11 @@ async fn sessions(
                 );
             }
             match result {
-                Some(n) => println!(
+                Some(n) => out!(
                     "deleted {n} expired session(s) in {:.1} s",
                     started.elapsed().as_secs_f64()
                 ),
-                None => println!("skipped: another node is purging right now"),
+                None => out!("skipped: another node is purging right now"),
             }
         }
         SessionsAction::Reencrypt { after, batch_size } => {
@@ -483,15 +508,19 @@ async fn sessions(
                 store_error(error).context(format!("{origin}{resume}"))
             })?;
             if json {
-                return print_json(&done);
+                print_json(&done)?;
+            } else {
+                out!(
+                    "read {} live session(s): {} written again under the current key, {} already under it, {} changed by a node meanwhile",
+                    done.read,
+                    done.rewritten,
+                    done.current,
+                    done.changed
+                );
             }
-            println!(
-                "read {} live session(s): {} written again under the current key, {} already under it, {} changed by a node meanwhile",
-                done.read, done.rewritten, done.current, done.changed
-            );
             if done.unreadable > 0 {
-                println!(
-                    "WARNING: {} session(s) do not decode with the configured secrets (a secret already removed?); no node with this configuration can restore them",
+                anyhow::bail!(
+                    "{} session(s) do not decode with the configured session.secret and session.secret.previous (a secret removed too early, or not the secrets the nodes use): keep session.secret.previous until a run reports none",
                     done.unreadable
                 );
             }
@@ -518,15 +547,18 @@ async fn sessions(
             if json {
                 return print_json(&stats);
             }
-            println!(
+            out!(
                 "sessions   {}\nexpired    {}\nsigned in  {}\nbytes      {}",
-                stats.sessions, stats.expired, stats.signed_in, stats.bytes
+                stats.sessions,
+                stats.expired,
+                stats.signed_in,
+                stats.bytes
             );
             for (app, n) in &stats.by_app {
-                println!("app   {:<20} {n}", shown(app));
+                out!("app   {:<20} {n}", shown(app));
             }
             for (node, n) in &stats.by_node {
-                println!("node  {:<20} {n}", shown(node));
+                out!("node  {:<20} {n}", shown(node));
             }
         }
     }
@@ -538,9 +570,9 @@ async fn sessions(
 async fn check_config(dir: &Path, connect: bool) -> anyhow::Result<()> {
     use session_failover::config::keys;
     let properties = load_properties(dir)?;
-    println!("# effective configuration from {}", dir.display());
+    out!("# effective configuration from {}", dir.display());
     for warning in stray_files(dir) {
-        println!("# WARNING: {warning}");
+        out!("# WARNING: {warning}");
     }
     // By name, misspelt ones included: any key that may hold a secret; and by value: any other
     // key holding one of those values (pulled in with ${…}, or pasted twice).
@@ -577,16 +609,16 @@ async fn check_config(dir: &Path, connect: bool) -> anyhow::Result<()> {
         } else {
             String::new()
         };
-        println!("{key}={value}    # {}{unknown}", setting.source);
+        out!("{key}={value}    # {}{unknown}", setting.source);
     }
     let config = match Config::from_properties(&properties) {
         Ok(config) => config,
         Err(error) => {
-            println!("# configuration is NOT valid");
+            out!("# configuration is NOT valid");
             return Err(error.into());
         }
     };
-    println!("# applications");
+    out!("# applications");
     let mut apps: Vec<&str> = config.apps.keys().map(String::as_str).collect();
     if !apps.contains(&server::STOREFRONT_APP) {
         apps.push(server::STOREFRONT_APP);
@@ -614,7 +646,7 @@ async fn check_config(dir: &Path, connect: bool) -> anyhow::Result<()> {
         } else {
             String::new()
         };
-        println!(
+        out!(
             "# {app}: {mode}, {encryption}, cookie {} path {} secure {} httponly {}{note}",
             c.cookie_name,
             c.cookie_path.as_deref().unwrap_or(match app {
@@ -630,12 +662,10 @@ async fn check_config(dir: &Path, connect: bool) -> anyhow::Result<()> {
     }
     let unknown = properties.unknown_key_warnings().len();
     if unknown > 0 {
-        println!("# {unknown} unknown key(s) above are ignored");
+        out!("# {unknown} unknown key(s) above are ignored");
     }
     if !connect {
-        println!(
-            "# configuration is valid (the store was not contacted: add --connect to check it)"
-        );
+        out!("# configuration is valid (the store was not contacted: add --connect to check it)");
         return Ok(());
     }
     let store = open_existing(&config, &properties).await?;
@@ -648,7 +678,7 @@ async fn check_config(dir: &Path, connect: bool) -> anyhow::Result<()> {
     .map_err(|_| store::Error::Timeout(config.store.timeout))
     .and_then(|read| read)
     .map_err(|e| store_error(e).context(store_origin(&properties)))?;
-    println!(
+    out!(
         "# configuration is valid; the store {} answers and has its table",
         store::redact_url(&config.store_url)
     );
@@ -707,7 +737,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let hash = argon2::Argon2::default()
                 .hash_password(password.as_bytes(), &salt)
                 .map_err(|e| anyhow::anyhow!("hashing failed: {e}"))?;
-            println!("{hash}");
+            out!("{hash}");
         }
         Command::Migrate { config } => {
             let (config, properties) = load(&config)?;
@@ -720,7 +750,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await
             .map_err(|e| anyhow::Error::new(e).context(store_origin(&properties)))?;
-            println!(
+            out!(
                 "migrations applied to {}",
                 store::redact_url(&config.store_url)
             );

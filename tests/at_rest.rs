@@ -574,6 +574,24 @@ async fn removing_the_old_secret_after_rotation_loses_nobody() {
         "{json}"
     );
 
+    // Run with secrets that are not the nodes' (the operator's mistake): the sessions it cannot
+    // read are counted, and the run fails, so a script stops before removing a secret.
+    let secret_c = SECRET_A.replace('A', "C");
+    let other = [("y_session_secret", secret_c.as_str())];
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_session-failover"))
+        .args(["sessions", "--config"])
+        .arg(&config)
+        .arg("reencrypt")
+        .envs(other.iter().map(|(k, v)| (*k, *v)))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("2 session(s) do not decode with the configured session.secret"),
+        "{err}"
+    );
+
     // The old secret removed: both carts are still there.
     let c = Server::start_with(work.path(), &config, "c", "127.0.0.1:0", &only_b);
     for (user, sku) in [(&mut reader, "READS"), (&mut idle, "IDLE")] {

@@ -226,3 +226,34 @@ async fn hostile_rows_cannot_write_to_the_terminal() {
         "the markup row is skipped: {out}"
     );
 }
+
+/// A reader that goes away (`sessions list | head`) ends the command quietly, as for any Unix
+/// tool: exit 0, no panic, no backtrace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_pipe_ends_the_listing_quietly() {
+    use session_failover::store::SessionStore as _;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/s.db", dir.path().display());
+    let store = store::SqliteStore::connect(&url, &StoreOptions::default())
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    // More than a pipe's buffer (64 KiB) of listing.
+    let rows: Vec<Record> = (0..1000)
+        .map(|_| record("storefront", Some("ann"), "a", false))
+        .collect();
+    store.set_many(&rows).await.unwrap();
+    let config = config_dir(dir.path(), &format!("session.store.url={url}\n"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_session-failover"))
+        .args(["sessions", "list", "--limit", "1000", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -499,7 +499,10 @@ async fn records_skip_rows_that_are_not_sessions() {
         .await
         .unwrap();
     }
-    assert_eq!(store.records(None, 1, NOW).await.unwrap(), std::slice::from_ref(&r));
+    assert_eq!(
+        store.records(None, 1, NOW).await.unwrap(),
+        std::slice::from_ref(&r)
+    );
     assert!(
         store
             .records(Some(&r.meta.key), 1, NOW)

@@ -172,7 +172,8 @@ pub async fn reencrypt(
                 Ok((attributes, true)) => attributes,
                 Err(error) => {
                     done.unreadable += 1;
-                    tracing::warn!(session = %record.meta.key.short_hash(), error = &error as &dyn std::error::Error, "stored session does not decode with the configured secrets");
+                    // Counted and reported once at the end; a table of them would flood the log.
+                    tracing::debug!(session = %record.meta.key.short_hash(), error = &error as &dyn std::error::Error, "stored session does not decode with the configured secrets");
                     continue;
                 }
             };

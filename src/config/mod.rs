@@ -571,8 +571,10 @@ fn backoffice(p: &Properties) -> Result<Option<BackofficeCredentials>, Error> {
     }
 }
 
-/// The fewest different characters a secret may have.
-const MIN_SECRET_DISTINCT: usize = 16;
+/// The fewest different characters a secret may have. Low enough for any random secret (a
+/// random 64-character hex string has 16 different ones, rarely fewer than 13), high enough to
+/// refuse a few characters repeated.
+const MIN_SECRET_DISTINCT: usize = 10;
 
 fn secrets(p: &Properties) -> Result<Option<Secrets>, Error> {
     let check = |key: &str, value: &str| {
@@ -586,6 +588,17 @@ fn secrets(p: &Properties) -> Result<Option<Secrets>, Error> {
                      (generate one with: openssl rand -base64 48)",
                     crate::codec::MIN_SECRET_LEN
                 ),
+            });
+        }
+        // A comma would split it in two once it moves to session.secret.previous (a list).
+        if value.contains(',') {
+            return Err(Error::Secret {
+                origin: setting(p, key).source,
+                key: key.to_owned(),
+                reason: "a secret must not contain a comma (session.secret.previous lists \
+                         secrets separated by commas, so a rotation would split it): generate \
+                         one with: openssl rand -base64 48"
+                    .to_owned(),
             });
         }
         // Long but guessable: a few characters repeated (64 × "a", "abab…"). A random
