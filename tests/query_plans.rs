@@ -11,6 +11,7 @@ use session_failover::store::{
     ListQuery, Meta, MySqlStore, PgStore, Record, SessionStore, SqlStore, StoreOptions,
 };
 use sqlx::Row as _;
+use std::sync::Arc;
 
 const NOW: i64 = 1_700_000_000_000;
 const ROWS: usize = 2000;
@@ -65,6 +66,51 @@ fn after(key: &str) -> ListQuery {
     }
 }
 
+/// `prefix sql` with `binds` bound: whole numbers as integers, the rest as text.
+fn explained<DB: sqlx::Database>(
+    prefix: &str,
+    sql: &str,
+    binds: Vec<String>,
+) -> sqlx::query::Query<'static, DB, <DB as sqlx::Database>::Arguments>
+where
+    i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    String: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(format!("{prefix} {sql}")));
+    for bind in binds {
+        query = match bind.parse::<i64>() {
+            Ok(n) => query.bind(n),
+            Err(_) => query.bind(bind),
+        };
+    }
+    query
+}
+
+/// The plans (as `plan` renders them) of the statements checked, in order: a user's sessions,
+/// a user's sessions after `key`, a page after `key`, the purge.
+async fn plans<F, Fut>(
+    list: impl Fn(&ListQuery) -> Arc<str>,
+    purge: Arc<str>,
+    key: &str,
+    plan: F,
+) -> [String; 4]
+where
+    F: Fn(Arc<str>, Vec<String>) -> Fut,
+    Fut: std::future::Future<Output = String>,
+{
+    let user = || "user-1001".to_owned();
+    [
+        plan(list(&principal(None)), vec![user(), "1000".into()]).await,
+        plan(
+            list(&principal(Some(key))),
+            vec![user(), key.to_owned(), "1000".into()],
+        )
+        .await,
+        plan(list(&after(key)), vec![key.to_owned(), "50".into()]).await,
+        plan(purge, vec![NOW.to_string(), "500".into()]).await,
+    ]
+}
+
 #[tokio::test]
 async fn sqlite_plans_use_the_indexes() {
     let dir = tempfile::tempdir().unwrap();
@@ -72,34 +118,31 @@ async fn sqlite_plans_use_the_indexes() {
     let key = fill(&store).await;
     // One connection: the statistics ANALYZE gathers are loaded by the connection that made
     // them (others read them when they next load the schema).
-    let conn = std::sync::Arc::new(tokio::sync::Mutex::new(
+    let conn = Arc::new(tokio::sync::Mutex::new(
         store.pool().acquire().await.unwrap(),
     ));
     sqlx::query("ANALYZE")
         .execute(&mut **conn.lock().await)
         .await
         .unwrap();
-    let plan = |sql: std::sync::Arc<str>, binds: Vec<String>| {
+    let plan = |sql: Arc<str>, binds: Vec<String>| {
         let conn = conn.clone();
         async move {
-            let explain = format!("EXPLAIN QUERY PLAN {sql}");
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(explain));
-            for bind in binds {
-                query = match bind.parse::<i64>() {
-                    Ok(n) => query.bind(n),
-                    Err(_) => query.bind(bind),
-                };
-            }
-            let rows = query.fetch_all(&mut **conn.lock().await).await.unwrap();
+            let rows = explained::<sqlx::Sqlite>("EXPLAIN QUERY PLAN", &sql, binds)
+                .fetch_all(&mut **conn.lock().await)
+                .await
+                .unwrap();
             rows.iter()
                 .map(|r| r.get::<String, _>("detail"))
                 .collect::<Vec<_>>()
                 .join("\n")
         }
     };
-    let by_principal = plan(
-        store.list_statement(&principal(None)),
-        vec!["user-1001".into(), "1000".into()],
+    let [by_principal, paged, page, purge] = plans(
+        |q| store.list_statement(q),
+        store.purge_statement(),
+        &key,
+        plan,
     )
     .await;
     assert!(
@@ -108,25 +151,14 @@ async fn sqlite_plans_use_the_indexes() {
         ),
         "{by_principal}"
     );
-    let paged = plan(
-        store.list_statement(&principal(Some(&key))),
-        vec!["user-1001".into(), key.clone(), "1000".into()],
-    )
-    .await;
     assert!(
         paged.contains("USING INDEX stored_http_session_principal (principal=? AND session_id>?)"),
         "{paged}"
     );
-    let page = plan(
-        store.list_statement(&after(&key)),
-        vec![key.clone(), "50".into()],
-    )
-    .await;
     assert!(
         page.contains("SEARCH stored_http_session USING PRIMARY KEY (session_id>?)"),
         "{page}"
     );
-    let purge = plan(store.purge_statement(), vec![NOW.to_string(), "500".into()]).await;
     assert!(
         purge.contains("USING COVERING INDEX stored_http_session_expires_at (expires_at<?)"),
         "{purge}"
@@ -153,46 +185,32 @@ async fn postgres_plans_use_the_indexes() {
         .execute(store.pool())
         .await
         .unwrap();
-    let plan = |sql: std::sync::Arc<str>, binds: Vec<String>| {
+    let plan = |sql: Arc<str>, binds: Vec<String>| {
         let pool = store.pool().clone();
         async move {
-            let explain = format!("EXPLAIN {sql}");
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(explain));
-            for bind in binds {
-                query = match bind.parse::<i64>() {
-                    Ok(n) => query.bind(n),
-                    Err(_) => query.bind(bind),
-                };
-            }
-            let rows = query.fetch_all(&pool).await.unwrap();
+            let rows = explained::<sqlx::Postgres>("EXPLAIN", &sql, binds)
+                .fetch_all(&pool)
+                .await
+                .unwrap();
             rows.iter()
                 .map(|r| r.get::<String, _>(0))
                 .collect::<Vec<_>>()
                 .join("\n")
         }
     };
-    let by_principal = plan(
-        store.list_statement(&principal(None)),
-        vec!["user-1001".into(), "1000".into()],
+    let [by_principal, paged, page, purge] = plans(
+        |q| store.list_statement(q),
+        store.purge_statement(),
+        &key,
+        plan,
     )
     .await;
     assert!(
         by_principal.contains("stored_http_session_principal"),
         "{by_principal}"
     );
-    let paged = plan(
-        store.list_statement(&principal(Some(&key))),
-        vec!["user-1001".into(), key.clone(), "1000".into()],
-    )
-    .await;
     assert!(paged.contains("stored_http_session_principal"), "{paged}");
-    let page = plan(
-        store.list_statement(&after(&key)),
-        vec![key.clone(), "50".into()],
-    )
-    .await;
     assert!(page.contains("stored_http_session_pkey"), "{page}");
-    let purge = plan(store.purge_statement(), vec![NOW.to_string(), "500".into()]).await;
     assert!(purge.contains("stored_http_session_expires_at"), "{purge}");
     for text in [&by_principal, &paged, &page, &purge] {
         assert!(!text.contains("Seq Scan"), "a full scan: {text}");
@@ -214,18 +232,13 @@ async fn mysql_plans_use_the_indexes() {
         .await
         .unwrap();
     // Each plan row's access type and index: `ALL` is a full scan.
-    let plan = |sql: std::sync::Arc<str>, binds: Vec<String>| {
+    let plan = |sql: Arc<str>, binds: Vec<String>| {
         let pool = store.pool().clone();
         async move {
-            let explain = format!("EXPLAIN {sql}");
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(explain));
-            for bind in binds {
-                query = match bind.parse::<i64>() {
-                    Ok(n) => query.bind(n),
-                    Err(_) => query.bind(bind),
-                };
-            }
-            let rows = query.fetch_all(&pool).await.unwrap();
+            let rows = explained::<sqlx::MySql>("EXPLAIN", &sql, binds)
+                .fetch_all(&pool)
+                .await
+                .unwrap();
             rows.iter()
                 .map(|r| {
                     let text = |column: &str| {
@@ -246,31 +259,22 @@ async fn mysql_plans_use_the_indexes() {
                 .join("\n")
         }
     };
-    let by_principal = plan(
-        store.list_statement(&principal(None)),
-        vec!["user-1001".into(), "1000".into()],
+    let [by_principal, paged, page, purge] = plans(
+        |q| store.list_statement(q),
+        store.purge_statement(),
+        &key,
+        plan,
     )
     .await;
     assert!(
         by_principal.contains("key=stored_http_session_principal"),
         "{by_principal}"
     );
-    let paged = plan(
-        store.list_statement(&principal(Some(&key))),
-        vec!["user-1001".into(), key.clone(), "1000".into()],
-    )
-    .await;
     assert!(
         paged.contains("key=stored_http_session_principal") || paged.contains("key=PRIMARY"),
         "{paged}"
     );
-    let page = plan(
-        store.list_statement(&after(&key)),
-        vec![key.clone(), "50".into()],
-    )
-    .await;
     assert!(page.contains("type=range key=PRIMARY"), "{page}");
-    let purge = plan(store.purge_statement(), vec![NOW.to_string(), "500".into()]).await;
     assert!(
         purge.contains("key=stored_http_session_expires_at"),
         "{purge}"
