@@ -129,10 +129,64 @@ fn retryable(e: &dyn sqlx::error::DatabaseError) -> bool {
         // ER_SERVER_SHUTDOWN, ER_OPTION_PREVENTS_STATEMENT (read_only), WSREP not ready.
         return matches!(my.number(), 1213 | 1205 | 1053 | 1290 | 1047);
     }
+    #[cfg(feature = "sqlite")]
+    if e.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        // SQLITE_BUSY and SQLITE_LOCKED, with their extended codes (another connection held
+        // the write lock past the busy timeout).
+        return e
+            .code()
+            .and_then(|code| code.parse::<i32>().ok())
+            .is_some_and(|code| matches!(code & 0xff, 5 | 6));
+    }
     // SQLSTATE: serialization_failure, deadlock_detected, admin_shutdown, crash_shutdown,
     // cannot_connect_now, read_only_sql_transaction.
     matches!(
         e.code().as_deref(),
         Some("40001" | "40P01" | "57P01" | "57P02" | "57P03" | "25006")
     )
+}
+
+#[cfg(all(test, feature = "sqlite"))]
+mod tests {
+    use sqlx::Connection as _;
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+
+    use super::Error;
+
+    /// A write that met another connection's write lock is retried, not given up as refused data.
+    #[tokio::test]
+    async fn a_locked_sqlite_database_is_a_passing_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SqliteConnectOptions::new()
+            .filename(dir.path().join("locked.db"))
+            .create_if_missing(true)
+            .busy_timeout(std::time::Duration::ZERO);
+        let mut holder = SqliteConnection::connect_with(&options).await.unwrap();
+        let mut other = SqliteConnection::connect_with(&options).await.unwrap();
+        sqlx::query("CREATE TABLE t (x INTEGER)")
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        let refused = sqlx::query("INSERT INTO t VALUES (1)")
+            .execute(&mut other)
+            .await
+            .unwrap_err();
+        let error = Error::Database(refused);
+        assert!(error.is_transient(), "{error}");
+        // A constraint failure is the data's fault: not retried.
+        sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+        sqlx::query("CREATE TABLE u (x INTEGER NOT NULL)")
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        let refused = sqlx::query("INSERT INTO u VALUES (NULL)")
+            .execute(&mut other)
+            .await
+            .unwrap_err();
+        assert!(!Error::Database(refused).is_transient());
+    }
 }

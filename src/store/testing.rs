@@ -49,6 +49,13 @@ impl Call<'_> {
 pub trait Hook: Send + Sync + 'static {
     /// Runs before `call`.
     fn before(&self, call: Call<'_>) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Runs after a write the store has made (`set`, `update` and their batches), before its
+    /// answer is returned: a store that commits and then does not answer in time.
+    fn after(&self, call: Call<'_>) -> impl Future<Output = ()> + Send {
+        let _ = call;
+        async {}
+    }
 }
 
 /// A store that forwards every call to `inner` after its hook has seen it. Derefs to the hook.
@@ -98,13 +105,17 @@ impl<H: Hook> SessionStore for Wrapped<H> {
     }
     async fn set_many(&self, records: &[Record]) -> Result<(), Error> {
         self.hook.before(Call::Write("set_many", records)).await?;
-        self.inner.set_many(records).await
+        self.inner.set_many(records).await?;
+        self.hook.after(Call::Write("set_many", records)).await;
+        Ok(())
     }
     async fn update_many(&self, records: &[Record]) -> Result<Vec<Update>, Error> {
         self.hook
             .before(Call::Write("update_many", records))
             .await?;
-        self.inner.update_many(records).await
+        let outcomes = self.inner.update_many(records).await?;
+        self.hook.after(Call::Write("update_many", records)).await;
+        Ok(outcomes)
     }
     async fn destroy_many(&self, keys: &[SessionKey]) -> Result<u64, Error> {
         self.hook.before(Call::Delete("destroy_many", keys)).await?;
@@ -132,12 +143,16 @@ impl<H: Hook> SessionStore for Wrapped<H> {
     async fn set(&self, record: &Record) -> Result<(), Error> {
         let records = std::slice::from_ref(record);
         self.hook.before(Call::Write("set", records)).await?;
-        self.inner.set(record).await
+        self.inner.set(record).await?;
+        self.hook.after(Call::Write("set", records)).await;
+        Ok(())
     }
     async fn update(&self, record: &Record) -> Result<Update, Error> {
         let records = std::slice::from_ref(record);
         self.hook.before(Call::Write("update", records)).await?;
-        self.inner.update(record).await
+        let outcome = self.inner.update(record).await?;
+        self.hook.after(Call::Write("update", records)).await;
+        Ok(outcome)
     }
     async fn destroy(&self, key: &SessionKey) -> Result<bool, Error> {
         let keys = std::slice::from_ref(key);

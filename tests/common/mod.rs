@@ -345,6 +345,10 @@ pub struct Delays {
     pub update_ms: std::sync::atomic::AtomicU64,
     pub set_ms: std::sync::atomic::AtomicU64,
     pub destroy_ms: std::sync::atomic::AtomicU64,
+    /// Milliseconds an `update` or `update_many` waits after it has committed, for the next
+    /// `hang_updates` of them: a store whose answer is late though the write is made.
+    pub hang_ms: std::sync::atomic::AtomicU64,
+    pub hang_updates: std::sync::atomic::AtomicU64,
 }
 
 impl Hook for Delays {
@@ -360,6 +364,20 @@ impl Hook for Delays {
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
         Ok(())
+    }
+
+    async fn after(&self, call: Call<'_>) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if !matches!(call.name(), "update" | "update_many") {
+            return;
+        }
+        let hang = self
+            .hang_updates
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if hang {
+            tokio::time::sleep(Duration::from_millis(self.hang_ms.load(SeqCst))).await;
+        }
     }
 }
 

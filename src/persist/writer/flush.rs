@@ -149,7 +149,13 @@ impl Shared {
                     );
                     Box::pin(self.failed(updates, error, disposition, &mut report)).await;
                 }
-                Err(error) => Box::pin(self.failed(updates, error, disposition, &mut report)).await,
+                Err(error) => {
+                    let mut updates = updates;
+                    for ((_, pending), sent) in updates.iter_mut().zip(&records) {
+                        pending.unsure(sent);
+                    }
+                    Box::pin(self.failed(updates, error, disposition, &mut report)).await;
+                }
             }
         }
         if !deletes.is_empty() {
@@ -223,7 +229,28 @@ impl Shared {
                         .await;
                 }
             };
-            let refuse = !pending.waiters.is_empty();
+            if let Some(own) = pending.unsure.iter().find(|u| u.is(&stored)).cloned() {
+                // The row is this write's own earlier send, committed though its answer was
+                // lost: applying its changes again on top would double them.
+                tracing::info!(session = %key.short_hash(), row = own.row, "a write whose answer was lost had been committed; not applied again");
+                crate::metrics::unsure_resolved();
+                pending.unsure.clear();
+                pending.entry.stored(own.version, own.row, Update::Written);
+                if let Op::Save { version, .. } = &pending.op
+                    && pending.entry.is_committed(*version)
+                {
+                    self.written(&key, pending, own.row, refused);
+                    return;
+                }
+                // A later state merged into this write since: only its own changes, made after
+                // that send, are merged into the row below.
+            }
+            // Changes acknowledged already (a waiter that gave up at the store timeout, or was
+            // told of a failed attempt, answered 2xx) must not be refused now: only a write none
+            // of whose waiters has been answered yet refuses a true conflict.
+            let refuse = !pending.waiters.is_empty()
+                && pending.attempts == 0
+                && pending.waiters.iter().all(|w| !w.is_closed());
             let (record, merged) = match pending.entry.rebase(&stored, refuse) {
                 Rebased::Write {
                     record,
@@ -265,6 +292,7 @@ impl Shared {
                     return;
                 }
                 Err(error) => {
+                    pending.unsure(&sent);
                     return self
                         .failed(vec![(key, pending)], error, disposition, report)
                         .await;

@@ -210,6 +210,7 @@ impl WriteBehind {
             since: Instant::now(),
             attempts: 0,
             not_before: None,
+            unsure: Vec::new(),
         };
         self.shared
             .write(vec![(key, pending)], Disposition::LeaveToEntry)
@@ -268,6 +269,7 @@ impl WriteBehind {
             since: now,
             attempts: 0,
             not_before: None,
+            unsure: Vec::new(),
         };
         let mut pending = match queue.take(&key) {
             Some(old) => merge(old, pending),

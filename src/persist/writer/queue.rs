@@ -101,6 +101,45 @@ pub(super) struct Pending {
     pub(super) attempts: u32,
     /// Retry not before this instant.
     pub(super) not_before: Option<Instant>,
+    /// Earlier sends of this write that failed or timed out and may have been committed all
+    /// the same (a late answer, a connection lost during the commit). A compare-and-set that
+    /// then fails checks these before it merges: finding its own row, it must not apply its
+    /// changes a second time.
+    pub(super) unsure: Vec<Unsure>,
+}
+
+/// A send of a write whose outcome is unknown (see [`Pending::unsure`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Unsure {
+    /// The node's snapshot version it carried.
+    pub(super) version: i64,
+    /// The row version it was sent as.
+    pub(super) row: i64,
+    /// SHA-256 of the blob sent (every encryption draws a new nonce, so with a secret set only
+    /// this send made it; without one, an equal blob is an equal state).
+    digest: [u8; 32],
+}
+
+impl Unsure {
+    /// The most kept per write: more sends fail only while the store stays unreachable, and
+    /// each one that failed was, like its predecessors, a compare-and-set on the same row.
+    pub(super) const KEPT: usize = 4;
+
+    pub(super) fn new(version: i64, sent: &Record) -> Self {
+        use sha2::Digest as _;
+        Self {
+            version,
+            row: sent.meta.version,
+            digest: sha2::Sha256::digest(&sent.data).into(),
+        }
+    }
+
+    /// Whether `stored` is this send, committed.
+    pub(super) fn is(&self, stored: &Record) -> bool {
+        use sha2::Digest as _;
+        stored.meta.version == self.row
+            && <[u8; 32]>::from(sha2::Sha256::digest(&stored.data)) == self.digest
+    }
 }
 
 #[derive(Default)]
@@ -117,6 +156,18 @@ pub(super) struct Queue {
     pub(super) lazy: IndexMap<SessionKey, Pending>,
     /// Failed writes waiting for their backoff.
     pub(super) retry: IndexMap<SessionKey, Pending>,
+}
+
+impl Pending {
+    /// Notes that `sent` (this write, as sent) failed or timed out: see [`Pending::unsure`].
+    pub(super) fn unsure(&mut self, sent: &Record) {
+        if let Op::Save { version, .. } = &self.op {
+            if self.unsure.len() >= Unsure::KEPT {
+                self.unsure.remove(0);
+            }
+            self.unsure.push(Unsure::new(*version, sent));
+        }
+    }
 }
 
 impl Queue {
@@ -218,6 +269,11 @@ pub(super) fn merge(old: Pending, mut new: Pending) -> Pending {
     new.folded = newer(old.folded.clone(), new.folded.take());
     new.attempts = old.attempts;
     new.not_before = old.not_before;
+    let mut unsure = old.unsure.clone();
+    unsure.append(&mut new.unsure);
+    let excess = unsure.len().saturating_sub(Unsure::KEPT);
+    unsure.drain(..excess);
+    new.unsure = unsure;
     let mut waiters = old.waiters;
     match (&old.op, &mut new.op) {
         // Invalidation wins: a later save of an ended session is not written, and whoever waits
