@@ -87,6 +87,44 @@ fn a_refused_connection_is_said_at_once_with_the_key_and_its_line() {
     );
 }
 
+/// Redis: a closed port says where to look; a wrong password or database number gives the
+/// server's words, without the password.
+#[test]
+fn a_redis_store_that_cannot_be_used_says_why() {
+    let Some(redis) = common::backends::redis_url("a_redis_store_that_cannot_be_used_says_why")
+    else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let host = redis.trim_start_matches("redis://");
+    for (url, expected) in [
+        (
+            format!("redis://127.0.0.1:{port}"),
+            vec!["Connection refused", "is the Redis server running"],
+        ),
+        (
+            format!("redis://:secret-pw@{host}"),
+            vec!["the server refused", "redis://:***@"],
+        ),
+        (
+            format!("{redis}/99"),
+            vec!["the server refused", "DB index is out of range"],
+        ),
+        (
+            "redis://".to_owned(),
+            vec!["session.store.url", "not a Redis URL: expected redis://"],
+        ),
+    ] {
+        config_dir(work.path(), &format!("session.store.url={url}\n"));
+        let result = run(work.path(), &["check-config", "--connect"]);
+        let mut wanted = vec!["config/local.properties:1: session.store.url"];
+        wanted.extend(expected);
+        assert_error(&result, &wanted);
+        assert!(!result.2.contains("secret-pw"), "{}", result.2);
+    }
+}
+
 #[test]
 fn the_database_servers_words_for_a_refused_sign_in_or_an_unknown_database() {
     let test = "the_database_servers_words_for_a_refused_sign_in_or_an_unknown_database";

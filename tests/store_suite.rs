@@ -1,4 +1,5 @@
-//! One behaviour suite for every store backend: memory, SQLite, PostgreSQL, MariaDB/MySQL.
+//! One behaviour suite for every store backend: memory, SQLite, PostgreSQL, MariaDB/MySQL,
+//! Redis.
 #![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // small test data
 
 mod common;
@@ -9,13 +10,24 @@ use std::time::Duration;
 use common::backends::{Backend, TestDb};
 use session_failover::session::{SessionId, SessionKey};
 use session_failover::store::{
-    ListQuery, MemoryStore, Meta, MySqlStore, PgStore, Record, SessionAdmin, SessionStore,
-    StoreOptions, Update,
+    ListQuery, MemoryStore, Meta, MySqlStore, PgStore, Record, RedisStore, SessionAdmin,
+    SessionStore, StoreOptions, Update,
 };
 
 const NOW: i64 = 1_700_000_000_000;
 
 fn record(app: &str, principal: Option<&str>, node: &str, version: i64, data: Vec<u8>) -> Record {
+    record_at(NOW, app, principal, node, version, data)
+}
+
+fn record_at(
+    now: i64,
+    app: &str,
+    principal: Option<&str>,
+    node: &str,
+    version: i64,
+    data: Vec<u8>,
+) -> Record {
     let key = SessionId::generate().store_key();
     Record {
         meta: Meta {
@@ -24,9 +36,9 @@ fn record(app: &str, principal: Option<&str>, node: &str, version: i64, data: Ve
             context_path: "/".to_owned(),
             node: node.to_owned(),
             principal: principal.map(str::to_owned),
-            created_at: NOW,
-            modified_at: NOW,
-            expires_at: NOW + 60_000,
+            created_at: now,
+            modified_at: now,
+            expires_at: now + 60_000,
             max_inactive_secs: 60,
             version,
             attributes: vec!["cart".to_owned(), "ünïcode".to_owned()],
@@ -37,18 +49,24 @@ fn record(app: &str, principal: Option<&str>, node: &str, version: i64, data: Ve
 }
 
 async fn suite(store: Arc<dyn SessionAdmin>) {
+    suite_at(store, NOW, false).await;
+}
+
+/// The suite with `now` as the clock, for a store that expires rows itself (Redis: its clock
+/// is the real one, and an expired row is gone rather than left for the purge).
+async fn suite_at(store: Arc<dyn SessionAdmin>, now: i64, expires_itself: bool) {
     store.clear().await.unwrap();
     assert_eq!(store.length().await.unwrap(), 0);
 
     // set / get / exists / ttl
-    let r = record("storefront", Some("ann"), "a", 1, vec![1, 0, 7]);
+    let r = record_at(now, "storefront", Some("ann"), "a", 1, vec![1, 0, 7]);
     let key = r.meta.key.clone();
-    assert_eq!(store.get(&key, NOW).await.unwrap(), None);
+    assert_eq!(store.get(&key, now).await.unwrap(), None);
     store.set(&r).await.unwrap();
-    assert_eq!(store.get(&key, NOW).await.unwrap(), Some(r.clone()));
-    assert!(store.exists(&key, NOW).await.unwrap());
+    assert_eq!(store.get(&key, now).await.unwrap(), Some(r.clone()));
+    assert!(store.exists(&key, now).await.unwrap());
     assert_eq!(
-        store.ttl(&key, NOW + 1_000).await.unwrap(),
+        store.ttl(&key, now + 1_000).await.unwrap(),
         Some(Duration::from_secs(59))
     );
 
@@ -68,7 +86,7 @@ async fn suite(store: Arc<dyn SessionAdmin>) {
     stale.data = vec![1, 0, 4];
     store.set(&stale).await.unwrap();
     assert_eq!(
-        store.get(&key, NOW).await.unwrap().unwrap().data,
+        store.get(&key, now).await.unwrap().unwrap().data,
         vec![1, 0, 5]
     );
 
@@ -79,21 +97,21 @@ async fn suite(store: Arc<dyn SessionAdmin>) {
     assert_eq!(store.update(&v6).await.unwrap(), Update::Written);
     assert_eq!(store.update(&v6).await.unwrap(), Update::Superseded);
     assert_eq!(
-        store.get(&key, NOW).await.unwrap().unwrap().data,
+        store.get(&key, now).await.unwrap().unwrap().data,
         vec![1, 0, 6]
     );
-    let ghost = record("storefront", None, "a", 9, vec![1, 0]);
+    let ghost = record_at(now, "storefront", None, "a", 9, vec![1, 0]);
     assert_eq!(store.update(&ghost).await.unwrap(), Update::Missing);
     assert_eq!(
-        store.get(&ghost.meta.key, NOW).await.unwrap(),
+        store.get(&ghost.meta.key, now).await.unwrap(),
         None,
         "update never inserts"
     );
 
     // update_many is a compare-and-set on the version the writer read (`version - 1`):
     // written, superseded (the row moved on), missing, in order.
-    let a = record("storefront", None, "a", 1, vec![1, 0, 0xa]);
-    let b = record("storefront", None, "a", 3, vec![1, 0, 0xb]);
+    let a = record_at(now, "storefront", None, "a", 1, vec![1, 0, 0xa]);
+    let b = record_at(now, "storefront", None, "a", 3, vec![1, 0, 0xb]);
     store.set_many(&[a.clone(), b.clone()]).await.unwrap();
     let mut a2 = a.clone();
     a2.meta.version = 2;
@@ -105,7 +123,7 @@ async fn suite(store: Arc<dyn SessionAdmin>) {
     b_old.meta.version = 2;
     let mut b_skip = b.clone();
     b_skip.meta.version = 5;
-    let missing = record("storefront", None, "a", 1, vec![1, 0]);
+    let missing = record_at(now, "storefront", None, "a", 1, vec![1, 0]);
     let outcomes = store
         .update_many(&[a2.clone(), b_old, missing.clone(), b_skip])
         .await
@@ -127,28 +145,28 @@ async fn suite(store: Arc<dyn SessionAdmin>) {
     );
     assert_eq!(store.update(&a3).await.unwrap(), Update::Written);
     assert_eq!(
-        store.get(&a.meta.key, NOW).await.unwrap().unwrap().data,
+        store.get(&a.meta.key, now).await.unwrap().unwrap().data,
         a3.data
     );
     assert_eq!(
-        store.get(&b.meta.key, NOW).await.unwrap().unwrap().data,
+        store.get(&b.meta.key, now).await.unwrap().unwrap().data,
         b.data
     );
     assert_eq!(
-        store.get(&missing.meta.key, NOW).await.unwrap(),
+        store.get(&missing.meta.key, now).await.unwrap(),
         None,
         "never inserted"
     );
     // An expired row is absent: an update does not revive it.
-    let mut expired = record("storefront", None, "a", 1, vec![1, 0, 0xe]);
-    expired.meta.expires_at = NOW - 1;
+    let mut expired = record_at(now, "storefront", None, "a", 1, vec![1, 0, 0xe]);
+    expired.meta.expires_at = now - 1;
     store.set(&expired).await.unwrap();
     let mut revive = expired.clone();
     revive.meta.version = 2;
-    revive.meta.modified_at = NOW;
-    revive.meta.expires_at = NOW + 60_000;
+    revive.meta.modified_at = now;
+    revive.meta.expires_at = now + 60_000;
     assert_eq!(store.update(&revive).await.unwrap(), Update::Missing);
-    assert_eq!(store.get(&expired.meta.key, NOW).await.unwrap(), None);
+    assert_eq!(store.get(&expired.meta.key, now).await.unwrap(), None);
     store.destroy(&expired.meta.key).await.unwrap();
     assert!(store.update_many(&[]).await.unwrap().is_empty());
     assert_eq!(
@@ -162,48 +180,48 @@ async fn suite(store: Arc<dyn SessionAdmin>) {
             .unwrap(),
         2
     );
-    assert_eq!(store.get(&a.meta.key, NOW).await.unwrap(), None);
+    assert_eq!(store.get(&a.meta.key, now).await.unwrap(), None);
 
     // reset_timer
     assert!(
         store
-            .reset_timer(&key, NOW + 10_000, NOW + 70_000)
+            .reset_timer(&key, now + 10_000, now + 70_000)
             .await
             .unwrap()
     );
-    let touched = store.get(&key, NOW + 65_000).await.unwrap().unwrap();
+    let touched = store.get(&key, now + 65_000).await.unwrap().unwrap();
     assert_eq!(
         (touched.meta.modified_at, touched.meta.expires_at),
-        (NOW + 10_000, NOW + 70_000)
+        (now + 10_000, now + 70_000)
     );
     let unknown = SessionId::generate().store_key();
-    assert!(!store.reset_timer(&unknown, NOW, NOW + 1).await.unwrap());
+    assert!(!store.reset_timer(&unknown, now, now + 1).await.unwrap());
 
     // rekey: the blob only, at the version read, of a live row
     let version = touched.meta.version;
     assert!(
-        !store.rekey(&key, version + 1, &[9], NOW).await.unwrap(),
+        !store.rekey(&key, version + 1, &[9], now).await.unwrap(),
         "another version"
     );
     assert!(
         !store
-            .rekey(&key, version, &[9], NOW + 70_000)
+            .rekey(&key, version, &[9], now + 70_000)
             .await
             .unwrap(),
         "expired"
     );
     assert!(
-        !store.rekey(&unknown, 1, &[9], NOW).await.unwrap(),
+        !store.rekey(&unknown, 1, &[9], now).await.unwrap(),
         "absent"
     );
-    assert_eq!(store.get(&key, NOW).await.unwrap(), Some(touched.clone()));
+    assert_eq!(store.get(&key, now).await.unwrap(), Some(touched.clone()));
     assert!(
         store
-            .rekey(&key, version, &[1, 0, 7, 7], NOW)
+            .rekey(&key, version, &[1, 0, 7, 7], now)
             .await
             .unwrap()
     );
-    let rekeyed = store.get(&key, NOW).await.unwrap().unwrap();
+    let rekeyed = store.get(&key, now).await.unwrap().unwrap();
     assert_eq!(rekeyed.data, [1, 0, 7, 7]);
     let mut expected = touched.meta.clone();
     expected.size_bytes = 4;
@@ -213,7 +231,7 @@ async fn suite(store: Arc<dyn SessionAdmin>) {
     let mut paged = Vec::new();
     let mut after = None;
     while let [one] = store
-        .records(after.as_ref(), 1, NOW)
+        .records(after.as_ref(), 1, now)
         .await
         .unwrap()
         .as_slice()
@@ -229,7 +247,7 @@ async fn suite(store: Arc<dyn SessionAdmin>) {
         .await
         .unwrap()
         .into_iter()
-        .filter(|m| m.expires_at > NOW)
+        .filter(|m| m.expires_at > now)
         .map(|m| m.key)
         .collect();
     assert_eq!(
@@ -237,9 +255,9 @@ async fn suite(store: Arc<dyn SessionAdmin>) {
         live
     );
     assert!(paged.contains(&rekeyed));
-    let later = store.records(None, 1000, NOW + 70_000).await.unwrap();
+    let later = store.records(None, 1000, now + 70_000).await.unwrap();
     assert!(
-        later.iter().all(|r| r.meta.expires_at > NOW + 70_000),
+        later.iter().all(|r| r.meta.expires_at > now + 70_000),
         "expired rows are absent"
     );
     assert!(!later.iter().any(|r| r.meta.key == key));
@@ -247,7 +265,8 @@ async fn suite(store: Arc<dyn SessionAdmin>) {
     // set_many, with two states of one session in the batch: the newer wins
     let mut batch: Vec<Record> = (0..50)
         .map(|i| {
-            record(
+            record_at(
+                now,
                 if i % 2 == 0 {
                     "storefront"
                 } else {
@@ -268,7 +287,7 @@ async fn suite(store: Arc<dyn SessionAdmin>) {
     assert_eq!(store.length().await.unwrap(), 51);
     assert_eq!(
         store
-            .get(&batch[0].meta.key, NOW)
+            .get(&batch[0].meta.key, now)
             .await
             .unwrap()
             .unwrap()
@@ -334,32 +353,39 @@ async fn suite(store: Arc<dyn SessionAdmin>) {
     // destroy
     assert!(store.destroy(&key).await.unwrap());
     assert!(!store.destroy(&key).await.unwrap());
-    assert_eq!(store.get(&key, NOW).await.unwrap(), None);
+    assert_eq!(store.get(&key, now).await.unwrap(), None);
 
     // large sessions and non-ASCII names
     let big: Vec<u8> = (0..300 * 1024).map(|i| (i * 7 % 251) as u8).collect();
-    let large = record("bäckoffice-日本", Some("Łukasz 🛒"), "nøde", 1, big);
+    let large = record_at(now, "bäckoffice-日本", Some("Łukasz 🛒"), "nøde", 1, big);
     store.set(&large).await.unwrap();
     assert_eq!(
-        store.get(&large.meta.key, NOW).await.unwrap(),
+        store.get(&large.meta.key, now).await.unwrap(),
         Some(large.clone())
     );
 
     // purge_expired in small batches removes exactly the expired rows
     let mut old: Vec<Record> = (0..23)
-        .map(|_| record("storefront", None, "a", 1, vec![1, 0]))
+        .map(|_| record_at(now, "storefront", None, "a", 1, vec![1, 0]))
         .collect();
     for r in &mut old {
-        r.meta.expires_at = NOW - 1;
+        r.meta.expires_at = now - 1;
     }
+    let live_before = store.length().await.unwrap();
     store.set_many(&old).await.unwrap();
-    let live_before = store.length().await.unwrap() - 23;
-    assert_eq!(store.purge_expired(NOW, 5).await.unwrap(), 23);
+    if expires_itself {
+        // Gone at once; the purge only tidies up after the store.
+        assert_eq!(store.length().await.unwrap(), live_before);
+        store.purge_expired(now, 5).await.unwrap();
+    } else {
+        assert_eq!(store.length().await.unwrap(), live_before + 23);
+        assert_eq!(store.purge_expired(now, 5).await.unwrap(), 23);
+    }
     assert_eq!(store.length().await.unwrap(), live_before);
-    assert_eq!(store.purge_expired(NOW, 5).await.unwrap(), 0);
+    assert_eq!(store.purge_expired(now, 5).await.unwrap(), 0);
 
     // concurrent writers to one session: the highest version is what remains
-    let base = record("storefront", None, "a", 0, vec![1, 0]);
+    let base = record_at(now, "storefront", None, "a", 0, vec![1, 0]);
     let writers = (1..=40).map(|v| {
         let store = store.clone();
         let mut r = base.clone();
@@ -372,7 +398,7 @@ async fn suite(store: Arc<dyn SessionAdmin>) {
     }
     assert_eq!(
         store
-            .get(&base.meta.key, NOW)
+            .get(&base.meta.key, now)
             .await
             .unwrap()
             .unwrap()
@@ -384,14 +410,14 @@ async fn suite(store: Arc<dyn SessionAdmin>) {
     store.clear().await.unwrap();
     assert_eq!(store.length().await.unwrap(), 0);
 
-    large_batches(&*store).await;
+    large_batches(&*store, now).await;
 }
 
 /// Batches larger than one statement's chunk (500 rows, 500 keys), with a superseded and a
 /// missing record among the updates: every outcome is reported, nothing panics.
-async fn large_batches(store: &dyn SessionAdmin) {
+async fn large_batches(store: &dyn SessionAdmin, now: i64) {
     let first: Vec<Record> = (0..1200)
-        .map(|_| record("storefront", None, "a", 1, vec![1, 0]))
+        .map(|_| record_at(now, "storefront", None, "a", 1, vec![1, 0]))
         .collect();
     store.set_many(&first).await.unwrap();
     assert_eq!(store.length().await.unwrap(), 1200);
@@ -400,14 +426,14 @@ async fn large_batches(store: &dyn SessionAdmin) {
         .map(|r| {
             let mut newer = r.clone();
             newer.meta.version = 2;
-            newer.meta.created_at = NOW + 1;
+            newer.meta.created_at = now + 1;
             newer
         })
         .collect();
     // Another write of the stored version (another node's): superseded.
     second[7].meta.version = 1;
-    second[7].meta.modified_at = NOW + 5;
-    second.push(record("storefront", None, "a", 2, vec![1, 0])); // never stored: missing
+    second[7].meta.modified_at = now + 5;
+    second.push(record_at(now, "storefront", None, "a", 2, vec![1, 0])); // never stored: missing
     let outcomes = store.update_many(&second).await.unwrap();
     assert_eq!(outcomes.len(), 1201);
     for (i, outcome) in outcomes.iter().enumerate() {
@@ -418,15 +444,15 @@ async fn large_batches(store: &dyn SessionAdmin) {
         };
         assert_eq!(*outcome, expected, "record {i}");
     }
-    let stored = store.get(&first[3].meta.key, NOW).await.unwrap().unwrap();
+    let stored = store.get(&first[3].meta.key, now).await.unwrap().unwrap();
     assert_eq!(stored.meta.version, 2);
     // An upsert of a newer version keeps the row's creation time.
     let mut third = stored.clone();
     third.meta.version = 3;
-    third.meta.created_at = NOW + 2;
+    third.meta.created_at = now + 2;
     store.set(&third).await.unwrap();
-    let stored = store.get(&third.meta.key, NOW).await.unwrap().unwrap();
-    assert_eq!((stored.meta.version, stored.meta.created_at), (3, NOW + 1));
+    let stored = store.get(&third.meta.key, now).await.unwrap().unwrap();
+    assert_eq!((stored.meta.version, stored.meta.created_at), (3, now + 1));
     let keys: Vec<SessionKey> = second.iter().map(|r| r.meta.key.clone()).collect();
     assert_eq!(store.destroy_many(&keys).await.unwrap(), 1200);
     assert_eq!(store.length().await.unwrap(), 0);
@@ -477,6 +503,63 @@ async fn mysql_store() {
     store.migrate().await.unwrap();
     store.migrate().await.unwrap(); // idempotent
     suite(Arc::new(store)).await;
+}
+
+#[tokio::test]
+async fn redis_store() {
+    let Some(url) = common::backends::redis_url("redis_store") else {
+        return;
+    };
+    // Database 1 of the test server: other Redis tests use others.
+    let store = RedisStore::connect(&format!("{url}/1"), Duration::from_secs(5))
+        .await
+        .unwrap();
+    // Redis expires rows by its own clock: the suite's clock is the real one.
+    let now = session_failover::store::now_millis();
+    suite_at(Arc::new(store.clone()), now, true).await;
+
+    // The principal index: a session that signs out or ends leaves it, at once for readers
+    // and for good at the purge.
+    let ann = |version, principal: Option<&str>, key: &SessionKey| {
+        let mut r = record_at(now, "storefront", principal, "a", version, vec![1, 0]);
+        r.meta.key = key.clone();
+        r
+    };
+    let (one, two) = (
+        SessionId::generate().store_key(),
+        SessionId::generate().store_key(),
+    );
+    store
+        .set_many(&[ann(1, Some("ann"), &one), ann(1, Some("ann"), &two)])
+        .await
+        .unwrap();
+    let by_ann = ListQuery {
+        principal: Some("ann".into()),
+        limit: 10,
+        ..ListQuery::default()
+    };
+    assert_eq!(store.list(&by_ann).await.unwrap().len(), 2);
+    assert_eq!(
+        store.update(&ann(2, None, &one)).await.unwrap(),
+        Update::Written
+    );
+    store.destroy(&two).await.unwrap();
+    assert!(store.list(&by_ann).await.unwrap().is_empty());
+    store.set(&ann(1, Some("ann"), &two)).await.unwrap();
+    store.destroy(&two).await.unwrap();
+    store.purge_expired(now, 1).await.unwrap();
+    let mut connection = redis::Client::open(format!("{url}/1"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let left: u64 = redis::cmd("ZCARD")
+        .arg("sf:principal:ann")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the purge tidies the principal index");
+    store.clear().await.unwrap();
 }
 
 /// Rows that are not sessions (a key no node writes) are skipped by `records`, and a page made

@@ -94,8 +94,13 @@ fn bad_values_name_file_line_key_and_accepted_values() {
             "in-memory SQLite database is not shared",
         ),
         (
-            "session.store.url=redis://h\n",
-            "scheme \"redis\" is not supported",
+            "session.store.url=memcached://h\n",
+            "scheme \"memcached\" is not supported",
+        ),
+        (
+            "session.store.url=redis://\n",
+            "session.store.url = \"redis://\": expected a usable store URL: not a Redis URL: \
+             expected redis://[USER:PASSWORD@]HOST[:PORT][/DB] (rediss:// for TLS)",
         ),
         (
             "session.store.url=data/x.db\n",
@@ -112,16 +117,16 @@ fn bad_values_name_file_line_key_and_accepted_values() {
              style); \"* * * * *\" has 5: write \"0 * * * * *\" for the Unix cron meaning",
         ),
         (
-            "session.store.url=redis://h\n",
-            "session.store.url = \"redis://h\": expected a usable store URL: scheme \"redis\" is not \
-             supported (supported: sqlite://PATH, postgres://USER@HOST/DB, \
-             mysql://USER@HOST/DB)",
+            "session.store.url=memcached://h\n",
+            "session.store.url = \"memcached://h\": expected a usable store URL: scheme \
+             \"memcached\" is not supported (supported: sqlite://PATH, postgres://USER@HOST/DB, \
+             mysql://USER@HOST/DB, redis://HOST:PORT)",
         ),
         (
             "session.store.url=data/x.db\n",
             "expected a usable store URL: no scheme (supported: sqlite://PATH, \
-             postgres://USER@HOST/DB, mysql://USER@HOST/DB); for a SQLite file write \
-             sqlite://data/x.db",
+             postgres://USER@HOST/DB, mysql://USER@HOST/DB, redis://HOST:PORT); for a SQLite file \
+             write sqlite://data/x.db",
         ),
     ] {
         let err = parse(text).unwrap_err().to_string();

@@ -27,6 +27,21 @@ pub enum Error {
         /// The error as the driver reported it.
         error: sqlx::Error,
     },
+    /// Redis answered with an error or could not be reached.
+    #[cfg(feature = "redis")]
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// Redis could not be reached at start-up.
+    #[cfg(feature = "redis")]
+    #[error("cannot connect to {url}: {reason}")]
+    RedisConnect {
+        /// The URL (password redacted).
+        url: String,
+        /// What failed, in an operator's words.
+        reason: String,
+        /// What the client reported.
+        source: redis::RedisError,
+    },
     /// The store URL is not usable.
     #[error("session.store.url {url:?}: {reason}")]
     Url {
@@ -89,6 +104,15 @@ impl Error {
     pub fn is_unreachable(&self) -> bool {
         match self {
             Error::Timeout(_) => true,
+            #[cfg(feature = "redis")]
+            Error::RedisConnect { .. } => true,
+            #[cfg(feature = "redis")]
+            Error::Redis(e) => {
+                e.is_io_error()
+                    || e.is_timeout()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+            }
             #[cfg(feature = "sql")]
             Error::Connect { .. } => true,
             #[cfg(feature = "sql")]
@@ -107,6 +131,10 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Timeout(_) | Error::Backend(_) => true,
+            // Every Redis error passes: the data is checked before it is sent, and a script
+            // refuses nothing but versions (answered as outcomes, not errors).
+            #[cfg(feature = "redis")]
+            Error::Redis(_) | Error::RedisConnect { .. } => true,
             #[cfg(feature = "sql")]
             Error::Connect { .. } => true,
             #[cfg(feature = "sql")]

@@ -18,6 +18,8 @@ mod api;
 mod error;
 mod memory;
 mod record;
+#[cfg(feature = "redis")]
+mod redis;
 #[cfg(feature = "sql")]
 pub mod sql;
 #[doc(hidden)]
@@ -32,6 +34,8 @@ pub use memory::MemoryStore;
 #[cfg(feature = "sql")]
 pub(crate) use record::StatsGroup;
 pub use record::{EpochMillis, ListQuery, Meta, Pushed, Record, Stats, Update, now_millis};
+#[cfg(feature = "redis")]
+pub use redis::RedisStore;
 #[cfg(feature = "mysql")]
 pub use sql::MYSQL_PURGE_LOCK;
 #[cfg(feature = "postgres")]
@@ -86,6 +90,14 @@ pub fn validate_url(url: &str) -> Result<(), Error> {
         "postgres" | "postgresql" if url.len() > scheme.len() + 3 => Ok(()),
         #[cfg(feature = "mysql")]
         "mysql" | "mariadb" if url.len() > scheme.len() + 3 => Ok(()),
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" => ::redis::parse_redis_url(url)
+            .filter(|parsed| parsed.host_str().is_some_and(|host| !host.is_empty()))
+            .map(drop)
+            .ok_or_else(|| Error::Url {
+            url: redact_url(url),
+            reason: "not a Redis URL: expected redis://[USER:PASSWORD@]HOST[:PORT][/DB] (rediss:// for TLS)".to_owned(),
+        }),
         _ => Err(unsupported(url, scheme)),
     }
 }
@@ -99,6 +111,7 @@ const SUPPORTED: &[(&str, &str, bool)] = &[
         cfg!(feature = "postgres"),
     ),
     ("mysql", "mysql://USER@HOST/DB", cfg!(feature = "mysql")),
+    ("redis", "redis://HOST:PORT", cfg!(feature = "redis")),
 ];
 
 fn unsupported(url: &str, scheme: &str) -> Error {
@@ -149,6 +162,8 @@ pub async fn open(url: &str, options: &StoreOptions) -> Result<Arc<dyn SessionAd
         "postgres" | "postgresql" => open_sql::<sql::Postgres>(url, options).await,
         #[cfg(feature = "mysql")]
         "mysql" | "mariadb" => open_sql::<sql::MySql>(url, options).await,
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" => Ok(Arc::new(RedisStore::connect(url, options.timeout).await?)),
         _ => {
             let _ = options;
             Err(unsupported(url, scheme))

@@ -51,6 +51,26 @@ impl Backend {
     }
 }
 
+/// The Redis server tests use (`SESSION_FAILOVER_TEST_REDIS_URL`, e.g. `redis://127.0.0.1:6379`,
+/// without a database number: each test picks its own), or `None` (after saying so) when it
+/// is not configured here; in CI a missing one fails the test.
+pub fn redis_url(test: &str) -> Option<String> {
+    const VAR: &str = "SESSION_FAILOVER_TEST_REDIS_URL";
+    match std::env::var(VAR) {
+        Ok(url) if !url.is_empty() => Some(url.trim_end_matches('/').to_owned()),
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("{test}: {VAR} is not set; CI must run every backend")
+        }
+        _ => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED {test}: Redis backend not run (set {VAR} to run it)"
+            );
+            None
+        }
+    }
+}
+
 /// A database created for one test and dropped when the value is dropped.
 pub struct TestDb {
     pub backend: Backend,

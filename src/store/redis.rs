@@ -1,0 +1,609 @@
+//! [`RedisStore`] (feature `redis`): the same logical record as the SQL table, one Redis hash
+//! per session, expired by Redis itself.
+//!
+//! Keys (the session key is unpadded base64url, so it never holds a brace):
+//! - `sf:s:{KEY}`: the session's hash, one field per column (`a` app, `c` context path, `n`
+//!   node, `p` principal, `ct`/`mt`/`et` created/modified/expires, `mi` max inactive seconds,
+//!   `v` version, `at` attribute names as JSON, `sz` size, `d` the blob as is: compressed, and
+//!   encrypted when a secret is set; binary, not base64). `PEXPIREAT` at `expires_at`. The
+//!   braces are a Redis Cluster hash tag: each session has its own slot.
+//! - `sf:index`: a sorted set of every session key (score 0), for listing in key order with
+//!   keyset paging (`ZRANGE … BYLEX`), without `SCAN`.
+//! - `sf:expiry`: the same keys scored by `expires_at`: the purge finds the keys Redis expired
+//!   by score and removes them from the indexes (Redis expires the hashes; only the index
+//!   entries are left for the purge).
+//! - `sf:principal:<name>`: the keys of one principal's sessions (score 0), so "log this user
+//!   out everywhere" and the backoffice's filter by principal do not scan. Entries of ended
+//!   sessions are dropped when that principal is listed.
+//!
+//! The version rule (an insert never replaces a version greater than or equal to its own) and
+//! the compare-and-set of an update run as Lua scripts on the session's hash, so they are
+//! atomic. A batch is one pipelined round trip: per session, its script and the index
+//! updates. Scripts are sent by hash (`EVALSHA`) and loaded again if Redis lost them (a
+//! restart).
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Pipeline, Script};
+
+use super::{EpochMillis, Error, ListQuery, Meta, Record, SessionAdmin, SessionStore, Update};
+use crate::id::SessionKey;
+
+const INDEX: &str = "sf:index";
+const EXPIRY: &str = "sf:expiry";
+const PRINCIPAL: &str = "sf:principal:";
+/// The hash fields read back, in this order.
+const FIELDS: [&str; 12] = [
+    "a", "c", "n", "p", "ct", "mt", "et", "mi", "v", "at", "sz", "d",
+];
+
+/// Inserts a session unless its hash holds a version at least as high (a replaced hash keeps
+/// its creation time, as the SQL upsert does). ARGV: version, expires_at, then the fields.
+const SET: &str = r"
+local old = redis.call('HMGET', KEYS[1], 'v', 'ct')
+if old[1] and tonumber(old[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+if old[2] then redis.call('HSET', KEYS[1], 'ct', old[2]) end
+redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+return 1
+";
+
+/// Replaces a live session whose version is the written one minus one. ARGV: version,
+/// expires_at, modified_at, then the fields. 0 written, 1 superseded, 2 missing.
+const UPDATE: &str = r"
+local cur = redis.call('HMGET', KEYS[1], 'v', 'et')
+if not cur[1] or tonumber(cur[2]) <= tonumber(ARGV[3]) then return 2 end
+if tonumber(cur[1]) ~= tonumber(ARGV[1]) - 1 then return 1 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+return 0
+";
+
+/// Pushes a live session's expiry forward. ARGV: modified_at, expires_at.
+const TOUCH: &str = r"
+local et = redis.call('HGET', KEYS[1], 'et')
+if not et or tonumber(et) <= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'mt', ARGV[1], 'et', ARGV[2])
+redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+return 1
+";
+
+/// Replaces the blob of a live session at a version. ARGV: version, now, data, size.
+const REKEY: &str = r"
+local cur = redis.call('HMGET', KEYS[1], 'v', 'et')
+if not cur[1] or tonumber(cur[2]) <= tonumber(ARGV[2]) then return 0 end
+if tonumber(cur[1]) ~= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'd', ARGV[3], 'sz', ARGV[4])
+return 1
+";
+
+/// Sessions in Redis (`session.store.url=redis://…`, or `rediss://…` with TLS).
+#[derive(Clone)]
+pub struct RedisStore {
+    connection: ConnectionManager,
+    scripts: Scripts,
+}
+
+#[derive(Clone)]
+struct Scripts {
+    set: Script,
+    update: Script,
+    touch: Script,
+    rekey: Script,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore").finish_non_exhaustive()
+    }
+}
+
+fn session_key(key: &SessionKey) -> String {
+    format!("sf:s:{{{}}}", key.as_str())
+}
+
+impl RedisStore {
+    /// Connects to `url` (`redis://[USER:PASSWORD@]HOST[:PORT][/DB]`, `rediss://` for TLS):
+    /// one multiplexed connection that reconnects by itself; every command answers within
+    /// `timeout` or fails.
+    pub async fn connect(url: &str, timeout: Duration) -> Result<Self, Error> {
+        let redacted = super::redact_url(url);
+        let client = redis::Client::open(url).map_err(|e| Error::Url {
+            url: redacted.clone(),
+            reason: e.to_string(),
+        })?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
+        let connection = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(|source| {
+                let reason = if source.is_connection_refusal()
+                    || source.is_timeout()
+                    || source.is_io_error()
+                {
+                    format!("{source}: is the Redis server running, on that host and port?")
+                } else {
+                    format!("the server refused: {source}")
+                };
+                Error::RedisConnect {
+                    url: redacted,
+                    reason,
+                    source,
+                }
+            })?;
+        let store = Self {
+            connection,
+            scripts: Scripts {
+                set: Script::new(SET),
+                update: Script::new(UPDATE),
+                touch: Script::new(TOUCH),
+                rekey: Script::new(REKEY),
+            },
+        };
+        store.load_scripts().await?;
+        Ok(store)
+    }
+
+    async fn load_scripts(&self) -> Result<(), Error> {
+        let mut pipe = redis::pipe();
+        for script in [
+            &self.scripts.set,
+            &self.scripts.update,
+            &self.scripts.touch,
+            &self.scripts.rekey,
+        ] {
+            pipe.load_script(script).ignore();
+        }
+        let mut connection = self.connection.clone();
+        pipe.query_async::<()>(&mut connection).await?;
+        Ok(())
+    }
+
+    /// Runs `pipe`; if Redis lost the scripts (restarted), loads them and runs it once more
+    /// (every command in these pipelines can be repeated).
+    async fn run<T: redis::FromRedisValue>(&self, pipe: &Pipeline) -> Result<T, Error> {
+        let mut connection = self.connection.clone();
+        match pipe.query_async(&mut connection).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                self.load_scripts().await?;
+                Ok(pipe.query_async(&mut connection).await?)
+            }
+            other => Ok(other?),
+        }
+    }
+
+    /// Adds the writes of `records` (each by `script`, after `head` arguments) and their index
+    /// entries to `pipe`; only the scripts' answers are returned.
+    fn writes(pipe: &mut Pipeline, script: &Script, records: &[Record], update: bool) {
+        for record in records {
+            let meta = &record.meta;
+            let key = session_key(&meta.key);
+            let mut invocation = script.key(&key);
+            invocation.arg(meta.version).arg(meta.expires_at);
+            if update {
+                invocation.arg(meta.modified_at);
+            }
+            let attributes =
+                serde_json::to_string(&meta.attributes).unwrap_or_else(|_| "[]".to_owned());
+            invocation
+                .arg("a")
+                .arg(&meta.app)
+                .arg("c")
+                .arg(&meta.context_path)
+                .arg("n")
+                .arg(&meta.node)
+                .arg("ct")
+                .arg(meta.created_at)
+                .arg("mt")
+                .arg(meta.modified_at)
+                .arg("et")
+                .arg(meta.expires_at)
+                .arg("mi")
+                .arg(meta.max_inactive_secs)
+                .arg("v")
+                .arg(meta.version)
+                .arg("at")
+                .arg(attributes)
+                .arg("sz")
+                .arg(meta.size_bytes)
+                .arg("d")
+                .arg(&record.data);
+            if let Some(principal) = &meta.principal {
+                invocation.arg("p").arg(principal);
+            }
+            pipe.invoke_script(&invocation);
+            let member = meta.key.as_str();
+            pipe.cmd("ZADD").arg(INDEX).arg(0).arg(member).ignore();
+            pipe.cmd("ZADD")
+                .arg(EXPIRY)
+                .arg(meta.expires_at)
+                .arg(member)
+                .ignore();
+            if let Some(principal) = &meta.principal {
+                pipe.cmd("ZADD")
+                    .arg(format!("{PRINCIPAL}{principal}"))
+                    .arg(0)
+                    .arg(member)
+                    .ignore();
+            }
+        }
+    }
+
+    /// Drops the principal indexes' entries of sessions that ended or changed principal (the
+    /// indexes are found by `SCAN`, each read in pages of `batch_size`).
+    async fn tidy_principals(&self, batch_size: u32) -> Result<(), Error> {
+        let mut connection = self.connection.clone();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, indexes): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{PRINCIPAL}*"))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut connection)
+                .await?;
+            for index in indexes {
+                let principal = &index[PRINCIPAL.len()..];
+                let mut start = "-".to_owned();
+                loop {
+                    let page: Vec<String> = redis::cmd("ZRANGE")
+                        .arg(&index)
+                        .arg(&start)
+                        .arg("+")
+                        .arg("BYLEX")
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(batch_size.max(1))
+                        .query_async(&mut connection)
+                        .await?;
+                    if page.is_empty() {
+                        break;
+                    }
+                    let mut pipe = redis::pipe();
+                    for member in &page {
+                        pipe.cmd("HGET").arg(format!("sf:s:{{{member}}}")).arg("p");
+                    }
+                    let owners: Vec<Option<String>> = self.run(&pipe).await?;
+                    let stale: Vec<&String> = page
+                        .iter()
+                        .zip(&owners)
+                        .filter(|(_, owner)| owner.as_deref() != Some(principal))
+                        .map(|(member, _)| member)
+                        .collect();
+                    if !stale.is_empty() {
+                        redis::cmd("ZREM")
+                            .arg(&index)
+                            .arg(&stale)
+                            .query_async::<()>(&mut connection)
+                            .await?;
+                    }
+                    match page.last() {
+                        Some(last) if page.len() >= batch_size.max(1) as usize => {
+                            start = format!("({last}");
+                        }
+                        _ => break,
+                    }
+                }
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
+    }
+
+    /// The metadata (and data) of `keys`, in order; `None` for keys with no hash.
+    async fn read(&self, keys: &[SessionKey]) -> Result<Vec<Option<Record>>, Error> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd("HMGET").arg(session_key(key)).arg(&FIELDS[..]);
+        }
+        let rows: Vec<Vec<Option<Vec<u8>>>> = self.run(&pipe).await?;
+        keys.iter()
+            .zip(rows)
+            .map(|(key, row)| parse(key, row))
+            .collect()
+    }
+}
+
+/// A session's hash fields ([`FIELDS`]) as a record; `None` if it has none.
+fn parse(key: &SessionKey, mut row: Vec<Option<Vec<u8>>>) -> Result<Option<Record>, Error> {
+    if row.len() != FIELDS.len() || row[8].is_none() {
+        return Ok(None);
+    }
+    let corrupt = |reason: String| Error::CorruptRow {
+        key: key.as_str().to_owned(),
+        reason,
+    };
+    let text = |i: usize, row: &mut Vec<Option<Vec<u8>>>| -> Result<String, Error> {
+        String::from_utf8(row[i].take().unwrap_or_default())
+            .map_err(|_| corrupt(format!("field {} is not UTF-8", FIELDS[i])))
+    };
+    let number = |i: usize, row: &mut Vec<Option<Vec<u8>>>| -> Result<i64, Error> {
+        let value = text(i, row)?;
+        value
+            .parse()
+            .map_err(|_| corrupt(format!("field {} is not a number: {value:?}", FIELDS[i])))
+    };
+    let principal = match row[3].is_some() {
+        true => Some(text(3, &mut row)?),
+        false => None,
+    };
+    let attributes = text(9, &mut row)?;
+    let attributes = serde_json::from_str(&attributes)
+        .map_err(|e| corrupt(format!("attribute names are not a JSON list: {e}")))?;
+    let meta = Meta {
+        key: key.clone(),
+        app: text(0, &mut row)?,
+        context_path: text(1, &mut row)?,
+        node: text(2, &mut row)?,
+        principal,
+        created_at: number(4, &mut row)?,
+        modified_at: number(5, &mut row)?,
+        expires_at: number(6, &mut row)?,
+        max_inactive_secs: number(7, &mut row)?,
+        version: number(8, &mut row)?,
+        attributes,
+        size_bytes: number(10, &mut row)?,
+    };
+    let data = row[11].take().unwrap_or_default();
+    Ok(Some(Record { meta, data }))
+}
+
+#[async_trait::async_trait]
+impl SessionStore for RedisStore {
+    async fn get(&self, key: &SessionKey, now: EpochMillis) -> Result<Option<Record>, Error> {
+        let record = self.read(std::slice::from_ref(key)).await?.pop().flatten();
+        Ok(record.filter(|r| r.meta.expires_at > now))
+    }
+
+    async fn version(&self, key: &SessionKey, now: EpochMillis) -> Result<Option<i64>, Error> {
+        let mut connection = self.connection.clone();
+        let (version, expires_at): (Option<i64>, Option<i64>) = redis::cmd("HMGET")
+            .arg(session_key(key))
+            .arg("v")
+            .arg("et")
+            .query_async(&mut connection)
+            .await?;
+        Ok(version.filter(|_| expires_at.is_some_and(|e| e > now)))
+    }
+
+    async fn set_many(&self, records: &[Record]) -> Result<(), Error> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        Self::writes(&mut pipe, &self.scripts.set, records, false);
+        let _: Vec<i64> = self.run(&pipe).await?;
+        Ok(())
+    }
+
+    async fn update_many(&self, records: &[Record]) -> Result<Vec<Update>, Error> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        Self::writes(&mut pipe, &self.scripts.update, records, true);
+        let answers: Vec<i64> = self.run(&pipe).await?;
+        Ok(answers
+            .into_iter()
+            .map(|answer| match answer {
+                0 => Update::Written,
+                1 => Update::Superseded,
+                _ => Update::Missing,
+            })
+            .collect())
+    }
+
+    async fn destroy_many(&self, keys: &[SessionKey]) -> Result<u64, Error> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd("DEL").arg(session_key(key));
+        }
+        let members: Vec<&str> = keys.iter().map(SessionKey::as_str).collect();
+        pipe.cmd("ZREM").arg(INDEX).arg(&members).ignore();
+        pipe.cmd("ZREM").arg(EXPIRY).arg(&members).ignore();
+        let removed: Vec<u64> = self.run(&pipe).await?;
+        Ok(removed.into_iter().sum())
+    }
+
+    async fn reset_timer(
+        &self,
+        key: &SessionKey,
+        modified_at: EpochMillis,
+        expires_at: EpochMillis,
+    ) -> Result<bool, Error> {
+        let mut pipe = redis::pipe();
+        let mut invocation = self.scripts.touch.key(session_key(key));
+        invocation.arg(modified_at).arg(expires_at);
+        pipe.invoke_script(&invocation);
+        pipe.cmd("ZADD")
+            .arg(EXPIRY)
+            .arg("XX")
+            .arg(expires_at)
+            .arg(key.as_str())
+            .ignore();
+        let (touched,): (i64,) = self.run(&pipe).await?;
+        Ok(touched == 1)
+    }
+
+    async fn rekey(
+        &self,
+        key: &SessionKey,
+        version: i64,
+        data: &[u8],
+        now: EpochMillis,
+    ) -> Result<bool, Error> {
+        let mut pipe = redis::pipe();
+        let mut invocation = self.scripts.rekey.key(session_key(key));
+        invocation.arg(version).arg(now).arg(data).arg(data.len());
+        pipe.invoke_script(&invocation);
+        let (rekeyed,): (i64,) = self.run(&pipe).await?;
+        Ok(rekeyed == 1)
+    }
+}
+
+#[async_trait::async_trait]
+impl SessionAdmin for RedisStore {
+    /// Pages through `sf:index` (or the principal's index) in key order; entries whose hash
+    /// Redis expired are skipped, and dropped from the principal's index.
+    async fn list(&self, query: &ListQuery) -> Result<Vec<Meta>, Error> {
+        let index = match &query.principal {
+            Some(principal) => format!("{PRINCIPAL}{principal}"),
+            None => INDEX.to_owned(),
+        };
+        let limit = query.limit.max(1) as usize;
+        let mut after = query.after.clone();
+        let mut found = Vec::new();
+        loop {
+            let start = after
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), |k| format!("({}", k.as_str()));
+            let mut connection = self.connection.clone();
+            let page: Vec<String> = redis::cmd("ZRANGE")
+                .arg(&index)
+                .arg(&start)
+                .arg("+")
+                .arg("BYLEX")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit.max(100))
+                .query_async(&mut connection)
+                .await?;
+            let keys: Vec<SessionKey> = page.iter().filter_map(|k| SessionKey::parse(k)).collect();
+            let records = self.read(&keys).await?;
+            let mut gone = Vec::new();
+            for (key, record) in keys.iter().zip(records) {
+                match record {
+                    Some(record) => {
+                        let meta = record.meta;
+                        let wanted = query.app.as_ref().is_none_or(|a| *a == meta.app)
+                            && query.node.as_ref().is_none_or(|n| *n == meta.node)
+                            && query
+                                .principal
+                                .as_ref()
+                                .is_none_or(|p| Some(p) == meta.principal.as_ref());
+                        if wanted && found.len() < limit {
+                            found.push(meta);
+                        }
+                    }
+                    None => gone.push(key.as_str().to_owned()),
+                }
+            }
+            if query.principal.is_some() && !gone.is_empty() {
+                redis::cmd("ZREM")
+                    .arg(&index)
+                    .arg(&gone)
+                    .query_async::<()>(&mut connection)
+                    .await?;
+            }
+            if found.len() >= limit || page.len() < limit.max(100) {
+                return Ok(found);
+            }
+            after = page.last().and_then(|k| SessionKey::parse(k));
+        }
+    }
+
+    /// Redis expires the sessions itself: this removes their entries from the indexes (those
+    /// with `expires_at <= now`, at most `batch_size` per round trip) and any hash still there
+    /// (a caller's clock ahead of Redis's), then the principal indexes' entries of sessions
+    /// that ended or changed principal. Returns the hashes it deleted (usually 0: Redis was
+    /// first).
+    async fn purge_expired(&self, now: EpochMillis, batch_size: u32) -> Result<u64, Error> {
+        let mut removed = 0;
+        loop {
+            let mut connection = self.connection.clone();
+            let due: Vec<String> = redis::cmd("ZRANGE")
+                .arg(EXPIRY)
+                .arg("-inf")
+                .arg(now)
+                .arg("BYSCORE")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(batch_size.max(1))
+                .query_async(&mut connection)
+                .await?;
+            if due.is_empty() {
+                self.tidy_principals(batch_size).await?;
+                return Ok(removed);
+            }
+            let keys: Vec<SessionKey> = due.iter().filter_map(|k| SessionKey::parse(k)).collect();
+            // Only entries still expired are removed: a touch may have moved one since.
+            let records = self.read(&keys).await?;
+            let mut pipe = redis::pipe();
+            let mut stale = Vec::new();
+            for (key, record) in keys.iter().zip(records) {
+                match record {
+                    Some(r) if r.meta.expires_at > now => {}
+                    Some(_) => {
+                        pipe.cmd("DEL").arg(session_key(key));
+                        stale.push(key.as_str().to_owned());
+                    }
+                    None => stale.push(key.as_str().to_owned()),
+                }
+            }
+            let unparsable: Vec<&String> = due
+                .iter()
+                .filter(|k| SessionKey::parse(k).is_none())
+                .collect();
+            if stale.is_empty() && unparsable.is_empty() {
+                self.tidy_principals(batch_size).await?;
+                return Ok(removed);
+            }
+            if !stale.is_empty() {
+                pipe.cmd("ZREM").arg(EXPIRY).arg(&stale).ignore();
+                pipe.cmd("ZREM").arg(INDEX).arg(&stale).ignore();
+            }
+            if !unparsable.is_empty() {
+                pipe.cmd("ZREM").arg(EXPIRY).arg(&unparsable).ignore();
+            }
+            let deleted: Vec<u64> = self.run(&pipe).await?;
+            removed += deleted.into_iter().sum::<u64>();
+        }
+    }
+
+    async fn length(&self) -> Result<u64, Error> {
+        Ok(self.stats(EpochMillis::MIN).await?.sessions)
+    }
+
+    /// Deletes every session hash and index of this layer (`sf:*`), by `SCAN`: other keys of
+    /// the database are left alone.
+    async fn clear(&self) -> Result<(), Error> {
+        let mut connection = self.connection.clone();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg("sf:*")
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut connection)
+                .await?;
+            if !keys.is_empty() {
+                let mut pipe = redis::pipe();
+                for key in &keys {
+                    pipe.cmd("DEL").arg(key).ignore();
+                }
+                pipe.query_async::<()>(&mut connection).await?;
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
+    }
+}
