@@ -13,6 +13,7 @@
 //! | `session_touches_total` | counter | expiry pushes of read-only sessions |
 //! | `session_absent_hits_total` | counter | unknown session ids answered absent without a store read (sync mode: an id the store did not have in the last second) |
 //! | `session_rekeys_total` | counter | rows written again under the current key when touched (after a secret rotation) |
+//! | `session_written_back_total` | counter | sessions this node queued to write again after the store lost its data (Redis restarted empty) |
 //! | `session_verifies_total` | counter | cached sessions checked against their row's version (`session.cache.verify.interval`) |
 //! | `session_store_errors_total` | counter | failed store calls, by `op` (load, save, touch, destroy, verify) |
 //! | `session_conflicts_total` | counter | refused changes, by `kind` (`attribute`: based on a value another request replaced; `missing`: the session was ended elsewhere; `superseded`: a newer stored state could not be merged) |
@@ -46,6 +47,7 @@ pub(crate) struct AppMetrics {
     pub(crate) save_seconds: metrics::Histogram,
     pub(crate) touches: metrics::Counter,
     pub(crate) rekeys: metrics::Counter,
+    pub(crate) written_back: metrics::Counter,
     pub(crate) verifies: metrics::Counter,
     pub(crate) absent_hits: metrics::Counter,
     pub(crate) cache_entries: metrics::Gauge,
@@ -62,6 +64,7 @@ impl AppMetrics {
             save_seconds: metrics::histogram!("session_save_seconds", &label()),
             touches: metrics::counter!("session_touches_total", &label()),
             rekeys: metrics::counter!("session_rekeys_total", &label()),
+            written_back: metrics::counter!("session_written_back_total", &label()),
             verifies: metrics::counter!("session_verifies_total", &label()),
             absent_hits: metrics::counter!("session_absent_hits_total", &label()),
             cache_entries: metrics::gauge!("session_cache_entries", &label()),

@@ -90,6 +90,9 @@ pub(crate) struct AppShared {
     /// answered before it lands; another node then answers its id absent for up to a second
     /// more than it would have anyway).
     pub(crate) absent: moka::sync::Cache<SessionId, ()>,
+    /// Whether the watch of the store's data loss ([`crate::store::SessionStore::emptied`]) is
+    /// started (on the first request: in its runtime).
+    pub(crate) emptied_watch: std::sync::OnceLock<()>,
 }
 
 /// What loading a request's session gave.
@@ -216,6 +219,20 @@ enum Work {
 }
 
 /// A node-cache entry as the writer sees it.
+/// Writes back the sessions of `app` each time its store says it lost its data, until the
+/// application is gone.
+async fn watch_emptied(
+    app: std::sync::Weak<AppShared>,
+    mut emptied: tokio::sync::watch::Receiver<u64>,
+) {
+    while emptied.changed().await.is_ok() {
+        let Some(app) = app.upgrade() else {
+            return;
+        };
+        app.write_back().await;
+    }
+}
+
 fn owner(entry: &Arc<Entry>) -> Arc<dyn Owner> {
     Arc::clone(entry) as Arc<dyn Owner>
 }
@@ -358,6 +375,11 @@ impl AppShared {
     pub(crate) async fn load(self: &Arc<Self>, ids: &[SessionId], hint: Option<i64>) -> Loaded {
         if let Some(persister) = &self.persister {
             self.push.start(persister.persistence().store().as_ref());
+            self.emptied_watch.get_or_init(|| {
+                if let Some(emptied) = persister.persistence().store().emptied() {
+                    tokio::spawn(watch_emptied(Arc::downgrade(self), emptied));
+                }
+            });
         }
         for id in ids {
             if let Some(entry) = self.cache.get(id).await {
@@ -959,6 +981,44 @@ impl AppShared {
             }
         };
         (answer, committed)
+    }
+
+    /// The store lost its data: every session this node holds is queued to be inserted again,
+    /// with all its changes, and flushed at once. Another node that held an older copy of one
+    /// of them writes it too; the newer snapshot wins by version, and the loser merges.
+    pub(crate) async fn write_back(self: &Arc<Self>) {
+        let Some(persister) = &self.persister else {
+            return;
+        };
+        let now = now_millis();
+        let (mut queued, mut left) = (0u64, 0u64);
+        for (id, entry) in &self.cache {
+            let snapshot = {
+                let mut state = entry.lock();
+                if !state.lost_row() {
+                    continue;
+                }
+                match self.work(&mut state, now) {
+                    Work::Save(snapshot) => snapshot,
+                    _ => continue,
+                }
+            };
+            let version = snapshot.version;
+            let Some(record) = self.settings.record(&id, snapshot) else {
+                // Logged with its cause; its next request tries again.
+                entry.lock().keep_change();
+                continue;
+            };
+            if persister.write_back(record, version, owner(&entry)) {
+                queued += 1;
+            } else {
+                entry.lock().keep_change();
+                left += 1;
+            }
+        }
+        persister.flush_soon();
+        self.metrics.written_back.increment(queued);
+        tracing::warn!(app = %self.settings.app, queued, left_to_their_next_request = left, "the store lost its data: the sessions this node holds are written again");
     }
 
     /// The row is gone (logout on another node, the backoffice, the purge): stop serving it.

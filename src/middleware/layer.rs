@@ -151,6 +151,7 @@ impl SessionFailoverLayer {
                     .max_capacity(super::app::ABSENT_MAX)
                     .time_to_live(super::app::ABSENT_TTL)
                     .build(),
+                emptied_watch: std::sync::OnceLock::new(),
                 codec: settings.codec.clone(),
                 persister: self.persister.clone(),
                 settings: Arc::new(settings),

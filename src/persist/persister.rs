@@ -153,6 +153,24 @@ impl Persister {
         }
     }
 
+    /// Queues the write of a session the store lost (see [`crate::store::SessionStore::emptied`])
+    /// for the next flush, which [`Persister::flush_soon`] brings forward. `false` if the queue
+    /// is full: the session's next request saves it.
+    pub(crate) fn write_back(&self, record: Record, version: i64, entry: Arc<dyn Owner>) -> bool {
+        let key = record.meta.key.clone();
+        let op = Op::Save {
+            record,
+            version,
+            new: true,
+        };
+        self.persistence.writer.enqueue(key, op, entry).is_ok()
+    }
+
+    /// Flushes every queued write now.
+    pub(crate) fn flush_soon(&self) {
+        self.persistence.writer.flush_soon();
+    }
+
     /// Pushes an unchanged session's expiry forward.
     pub(crate) async fn touch(
         &self,

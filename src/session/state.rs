@@ -338,6 +338,18 @@ impl State {
         self.persisted = false;
     }
 
+    /// The store lost this session's row (it lost its data, [`crate::store::SessionStore::emptied`]):
+    /// the next save inserts it again. `false` for a copy that is not to be written (ended, or
+    /// stale: a newer state was stored, which the store lost too; this copy is older).
+    pub(crate) fn lost_row(&mut self) -> bool {
+        if self.invalidated || self.stale {
+            return false;
+        }
+        self.persisted = false;
+        self.dirty = true;
+        true
+    }
+
     /// Whether the session was ended (a tombstone).
     pub(crate) fn is_ended(&self) -> bool {
         self.invalidated

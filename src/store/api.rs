@@ -77,6 +77,15 @@ pub trait SessionStore: Send + Sync + 'static {
         None
     }
 
+    /// A counter the store moves on each time it finds it has lost its data (a Redis
+    /// restarted without persistence, a flushed database), if it can tell; `None` otherwise.
+    /// Nodes then write back every session they hold, so no signed-in user is lost while a node
+    /// still has them. A store that can tell also answers an update or a check that finds a
+    /// session missing for that reason with an error (retried), not as missing (which ends it).
+    fn emptied(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+
     /// Inserts or replaces one session: [`SessionStore::set_many`] of one.
     async fn set(&self, record: &Record) -> Result<(), Error> {
         self.set_many(std::slice::from_ref(record)).await

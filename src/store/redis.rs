@@ -16,13 +16,20 @@
 //!   out everywhere" and the backoffice's filter by principal do not scan. Entries of ended
 //!   sessions are dropped when that principal is listed.
 //!
+//! - `sf:alive`: a random token, set when missing. A node that finds it gone or changed knows
+//!   Redis lost its data (restarted without persistence, flushed): see [`RedisStore`]'s
+//!   `emptied`.
+//!
 //! The version rule (an insert never replaces a version greater than or equal to its own) and
 //! the compare-and-set of an update run as Lua scripts on the session's hash, so they are
 //! atomic. A batch is one pipelined round trip: per session, its script and the index
 //! updates. Scripts are sent by hash (`EVALSHA`) and loaded again if Redis lost them (a
 //! restart).
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::watch;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Pipeline, Script};
@@ -31,6 +38,10 @@ use super::{EpochMillis, Error, ListQuery, Meta, Record, SessionAdmin, SessionSt
 use crate::id::SessionKey;
 
 const INDEX: &str = "sf:index";
+/// The marker whose loss tells that Redis lost its data.
+const ALIVE: &str = "sf:alive";
+/// How often each node checks [`ALIVE`] when nothing else did.
+const ALIVE_EVERY: Duration = Duration::from_secs(1);
 const EXPIRY: &str = "sf:expiry";
 const PRINCIPAL: &str = "sf:principal:";
 /// The hash fields read back, in this order.
@@ -85,6 +96,15 @@ return 1
 pub struct RedisStore {
     connection: ConnectionManager,
     scripts: Scripts,
+    alive: Arc<Alive>,
+}
+
+/// What this process knows of [`ALIVE`].
+struct Alive {
+    /// The token last seen.
+    seen: Mutex<Option<String>>,
+    /// Moves on each time the token was found gone or changed.
+    emptied: watch::Sender<u64>,
 }
 
 #[derive(Clone)]
@@ -145,9 +165,38 @@ impl RedisStore {
                 touch: Script::new(TOUCH),
                 rekey: Script::new(REKEY),
             },
+            alive: Arc::new(Alive {
+                seen: Mutex::new(None),
+                emptied: watch::Sender::new(0),
+            }),
         };
         store.load_scripts().await?;
+        store.check_alive(None).await?;
+        tokio::spawn(watch_alive(
+            Arc::downgrade(&store.alive),
+            store.connection.clone(),
+        ));
         Ok(store)
+    }
+
+    /// Compares the marker (read by the caller as `read`, or read now) with the token last
+    /// seen; sets a new one if it is gone. `true` if Redis lost its data since the last check
+    /// (the first check only learns the token).
+    async fn check_alive(&self, read: Option<Option<String>>) -> Result<bool, Error> {
+        check_alive(&self.connection, &self.alive, read).await
+    }
+
+    /// After a call found a session missing: if the marker says Redis lost its data, an error
+    /// (the write is retried after the sessions were written back) instead of "missing" (which
+    /// ends the session on this node).
+    async fn missing_because_emptied(&self, marker: Option<String>) -> Result<(), Error> {
+        if self.check_alive(Some(marker)).await? {
+            return Err(Error::Backend(
+                "Redis lost its data (restarted empty or flushed); the sessions this node holds are being written back"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     async fn load_scripts(&self) -> Result<(), Error> {
@@ -362,19 +411,24 @@ fn parse(key: &SessionKey, mut row: Vec<Option<Vec<u8>>>) -> Result<Option<Recor
 
 #[async_trait::async_trait]
 impl SessionStore for RedisStore {
+    fn emptied(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.alive.emptied.subscribe())
+    }
+
     async fn get(&self, key: &SessionKey, now: EpochMillis) -> Result<Option<Record>, Error> {
         let record = self.read(std::slice::from_ref(key)).await?.pop().flatten();
         Ok(record.filter(|r| r.meta.expires_at > now))
     }
 
     async fn version(&self, key: &SessionKey, now: EpochMillis) -> Result<Option<i64>, Error> {
-        let mut connection = self.connection.clone();
-        let (version, expires_at): (Option<i64>, Option<i64>) = redis::cmd("HMGET")
-            .arg(session_key(key))
-            .arg("v")
-            .arg("et")
-            .query_async(&mut connection)
-            .await?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("HMGET").arg(session_key(key)).arg("v").arg("et");
+        pipe.cmd("GET").arg(ALIVE);
+        let ((version, expires_at), marker): ((Option<i64>, Option<i64>), Option<String>) =
+            self.run(&pipe).await?;
+        if version.is_none() {
+            self.missing_because_emptied(marker).await?;
+        }
         Ok(version.filter(|_| expires_at.is_some_and(|e| e > now)))
     }
 
@@ -394,7 +448,19 @@ impl SessionStore for RedisStore {
         }
         let mut pipe = redis::pipe();
         Self::writes(&mut pipe, &self.scripts.update, records, true);
-        let answers: Vec<i64> = self.run(&pipe).await?;
+        pipe.cmd("GET").arg(ALIVE);
+        let (answers, marker): (Vec<i64>, Option<String>) = {
+            let mut values: Vec<redis::Value> = self.run(&pipe).await?;
+            let marker = values.pop().unwrap_or(redis::Value::Nil);
+            (
+                redis::from_redis_value(redis::Value::Array(values))
+                    .map_err(redis::RedisError::from)?,
+                redis::from_redis_value(marker).map_err(redis::RedisError::from)?,
+            )
+        };
+        if answers.contains(&2) {
+            self.missing_because_emptied(marker).await?;
+        }
         Ok(answers
             .into_iter()
             .map(|answer| match answer {
@@ -436,7 +502,11 @@ impl SessionStore for RedisStore {
             .arg(expires_at)
             .arg(key.as_str())
             .ignore();
-        let (touched,): (i64,) = self.run(&pipe).await?;
+        pipe.cmd("GET").arg(ALIVE);
+        let (touched, marker): (i64, Option<String>) = self.run(&pipe).await?;
+        if touched == 0 {
+            self.missing_because_emptied(marker).await?;
+        }
         Ok(touched == 1)
     }
 
@@ -593,6 +663,8 @@ impl SessionAdmin for RedisStore {
                 .arg(1000)
                 .query_async(&mut connection)
                 .await?;
+            // The marker stays: clearing is not losing data (nodes must not write back).
+            let keys: Vec<String> = keys.into_iter().filter(|k| k != ALIVE).collect();
             if !keys.is_empty() {
                 let mut pipe = redis::pipe();
                 for key in &keys {
@@ -605,5 +677,58 @@ impl SessionAdmin for RedisStore {
             }
             cursor = next;
         }
+    }
+}
+
+/// See [`RedisStore::check_alive`].
+async fn check_alive(
+    connection: &ConnectionManager,
+    alive: &Alive,
+    read: Option<Option<String>>,
+) -> Result<bool, Error> {
+    let mut connection = connection.clone();
+    let mut marker = match read {
+        Some(marker) => marker,
+        None => {
+            redis::cmd("GET")
+                .arg(ALIVE)
+                .query_async(&mut connection)
+                .await?
+        }
+    };
+    if marker.is_none() {
+        let mut token = [0u8; 16];
+        getrandom::fill(&mut token).map_err(|e| Error::Backend(e.to_string().into()))?;
+        let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
+        // Whoever sets it first wins; every node then reads the same token.
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET").arg(ALIVE).arg(&token).arg("NX").ignore();
+        pipe.cmd("GET").arg(ALIVE);
+        let (now,): (Option<String>,) = pipe.query_async(&mut connection).await?;
+        marker = now;
+    }
+    let mut seen = alive.seen.lock().unwrap_or_else(|p| p.into_inner());
+    let changed = seen.is_some() && *seen != marker;
+    *seen = marker;
+    drop(seen);
+    if changed {
+        tracing::error!(
+            "Redis lost its data (restarted without persistence, or flushed): writing back the sessions this node holds"
+        );
+        alive.emptied.send_modify(|n| *n += 1);
+    }
+    Ok(changed)
+}
+
+/// Checks the marker every [`ALIVE_EVERY`] until the store is dropped, so a Redis that lost
+/// its data is noticed without requests.
+async fn watch_alive(alive: std::sync::Weak<Alive>, connection: ConnectionManager) {
+    loop {
+        tokio::time::sleep(ALIVE_EVERY).await;
+        let Some(alive) = alive.upgrade() else {
+            return;
+        };
+        // Unreachable: nothing to learn now; the next check after it is back tells.
+        let _ = check_alive(&connection, &alive, None).await;
     }
 }

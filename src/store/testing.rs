@@ -103,6 +103,9 @@ impl<H: Hook> SessionStore for Wrapped<H> {
     fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<Pushed>> {
         self.inner.subscribe()
     }
+    fn emptied(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.inner.emptied()
+    }
     async fn set_many(&self, records: &[Record]) -> Result<(), Error> {
         self.hook.before(Call::Write("set_many", records)).await?;
         self.inner.set_many(records).await?;

@@ -23,6 +23,8 @@ pub(super) struct Shared {
     pub(super) queue: Mutex<Queue>,
     /// Wakes the worker for urgent writes.
     pub(super) urgent: Notify,
+    /// Makes the worker flush everything queued now, as if the interval were due.
+    pub(super) all_now: Notify,
     /// Stops the worker's loop (the drain is then run by whoever stopped it).
     pub(super) stop: Notify,
     /// The worker task, started on first use by [`WriteBehind::new`] handles.
@@ -90,6 +92,7 @@ impl WriteBehind {
                 config,
                 queue: Mutex::default(),
                 urgent: Notify::new(),
+                all_now: Notify::new(),
                 stop: Notify::new(),
                 started: OnceLock::new(),
                 autostart,
@@ -336,6 +339,12 @@ impl WriteBehind {
             }
             _ => false,
         }
+    }
+
+    /// Flushes every queued write now rather than at the next interval.
+    pub(crate) fn flush_soon(&self) {
+        self.ensure_started();
+        self.shared.all_now.notify_one();
     }
 
     /// Writes queued and not yet stored.

@@ -94,6 +94,10 @@ impl Worker {
                         }
                     });
                 }
+                () = shared.all_now.notified() => {
+                    // The next round of the interval loop goes at once.
+                    next_interval = Instant::now();
+                }
                 () = shared.urgent.notified(), if room => {
                     // The window is waited for in the flight, not here: the loop stays free to
                     // start other flights.

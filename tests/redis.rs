@@ -1,0 +1,147 @@
+//! Redis as the store, in real processes: a Redis of the test's own (Debian's `redis-server` on
+//! a free loopback port, no persistence) that the test kills and starts again.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Client, Server, config_dir, free_port, items, require_program};
+use serde_json::json;
+
+/// A `redis-server` without persistence on `port`; killed when dropped.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start(port: u16, dir: &Path) -> Self {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        let redis = Self { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while redis.query(&["PING"]).is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on {port} did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        redis
+    }
+
+    /// `redis-cli` output of one command, `None` if the server does not answer.
+    fn query(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        (out.status.success() && !text.contains("Could not connect")).then_some(text)
+    }
+
+    /// The session hashes stored now.
+    fn sessions(&self) -> usize {
+        self.query(&["--scan", "--pattern", "sf:s:*"])
+            .map_or(0, |keys| keys.lines().filter(|l| !l.is_empty()).count())
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Redis restarted empty (no persistence): the sessions a live node holds are back in Redis
+/// within one async interval, without any request; another node then restores every cart, and
+/// the node that held them never logged anyone out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_held_by_live_nodes_are_written_back_when_redis_restarts_empty() {
+    let test = "sessions_held_by_live_nodes_are_written_back_when_redis_restarts_empty";
+    if !require_program("redis-server", test) || !require_program("redis-cli", test) {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let redis = Redis::start(port, work.path());
+    // Async mode at its default interval (5 s); the cache checks copies every second.
+    let config = config_dir(
+        work.path(),
+        &format!(
+            "session.store.url=redis://127.0.0.1:{port}\n\
+             spring.session.storefront.save=async\nsession.purge.cron=\n"
+        ),
+    );
+    let a = Server::start(work.path(), &config, "a");
+    let mut users: Vec<Client> = (0..3).map(|_| Client::new()).collect();
+    for (i, user) in users.iter_mut().enumerate() {
+        for sku in 0..=i {
+            let (status, _) = user
+                .send(
+                    &a.base,
+                    "POST",
+                    "/cart/items",
+                    Some(json!({"sku": format!("S{sku}"), "qty": 1})),
+                )
+                .await;
+            assert!(status.is_success());
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while redis.sessions() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the async writes never reached Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    redis.kill();
+    let redis = Redis::start(port, work.path());
+    assert_eq!(redis.sessions(), 0, "restarted empty");
+    let restarted = Instant::now();
+    let deadline = restarted + Duration::from_secs(5);
+    while redis.sessions() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "not written back within the 5 s interval; node log:\n{}",
+            a.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "3 sessions written back {} ms after Redis restarted empty",
+        restarted.elapsed().as_millis()
+    );
+    assert!(a.log_text().contains("the store lost its data"));
+
+    // Another node restores every cart from Redis.
+    let b = Server::start(work.path(), &config, "b");
+    for (i, user) in users.iter_mut().enumerate() {
+        let (status, cart) = user.send(&b.base, "GET", "/cart", None).await;
+        assert!(status.is_success());
+        assert_eq!(items(&cart).len(), i + 1, "user {i} on b: {cart}");
+    }
+    // The node that held them still serves them, past its cache's version check.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    for (i, user) in users.iter_mut().enumerate() {
+        let (_, cart) = user.send(&a.base, "GET", "/cart", None).await;
+        assert_eq!(items(&cart).len(), i + 1, "user {i} on a: {cart}");
+    }
+}
