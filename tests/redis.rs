@@ -145,3 +145,78 @@ async fn sessions_held_by_live_nodes_are_written_back_when_redis_restarts_empty(
         assert_eq!(items(&cart).len(), i + 1, "user {i} on a: {cart}");
     }
 }
+
+/// SAP approuter's way in: `EXT_SESSION_MGT` names a service bound in `VCAP_SERVICES`; the
+/// nodes find Redis through it, `check-config` says where each value came from, and a cart
+/// survives a node killed with SIGKILL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ext_session_mgt_and_a_service_binding_configure_the_store() {
+    let test = "ext_session_mgt_and_a_service_binding_configure_the_store";
+    if !require_program("redis-server", test) || !require_program("redis-cli", test) {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let redis = Redis::start(port, work.path());
+    let secret = "approuter-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    let ext = format!(
+        r#"{{"instanceName": "approuter-redis", "storageType": "redis", "sessionSecret": "{secret}",
+            "defaultRetryTimeout": 10000, "backOffMultiplier": 10}}"#
+    );
+    let vcap = format!(
+        r#"{{"redis-cache": [{{"name": "approuter-redis", "label": "redis-cache",
+            "credentials": {{"hostname": "127.0.0.1", "port": {port}, "tls": false,
+            "cluster_mode": false}}}}]}}"#
+    );
+    // The packaged files point elsewhere: the binding wins over them.
+    let config = config_dir(
+        work.path(),
+        "session.store.url=sqlite://data/unused.db\nsession.purge.cron=\n",
+    );
+    let env = [
+        ("EXT_SESSION_MGT", ext.as_str()),
+        ("VCAP_SERVICES", vcap.as_str()),
+    ];
+    let shown = Command::new(env!("CARGO_BIN_EXE_session-failover"))
+        .args(["check-config", "--connect", "--config"])
+        .arg(&config)
+        .current_dir(work.path())
+        .envs(env)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    for line in [
+        format!(
+            "session.store.url=redis://127.0.0.1:{port}    # environment variable VCAP_SERVICES (service \"approuter-redis\")"
+        ),
+        "# environment variable EXT_SESSION_MGT.sessionSecret".to_owned(),
+        "session.save.retry.multiplier=10    # environment variable EXT_SESSION_MGT.backOffMultiplier"
+            .to_owned(),
+    ] {
+        assert!(text.contains(&line), "missing {line:?} in:\n{text}");
+    }
+    assert!(!text.contains(secret), "the secret is shown:\n{text}");
+
+    let a = Server::start_with(work.path(), &config, "a", "127.0.0.1:0", &env);
+    let mut user = Client::new();
+    let (status, _) = user
+        .send(
+            &a.base,
+            "POST",
+            "/cart/items",
+            Some(json!({"sku": "S1", "qty": 2})),
+        )
+        .await;
+    assert!(status.is_success());
+    assert_eq!(redis.sessions(), 1, "the session is in the bound Redis");
+    a.kill();
+    let b = Server::start_with(work.path(), &config, "b", "127.0.0.1:0", &env);
+    let (_, cart) = user.send(&b.base, "GET", "/cart", None).await;
+    assert_eq!(items(&cart), [("S1".to_owned(), 2)]);
+    assert!(!work.path().join("data/unused.db").exists());
+}

@@ -11,6 +11,7 @@
 //! what is accepted. Unknown keys under `spring.session.`, `session.` and `server.` produce a
 //! warning naming the nearest known key.
 
+mod binding;
 pub mod keys;
 mod properties;
 
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use binding::{EXT_SESSION_MGT, VCAP_SERVICES};
 pub use properties::{ENV_PREFIX, Properties, Setting, Source, env_var_to_key, key_to_env_var};
 
 /// A configuration that cannot be used.

@@ -1,5 +1,6 @@
 //! Layered `.properties` loading: built-in defaults, `project.properties`, `local.properties`,
-//! then environment variables, each remembering where its value came from.
+//! then SAP approuter's `EXT_SESSION_MGT` with its `VCAP_SERVICES` binding, then `y_…`
+//! environment variables, each remembering where its value came from.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -75,7 +76,8 @@ impl Properties {
     }
 
     /// Loads `dir/project.properties` and `dir/local.properties` over the built-in defaults, then
-    /// the environment variables `vars` (see [`env_var_to_key`]), then expands placeholders.
+    /// `EXT_SESSION_MGT` and the binding it names in `VCAP_SERVICES`, then the environment
+    /// variables `vars` (see [`env_var_to_key`]), then expands placeholders.
     ///
     /// A missing file is skipped; a file that exists but cannot be read or parsed is an error.
     pub fn load(
@@ -90,6 +92,19 @@ impl Properties {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(source) => return Err(Error::Read { path, source }),
             }
+        }
+        let vars: Vec<(String, String)> = vars.into_iter().collect();
+        let var = |name: &str| {
+            vars.iter()
+                .find(|(v, _)| v == name)
+                .map(|(_, x)| x.as_str())
+        };
+        let binding = super::binding::properties(
+            var(super::binding::EXT_SESSION_MGT),
+            var(super::binding::VCAP_SERVICES),
+        )?;
+        for (key, value, source) in binding {
+            properties.set(key, value, source);
         }
         for (var, value) in vars {
             if let Some(key) = env_var_to_key(&var) {
