@@ -155,10 +155,15 @@ async fn cluster_failover(lb: Lb, backend: Backend, test: &str) {
     let Some(db) = TestDb::create(backend, test).await else {
         return;
     };
+    cluster_failover_at(lb, &db.url, test).await;
+}
+
+/// [`cluster_failover`] on the store at `url`.
+async fn cluster_failover_at(lb: Lb, url: &str, test: &str) {
     let work = tempfile::tempdir().unwrap();
     let config = config_dir(
         work.path(),
-        &format!("session.store.url={}\nsession.store.timeout=3000\n", db.url),
+        &format!("session.store.url={url}\nsession.store.timeout=3000\n"),
     );
     let ports = [free_port(), free_port(), free_port()];
     let front = free_port();
@@ -181,10 +186,9 @@ async fn cluster_failover(lb: Lb, backend: Backend, test: &str) {
     wait_until_all_up(&base).await;
     public_side_refuses_the_operators_paths(&base).await;
 
-    let store: Arc<dyn SessionAdmin> =
-        session_failover::store::open(&db.url, &StoreOptions::default())
-            .await
-            .unwrap();
+    let store: Arc<dyn SessionAdmin> = session_failover::store::open(url, &StoreOptions::default())
+        .await
+        .unwrap();
     let started = Instant::now();
 
     // Phase 1: every user builds a cart; HAProxy spreads them over the three nodes.
@@ -384,6 +388,26 @@ async fn failover_behind_haproxy_on_postgres() {
         "failover_behind_haproxy_on_postgres",
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_behind_haproxy_on_redis() {
+    let test = "failover_behind_haproxy_on_redis";
+    if !require_program("haproxy", test) {
+        return;
+    }
+    let Some(url) = common::backends::redis_url(test) else {
+        return;
+    };
+    // Database 4 of the test server, emptied first.
+    let url = format!("{url}/4");
+    session_failover::store::open(&url, &StoreOptions::default())
+        .await
+        .unwrap()
+        .clear()
+        .await
+        .unwrap();
+    cluster_failover_at(Lb::HaProxy, &url, test).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
