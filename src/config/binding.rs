@@ -4,11 +4,11 @@
 //! | `EXT_SESSION_MGT` field | becomes |
 //! |---|---|
 //! | `instanceName` (mandatory) | the bound service whose credentials give `session.store.url` |
-//! | `storageType` (mandatory) | `redis` (the only store this build provides by that name) |
+//! | `storageType` (mandatory) | `redis`, or the name of a store registered in code ([`crate::store::register`]) |
 //! | `sessionSecret` (mandatory) | `session.secret` (real encryption, AES-256-GCM) |
 //! | `defaultRetryTimeout` (ms) | `session.save.retry.max.delay`: the longest wait between attempts |
 //! | `backOffMultiplier` | `session.save.retry.multiplier`: how much each wait grows |
-//! | `externalStoreFilePath` | refused: Rust cannot load code from a path |
+//! | `externalStoreFilePath` | refused: Rust cannot load code from a path; the message points to the registry |
 //!
 //! They sit above the properties files and below the `y_…` variables: the platform's binding
 //! wins over what is packaged, an operator's explicit override wins over both.
@@ -84,18 +84,24 @@ pub(crate) fn properties(
             "externalStoreFilePath",
             path,
             "no path: a Rust program cannot load a store from a file at run time; implement \
-             the store in the application and give its URL in session.store.url (see \
-             docs/CONFIGURATION.md, \"Custom stores\")"
+             session_failover::store::CustomStore in the application, register it with \
+             session_failover::store::register(\"NAME\", …) and set \"storageType\": \"NAME\" \
+             (see docs/CONFIGURATION.md, \"Custom stores\")"
                 .to_owned(),
         ));
     }
     let instance = mandatory("instanceName")?;
     let storage = mandatory("storageType")?;
-    if storage != "redis" {
+    if storage != "redis" && !crate::store::is_registered(&storage) {
+        let mut known = vec!["redis".to_owned()];
+        known.extend(crate::store::registered_store_names());
         return Err(invalid(
             "storageType",
             storage,
-            "\"redis\" (the only storage type this build provides)".to_owned(),
+            format!(
+                "a storage type this program provides: {} (a store of your own is registered in code with session_failover::store::register)",
+                known.join(", ")
+            ),
         ));
     }
     let secret = mandatory("sessionSecret")?;
@@ -122,7 +128,15 @@ pub(crate) fn properties(
             }
         }
     }
-    let url = store_url(&instance, vcap)?;
+    let mut url = store_url(&instance, vcap)?;
+    if storage != "redis" {
+        // A registered store gets the binding's URL under its own name.
+        let rest = url
+            .split_once("://")
+            .map_or("", |(_, rest)| rest)
+            .to_owned();
+        url = format!("{storage}://{rest}");
+    }
     out.push((
         "session.store.url".to_owned(),
         url,

@@ -15,6 +15,7 @@
 //! in by implementing the traits.
 
 mod api;
+mod custom;
 mod error;
 mod memory;
 mod record;
@@ -29,6 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use api::{SessionAdmin, SessionStore};
+pub use custom::{Adapted, CustomStore, Opener, register};
 pub use error::Error;
 pub use memory::MemoryStore;
 #[cfg(feature = "sql")]
@@ -98,8 +100,19 @@ pub fn validate_url(url: &str) -> Result<(), Error> {
             url: redact_url(url),
             reason: "not a Redis URL: expected redis://[USER:PASSWORD@]HOST[:PORT][/DB] (rediss:// for TLS)".to_owned(),
         }),
+        _ if custom::registered(scheme).is_some() => Ok(()),
         _ => Err(unsupported(url, scheme)),
     }
+}
+
+/// Whether `name` is a store registered in code ([`register`]).
+pub(crate) fn is_registered(name: &str) -> bool {
+    custom::registered(name).is_some()
+}
+
+/// The names of the stores registered in code, sorted.
+pub(crate) fn registered_store_names() -> Vec<String> {
+    custom::registered_names()
 }
 
 /// The URL forms this build accepts, for messages.
@@ -129,6 +142,12 @@ fn unsupported(url: &str, scheme: &str) -> Error {
             format!("; this build has no {name} support (cargo feature \"{name}\")")
         })
         .unwrap_or_default();
+    let mut built: Vec<String> = built.into_iter().map(str::to_owned).collect();
+    built.extend(
+        custom::registered_names()
+            .into_iter()
+            .map(|name| format!("{name}:// (registered)")),
+    );
     let supported = if built.is_empty() {
         "none: this build has no store backend".to_owned()
     } else {
@@ -164,10 +183,10 @@ pub async fn open(url: &str, options: &StoreOptions) -> Result<Arc<dyn SessionAd
         "mysql" | "mariadb" => open_sql::<sql::MySql>(url, options).await,
         #[cfg(feature = "redis")]
         "redis" | "rediss" => Ok(Arc::new(RedisStore::connect(url, options.timeout).await?)),
-        _ => {
-            let _ = options;
-            Err(unsupported(url, scheme))
-        }
+        _ => match custom::registered(scheme) {
+            Some(open) => open(url.to_owned(), options.clone()).await,
+            None => Err(unsupported(url, scheme)),
+        },
     }
 }
 
