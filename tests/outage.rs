@@ -1,5 +1,6 @@
 //! The database goes away for 20 s and comes back: nodes keep answering from their caches, keep
-//! changes in memory, count the errors, and persist everything after recovery.
+//! changes in memory, count the errors, and persist everything after recovery. Once on
+//! PostgreSQL, once on a Redis of the test's own (started again empty).
 //!
 //! Stops the PostgreSQL server named by `SESSION_FAILOVER_TEST_POSTGRES_URL` with the shell
 //! command in `SESSION_FAILOVER_TEST_POSTGRES_STOP` and starts it again with
@@ -14,12 +15,15 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::backends::{Backend, TestDb};
+use common::redis::Redis;
 use common::{Client, Server, config_dir, items};
 use http::StatusCode;
 use serde_json::json;
 use session_failover::store::StoreOptions;
 
 const OUTAGE: Duration = Duration::from_secs(20);
+/// The outage tests run one after the other: each measures how long requests wait.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const STORE_TIMEOUT_MS: u64 = 2000;
 
 fn command(var: &str, test: &str) -> Option<String> {
@@ -73,13 +77,45 @@ async fn a_twenty_second_database_outage_loses_nothing() {
     let Some(db) = TestDb::create(Backend::Postgres, test).await else {
         return;
     };
+    let _restart = Restart(start.clone());
+    outage_loses_nothing(&db.url, || sh(&stop), || sh(&start), test).await;
+}
+
+/// Redis stopped for 20 s (killed) and started again, without persistence: empty. Nodes keep
+/// their sessions, the writers retry, and the sessions they hold are written back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_twenty_second_redis_outage_loses_nothing() {
+    let test = "a_twenty_second_redis_outage_loses_nothing";
+    if !common::require_program("redis-server", test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let redis = std::sync::Mutex::new(Some(Redis::start(port, dir.path())));
+    let url = format!("redis://127.0.0.1:{port}");
+    outage_loses_nothing(
+        &url,
+        || {
+            if let Some(redis) = redis.lock().unwrap().take() {
+                redis.kill();
+            }
+        },
+        || *redis.lock().unwrap() = Some(Redis::start(port, dir.path())),
+        test,
+    )
+    .await;
+}
+
+/// Every node keeps answering while the store at `url` is stopped (`stop`) for [`OUTAGE`]
+/// under load, and every change made meanwhile is stored once it is back (`start`).
+async fn outage_loses_nothing(url: &str, stop: impl Fn(), start: impl Fn(), test: &str) {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let work = tempfile::tempdir().unwrap();
     let config = config_dir(
         work.path(),
         &format!(
-            "session.store.url={}\nsession.store.timeout={STORE_TIMEOUT_MS}\n\
-             session.save.retry.max.delay=2000\nspring.session.save.async.interval=500\n",
-            db.url
+            "session.store.url={url}\nsession.store.timeout={STORE_TIMEOUT_MS}\n\
+             session.save.retry.max.delay=2000\nspring.session.save.async.interval=500\n"
         ),
     );
     // a saves synchronously (group commit), c asynchronously; b is a third node for reads.
@@ -115,8 +151,7 @@ async fn a_twenty_second_database_outage_loses_nothing() {
     }
     tokio::time::sleep(Duration::from_millis(800)).await; // c's first interval
 
-    sh(&stop);
-    let _restart = Restart(start.clone());
+    stop();
     let outage = Instant::now();
     let mut slowest = Duration::ZERO;
     let mut round: u32 = 0;
@@ -175,7 +210,7 @@ async fn a_twenty_second_database_outage_loses_nothing() {
         .text()
         .await
         .unwrap();
-    sh(&start);
+    start();
     let outage_secs = outage.elapsed().as_secs_f64();
     assert!(
         slowest <= Duration::from_millis(STORE_TIMEOUT_MS + 1000),
@@ -208,7 +243,7 @@ async fn a_twenty_second_database_outage_loses_nothing() {
     // After recovery the writers retry on their own: every change made during the outage
     // reaches the database, read back by another node.
     let store = session_failover::store::open(
-        &db.url,
+        url,
         &StoreOptions {
             migrate: false,
             ..StoreOptions::default()

@@ -3,6 +3,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod backends;
+pub mod redis;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
