@@ -146,3 +146,124 @@ fn the_demo_cart_of_twenty_items_stays_under_one_kilobyte() {
     assert!(encrypted <= 1024, "{encrypted} bytes");
     assert!(compressed < plain && encrypted == compressed + 1 + 24 + 16);
 }
+
+/// Base64url without padding, for the JWT-shaped test data.
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Bytes that do not compress (a signature), from a fixed seed.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()[0]
+        })
+        .collect()
+}
+
+/// A JWT of this header and payload with an RS256-sized (256-byte) signature.
+fn jwt(header: &serde_json::Value, payload: &serde_json::Value, seed: u64) -> String {
+    format!(
+        "{}.{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(payload.to_string().as_bytes()),
+        b64(&noise(256, seed))
+    )
+}
+
+/// The session of a signed-in approuter user, as the issue describes it: XSUAA-shaped access,
+/// refresh and id tokens (JWTs, 20 scopes), the scopes, a CSRF token. approuter stores this
+/// shape in 3,256 bytes (gzip + base64, unencrypted); the target here is below 2,000 encrypted.
+#[test]
+fn a_login_shaped_session_is_stored_in_fewer_bytes_than_approuter_stores() {
+    use serde_json::json;
+    let scopes: Vec<String> = (0..20)
+        .map(|i| format!("shop-app!t48213.Scope{i:02}"))
+        .collect();
+    let header = json!({
+        "alg": "RS256",
+        "jku": "https://shop.authentication.eu10.hana.ondemand.com/token_keys",
+        "kid": "default-jwt-key-9d3bd5a1c1",
+        "typ": "JWT",
+        "jid": "k2a3QxhHzbtwP5XcXQxJ0JkGfVf8XgKTGZYwVHNcFG8="
+    });
+    let common = json!({
+        "sub": "5f7e2a1c-6d0b-4c1e-9a3f-2b8d7c6e5f40",
+        "user_id": "5f7e2a1c-6d0b-4c1e-9a3f-2b8d7c6e5f40",
+        "user_name": "ann.example@example.com",
+        "email": "ann.example@example.com",
+        "given_name": "Ann",
+        "family_name": "Example",
+        "origin": "sap.default",
+        "zid": "1e8a7b2c-3d4e-4f5a-8b6c-7d8e9f0a1b2c",
+        "iss": "https://shop.authentication.eu10.hana.ondemand.com/oauth/token",
+        "iat": 1_764_672_000,
+        "exp": 1_764_715_200,
+    });
+    let mut access = common.clone();
+    access["jti"] = json!("0f4c5e6a7b8c4d9e8f0a1b2c3d4e5f60");
+    access["client_id"] = json!("sb-shop-app!t48213");
+    access["cid"] = json!("sb-shop-app!t48213");
+    access["azp"] = json!("sb-shop-app!t48213");
+    access["grant_type"] = json!("authorization_code");
+    access["scope"] = json!(scopes);
+    access["aud"] = json!(["shop-app!t48213", "openid", "uaa"]);
+    access["ext_attr"] = json!({"enhancer": "XSUAA", "subaccountid": "1e8a7b2c-3d4e-4f5a-8b6c-7d8e9f0a1b2c", "zdn": "shop"});
+    access["xs.system.attributes"] = json!({"xs.rolecollections": ["Shop Buyer", "Shop Viewer"]});
+    access["rev_sig"] = json!("8a1f2b3c");
+    access["auth_time"] = json!(1_764_672_000);
+    let mut refresh = common.clone();
+    refresh["jti"] = json!("7c8d9e0f1a2b4c3d8e9f0a1b2c3d4e5f-r");
+    refresh["client_id"] = json!("sb-shop-app!t48213");
+    refresh["scope"] = json!(scopes);
+    refresh["grant_type"] = json!("authorization_code");
+    let mut id = common;
+    id["aud"] = json!(["sb-shop-app!t48213"]);
+    id["azp"] = json!("sb-shop-app!t48213");
+    id["nonce"] = json!("b5f0c8a97d6e4e2f");
+    id["amr"] = json!(["pwd"]);
+    let tokens = [
+        ("access_token", jwt(&header, &access, 11)),
+        ("refresh_token", jwt(&header, &refresh, 22)),
+        ("id_token", jwt(&header, &id, 33)),
+    ];
+    let mut map = EncodedAttributes::new();
+    let mut json_bytes = 0;
+    for (name, token) in &tokens {
+        json_bytes += token.len();
+        map.insert((*name).to_owned(), codec::encode_value(token).unwrap());
+    }
+    map.insert("scopes".to_owned(), codec::encode_value(&scopes).unwrap());
+    let csrf = b64(&noise(32, 44));
+    map.insert("csrf".to_owned(), codec::encode_value(&csrf).unwrap());
+    let key = SessionId::generate().store_key();
+    let binding = Binding {
+        app: "approuter",
+        key: &key,
+        principal: Some("ann.example@example.com"),
+    };
+    let encrypted = Codec::default()
+        .with_keys(Keys::new(SECRET, &[]).unwrap())
+        .encode(&map, binding)
+        .unwrap();
+    let decoded = Codec::default()
+        .with_keys(Keys::new(SECRET, &[]).unwrap())
+        .decode(&encrypted, binding)
+        .unwrap();
+    assert_eq!(decoded, map);
+    eprintln!(
+        "login-shaped session: tokens {json_bytes} B as text; stored compressed + encrypted {} B \
+         (approuter: 3,256 B for this shape, unencrypted)",
+        encrypted.len()
+    );
+    assert!(
+        encrypted.len() < 3_256,
+        "{} bytes: not fewer than approuter's",
+        encrypted.len()
+    );
+}

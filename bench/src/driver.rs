@@ -41,6 +41,12 @@ pub enum Target {
     TsPg,
     /// tower-sessions with a moka cache in front of its PostgreSQL store.
     TsPgMoka,
+    /// session-failover, sync mode (group commit, the default), Redis.
+    SfRedisSync,
+    /// session-failover, async mode, Redis.
+    SfRedisAsync,
+    /// tower-sessions with tower-sessions-redis-store (fred).
+    TsRedis,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,11 +54,12 @@ enum Backend {
     None,
     Sqlite,
     Postgres,
+    Redis,
 }
 
 impl Target {
     /// Every target, in the order they run within a round.
-    pub const ALL: [Target; 8] = [
+    pub const ALL: [Target; 11] = [
         Target::Ceiling,
         Target::SfSqliteSync,
         Target::SfSqliteAsync,
@@ -61,6 +68,9 @@ impl Target {
         Target::SfPgAsync,
         Target::TsPg,
         Target::TsPgMoka,
+        Target::SfRedisSync,
+        Target::SfRedisAsync,
+        Target::TsRedis,
     ];
 
     fn label(self) -> &'static str {
@@ -73,6 +83,9 @@ impl Target {
             Self::TsSqlite => "tower-sessions, SQLite",
             Self::TsPg => "tower-sessions, PostgreSQL",
             Self::TsPgMoka => "tower-sessions + moka, PostgreSQL",
+            Self::SfRedisSync => "session-failover sync, Redis",
+            Self::SfRedisAsync => "session-failover async, Redis",
+            Self::TsRedis => "tower-sessions, Redis",
         }
     }
 
@@ -81,13 +94,19 @@ impl Target {
             Self::Ceiling => Backend::None,
             Self::SfSqliteSync | Self::SfSqliteAsync | Self::TsSqlite => Backend::Sqlite,
             Self::SfPgSync | Self::SfPgAsync | Self::TsPg | Self::TsPgMoka => Backend::Postgres,
+            Self::SfRedisSync | Self::SfRedisAsync | Self::TsRedis => Backend::Redis,
         }
     }
 
     fn is_ours(self) -> bool {
         matches!(
             self,
-            Self::SfSqliteSync | Self::SfSqliteAsync | Self::SfPgSync | Self::SfPgAsync
+            Self::SfSqliteSync
+                | Self::SfSqliteAsync
+                | Self::SfPgSync
+                | Self::SfPgAsync
+                | Self::SfRedisSync
+                | Self::SfRedisAsync
         )
     }
 
@@ -97,6 +116,7 @@ impl Target {
             Backend::None => None,
             Backend::Sqlite => Some(Self::TsSqlite),
             Backend::Postgres => Some(Self::TsPg),
+            Backend::Redis => Some(Self::TsRedis),
         }
     }
 }
@@ -119,6 +139,8 @@ pub struct Options {
     /// The PostgreSQL database the PostgreSQL targets use (created if missing, emptied before
     /// each measurement).
     pub postgres_url: String,
+    /// The Redis database the Redis targets use (flushed before each measurement).
+    pub redis_url: String,
     /// The session-failover binary; built with `cargo build --release` when not given.
     pub session_failover_bin: Option<PathBuf>,
 }
@@ -133,7 +155,8 @@ struct Measurement {
     errors: u64,
     lost: u64,
     requests_total: u64,
-    /// PostgreSQL transactions committed or rolled back in the bench database during the run.
+    /// PostgreSQL transactions committed or rolled back in the bench database during the run;
+    /// for Redis, the commands it ran.
     transactions: Option<u64>,
     /// Rows inserted, updated or deleted in the bench database during the run.
     row_writes: Option<u64>,
@@ -173,6 +196,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         repo,
         sf_bin,
         postgres_url: options.postgres_url.clone(),
+        redis_url: options.redis_url.clone(),
         extra_properties: String::new(),
     };
 
@@ -332,6 +356,8 @@ pub(crate) struct Launcher {
     pub(crate) sf_bin: PathBuf,
     /// The PostgreSQL targets' database.
     pub(crate) postgres_url: String,
+    /// The Redis targets' database.
+    pub(crate) redis_url: String,
     /// Lines appended to session-failover's `local.properties` (empty for `run`).
     pub(crate) extra_properties: String,
 }
@@ -345,6 +371,10 @@ async fn measure(
     let pg = target.backend() == Backend::Postgres;
     if pg {
         empty_postgres(&options.postgres_url).await?;
+    }
+    let redis = target.backend() == Backend::Redis;
+    if redis {
+        redis_reset(&options.redis_url)?;
     }
     let before = if pg {
         Some(pg_counters(&options.postgres_url).await?)
@@ -385,6 +415,7 @@ async fn measure(
                 Some(after.1.saturating_sub(before.1)),
             )
         }
+        None if redis => (Some(redis_commands(&options.redis_url)?), None),
         None => (None, None),
     };
     let stored = if workload == Workload::Health {
@@ -425,8 +456,9 @@ impl Launcher {
                 command.args(["serve-ceiling", "--bind", "127.0.0.1:0"]);
                 command
             }
-            Target::TsSqlite | Target::TsPg | Target::TsPgMoka => {
+            Target::TsSqlite | Target::TsPg | Target::TsPgMoka | Target::TsRedis => {
                 let (store, url) = match target {
+                    Target::TsRedis => ("redis", self.redis_url.clone()),
                     Target::TsSqlite => (
                         "sqlite",
                         format!("sqlite://{}", data.join("ts.db").display()),
@@ -446,7 +478,12 @@ impl Launcher {
                 ]);
                 command
             }
-            Target::SfSqliteSync | Target::SfSqliteAsync | Target::SfPgSync | Target::SfPgAsync => {
+            Target::SfSqliteSync
+            | Target::SfSqliteAsync
+            | Target::SfPgSync
+            | Target::SfPgAsync
+            | Target::SfRedisSync
+            | Target::SfRedisAsync => {
                 let config = dir.path().join("config");
                 std::fs::create_dir(&config)?;
                 // The shipped defaults, and a local.properties as an operator would write one.
@@ -457,10 +494,11 @@ impl Launcher {
                 .context("copying config/project.properties")?;
                 let url = match target.backend() {
                     Backend::Postgres => self.postgres_url.clone(),
+                    Backend::Redis => self.redis_url.clone(),
                     _ => format!("sqlite://{}", data.join("sessions.db").display()),
                 };
                 let mode = match target {
-                    Target::SfSqliteAsync | Target::SfPgAsync => "async",
+                    Target::SfSqliteAsync | Target::SfPgAsync | Target::SfRedisAsync => "async",
                     _ => "sync",
                 };
                 std::fs::write(
@@ -581,6 +619,74 @@ async fn pg_counters(url: &str) -> anyhow::Result<(u64, u64)> {
     ))
 }
 
+/// Empties the Redis database and resets the server's command counters.
+fn redis_reset(url: &str) -> anyhow::Result<()> {
+    let mut conn = redis::Client::open(url)
+        .with_context(|| format!("--redis-url {url} is not a Redis URL"))?
+        .get_connection()
+        .with_context(|| format!("cannot reach Redis at {url} (is it running?)"))?;
+    redis::cmd("FLUSHDB").query::<()>(&mut conn)?;
+    redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query::<()>(&mut conn)?;
+    Ok(())
+}
+
+/// The commands Redis ran since [`redis_reset`], from `INFO commandstats`, without the
+/// driver's own (the reset, this `INFO`).
+fn redis_commands(url: &str) -> anyhow::Result<u64> {
+    let mut conn = redis::Client::open(url)?.get_connection()?;
+    let info: String = redis::cmd("INFO").arg("commandstats").query(&mut conn)?;
+    let mut total = 0;
+    for line in info.lines() {
+        let Some((name, stats)) = line
+            .strip_prefix("cmdstat_")
+            .and_then(|l| l.split_once(':'))
+        else {
+            continue;
+        };
+        if matches!(
+            name,
+            "info" | "config|resetstat" | "flushdb" | "select" | "hello" | "client|setinfo"
+        ) {
+            continue;
+        }
+        let calls = stats
+            .split(',')
+            .find_map(|kv| kv.strip_prefix("calls="))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+        total += calls;
+    }
+    Ok(total)
+}
+
+/// Sessions in the Redis database and their mean stored size: session-failover's blob (the `d`
+/// field of each `sf:s:{…}` hash), tower-sessions-redis-store's whole value.
+fn redis_stored(url: &str, ours: bool) -> anyhow::Result<(u64, f64)> {
+    let mut conn = redis::Client::open(url)?.get_connection()?;
+    let pattern = if ours { "sf:s:*" } else { "*" };
+    let keys: Vec<String> = redis::cmd("KEYS").arg(pattern).query(&mut conn)?;
+    let mut bytes = 0u64;
+    for key in &keys {
+        let len: u64 = if ours {
+            redis::cmd("HSTRLEN").arg(key).arg("d").query(&mut conn)?
+        } else {
+            redis::cmd("STRLEN").arg(key).query(&mut conn)?
+        };
+        bytes += len;
+    }
+    let count = keys.len() as u64;
+    Ok((
+        count,
+        if count == 0 {
+            0.0
+        } else {
+            bytes as f64 / count as f64
+        },
+    ))
+}
+
 /// How many sessions the run left in the store, and their mean stored size.
 async fn stored_sessions(
     options: &Options,
@@ -594,6 +700,7 @@ async fn stored_sessions(
     };
     let row = match target.backend() {
         Backend::None => return Ok(None),
+        Backend::Redis => return redis_stored(&options.redis_url, target.is_ours()).map(Some),
         Backend::Postgres => {
             let mut conn = PgConnection::connect(&options.postgres_url).await?;
             let row = sqlx::query(&format!(
@@ -702,7 +809,7 @@ fn print_tables(options: &Options, medians: &BTreeMap<(Workload, Target), Measur
         println!("## {}", workload.name());
         println!();
         println!(
-            "| target | req/s | × ceiling | × tower-sessions | × ts + moka | p50 ms | p99 ms | p99.9 ms | errors | lost | db xact/req | row writes/req | sessions stored | bytes/session |"
+            "| target | req/s | × ceiling | × tower-sessions | × ts + moka | p50 ms | p99 ms | p99.9 ms | errors | lost | db xact/req (Redis: commands/req) | row writes/req | sessions stored | bytes/session |"
         );
         println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         let ceiling = medians.get(&(workload, Target::Ceiling));

@@ -50,6 +50,14 @@ enum Command {
             default_value = "postgres://postgres@127.0.0.1:5432/sfbench"
         )]
         postgres_url: String,
+        /// Redis database for the Redis targets (flushed before each measurement; its
+        /// command counters are reset: use a Redis nothing else uses while it runs).
+        #[arg(
+            long,
+            env = "BENCH_REDIS_URL",
+            default_value = "redis://127.0.0.1:6379/9"
+        )]
+        redis_url: String,
         /// The session-failover binary (default: `cargo build --release` in the repository).
         #[arg(long)]
         session_failover: Option<std::path::PathBuf>,
@@ -164,6 +172,7 @@ async fn main() -> anyhow::Result<()> {
             load,
             rounds,
             postgres_url,
+            redis_url,
             session_failover,
         } => {
             let (warmup, duration) = load.durations()?;
@@ -175,6 +184,7 @@ async fn main() -> anyhow::Result<()> {
                 duration,
                 rounds: rounds.max(1),
                 postgres_url,
+                redis_url,
                 session_failover_bin: session_failover,
             })
             .await

@@ -13,7 +13,7 @@
 //!   encoded, persisted or expired: the cost of HTTP, routing, JSON and the cart itself, which
 //!   no session layer can beat.
 //! - [`tower_sessions`]: tower-sessions 0.14 with tower-sessions-sqlx-store 0.15 (PostgreSQL or
-//!   SQLite), optionally behind a moka cache (`CachingSessionStore`), which is what a Rust user
+//!   SQLite) or tower-sessions-redis-store 0.16 (Redis, fred 10), optionally behind a moka cache (`CachingSessionStore`), which is what a Rust user
 //!   would pick instead of session-failover.
 
 use std::net::SocketAddr;
@@ -270,6 +270,8 @@ pub mod tower_sessions {
         PostgresMoka,
         /// `SqliteStore`.
         Sqlite,
+        /// tower-sessions-redis-store's `RedisStore` over a fred pool.
+        Redis,
     }
 
     fn internal(error: impl std::fmt::Display) -> Response {
@@ -352,6 +354,13 @@ pub mod tower_sessions {
                 } else {
                     router(store)
                 }
+            }
+            StoreKind::Redis => {
+                use tower_sessions_redis_store::fred::prelude::{ClientLike as _, Config, Pool};
+                // A pool of 6 connections, as the crate's README sets it up.
+                let pool = Pool::new(Config::from_url(url)?, None, None, None, 6)?;
+                pool.init().await?;
+                router(tower_sessions_redis_store::RedisStore::new(pool))
             }
             StoreKind::Sqlite => {
                 let options = SqliteConnectOptions::from_str(url)?

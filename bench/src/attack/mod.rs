@@ -116,6 +116,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         repo,
         sf_bin,
         postgres_url: String::new(),
+        redis_url: String::new(),
         extra_properties: format!(
             "session.backoffice.user={OPERATOR}\nsession.backoffice.password.hash={hash}\n"
         ),
