@@ -270,12 +270,34 @@ async fn sigterm_under_load_loses_nothing_in_async_mode() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_load_loses_at_most_the_last_interval_in_async_mode() {
+    sigkill_under_async_load("").await;
+}
+
+/// The same on Redis (database 5 of the test server, cleared first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_loses_at_most_the_last_interval_in_async_mode_on_redis() {
+    let test = "sigkill_under_load_loses_at_most_the_last_interval_in_async_mode_on_redis";
+    let Some(url) = common::backends::redis_url(test) else {
+        return;
+    };
+    let url = format!("{url}/5");
+    session_failover::store::open(&url, &session_failover::store::StoreOptions::default())
+        .await
+        .unwrap()
+        .clear()
+        .await
+        .unwrap();
+    sigkill_under_async_load(&format!("session.store.url={url}\n")).await;
+}
+
+/// One async node under load killed with SIGKILL; `local` adds to its local.properties.
+async fn sigkill_under_async_load(local: &str) {
     let interval = Duration::from_millis(1000);
     let work = tempfile::tempdir().unwrap();
     let config = config_dir(
         work.path(),
         &format!(
-            "spring.session.storefront.save=async\nspring.session.save.async.interval={}\n",
+            "spring.session.storefront.save=async\nspring.session.save.async.interval={}\n{local}",
             interval.as_millis()
         ),
     );
