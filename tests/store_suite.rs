@@ -559,6 +559,28 @@ async fn redis_store() {
         .await
         .unwrap();
     assert_eq!(left, 0, "the purge tidies the principal index");
+
+    // Redis loses its data: every call that finds a session missing fails (retried) for a
+    // while, not only the first, and the emptied counter moves once.
+    let emptied = store.emptied().unwrap();
+    let before = *emptied.borrow();
+    let (a, b) = (ann(1, None, &one), ann(1, None, &two));
+    store.set_many(&[a.clone(), b.clone()]).await.unwrap();
+    redis::cmd("FLUSHDB")
+        .query_async::<()>(&mut connection)
+        .await
+        .unwrap();
+    let mut a2 = a.clone();
+    a2.meta.version = 2;
+    let mut b2 = b.clone();
+    b2.meta.version = 2;
+    assert!(store.update(&a2).await.is_err(), "missing because emptied");
+    assert!(
+        store.update(&b2).await.is_err(),
+        "and for the next call too"
+    );
+    assert!(store.version(&one, now).await.is_err());
+    assert_eq!(*emptied.borrow(), before + 1);
     store.clear().await.unwrap();
 }
 

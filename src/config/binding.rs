@@ -54,11 +54,12 @@ pub(crate) fn properties(
         line: Some(e.line()),
         message: format!("not a JSON object: {e}"),
     })?;
+    // Values are not shown: a misspelled field may hold the secret.
     for field in object.keys() {
         if !FIELDS.contains(&field.as_str()) {
             return Err(invalid(
                 field,
-                object[field].to_string(),
+                "(not shown)".to_owned(),
                 format!("one of the fields {} (field unknown)", FIELDS.join(", ")),
             ));
         }
@@ -67,7 +68,11 @@ pub(crate) fn properties(
         match object.get(field) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(other) => Err(invalid(field, other.to_string(), "a string".to_owned())),
+            Some(_) => Err(invalid(
+                field,
+                "(not shown)".to_owned(),
+                "a string".to_owned(),
+            )),
         }
     };
     let mandatory = |field: &str| -> Result<String, Error> {
@@ -309,6 +314,16 @@ mod tests {
                 r#"{"instanceName": "#.to_owned(),
                 Some(VCAP),
                 "EXT_SESSION_MGT:1: not a JSON object",
+            ),
+            (
+                ext("").replace("\"sessionSecret\"", "\"sessionsecret\""),
+                Some(VCAP),
+                "sessionsecret",
+            ),
+            (
+                ext("").replace(&format!("\"{SECRET}\""), &format!("[\"{SECRET}\"]")),
+                Some(VCAP),
+                "sessionSecret",
             ),
             (
                 ext(r#", "sessionTimeout": 5"#),

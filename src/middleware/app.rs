@@ -983,18 +983,34 @@ impl AppShared {
         (answer, committed)
     }
 
-    /// The store lost its data: every session this node holds is queued to be inserted again,
-    /// with all its changes, and flushed at once. Another node that held an older copy of one
-    /// of them writes it too; the newer snapshot wins by version, and the loser merges.
+    /// The store lost its data: every session this node holds is written again. A settled copy
+    /// is inserted at once as the row it was, with that row's version; a copy with changes of
+    /// its own is queued as a new snapshot (above every row it descends from) and flushed at
+    /// once. Between two nodes' copies, the store's version rule keeps the newer.
     pub(crate) async fn write_back(self: &Arc<Self>) {
         let Some(persister) = &self.persister else {
             return;
         };
         let now = now_millis();
         let (mut queued, mut left) = (0u64, 0u64);
+        // Copies that are exactly a stored state go back as that row, with its version: of two
+        // nodes' copies, the newer row wins by the store's version rule (a stale copy on a node
+        // the user left loses to the node serving it now).
+        let mut settled = Vec::new();
         for (id, entry) in &self.cache {
             let snapshot = {
                 let mut state = entry.lock();
+                if state.is_settled() {
+                    let base = state.base();
+                    let snapshot = Snapshot::of(&state, base, base.saturating_sub(1), false);
+                    drop(state);
+                    if let Some(record) = self.settings.record(&id, snapshot) {
+                        settled.push(record);
+                    }
+                    continue;
+                }
+                // Changes of its own not committed yet: written as a new snapshot, which is
+                // numbered above every row this copy descends from.
                 if !state.lost_row() {
                     continue;
                 }
@@ -1015,6 +1031,13 @@ impl AppShared {
                 entry.lock().keep_change();
                 left += 1;
             }
+        }
+        let rows = settled.len() as u64;
+        if let Err(error) = persister.write_rows(&settled).await {
+            crate::metrics::store_error(&self.settings.app, "write_back");
+            tracing::error!(app = %self.settings.app, sessions = rows, error = &error as &dyn std::error::Error, "cannot write back the sessions held here; their next requests save them only if they change");
+        } else {
+            queued += rows;
         }
         persister.flush_soon();
         self.metrics.written_back.increment(queued);

@@ -166,6 +166,16 @@ impl Persister {
         self.persistence.writer.enqueue(key, op, entry).is_ok()
     }
 
+    /// Inserts `records` as they are (their versions decide against rows other nodes write),
+    /// in batches of the writer's size, each bounded by the store timeout.
+    pub(crate) async fn write_rows(&self, records: &[Record]) -> Result<(), store::Error> {
+        let writer = &self.persistence.writer;
+        for chunk in records.chunks(2_000) {
+            writer.bounded(writer.store().set_many(chunk)).await?;
+        }
+        Ok(())
+    }
+
     /// Flushes every queued write now.
     pub(crate) fn flush_soon(&self) {
         self.persistence.writer.flush_soon();

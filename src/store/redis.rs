@@ -62,13 +62,15 @@ return 1
 ";
 
 /// Replaces a live session whose version is the written one minus one. ARGV: version,
-/// expires_at, modified_at, then the fields. 0 written, 1 superseded, 2 missing.
+/// expires_at, modified_at, whether the record has a principal (1/0), then the fields. Every
+/// field is written again, so no `DEL`; a principal the record no longer has is removed. 0
+/// written, 1 superseded, 2 missing.
 const UPDATE: &str = r"
-local cur = redis.call('HMGET', KEYS[1], 'v', 'et')
+local cur = redis.call('HMGET', KEYS[1], 'v', 'et', 'p')
 if not cur[1] or tonumber(cur[2]) <= tonumber(ARGV[3]) then return 2 end
 if tonumber(cur[1]) ~= tonumber(ARGV[1]) - 1 then return 1 end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+if cur[3] and ARGV[4] == '0' then redis.call('HDEL', KEYS[1], 'p') end
 redis.call('PEXPIREAT', KEYS[1], ARGV[2])
 return 0
 ";
@@ -80,6 +82,13 @@ if not et or tonumber(et) <= tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], 'mt', ARGV[1], 'et', ARGV[2])
 redis.call('PEXPIREAT', KEYS[1], ARGV[2])
 return 1
+";
+
+/// Deletes a session only if it is expired at ARGV[1].
+const PURGE: &str = r"
+local et = redis.call('HGET', KEYS[1], 'et')
+if et and tonumber(et) <= tonumber(ARGV[1]) then return redis.call('DEL', KEYS[1]) end
+return 0
 ";
 
 /// Replaces the blob of a live session at a version. ARGV: version, now, data, size.
@@ -99,10 +108,16 @@ pub struct RedisStore {
     alive: Arc<Alive>,
 }
 
+/// After a loss of data is noticed, for this long every call that finds a session missing
+/// fails (retried) instead of answering "missing": the nodes' write-backs land meanwhile.
+const LOST_GRACE: Duration = Duration::from_secs(30);
+
 /// What this process knows of [`ALIVE`].
 struct Alive {
     /// The token last seen.
     seen: Mutex<Option<String>>,
+    /// When this process last noticed a loss.
+    lost_at: Mutex<Option<std::time::Instant>>,
     /// Moves on each time the token was found gone or changed.
     emptied: watch::Sender<u64>,
 }
@@ -113,6 +128,7 @@ struct Scripts {
     update: Script,
     touch: Script,
     rekey: Script,
+    purge: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -164,9 +180,11 @@ impl RedisStore {
                 update: Script::new(UPDATE),
                 touch: Script::new(TOUCH),
                 rekey: Script::new(REKEY),
+                purge: Script::new(PURGE),
             },
             alive: Arc::new(Alive {
                 seen: Mutex::new(None),
+                lost_at: Mutex::new(None),
                 emptied: watch::Sender::new(0),
             }),
         };
@@ -186,11 +204,19 @@ impl RedisStore {
         check_alive(&self.connection, &self.alive, read).await
     }
 
-    /// After a call found a session missing: if the marker says Redis lost its data, an error
-    /// (the write is retried after the sessions were written back) instead of "missing" (which
-    /// ends the session on this node).
+    /// After a call found a session missing: if the marker says Redis lost its data, or this
+    /// process noticed a loss less than [`LOST_GRACE`] ago, an error (the write is retried after
+    /// the sessions were written back) instead of "missing" (which ends the session on this
+    /// node). A session ended elsewhere in that window ends here up to that much later.
     async fn missing_because_emptied(&self, marker: Option<String>) -> Result<(), Error> {
-        if self.check_alive(Some(marker)).await? {
+        let noticed = self.check_alive(Some(marker)).await?;
+        let lately = self
+            .alive
+            .lost_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|at| at.elapsed() < LOST_GRACE);
+        if noticed || lately {
             return Err(Error::Backend(
                 "Redis lost its data (restarted empty or flushed); the sessions this node holds are being written back"
                     .into(),
@@ -206,6 +232,7 @@ impl RedisStore {
             &self.scripts.update,
             &self.scripts.touch,
             &self.scripts.rekey,
+            &self.scripts.purge,
         ] {
             pipe.load_script(script).ignore();
         }
@@ -236,7 +263,9 @@ impl RedisStore {
             let mut invocation = script.key(&key);
             invocation.arg(meta.version).arg(meta.expires_at);
             if update {
-                invocation.arg(meta.modified_at);
+                invocation
+                    .arg(meta.modified_at)
+                    .arg(u8::from(meta.principal.is_some()));
             }
             let attributes =
                 serde_json::to_string(&meta.attributes).unwrap_or_else(|_| "[]".to_owned());
@@ -268,7 +297,10 @@ impl RedisStore {
             }
             pipe.invoke_script(&invocation);
             let member = meta.key.as_str();
-            pipe.cmd("ZADD").arg(INDEX).arg(0).arg(member).ignore();
+            // An update's key is in the index since its insert.
+            if !update {
+                pipe.cmd("ZADD").arg(INDEX).arg(0).arg(member).ignore();
+            }
             pipe.cmd("ZADD")
                 .arg(EXPIRY)
                 .arg(meta.expires_at)
@@ -614,34 +646,54 @@ impl SessionAdmin for RedisStore {
             // Only entries still expired are removed: a touch may have moved one since.
             let records = self.read(&keys).await?;
             let mut pipe = redis::pipe();
-            let mut stale = Vec::new();
-            for (key, record) in keys.iter().zip(records) {
-                match record {
-                    Some(r) if r.meta.expires_at > now => {}
-                    Some(_) => {
-                        pipe.cmd("DEL").arg(session_key(key));
-                        stale.push(key.as_str().to_owned());
-                    }
-                    None => stale.push(key.as_str().to_owned()),
-                }
-            }
-            let unparsable: Vec<&String> = due
+            let mut expired = Vec::new();
+            let mut gone: Vec<String> = due
                 .iter()
                 .filter(|k| SessionKey::parse(k).is_none())
+                .cloned()
                 .collect();
-            if stale.is_empty() && unparsable.is_empty() {
+            for (key, record) in keys.iter().zip(records) {
+                match record {
+                    // Touched since (or its score is stale): the entry moves to its expiry.
+                    Some(r) if r.meta.expires_at > now => {
+                        pipe.cmd("ZADD")
+                            .arg(EXPIRY)
+                            .arg(r.meta.expires_at)
+                            .arg(key.as_str())
+                            .ignore();
+                    }
+                    // Deleted only if still expired when Redis runs it: another node may touch
+                    // or write it in between.
+                    Some(_) => {
+                        let mut invocation = self.scripts.purge.key(session_key(key));
+                        invocation.arg(now);
+                        pipe.invoke_script(&invocation);
+                        expired.push(key.as_str().to_owned());
+                    }
+                    None => gone.push(key.as_str().to_owned()),
+                }
+            }
+            let mut deleted = 0;
+            if pipe.cmd_iter().next().is_some() {
+                let answers: Vec<u64> = self.run(&pipe).await?;
+                for (key, answer) in expired.into_iter().zip(answers) {
+                    if answer > 0 {
+                        deleted += 1;
+                        gone.push(key);
+                    }
+                }
+            }
+            if gone.is_empty() && deleted == 0 && pipe.cmd_iter().next().is_none() {
                 self.tidy_principals(batch_size).await?;
                 return Ok(removed);
             }
-            if !stale.is_empty() {
-                pipe.cmd("ZREM").arg(EXPIRY).arg(&stale).ignore();
-                pipe.cmd("ZREM").arg(INDEX).arg(&stale).ignore();
+            if !gone.is_empty() {
+                let mut pipe = redis::pipe();
+                pipe.cmd("ZREM").arg(EXPIRY).arg(&gone).ignore();
+                pipe.cmd("ZREM").arg(INDEX).arg(&gone).ignore();
+                self.run::<()>(&pipe).await?;
             }
-            if !unparsable.is_empty() {
-                pipe.cmd("ZREM").arg(EXPIRY).arg(&unparsable).ignore();
-            }
-            let deleted: Vec<u64> = self.run(&pipe).await?;
-            removed += deleted.into_iter().sum::<u64>();
+            removed += deleted;
         }
     }
 
@@ -712,6 +764,7 @@ async fn check_alive(
     *seen = marker;
     drop(seen);
     if changed {
+        *alive.lost_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
         tracing::error!(
             "Redis lost its data (restarted without persistence, or flushed): writing back the sessions this node holds"
         );

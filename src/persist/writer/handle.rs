@@ -341,9 +341,16 @@ impl WriteBehind {
         }
     }
 
-    /// Flushes every queued write now rather than at the next interval.
+    /// Flushes every queued write now rather than at the next interval, retries waiting for
+    /// their backoff included (the store is back: it said so).
     pub(crate) fn flush_soon(&self) {
         self.ensure_started();
+        {
+            let mut queue = self.shared.queue();
+            for pending in queue.retry.values_mut() {
+                pending.not_before = None;
+            }
+        }
         self.shared.all_now.notify_one();
     }
 

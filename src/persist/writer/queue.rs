@@ -121,8 +121,9 @@ pub(super) struct Unsure {
 }
 
 impl Unsure {
-    /// The most kept per write: more sends fail only while the store stays unreachable, and
-    /// each one that failed was, like its predecessors, a compare-and-set on the same row.
+    /// The most kept per write. More sends fail only while the store stays unreachable; the
+    /// first is always kept (the send most likely to have committed before the store went
+    /// away), later ones give way to newer ones.
     pub(super) const KEPT: usize = 4;
 
     pub(super) fn new(version: i64, sent: &Record) -> Self {
@@ -163,7 +164,7 @@ impl Pending {
     pub(super) fn unsure(&mut self, sent: &Record) {
         if let Op::Save { version, .. } = &self.op {
             if self.unsure.len() >= Unsure::KEPT {
-                self.unsure.remove(0);
+                self.unsure.remove(1);
             }
             self.unsure.push(Unsure::new(*version, sent));
         }
@@ -271,8 +272,11 @@ pub(super) fn merge(old: Pending, mut new: Pending) -> Pending {
     new.not_before = old.not_before;
     let mut unsure = old.unsure.clone();
     unsure.append(&mut new.unsure);
-    let excess = unsure.len().saturating_sub(Unsure::KEPT);
-    unsure.drain(..excess);
+    // The first send stays (see `Unsure::KEPT`).
+    if unsure.len() > Unsure::KEPT {
+        let excess = unsure.len() - Unsure::KEPT;
+        unsure.drain(1..=excess);
+    }
     new.unsure = unsure;
     let mut waiters = old.waiters;
     match (&old.op, &mut new.op) {
