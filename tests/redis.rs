@@ -162,3 +162,74 @@ async fn ext_session_mgt_and_a_service_binding_configure_the_store() {
     assert_eq!(items(&cart), [("S1".to_owned(), 2)]);
     assert!(!work.path().join("data/unused.db").exists());
 }
+
+/// Redis restarted empty while two nodes hold copies of one session: the node the user left
+/// holds an older copy, numbered higher by its own count of async snapshots. The newer row wins
+/// the write-back, not the bigger local number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_newer_copy_wins_the_write_back() {
+    let test = "the_newer_copy_wins_the_write_back";
+    if !require_program("redis-server", test) || !require_program("redis-cli", test) {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let redis = Redis::start(port, work.path());
+    let config = config_dir(
+        work.path(),
+        &format!(
+            "session.store.url=redis://127.0.0.1:{port}\n\
+             spring.session.storefront.save=async\nspring.session.save.async.interval=300\n\
+             session.purge.cron=\n"
+        ),
+    );
+    let a = Server::start(work.path(), &config, "a");
+    let b = Server::start(work.path(), &config, "b");
+    let mut user = Client::new();
+    // One add on b, written; then ten more, coalesced into one update by b's writer: b's
+    // snapshots (12 so far) run ahead of the rows (2).
+    for sku in 0..11 {
+        if sku == 1 {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+        }
+        let (status, _) = user
+            .send(
+                &b.base,
+                "POST",
+                "/cart/items",
+                Some(json!({"sku": format!("B{sku}"), "qty": 1})),
+            )
+            .await;
+        assert!(status.is_success());
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The user moves to a, which restores the row and adds one more.
+    let (status, _) = user
+        .send(
+            &a.base,
+            "POST",
+            "/cart/items",
+            Some(json!({"sku": "A0", "qty": 1})),
+        )
+        .await;
+    assert!(status.is_success());
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(redis.sessions(), 1);
+
+    redis.kill();
+    let redis = Redis::start(port, work.path());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while redis.sessions() < 1 {
+        assert!(Instant::now() < deadline, "not written back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Both nodes have written theirs by now.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let c = Server::start(work.path(), &config, "c");
+    let (_, cart) = user.send(&c.base, "GET", "/cart", None).await;
+    assert_eq!(
+        items(&cart).len(),
+        12,
+        "the newest cart (b's eleven adds and a's one): {cart}"
+    );
+}
