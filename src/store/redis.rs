@@ -138,7 +138,12 @@ impl std::fmt::Debug for RedisStore {
 }
 
 fn session_key(key: &SessionKey) -> String {
-    format!("sf:s:{{{}}}", key.as_str())
+    hash_key(key.as_str())
+}
+
+/// The hash of the session stored under `key` (as text, e.g. an index member).
+fn hash_key(key: &str) -> String {
+    format!("sf:s:{{{key}}}")
 }
 
 impl RedisStore {
@@ -316,40 +321,60 @@ impl RedisStore {
         }
     }
 
+    /// Up to `count` members of the sorted set `index` after `after` (all from the first if
+    /// `None`), in key order (`ZRANGE … BYLEX`: every score is the same).
+    async fn page(
+        &self,
+        index: &str,
+        after: Option<&str>,
+        count: usize,
+    ) -> Result<Vec<String>, Error> {
+        let start = after.map_or_else(|| "-".to_owned(), |key| format!("({key}"));
+        let mut connection = self.connection.clone();
+        Ok(redis::cmd("ZRANGE")
+            .arg(index)
+            .arg(start)
+            .arg("+")
+            .arg("BYLEX")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(count)
+            .query_async(&mut connection)
+            .await?)
+    }
+
+    /// One step of `SCAN` over the keys matching `pattern`: the next cursor (0 at the end) and
+    /// the keys of this step.
+    async fn scan(&self, cursor: u64, pattern: &str) -> Result<(u64, Vec<String>), Error> {
+        let mut connection = self.connection.clone();
+        Ok(redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut connection)
+            .await?)
+    }
+
     /// Drops the principal indexes' entries of sessions that ended or changed principal (the
     /// indexes are found by `SCAN`, each read in pages of `batch_size`).
     async fn tidy_principals(&self, batch_size: u32) -> Result<(), Error> {
-        let mut connection = self.connection.clone();
-        let mut cursor: u64 = 0;
+        let count = batch_size.max(1) as usize;
+        let mut cursor = 0;
         loop {
-            let (next, indexes): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{PRINCIPAL}*"))
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut connection)
-                .await?;
+            let (next, indexes) = self.scan(cursor, &format!("{PRINCIPAL}*")).await?;
             for index in indexes {
                 let principal = &index[PRINCIPAL.len()..];
-                let mut start = "-".to_owned();
+                let mut after: Option<String> = None;
                 loop {
-                    let page: Vec<String> = redis::cmd("ZRANGE")
-                        .arg(&index)
-                        .arg(&start)
-                        .arg("+")
-                        .arg("BYLEX")
-                        .arg("LIMIT")
-                        .arg(0)
-                        .arg(batch_size.max(1))
-                        .query_async(&mut connection)
-                        .await?;
+                    let page = self.page(&index, after.as_deref(), count).await?;
                     if page.is_empty() {
                         break;
                     }
                     let mut pipe = redis::pipe();
                     for member in &page {
-                        pipe.cmd("HGET").arg(format!("sf:s:{{{member}}}")).arg("p");
+                        pipe.cmd("HGET").arg(hash_key(member)).arg("p");
                     }
                     let owners: Vec<Option<String>> = self.run(&pipe).await?;
                     let stale: Vec<&String> = page
@@ -359,18 +384,14 @@ impl RedisStore {
                         .map(|(member, _)| member)
                         .collect();
                     if !stale.is_empty() {
-                        redis::cmd("ZREM")
-                            .arg(&index)
-                            .arg(&stale)
-                            .query_async::<()>(&mut connection)
-                            .await?;
+                        let mut pipe = redis::pipe();
+                        pipe.cmd("ZREM").arg(&index).arg(&stale);
+                        self.run::<()>(&pipe).await?;
                     }
-                    match page.last() {
-                        Some(last) if page.len() >= batch_size.max(1) as usize => {
-                            start = format!("({last}");
-                        }
-                        _ => break,
+                    if page.len() < count {
+                        break;
                     }
+                    after = page.last().cloned();
                 }
             }
             if next == 0 {
@@ -571,19 +592,12 @@ impl SessionAdmin for RedisStore {
         let mut after = query.after.clone();
         let mut found = Vec::new();
         loop {
-            let start = after
-                .as_ref()
-                .map_or_else(|| "-".to_owned(), |k| format!("({}", k.as_str()));
-            let mut connection = self.connection.clone();
-            let page: Vec<String> = redis::cmd("ZRANGE")
-                .arg(&index)
-                .arg(&start)
-                .arg("+")
-                .arg("BYLEX")
-                .arg("LIMIT")
-                .arg(0)
-                .arg(limit.max(100))
-                .query_async(&mut connection)
+            let page = self
+                .page(
+                    &index,
+                    after.as_ref().map(SessionKey::as_str),
+                    limit.max(100),
+                )
                 .await?;
             let keys: Vec<SessionKey> = page.iter().filter_map(|k| SessionKey::parse(k)).collect();
             let records = self.read(&keys).await?;
@@ -606,11 +620,9 @@ impl SessionAdmin for RedisStore {
                 }
             }
             if query.principal.is_some() && !gone.is_empty() {
-                redis::cmd("ZREM")
-                    .arg(&index)
-                    .arg(&gone)
-                    .query_async::<()>(&mut connection)
-                    .await?;
+                let mut pipe = redis::pipe();
+                pipe.cmd("ZREM").arg(&index).arg(&gone);
+                self.run::<()>(&pipe).await?;
             }
             if found.len() >= limit || page.len() < limit.max(100) {
                 return Ok(found);
@@ -705,16 +717,9 @@ impl SessionAdmin for RedisStore {
     /// the database are left alone.
     async fn clear(&self) -> Result<(), Error> {
         let mut connection = self.connection.clone();
-        let mut cursor: u64 = 0;
+        let mut cursor = 0;
         loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg("sf:*")
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut connection)
-                .await?;
+            let (next, keys) = self.scan(cursor, "sf:*").await?;
             // The marker stays: clearing is not losing data (nodes must not write back).
             let keys: Vec<String> = keys.into_iter().filter(|k| k != ALIVE).collect();
             if !keys.is_empty() {
