@@ -218,7 +218,6 @@ enum Work {
     Save(Snapshot),
 }
 
-/// A node-cache entry as the writer sees it.
 /// Writes back the sessions of `app` each time its store says it lost its data, until the
 /// application is gone.
 async fn watch_emptied(
@@ -233,6 +232,7 @@ async fn watch_emptied(
     }
 }
 
+/// A node-cache entry as the writer sees it.
 fn owner(entry: &Arc<Entry>) -> Arc<dyn Owner> {
     Arc::clone(entry) as Arc<dyn Owner>
 }

@@ -170,7 +170,7 @@ impl Persister {
     /// in batches of the writer's size, each bounded by the store timeout.
     pub(crate) async fn write_rows(&self, records: &[Record]) -> Result<(), store::Error> {
         let writer = &self.persistence.writer;
-        for chunk in records.chunks(2_000) {
+        for chunk in records.chunks(writer.max_items()) {
             writer.bounded(writer.store().set_many(chunk)).await?;
         }
         Ok(())

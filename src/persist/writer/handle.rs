@@ -235,6 +235,11 @@ impl WriteBehind {
         self.shared.failing.store(true, Ordering::Relaxed);
     }
 
+    /// Writes in one batch (`WriterConfig::max_items`).
+    pub(crate) fn max_items(&self) -> usize {
+        self.shared.config.max_items.max(1)
+    }
+
     /// The store timeout every store call is bounded by.
     pub(crate) fn store_timeout(&self) -> Duration {
         self.shared.config.store_timeout

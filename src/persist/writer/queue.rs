@@ -126,6 +126,14 @@ impl Unsure {
     /// away), later ones give way to newer ones.
     pub(super) const KEPT: usize = 4;
 
+    /// Keeps the first note and the newest ones, [`Unsure::KEPT`] in all.
+    fn cap(notes: &mut Vec<Unsure>) {
+        if notes.len() > Self::KEPT {
+            let excess = notes.len() - Self::KEPT;
+            notes.drain(1..=excess);
+        }
+    }
+
     pub(super) fn new(version: i64, sent: &Record) -> Self {
         use sha2::Digest as _;
         Self {
@@ -163,10 +171,8 @@ impl Pending {
     /// Notes that `sent` (this write, as sent) failed or timed out: see [`Pending::unsure`].
     pub(super) fn unsure(&mut self, sent: &Record) {
         if let Op::Save { version, .. } = &self.op {
-            if self.unsure.len() >= Unsure::KEPT {
-                self.unsure.remove(1);
-            }
             self.unsure.push(Unsure::new(*version, sent));
+            Unsure::cap(&mut self.unsure);
         }
     }
 }
@@ -272,11 +278,7 @@ pub(super) fn merge(old: Pending, mut new: Pending) -> Pending {
     new.not_before = old.not_before;
     let mut unsure = old.unsure.clone();
     unsure.append(&mut new.unsure);
-    // The first send stays (see `Unsure::KEPT`).
-    if unsure.len() > Unsure::KEPT {
-        let excess = unsure.len() - Unsure::KEPT;
-        unsure.drain(1..=excess);
-    }
+    Unsure::cap(&mut unsure);
     new.unsure = unsure;
     let mut waiters = old.waiters;
     match (&old.op, &mut new.op) {
