@@ -10,18 +10,28 @@ use common::redis::Redis;
 use common::{Client, Server, config_dir, free_port, items, require_program};
 use serde_json::json;
 
+/// A work directory and a Redis of the test's own in it, or `None` (said on stderr, a failure
+/// in CI) where Debian's redis-server is not installed.
+fn own_redis(test: &str) -> Option<(tempfile::TempDir, Redis)> {
+    if !require_program("redis-server", test) || !require_program("redis-cli", test) {
+        return None;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let redis = Redis::start(free_port(), work.path());
+    Some((work, redis))
+}
+
 /// Redis restarted empty (no persistence): the sessions a live node holds are back in Redis
 /// within one async interval, without any request; another node then restores every cart, and
 /// the node that held them never logged anyone out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_held_by_live_nodes_are_written_back_when_redis_restarts_empty() {
-    let test = "sessions_held_by_live_nodes_are_written_back_when_redis_restarts_empty";
-    if !require_program("redis-server", test) || !require_program("redis-cli", test) {
+    let Some((work, redis)) =
+        own_redis("sessions_held_by_live_nodes_are_written_back_when_redis_restarts_empty")
+    else {
         return;
-    }
-    let work = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let redis = Redis::start(port, work.path());
+    };
+    let port = redis.port;
     // Async mode at its default interval (5 s); the cache checks copies every second.
     let config = config_dir(
         work.path(),
@@ -93,13 +103,12 @@ async fn sessions_held_by_live_nodes_are_written_back_when_redis_restarts_empty(
 /// survives a node killed with SIGKILL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ext_session_mgt_and_a_service_binding_configure_the_store() {
-    let test = "ext_session_mgt_and_a_service_binding_configure_the_store";
-    if !require_program("redis-server", test) || !require_program("redis-cli", test) {
+    let Some((work, redis)) =
+        own_redis("ext_session_mgt_and_a_service_binding_configure_the_store")
+    else {
         return;
-    }
-    let work = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let redis = Redis::start(port, work.path());
+    };
+    let port = redis.port;
     let secret = "approuter-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
     let ext = format!(
         r#"{{"instanceName": "approuter-redis", "storageType": "redis", "sessionSecret": "{secret}",
@@ -168,13 +177,10 @@ async fn ext_session_mgt_and_a_service_binding_configure_the_store() {
 /// the write-back, not the bigger local number.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_newer_copy_wins_the_write_back() {
-    let test = "the_newer_copy_wins_the_write_back";
-    if !require_program("redis-server", test) || !require_program("redis-cli", test) {
+    let Some((work, redis)) = own_redis("the_newer_copy_wins_the_write_back") else {
         return;
-    }
-    let work = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let redis = Redis::start(port, work.path());
+    };
+    let port = redis.port;
     let config = config_dir(
         work.path(),
         &format!(
