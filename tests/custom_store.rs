@@ -118,7 +118,12 @@ async fn the_adapter_keeps_the_store_rules_that_apply() {
 
     // What it gives up, said plainly.
     let refused = store.list(&ListQuery::default()).await.unwrap_err();
-    assert!(refused.to_string().contains("session store error"));
+    assert!(
+        refused
+            .to_string()
+            .contains("a custom store of the eight operations has no listing"),
+        "{refused}"
+    );
     store.set(&r).await.unwrap();
     store.clear().await.unwrap();
     assert_eq!(SessionAdmin::length(&store).await.unwrap(), 0);

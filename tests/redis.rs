@@ -239,3 +239,240 @@ async fn the_newer_copy_wins_the_write_back() {
         "the newest cart (b's eleven adds and a's one): {cart}"
     );
 }
+
+/// The store goes back to an older state of a session than the node serving it committed (a
+/// failover to a replica that lagged, a restored backup): the node's copy carries the lost
+/// adds and writes them back, both on the session's next change and, for a copy with no
+/// change, when the cache checks it. A second node then serves every add.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_gone_back_to_an_older_state_is_written_over() {
+    let Some((work, redis)) = own_redis("a_store_gone_back_to_an_older_state_is_written_over")
+    else {
+        return;
+    };
+    let port = redis.port;
+    let config = config_dir(
+        work.path(),
+        &format!(
+            "session.store.url=redis://127.0.0.1:{port}\nspring.session.storefront.save=sync\n\
+             session.cache.verify.interval=200\nsession.purge.cron=\n"
+        ),
+    );
+    let a = Server::start(work.path(), &config, "a");
+    let mut connection = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut user = Client::new();
+    let add = async |user: &mut Client, sku: &str| {
+        let (status, _) = user
+            .send(
+                &a.base,
+                "POST",
+                "/cart/items",
+                Some(json!({"sku": sku, "qty": 1})),
+            )
+            .await;
+        assert!(status.is_success(), "add {sku}: {status}");
+    };
+    add(&mut user, "S1").await;
+    add(&mut user, "S2").await;
+    let id = user.cookie.clone().unwrap();
+    let hash = format!(
+        "sf:s:{{{}}}",
+        session_failover::session::SessionId::parse(&id)
+            .unwrap()
+            .store_key()
+            .as_str()
+    );
+    let old: Vec<u8> = redis::cmd("DUMP")
+        .arg(&hash)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let go_back = async |connection: &mut redis::aio::MultiplexedConnection| {
+        redis::cmd("RESTORE")
+            .arg(&hash)
+            .arg(0)
+            .arg(&old)
+            .arg("REPLACE")
+            .query_async::<()>(connection)
+            .await
+            .unwrap();
+    };
+    let cart_on_b = async || {
+        let b = Server::start(work.path(), &config, "b");
+        let mut on_b = Client::new();
+        on_b.cookie = Some(id.clone());
+        let (status, body) = on_b.send(&b.base, "GET", "/cart", None).await;
+        assert!(status.is_success());
+        let cart: Vec<String> = items(&body).into_iter().map(|(sku, _)| sku).collect();
+        cart
+    };
+
+    // A change: the row is older than the one it descends from; the whole copy is written.
+    add(&mut user, "S3").await;
+    add(&mut user, "S4").await;
+    go_back(&mut connection).await;
+    add(&mut user, "S5").await;
+    assert_eq!(cart_on_b().await, ["S1", "S2", "S3", "S4", "S5"]);
+
+    // No change: the cache's check finds the older row and writes the copy back.
+    go_back(&mut connection).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, _) = user.send(&a.base, "GET", "/cart", None).await;
+    assert!(status.is_success());
+    assert_eq!(cart_on_b().await, ["S1", "S2", "S3", "S4", "S5"]);
+    assert!(
+        a.log_text()
+            .matches("the store holds an older state of this session")
+            .count()
+            >= 2,
+        "said twice"
+    );
+}
+
+/// What a master killed under load costs on a Redis Cluster, in strict sync mode (no group
+/// commit: a save that fails is refused, never kept for later), when its replica lags (stopped
+/// and cut off for half a second, as a busy network would) and the node serving the users dies
+/// with the master (its memory cannot write the lost adds back). Without `WAIT` the adds the
+/// master acknowledged meanwhile are not on the replica that takes over: lost. With
+/// `session.store.redis.wait.replicas=1` each acknowledged add was on the replica before the
+/// user was answered (the others were refused): none is lost. The carts are read afterwards
+/// through a second node with a cold cache: what Redis kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_master_killed_under_load() {
+    let test = "a_cluster_master_killed_under_load";
+    if !require_program("redis-server", test) || !require_program("redis-cli", test) {
+        return;
+    }
+    let mut figures = Vec::new();
+    for wait in [0, 1] {
+        let (lost, acknowledged, refused, longest) = master_killed_under_load(wait).await;
+        eprintln!(
+            "{test}: wait.replicas={wait}: {acknowledged} acknowledged adds, {lost} lost, \
+             {refused} refused or unanswered, longest request {longest:?}"
+        );
+        figures.push((lost, acknowledged));
+    }
+    let ((lost_without_wait, _), (lost_with_wait, acknowledged)) = (figures[0], figures[1]);
+    assert!(acknowledged > 100, "the load ran: {acknowledged} adds");
+    assert!(
+        lost_without_wait > 0,
+        "without WAIT, the lagging replica misses acknowledged adds (else this test shows nothing)"
+    );
+    assert_eq!(lost_with_wait, 0, "with WAIT, no acknowledged add is lost");
+}
+
+/// One run of [`a_cluster_master_killed_under_load`]: lost and acknowledged adds, the adds
+/// refused or left unanswered, the longest request.
+async fn master_killed_under_load(wait: u32) -> (usize, usize, usize, Duration) {
+    const USERS: usize = 24;
+    let work = tempfile::tempdir().unwrap();
+    let mut cluster = common::redis::RedisCluster::start(work.path(), 1000);
+    let config = config_dir(
+        work.path(),
+        &format!(
+            "session.store.url={}\nsession.store.timeout=3000\n\
+             session.store.redis.wait.replicas={wait}\nsession.save.group.commit=false\n\
+             spring.session.storefront.save=sync\nsession.purge.cron=\n",
+            cluster.url()
+        ),
+    );
+    let a = Server::start(work.path(), &config, "a");
+    let users: Vec<_> = (0..USERS)
+        .map(|u| {
+            let base = a.base.clone();
+            tokio::spawn(async move {
+                let mut client = Client::new();
+                let (mut acknowledged, mut unknown) = (Vec::new(), Vec::new());
+                let mut longest = Duration::ZERO;
+                // Until node a is gone (a few unanswered adds in a row).
+                let mut unanswered = 0;
+                for n in 0.. {
+                    let sku = format!("u{u}-{n}");
+                    let started = Instant::now();
+                    let answer = client
+                        .try_send(
+                            &base,
+                            "POST",
+                            "/cart/items",
+                            Some(json!({"sku": sku, "qty": 1})),
+                        )
+                        .await;
+                    longest = longest.max(started.elapsed());
+                    match answer {
+                        Some((status, _)) if status.is_success() => {
+                            unanswered = 0;
+                            acknowledged.push(sku);
+                        }
+                        Some(_) => unknown.push(sku),
+                        None => {
+                            unknown.push(sku);
+                            unanswered += 1;
+                            if unanswered == 3 {
+                                break;
+                            }
+                        }
+                    }
+                    // About 12 adds a second: no cart reaches the shop's 100 lines.
+                    tokio::time::sleep(Duration::from_millis(80)).await;
+                }
+                (client, acknowledged, unknown, longest)
+            })
+        })
+        .collect();
+    // Load for a second; the replica of one master stops and loses its link for half a
+    // second; then the master and node a are killed (SIGKILL) together, and the replica
+    // resumes and takes over.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let victim = cluster.master_of("sf:s:{x}");
+    let replica = cluster.replica_of(victim);
+    cluster.nodes[replica].as_ref().unwrap().signal("STOP");
+    // Its link is cut too: what the master takes from now on is in no replica's socket buffer.
+    cluster.nodes[victim]
+        .as_ref()
+        .unwrap()
+        .query(&["CLIENT", "KILL", "TYPE", "replica"])
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.nodes[victim].take().unwrap().kill();
+    a.kill();
+    cluster.nodes[replica].as_ref().unwrap().signal("CONT");
+    let mut results = Vec::new();
+    for user in users {
+        results.push(user.await.unwrap());
+    }
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.wait_until_ok(Duration::from_secs(30));
+        cluster
+    })
+    .await
+    .unwrap();
+
+    // A second node, cold: every cart as Redis has it.
+    let b = Server::start(work.path(), &config, "b");
+    let (mut lost, mut acknowledged_total, mut refused, mut longest) = (0, 0, 0, Duration::ZERO);
+    for (mut client, acknowledged, unknown, slowest) in results {
+        let (status, body) = client.send(&b.base, "GET", "/cart", None).await;
+        assert!(status.is_success(), "the cart is served: {status}");
+        let cart: std::collections::BTreeSet<String> =
+            items(&body).into_iter().map(|(sku, _)| sku).collect();
+        lost += acknowledged
+            .iter()
+            .filter(|sku| !cart.contains(*sku))
+            .count();
+        let extra: Vec<&String> = cart
+            .iter()
+            .filter(|sku| !acknowledged.contains(sku) && !unknown.contains(sku))
+            .collect();
+        assert!(extra.is_empty(), "items nobody added: {extra:?}");
+        acknowledged_total += acknowledged.len();
+        refused += unknown.len();
+        longest = longest.max(slowest);
+    }
+    drop(b);
+    drop(cluster);
+    (lost, acknowledged_total, refused, longest)
+}

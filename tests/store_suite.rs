@@ -511,7 +511,7 @@ async fn redis_store() {
         return;
     };
     // Database 1 of the test server: other Redis tests use others.
-    let store = RedisStore::connect(&format!("{url}/1"), Duration::from_secs(5))
+    let store = RedisStore::connect(&format!("{url}/1"), &StoreOptions::default())
         .await
         .unwrap();
     // Redis expires rows by its own clock: the suite's clock is the real one.
@@ -582,6 +582,94 @@ async fn redis_store() {
     assert!(store.version(&one, now).await.is_err());
     assert_eq!(*emptied.borrow(), before + 1);
     store.clear().await.unwrap();
+}
+
+/// The same suite on a Redis Cluster of the test's own (three masters, three replicas): a
+/// batch spans slots on every master, listing merges the index shards, `SCAN` visits each
+/// master. And the `WAIT` setting: a save waits for a replica, and fails when it cannot have
+/// as many as asked.
+#[tokio::test]
+async fn redis_cluster_store() {
+    if !common::require_program("redis-server", "redis_cluster_store") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let cluster = common::redis::RedisCluster::start(work.path(), 5000);
+    let store = RedisStore::connect(&cluster.url(), &StoreOptions::default())
+        .await
+        .unwrap();
+    let now = session_failover::store::now_millis();
+    suite_at(Arc::new(store.clone()), now, true).await;
+
+    // 300 sessions in one batch land on every master; a listing pages through all of them in
+    // key order, and the purge of a later clock removes their index entries everywhere.
+    let records: Vec<Record> = (0..300)
+        .map(|i| record_at(now, "storefront", None, "a", 1, vec![i as u8]))
+        .collect();
+    store.set_many(&records).await.unwrap();
+    let per_master: Vec<usize> = cluster
+        .nodes
+        .iter()
+        .flatten()
+        .filter(|n| n.query(&["ROLE"]).is_some_and(|r| r.starts_with("master")))
+        .map(common::redis::Redis::sessions)
+        .collect();
+    assert_eq!(per_master.len(), 3);
+    assert!(per_master.iter().all(|&n| n > 50), "spread: {per_master:?}");
+    let mut listed = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list(&ListQuery {
+                limit: 70,
+                after: after.clone(),
+                ..ListQuery::default()
+            })
+            .await
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().map(|m| m.key.clone());
+        listed.extend(page.into_iter().map(|m| m.key));
+    }
+    let mut expected: Vec<SessionKey> = records.iter().map(|r| r.meta.key.clone()).collect();
+    expected.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    assert_eq!(listed, expected, "every session once, in key order");
+    assert_eq!(store.length().await.unwrap(), 300);
+
+    // A save waits for one replica; asking for two (each master has one) fails and says why.
+    let waiting = RedisStore::connect(
+        &cluster.url(),
+        &StoreOptions {
+            redis_wait_replicas: 1,
+            ..StoreOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut next = records[0].clone();
+    next.meta.version = 2;
+    assert_eq!(waiting.update(&next).await.unwrap(), Update::Written);
+    let too_many = RedisStore::connect(
+        &cluster.url(),
+        &StoreOptions {
+            redis_wait_replicas: 2,
+            timeout: Duration::from_millis(400),
+            ..StoreOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    next.meta.version = 3;
+    let refused = too_many.update(&next).await.unwrap_err().to_string();
+    assert!(
+        refused.contains("reached 1 of 2 replicas within 200 ms"),
+        "{refused}"
+    );
+    store.clear().await.unwrap();
+    assert_eq!(cluster.sessions(), 0);
+    assert_eq!(store.length().await.unwrap(), 0);
 }
 
 /// Rows that are not sessions (a key no node writes) are skipped by `records`, and a page made

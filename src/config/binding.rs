@@ -5,10 +5,13 @@
 //! |---|---|
 //! | `instanceName` (mandatory) | the bound service whose credentials give `session.store.url` |
 //! | `storageType` (mandatory) | `redis`, or the name of a store registered in code ([`crate::store::register`]) |
-//! | `sessionSecret` (mandatory) | `session.secret` (real encryption, AES-256-GCM) |
+//! | `sessionSecret` (mandatory) | `session.secret` (real encryption, XChaCha20-Poly1305) |
 //! | `defaultRetryTimeout` (ms) | `session.save.retry.max.delay`: the longest wait between attempts |
 //! | `backOffMultiplier` | `session.save.retry.multiplier`: how much each wait grows |
 //! | `externalStoreFilePath` | refused: Rust cannot load code from a path; the message points to the registry |
+//! | `connectTimeout` (ms) | `session.store.connect.timeout` |
+//! | `commandTimeout` (ms) | `session.store.timeout`: the longest a store call may take |
+//! | `keepAlive` (ms) | `session.store.redis.keepalive`: idle time before TCP keepalive probes (0: none) |
 //!
 //! They sit above the properties files and below the `y_…` variables: the platform's binding
 //! wins over what is packaged, an operator's explicit override wins over both.
@@ -22,13 +25,16 @@ pub const EXT_SESSION_MGT: &str = "EXT_SESSION_MGT";
 /// Cloud Foundry's service bindings.
 pub const VCAP_SERVICES: &str = "VCAP_SERVICES";
 
-const FIELDS: [&str; 6] = [
+const FIELDS: [&str; 9] = [
     "instanceName",
     "storageType",
     "sessionSecret",
     "defaultRetryTimeout",
     "backOffMultiplier",
     "externalStoreFilePath",
+    "connectTimeout",
+    "commandTimeout",
+    "keepAlive",
 ];
 
 /// The properties `EXT_SESSION_MGT` (and the binding it names) set, each with where it came
@@ -118,6 +124,9 @@ pub(crate) fn properties(
     for (field, key) in [
         ("defaultRetryTimeout", "session.save.retry.max.delay"),
         ("backOffMultiplier", "session.save.retry.multiplier"),
+        ("connectTimeout", "session.store.connect.timeout"),
+        ("commandTimeout", "session.store.timeout"),
+        ("keepAlive", "session.store.redis.keepalive"),
     ] {
         match object.get(field) {
             None | Some(Value::Null) => {}
@@ -205,12 +214,6 @@ fn store_url(instance: &str, vcap: Option<&str>) -> Result<String, Error> {
         .and_then(Value::as_object)
         .ok_or_else(|| wrong("a service with credentials (it has none)".to_owned()))?;
     let field = |name: &str| credentials.get(name).filter(|v| !v.is_null());
-    if field("cluster_mode").and_then(Value::as_bool) == Some(true) {
-        return Err(wrong(
-            "a single Redis: its credentials say cluster_mode, and Redis Cluster is not supported yet"
-                .to_owned(),
-        ));
-    }
     if field("sentinel_nodes")
         .and_then(Value::as_array)
         .is_some_and(|nodes| !nodes.is_empty())
@@ -221,10 +224,18 @@ fn store_url(instance: &str, vcap: Option<&str>) -> Result<String, Error> {
         ));
     }
     let tls = field("tls").and_then(Value::as_bool).unwrap_or(false);
+    let cluster = field("cluster_mode").and_then(Value::as_bool) == Some(true);
+    // A cluster's nodes are found from any one of them: its URL names that one.
+    let scheme = match (tls, cluster) {
+        (false, false) => "redis",
+        (true, false) => "rediss",
+        (false, true) => "redis-cluster",
+        (true, true) => "rediss-cluster",
+    };
     if let Some(uri) = field("uri").and_then(Value::as_str) {
-        // The binding's TLS flag wins over a plain scheme in its URI.
-        return Ok(match uri.strip_prefix("redis://") {
-            Some(rest) if tls => format!("rediss://{rest}"),
+        // The binding's TLS and cluster flags win over the scheme of its URI.
+        return Ok(match uri.split_once("://") {
+            Some(("redis" | "rediss", rest)) => format!("{scheme}://{rest}"),
             _ => uri.to_owned(),
         });
     }
@@ -237,7 +248,6 @@ fn store_url(instance: &str, vcap: Option<&str>) -> Result<String, Error> {
         Some(Value::String(s)) => s.clone(),
         _ => "6379".to_owned(),
     };
-    let scheme = if tls { "rediss" } else { "redis" };
     Ok(match field("password").and_then(Value::as_str) {
         Some(password) => format!("{scheme}://:{}@{host}:{port}", percent_encode(password)),
         None => format!("{scheme}://{host}:{port}"),
@@ -308,6 +318,40 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_binding_and_the_connection_options() {
+        let cluster = VCAP.replace("\"cluster_mode\": false", "\"cluster_mode\": true");
+        let props = properties(
+            Some(&ext(
+                r#", "connectTimeout": 2000, "commandTimeout": 800, "keepAlive": 30000"#,
+            )),
+            Some(&cluster),
+        )
+        .unwrap();
+        assert_eq!(
+            get(&props, "session.store.url").0,
+            "rediss-cluster://:p%40ss%2Fw%3Ard@10.0.0.5:1234"
+        );
+        assert_eq!(get(&props, "session.store.connect.timeout").0, "2000");
+        assert_eq!(get(&props, "session.store.timeout").0, "800");
+        assert_eq!(
+            get(&props, "session.store.redis.keepalive"),
+            (
+                "30000",
+                "environment variable EXT_SESSION_MGT.keepAlive".to_owned()
+            )
+        );
+        let by_uri = cluster.replace(
+            "\"hostname\": \"10.0.0.5\"",
+            "\"uri\": \"redis://:pw@10.0.0.6:6380\", \"hostname\": \"10.0.0.5\"",
+        );
+        let props = properties(Some(&ext("")), Some(&by_uri)).unwrap();
+        assert_eq!(
+            get(&props, "session.store.url").0,
+            "rediss-cluster://:pw@10.0.0.6:6380"
+        );
+    }
+
+    #[test]
     fn every_mistake_names_its_field() {
         for (ext_value, vcap, needle) in [
             (
@@ -357,11 +401,7 @@ mod tests {
                 "bound: approuter-redis, uaa",
             ),
             (ext(""), Some("[1"), "VCAP_SERVICES:1: not a JSON object"),
-            (
-                ext(""),
-                Some(&VCAP.replace("\"cluster_mode\": false", "\"cluster_mode\": true")),
-                "cluster_mode",
-            ),
+            (ext(r#", "keepAlive": true"#), Some(VCAP), "keepAlive"),
         ] {
             let error = properties(Some(&ext_value), vcap).unwrap_err().to_string();
             assert!(error.contains(needle), "{ext_value} gave {error}");

@@ -88,7 +88,7 @@ pub const KEYS: &[KeySpec] = &[
     KeySpec {
         key: "session.store.url",
         default: "sqlite://data/sessions.db",
-        doc: "where sessions are persisted: sqlite://PATH, postgres://USER@HOST/DB, mysql://USER@HOST/DB",
+        doc: "where sessions are persisted: sqlite://PATH, postgres://USER@HOST/DB, mysql://USER@HOST/DB, redis://HOST:PORT[/DB], redis-cluster://HOST:PORT[,HOST:PORT…]",
     },
     KeySpec {
         key: "session.store.migrate",
@@ -104,6 +104,21 @@ pub const KEYS: &[KeySpec] = &[
         key: "session.store.timeout",
         default: "5000",
         doc: "milliseconds a store operation may take before it fails (1..=600000)",
+    },
+    KeySpec {
+        key: "session.store.connect.timeout",
+        default: "",
+        doc: "milliseconds connecting to the store may take (1..=600000); empty: session.store.timeout",
+    },
+    KeySpec {
+        key: "session.store.redis.keepalive",
+        default: "0",
+        doc: "Redis: milliseconds a connection is idle before TCP keepalive probes start (0..=3600000; 0: none)",
+    },
+    KeySpec {
+        key: "session.store.redis.wait.replicas",
+        default: "0",
+        doc: "Redis: replicas each save waits for (WAIT, up to half the store timeout) before it is acknowledged; 0: none (0..=16)",
     },
     KeySpec {
         key: "session.secret",

@@ -420,6 +420,25 @@ impl Config {
                         1,
                         600_000,
                     ))),
+                    redis_wait_replicas: u32::try_from(problems.ok(number(
+                        p,
+                        "session.store.redis.wait.replicas",
+                        0,
+                        16,
+                    )))
+                    .unwrap_or(16),
+                    connect_timeout: if string(p, "session.store.connect.timeout").is_empty() {
+                        None
+                    } else {
+                        Some(problems.ok(millis(p, "session.store.connect.timeout", 1, 600_000)))
+                    },
+                    redis_keepalive: Some(problems.ok(millis(
+                        p,
+                        "session.store.redis.keepalive",
+                        0,
+                        3_600_000,
+                    )))
+                    .filter(|d| !d.is_zero()),
                 }
             },
             timeout: Duration::from_secs(problems.ok(number(p, "session.timeout", 1, 31_536_000))),

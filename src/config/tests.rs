@@ -120,13 +120,13 @@ fn bad_values_name_file_line_key_and_accepted_values() {
             "session.store.url=memcached://h\n",
             "session.store.url = \"memcached://h\": expected a usable store URL: scheme \
              \"memcached\" is not supported (supported: sqlite://PATH, postgres://USER@HOST/DB, \
-             mysql://USER@HOST/DB, redis://HOST:PORT)",
+             mysql://USER@HOST/DB, redis://HOST:PORT, redis-cluster://HOST:PORT[,HOST:PORT…])",
         ),
         (
             "session.store.url=data/x.db\n",
             "expected a usable store URL: no scheme (supported: sqlite://PATH, \
-             postgres://USER@HOST/DB, mysql://USER@HOST/DB, redis://HOST:PORT); for a SQLite file \
-             write sqlite://data/x.db",
+             postgres://USER@HOST/DB, mysql://USER@HOST/DB, redis://HOST:PORT, \
+             redis-cluster://HOST:PORT[,HOST:PORT…]); for a SQLite file write sqlite://data/x.db",
         ),
     ] {
         let err = parse(text).unwrap_err().to_string();

@@ -28,6 +28,7 @@
 //! | `session_write_sync_fallbacks_total` | counter | async saves made synchronously (queue full) |
 //! | `session_write_rebases_total` | counter | updates that lost their compare-and-set and were merged with the newer stored state |
 //! | `session_write_unsure_resolved_total` | counter | writes that failed or timed out, found committed by their retry (not applied again) |
+//! | `session_store_regressed_total` | counter (`app`) | sessions the store held in an older state than this node had committed (the store lost writes), written over |
 //!
 //! | `session_purge_runs_total` / `_rows_total` / `_seconds` | counter / counter / histogram | purge runs, rows deleted, time per run |
 //! | `session_purge_skipped_total` / `_failures_total` | counter | runs skipped (another node purging) / failed |
@@ -132,6 +133,10 @@ pub(crate) fn sync_fallback() {
 
 pub(crate) fn rebased() {
     metrics::counter!("session_write_rebases_total").increment(1);
+}
+
+pub(crate) fn store_regressed(app: &str) {
+    metrics::counter!("session_store_regressed_total", "app" => app.to_owned()).increment(1);
 }
 
 pub(crate) fn unsure_resolved() {

@@ -62,9 +62,10 @@ pub enum Error {
     /// The store did not answer within `session.store.timeout`.
     #[error("store did not answer within {0:?} (session.store.timeout)")]
     Timeout(Duration),
-    /// A store of your own failed (for [`crate::store::SessionStore`] implementations outside this crate).
-    #[error("session store error")]
-    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A store of your own failed (for [`crate::store::SessionStore`] implementations outside
+    /// this crate), or a store said why in words; shown as its message.
+    #[error(transparent)]
+    Backend(Box<dyn std::error::Error + Send + Sync>),
     /// A row holds a value this build cannot read (e.g. attribute names that are not JSON).
     #[error("corrupt row {key}: {reason}")]
     CorruptRow {

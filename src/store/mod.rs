@@ -69,6 +69,21 @@ pub struct StoreOptions {
     /// The longest a store operation, or waiting for a pooled connection, may take
     /// (`session.store.timeout`).
     pub timeout: Duration,
+    /// Redis: replicas every save waits for (`WAIT`), 0 for none
+    /// (`session.store.redis.wait.replicas`).
+    pub redis_wait_replicas: u32,
+    /// The longest connecting may take, if not `timeout` (`session.store.connect.timeout`).
+    pub connect_timeout: Option<Duration>,
+    /// Redis: idle time before TCP keepalive probes, `None` for none
+    /// (`session.store.redis.keepalive`).
+    pub redis_keepalive: Option<Duration>,
+}
+
+impl StoreOptions {
+    /// The longest connecting may take.
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout.unwrap_or(self.timeout)
+    }
 }
 
 impl Default for StoreOptions {
@@ -78,6 +93,9 @@ impl Default for StoreOptions {
             create: true,
             pool_size: 10,
             timeout: Duration::from_secs(5),
+            redis_wait_replicas: 0,
+            connect_timeout: None,
+            redis_keepalive: None,
         }
     }
 }
@@ -100,6 +118,15 @@ pub fn validate_url(url: &str) -> Result<(), Error> {
             url: redact_url(url),
             reason: "not a Redis URL: expected redis://[USER:PASSWORD@]HOST[:PORT][/DB] (rediss:// for TLS)".to_owned(),
         }),
+        #[cfg(feature = "redis")]
+        "redis-cluster" | "rediss-cluster" => match redis::cluster_nodes(url) {
+            Some(Ok(_)) => Ok(()),
+            Some(Err(reason)) => Err(Error::Url {
+                url: redact_url(url),
+                reason,
+            }),
+            None => Err(unsupported(url, scheme)),
+        },
         _ if custom::registered(scheme).is_some() => Ok(()),
         _ => Err(unsupported(url, scheme)),
     }
@@ -125,6 +152,11 @@ const SUPPORTED: &[(&str, &str, bool)] = &[
     ),
     ("mysql", "mysql://USER@HOST/DB", cfg!(feature = "mysql")),
     ("redis", "redis://HOST:PORT", cfg!(feature = "redis")),
+    (
+        "redis",
+        "redis-cluster://HOST:PORT[,HOST:PORT…]",
+        cfg!(feature = "redis"),
+    ),
 ];
 
 fn unsupported(url: &str, scheme: &str) -> Error {
@@ -182,7 +214,9 @@ pub async fn open(url: &str, options: &StoreOptions) -> Result<Arc<dyn SessionAd
         #[cfg(feature = "mysql")]
         "mysql" | "mariadb" => open_sql::<sql::MySql>(url, options).await,
         #[cfg(feature = "redis")]
-        "redis" | "rediss" => Ok(Arc::new(RedisStore::connect(url, options.timeout).await?)),
+        "redis" | "rediss" | "redis-cluster" | "rediss-cluster" => {
+            Ok(Arc::new(RedisStore::connect(url, options).await?))
+        }
         _ => match custom::registered(scheme) {
             Some(open) => open(url.to_owned(), options.clone()).await,
             None => Err(unsupported(url, scheme)),

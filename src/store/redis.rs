@@ -1,5 +1,5 @@
 //! [`RedisStore`] (feature `redis`): the same logical record as the SQL table, one Redis hash
-//! per session, expired by Redis itself.
+//! per session, expired by Redis itself; on one Redis or on a Redis Cluster.
 //!
 //! Keys (the session key is unpadded base64url, so it never holds a brace):
 //! - `sf:s:{KEY}`: the session's hash, one field per column (`a` app, `c` context path, `n`
@@ -7,15 +7,16 @@
 //!   `v` version, `at` attribute names as JSON, `sz` size, `d` the blob as is: compressed, and
 //!   encrypted when a secret is set; binary, not base64). `PEXPIREAT` at `expires_at`. The
 //!   braces are a Redis Cluster hash tag: each session has its own slot.
-//! - `sf:index`: a sorted set of every session key (score 0), for listing in key order with
-//!   keyset paging (`ZRANGE … BYLEX`), without `SCAN`.
-//! - `sf:expiry`: the same keys scored by `expires_at`: the purge finds the keys Redis expired
-//!   by score and removes them from the indexes (Redis expires the hashes; only the index
-//!   entries are left for the purge).
+//! - `sf:index:{N}` (N = 0..15, the session key's [`SHARDS`] shard): sorted sets of every
+//!   session key (score 0), for listing in key order with keyset paging (`ZRANGE … BYLEX`,
+//!   the shards' pages merged), without `SCAN`.
+//! - `sf:expiry:{N}`: the same keys scored by `expires_at`: the purge finds the keys Redis
+//!   expired by score and removes them from the indexes (Redis expires the hashes; only the
+//!   index entries are left for the purge). Sharded so that on a cluster the index writes
+//!   spread over the masters like the sessions do.
 //! - `sf:principal:<name>`: the keys of one principal's sessions (score 0), so "log this user
 //!   out everywhere" and the backoffice's filter by principal do not scan. Entries of ended
 //!   sessions are dropped when that principal is listed.
-//!
 //! - `sf:alive`: a random token, set when missing. A node that finds it gone or changed knows
 //!   Redis lost its data (restarted without persistence, flushed): see [`RedisStore`]'s
 //!   `emptied`.
@@ -23,26 +24,32 @@
 //! The version rule (an insert never replaces a version greater than or equal to its own) and
 //! the compare-and-set of an update run as Lua scripts on the session's hash, so they are
 //! atomic. A batch is one pipelined round trip: per session, its script and the index
-//! updates. Scripts are sent by hash (`EVALSHA`) and loaded again if Redis lost them (a
-//! restart).
+//! updates; on a cluster, one pipeline per hash slot, all sent at once (one round trip to
+//! each master, in parallel). Scripts are sent by hash (`EVALSHA`) and loaded again if Redis
+//! lost them (a restart, a failover to a replica that never saw them).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Pipeline, Script};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo, Slot};
+use redis::{Cmd, Script, Value};
 
-use super::{EpochMillis, Error, ListQuery, Meta, Record, SessionAdmin, SessionStore, Update};
+use super::{
+    EpochMillis, Error, ListQuery, Meta, Record, SessionAdmin, SessionStore, StoreOptions, Update,
+};
 use crate::id::SessionKey;
 
-const INDEX: &str = "sf:index";
+/// The index shards: `sf:index:{N}` and `sf:expiry:{N}` for N in `0..SHARDS`.
+const SHARDS: usize = 16;
 /// The marker whose loss tells that Redis lost its data.
 const ALIVE: &str = "sf:alive";
 /// How often each node checks [`ALIVE`] when nothing else did.
 const ALIVE_EVERY: Duration = Duration::from_secs(1);
-const EXPIRY: &str = "sf:expiry";
 const PRINCIPAL: &str = "sf:principal:";
 /// The hash fields read back, in this order.
 const FIELDS: [&str; 12] = [
@@ -100,12 +107,22 @@ redis.call('HSET', KEYS[1], 'd', ARGV[3], 'sz', ARGV[4])
 return 1
 ";
 
-/// Sessions in Redis (`session.store.url=redis://…`, or `rediss://…` with TLS).
+/// Sessions in Redis (`session.store.url=redis://…`, `rediss://…` with TLS, or
+/// `redis-cluster://HOST:PORT[,HOST:PORT…]` for a Redis Cluster).
 #[derive(Clone)]
 pub struct RedisStore {
-    connection: ConnectionManager,
+    connection: Connection,
     scripts: Scripts,
     alive: Arc<Alive>,
+    /// `session.store.redis.wait.replicas`: replicas a save waits for (`WAIT`), and how long.
+    wait: Option<(u32, Duration)>,
+}
+
+/// One Redis, or a cluster's masters (each command to the master of its key's slot).
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
 }
 
 /// After a loss of data is noticed, for this long every call that finds a session missing
@@ -131,6 +148,9 @@ struct Scripts {
     purge: Script,
 }
 
+/// The scripts' code, loaded on every server at start-up and again after a `NOSCRIPT`.
+const ALL_SCRIPTS: [&str; 5] = [SET, UPDATE, TOUCH, REKEY, PURGE];
+
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore").finish_non_exhaustive()
@@ -146,38 +166,237 @@ fn hash_key(key: &str) -> String {
     format!("sf:s:{{{key}}}")
 }
 
+/// The index shard of a session key (keys are random: they spread evenly).
+fn shard(member: &str) -> usize {
+    member.bytes().fold(0usize, |h, b| {
+        h.wrapping_mul(31).wrapping_add(usize::from(b))
+    }) % SHARDS
+}
+
+fn index_key(shard: usize) -> String {
+    format!("sf:index:{{{shard}}}")
+}
+
+fn expiry_key(shard: usize) -> String {
+    format!("sf:expiry:{{{shard}}}")
+}
+
+fn principal_key(principal: &str) -> String {
+    format!("{PRINCIPAL}{principal}")
+}
+
+/// Commands sent together, each with the slot of the key it works on: one pipeline on one
+/// Redis; on a cluster one pipeline per slot, all sent at once. Answers come back in order.
+#[derive(Default)]
+struct Batch {
+    commands: Vec<Command>,
+    /// A save: the `WAIT` setting applies.
+    save: bool,
+}
+
+struct Command {
+    slot: Slot,
+    cmd: Cmd,
+    /// Whether its answer is returned (else only checked for an error).
+    answered: bool,
+}
+
+impl Batch {
+    fn saving() -> Self {
+        Self {
+            save: true,
+            ..Self::default()
+        }
+    }
+
+    /// Adds `name key`; more arguments go on the returned command. Its answer is returned.
+    fn cmd(&mut self, name: &str, key: &str) -> &mut Cmd {
+        self.push(name, key, true)
+    }
+
+    /// Like [`Batch::cmd`], for a command whose answer is not returned.
+    fn ignored(&mut self, name: &str, key: &str) -> &mut Cmd {
+        self.push(name, key, false)
+    }
+
+    /// `script` on `key` (by hash); its arguments go on the returned command.
+    fn script(&mut self, script: &Script, key: &str) -> &mut Cmd {
+        self.commands.push(Command {
+            slot: Slot::for_key(key),
+            cmd: {
+                let mut cmd = redis::cmd("EVALSHA");
+                cmd.arg(script.get_hash()).arg(1).arg(key);
+                cmd
+            },
+            answered: true,
+        });
+        &mut self.commands.last_mut().expect("just pushed").cmd
+    }
+
+    fn push(&mut self, name: &str, key: &str, answered: bool) -> &mut Cmd {
+        let mut cmd = redis::cmd(name);
+        cmd.arg(key);
+        self.commands.push(Command {
+            slot: Slot::for_key(key),
+            cmd,
+            answered,
+        });
+        &mut self.commands.last_mut().expect("just pushed").cmd
+    }
+
+    fn is_empty(&self) -> bool {
+        self.commands.is_empty()
+    }
+}
+
+/// Sends `commands` as one pipeline on `connection`, followed by `WAIT` if `wait` is set; every
+/// answer, in order (the `WAIT`'s checked and left out).
+async fn send<'a, C: ConnectionLike>(
+    mut connection: C,
+    commands: impl Iterator<Item = &'a Cmd>,
+    wait: Option<(u32, Duration)>,
+) -> Result<Vec<Value>, Error> {
+    let mut pipe = redis::pipe();
+    for cmd in commands {
+        pipe.add_command(cmd.clone());
+    }
+    if let Some((replicas, timeout)) = wait {
+        pipe.cmd("WAIT")
+            .arg(replicas)
+            .arg(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+    }
+    let mut answers: Vec<Value> = pipe.query_async(&mut connection).await?;
+    if let Some((replicas, timeout)) = wait {
+        let acknowledged: i64 = redis::from_redis_value(answers.pop().unwrap_or(Value::Nil))
+            .map_err(redis::RedisError::from)?;
+        if acknowledged < i64::from(replicas) {
+            return Err(Error::Backend(
+                format!(
+                    "the save reached {acknowledged} of {replicas} replicas within {} ms (session.store.redis.wait.replicas)",
+                    timeout.as_millis()
+                )
+                .into(),
+            ));
+        }
+    }
+    Ok(answers)
+}
+
+/// `redis-cluster://[USER:PASSWORD@]HOST:PORT[,HOST:PORT…]` (`rediss-cluster://` for TLS) as
+/// one `redis://` (`rediss://`) URL per node; `None` for another scheme.
+pub(crate) fn cluster_nodes(url: &str) -> Option<Result<Vec<String>, String>> {
+    let (scheme, rest) = url.split_once("://")?;
+    let node_scheme = match scheme {
+        "redis-cluster" => "redis",
+        "rediss-cluster" => "rediss",
+        _ => return None,
+    };
+    let (userinfo, hosts) = match rest.rsplit_once('@') {
+        Some((userinfo, hosts)) => (format!("{userinfo}@"), hosts),
+        None => (String::new(), rest),
+    };
+    let hosts = hosts.trim_end_matches('/');
+    if hosts.contains('/') {
+        return Some(Err(
+            "a Redis Cluster has no databases: remove the /DB from the URL".to_owned(),
+        ));
+    }
+    let nodes: Vec<String> = hosts
+        .split(',')
+        .map(|host| format!("{node_scheme}://{userinfo}{}", host.trim()))
+        .collect();
+    for (node, host) in nodes.iter().zip(hosts.split(',')) {
+        let usable = redis::parse_redis_url(node)
+            .is_some_and(|parsed| parsed.host_str().is_some_and(|h| !h.is_empty()));
+        if !usable {
+            return Some(Err(format!(
+                "{:?} is not HOST:PORT (expected {scheme}://[USER:PASSWORD@]HOST:PORT[,HOST:PORT…])",
+                host.trim()
+            )));
+        }
+    }
+    Some(Ok(nodes))
+}
+
+/// The crate's TCP settings, with keepalive probes if asked for.
+fn tcp_settings(options: &StoreOptions) -> redis::io::tcp::TcpSettings {
+    let settings = redis::io::tcp::TcpSettings::default();
+    match options.redis_keepalive {
+        Some(idle) => {
+            settings.set_keepalive(redis::io::tcp::socket2::TcpKeepalive::new().with_time(idle))
+        }
+        None => settings,
+    }
+}
+
+fn connect_error(url: String, source: redis::RedisError) -> Error {
+    let reason = if source.is_connection_refusal() || source.is_timeout() || source.is_io_error() {
+        format!("{source}: is the Redis server running, on that host and port?")
+    } else {
+        format!("the server refused: {source}")
+    };
+    Error::RedisConnect {
+        url,
+        reason,
+        source,
+    }
+}
+
 impl RedisStore {
-    /// Connects to `url` (`redis://[USER:PASSWORD@]HOST[:PORT][/DB]`, `rediss://` for TLS):
-    /// one multiplexed connection that reconnects by itself; every command answers within
-    /// `timeout` or fails.
-    pub async fn connect(url: &str, timeout: Duration) -> Result<Self, Error> {
+    /// Connects to `url`: `redis://[USER:PASSWORD@]HOST[:PORT][/DB]` (`rediss://` for TLS), one
+    /// multiplexed connection that reconnects by itself; or
+    /// `redis-cluster://[USER:PASSWORD@]HOST:PORT[,HOST:PORT…]` (`rediss-cluster://`), any of the
+    /// cluster's nodes, from which the client learns the others. Every command answers within
+    /// `options.timeout` or fails; with `options.redis_wait_replicas`, every save waits for
+    /// that many replicas (`WAIT`, for up to half the timeout) or fails.
+    pub async fn connect(url: &str, options: &StoreOptions) -> Result<Self, Error> {
         let redacted = super::redact_url(url);
-        let client = redis::Client::open(url).map_err(|e| Error::Url {
-            url: redacted.clone(),
-            reason: e.to_string(),
-        })?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1));
-        let connection = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(|source| {
-                let reason = if source.is_connection_refusal()
-                    || source.is_timeout()
-                    || source.is_io_error()
-                {
-                    format!("{source}: is the Redis server running, on that host and port?")
-                } else {
-                    format!("the server refused: {source}")
-                };
-                Error::RedisConnect {
-                    url: redacted,
+        let timeout = options.timeout;
+        let connection = match cluster_nodes(url) {
+            Some(nodes) => {
+                let nodes = nodes.map_err(|reason| Error::Url {
+                    url: redacted.clone(),
                     reason,
-                    source,
-                }
-            })?;
+                })?;
+                // No `overall_response_timeout`: with it, requests in flight when a master dies
+                // kept timing out after the failover, for good (redis 1.8, seen with eight
+                // concurrent callers). The writer bounds every call by the store timeout.
+                let client = ClusterClientBuilder::new(nodes)
+                    .connection_timeout(options.connect_timeout())
+                    .response_timeout(timeout)
+                    .tcp_settings(tcp_settings(options))
+                    .build()
+                    .map_err(|e| Error::Url {
+                        url: redacted.clone(),
+                        reason: e.to_string(),
+                    })?;
+                Connection::Cluster(
+                    client
+                        .get_async_connection()
+                        .await
+                        .map_err(|e| connect_error(redacted.clone(), e))?,
+                )
+            }
+            None => {
+                let client = redis::IntoConnectionInfo::into_connection_info(url)
+                    .map(|info| info.set_tcp_settings(tcp_settings(options)))
+                    .and_then(redis::Client::open)
+                    .map_err(|e| Error::Url {
+                        url: redacted.clone(),
+                        reason: e.to_string(),
+                    })?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(options.connect_timeout()))
+                    .set_response_timeout(Some(timeout))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_secs(1));
+                Connection::Single(
+                    ConnectionManager::new_with_config(client, config)
+                        .await
+                        .map_err(|e| connect_error(redacted.clone(), e))?,
+                )
+            }
+        };
         let store = Self {
             connection,
             scripts: Scripts {
@@ -192,6 +411,8 @@ impl RedisStore {
                 lost_at: Mutex::new(None),
                 emptied: watch::Sender::new(0),
             }),
+            wait: (options.redis_wait_replicas > 0)
+                .then(|| (options.redis_wait_replicas, timeout / 2)),
         };
         store.load_scripts().await?;
         store.check_alive(None).await?;
@@ -230,42 +451,80 @@ impl RedisStore {
         Ok(())
     }
 
+    /// Loads the scripts (on a cluster, `SCRIPT LOAD` goes to every node).
     async fn load_scripts(&self) -> Result<(), Error> {
-        let mut pipe = redis::pipe();
-        for script in [
-            &self.scripts.set,
-            &self.scripts.update,
-            &self.scripts.touch,
-            &self.scripts.rekey,
-            &self.scripts.purge,
-        ] {
-            pipe.load_script(script).ignore();
+        for code in ALL_SCRIPTS {
+            let mut load = redis::cmd("SCRIPT");
+            load.arg("LOAD").arg(code);
+            match &self.connection {
+                Connection::Single(c) => load.query_async::<Value>(&mut c.clone()).await?,
+                Connection::Cluster(c) => load.query_async::<Value>(&mut c.clone()).await?,
+            };
         }
-        let mut connection = self.connection.clone();
-        pipe.query_async::<()>(&mut connection).await?;
         Ok(())
     }
 
-    /// Runs `pipe`; if Redis lost the scripts (restarted), loads them and runs it once more
-    /// (every command in these pipelines can be repeated).
-    async fn run<T: redis::FromRedisValue>(&self, pipe: &Pipeline) -> Result<T, Error> {
-        let mut connection = self.connection.clone();
-        match pipe.query_async(&mut connection).await {
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                self.load_scripts().await?;
-                Ok(pipe.query_async(&mut connection).await?)
+    /// Every answer of `batch`, in order.
+    async fn exec(&self, batch: &Batch) -> Result<Vec<Value>, Error> {
+        let wait = self.wait.filter(|_| batch.save);
+        match &self.connection {
+            Connection::Single(c) => {
+                send(c.clone(), batch.commands.iter().map(|c| &c.cmd), wait).await
             }
-            other => Ok(other?),
+            Connection::Cluster(c) => {
+                let mut groups: Vec<(Slot, Vec<usize>)> = Vec::new();
+                for (i, command) in batch.commands.iter().enumerate() {
+                    match groups.iter_mut().find(|(slot, _)| *slot == command.slot) {
+                        Some((_, members)) => members.push(i),
+                        None => groups.push((command.slot, vec![i])),
+                    }
+                }
+                let sent = groups.iter().map(|(_, members)| {
+                    send(
+                        c.clone(),
+                        members.iter().map(|&i| &batch.commands[i].cmd),
+                        wait,
+                    )
+                });
+                let answers = futures_util::future::try_join_all(sent).await?;
+                let mut all = vec![Value::Nil; batch.commands.len()];
+                for ((_, members), answers) in groups.iter().zip(answers) {
+                    for (&i, answer) in members.iter().zip(answers) {
+                        all[i] = answer;
+                    }
+                }
+                Ok(all)
+            }
         }
     }
 
-    /// Adds the writes of `records` (each by `script`, after `head` arguments) and their index
-    /// entries to `pipe`; only the scripts' answers are returned.
-    fn writes(pipe: &mut Pipeline, script: &Script, records: &[Record], update: bool) {
+    /// Runs `batch`; if Redis lost the scripts (restarted, failed over), loads them and runs it
+    /// once more (every command in these batches can be repeated). The answers of the commands
+    /// added with [`Batch::cmd`] or [`Batch::script`], as `T`.
+    async fn run<T: redis::FromRedisValue>(&self, batch: &Batch) -> Result<T, Error> {
+        let answers = match self.exec(batch).await {
+            Err(Error::Redis(e))
+                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                self.load_scripts().await?;
+                self.exec(batch).await?
+            }
+            other => other?,
+        };
+        let answered: Vec<Value> = answers
+            .into_iter()
+            .zip(&batch.commands)
+            .filter(|(_, command)| command.answered)
+            .map(|(answer, _)| answer)
+            .collect();
+        Ok(redis::from_redis_value(Value::Array(answered)).map_err(redis::RedisError::from)?)
+    }
+
+    /// Adds the writes of `records` (each by `script`) and their index entries to `batch`.
+    fn writes(batch: &mut Batch, script: &Script, records: &[Record], update: bool) {
         for record in records {
             let meta = &record.meta;
-            let key = session_key(&meta.key);
-            let mut invocation = script.key(&key);
+            let invocation = batch.script(script, &session_key(&meta.key));
             invocation.arg(meta.version).arg(meta.expires_at);
             if update {
                 invocation
@@ -300,104 +559,182 @@ impl RedisStore {
             if let Some(principal) = &meta.principal {
                 invocation.arg("p").arg(principal);
             }
-            pipe.invoke_script(&invocation);
             let member = meta.key.as_str();
+            let shard = shard(member);
             // An update's key is in the index since its insert.
             if !update {
-                pipe.cmd("ZADD").arg(INDEX).arg(0).arg(member).ignore();
+                batch.ignored("ZADD", &index_key(shard)).arg(0).arg(member);
             }
-            pipe.cmd("ZADD")
-                .arg(EXPIRY)
+            batch
+                .ignored("ZADD", &expiry_key(shard))
                 .arg(meta.expires_at)
-                .arg(member)
-                .ignore();
+                .arg(member);
             if let Some(principal) = &meta.principal {
-                pipe.cmd("ZADD")
-                    .arg(format!("{PRINCIPAL}{principal}"))
+                batch
+                    .ignored("ZADD", &principal_key(principal))
                     .arg(0)
-                    .arg(member)
-                    .ignore();
+                    .arg(member);
             }
         }
     }
 
-    /// Up to `count` members of the sorted set `index` after `after` (all from the first if
-    /// `None`), in key order (`ZRANGE … BYLEX`: every score is the same).
+    /// Removes `members` from the index shards they belong to (`INDEX` and expiry, or expiry
+    /// only), as ignored commands of `batch`.
+    fn unindex(batch: &mut Batch, members: &[String], from_index: bool) {
+        let mut by_shard: Vec<Vec<&str>> = vec![Vec::new(); SHARDS];
+        for member in members {
+            by_shard[shard(member)].push(member);
+        }
+        for (shard, members) in by_shard.iter().enumerate() {
+            if members.is_empty() {
+                continue;
+            }
+            batch.ignored("ZREM", &expiry_key(shard)).arg(members);
+            if from_index {
+                batch.ignored("ZREM", &index_key(shard)).arg(members);
+            }
+        }
+    }
+
+    /// Up to `count` members after `after` (all from the first if `None`) of the sorted sets
+    /// `indexes` together, in key order (`ZRANGE … BYLEX` on each: every score is the same).
     async fn page(
         &self,
-        index: &str,
+        indexes: &[String],
         after: Option<&str>,
         count: usize,
     ) -> Result<Vec<String>, Error> {
         let start = after.map_or_else(|| "-".to_owned(), |key| format!("({key}"));
-        let mut connection = self.connection.clone();
-        Ok(redis::cmd("ZRANGE")
-            .arg(index)
-            .arg(start)
-            .arg("+")
-            .arg("BYLEX")
-            .arg("LIMIT")
-            .arg(0)
-            .arg(count)
-            .query_async(&mut connection)
-            .await?)
+        let mut batch = Batch::default();
+        for index in indexes {
+            batch
+                .cmd("ZRANGE", index)
+                .arg(&start)
+                .arg("+")
+                .arg("BYLEX")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(count);
+        }
+        let pages: Vec<Vec<String>> = self.run(&batch).await?;
+        let mut merged: Vec<String> = pages.into_iter().flatten().collect();
+        merged.sort_unstable();
+        merged.dedup();
+        merged.truncate(count);
+        Ok(merged)
     }
 
-    /// One step of `SCAN` over the keys matching `pattern`: the next cursor (0 at the end) and
-    /// the keys of this step.
-    async fn scan(&self, cursor: u64, pattern: &str) -> Result<(u64, Vec<String>), Error> {
-        let mut connection = self.connection.clone();
-        Ok(redis::cmd("SCAN")
-            .arg(cursor)
+    /// The servers `SCAN` must visit: the one Redis (`None`), or each master of the cluster
+    /// (`CLUSTER NODES`).
+    async fn scan_targets(&self) -> Result<Vec<Option<(String, u16)>>, Error> {
+        let Connection::Cluster(c) = &self.connection else {
+            return Ok(vec![None]);
+        };
+        let nodes: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async(&mut c.clone())
+            .await?;
+        Ok(cluster_masters(&nodes).into_iter().map(Some).collect())
+    }
+
+    /// One step of `SCAN` on `target` over the keys matching `pattern`: the next cursor (0 at
+    /// the end) and the keys of this step.
+    async fn scan(
+        &self,
+        target: &Option<(String, u16)>,
+        cursor: u64,
+        pattern: &str,
+    ) -> Result<(u64, Vec<String>), Error> {
+        let mut scan = redis::cmd("SCAN");
+        scan.arg(cursor)
             .arg("MATCH")
             .arg(pattern)
             .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut connection)
-            .await?)
+            .arg(1000);
+        let answer = match (&self.connection, target) {
+            (Connection::Single(c), _) => scan.query_async(&mut c.clone()).await?,
+            (Connection::Cluster(c), Some((host, port))) => {
+                c.clone()
+                    .route_command(
+                        scan,
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                            host: host.clone(),
+                            port: *port,
+                        }),
+                    )
+                    .await?
+            }
+            (Connection::Cluster(_), None) => return Ok((0, Vec::new())),
+        };
+        Ok(redis::from_redis_value(answer).map_err(redis::RedisError::from)?)
+    }
+
+    /// Every key matching `pattern` on every server, a step of `SCAN` at a time, each step's
+    /// keys handed to `each`.
+    async fn scan_all<F, Fut>(&self, pattern: &str, mut each: F) -> Result<(), Error>
+    where
+        F: FnMut(Vec<String>) -> Fut,
+        Fut: std::future::Future<Output = Result<(), Error>>,
+    {
+        for target in self.scan_targets().await? {
+            let mut cursor = 0;
+            loop {
+                let (next, keys) = self.scan(&target, cursor, pattern).await?;
+                if !keys.is_empty() {
+                    each(keys).await?;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(())
     }
 
     /// Drops the principal indexes' entries of sessions that ended or changed principal (the
     /// indexes are found by `SCAN`, each read in pages of `batch_size`).
     async fn tidy_principals(&self, batch_size: u32) -> Result<(), Error> {
         let count = batch_size.max(1) as usize;
-        let mut cursor = 0;
-        loop {
-            let (next, indexes) = self.scan(cursor, &format!("{PRINCIPAL}*")).await?;
+        self.scan_all(&format!("{PRINCIPAL}*"), |indexes| async move {
             for index in indexes {
-                let principal = &index[PRINCIPAL.len()..];
-                let mut after: Option<String> = None;
-                loop {
-                    let page = self.page(&index, after.as_deref(), count).await?;
-                    if page.is_empty() {
-                        break;
-                    }
-                    let mut pipe = redis::pipe();
-                    for member in &page {
-                        pipe.cmd("HGET").arg(hash_key(member)).arg("p");
-                    }
-                    let owners: Vec<Option<String>> = self.run(&pipe).await?;
-                    let stale: Vec<&String> = page
-                        .iter()
-                        .zip(&owners)
-                        .filter(|(_, owner)| owner.as_deref() != Some(principal))
-                        .map(|(member, _)| member)
-                        .collect();
-                    if !stale.is_empty() {
-                        let mut pipe = redis::pipe();
-                        pipe.cmd("ZREM").arg(&index).arg(&stale);
-                        self.run::<()>(&pipe).await?;
-                    }
-                    if page.len() < count {
-                        break;
-                    }
-                    after = page.last().cloned();
-                }
+                self.tidy_principal(&index, count).await?;
             }
-            if next == 0 {
+            Ok(())
+        })
+        .await
+    }
+
+    /// [`RedisStore::tidy_principals`] for one principal's index.
+    async fn tidy_principal(&self, index: &str, count: usize) -> Result<(), Error> {
+        let principal = &index[PRINCIPAL.len()..];
+        let indexes = [index.to_owned()];
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.page(&indexes, after.as_deref(), count).await?;
+            if page.is_empty() {
                 return Ok(());
             }
-            cursor = next;
+            let mut batch = Batch::default();
+            for member in &page {
+                batch.cmd("HGET", &hash_key(member)).arg("p");
+            }
+            let owners: Vec<Option<String>> = self.run(&batch).await?;
+            let stale: Vec<&String> = page
+                .iter()
+                .zip(&owners)
+                .filter(|(_, owner)| owner.as_deref() != Some(principal))
+                .map(|(member, _)| member)
+                .collect();
+            if !stale.is_empty() {
+                let mut batch = Batch::default();
+                batch.ignored("ZREM", index).arg(&stale);
+                self.run::<()>(&batch).await?;
+            }
+            if page.len() < count {
+                return Ok(());
+            }
+            after = page.last().cloned();
         }
     }
 
@@ -406,11 +743,11 @@ impl RedisStore {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
+        let mut batch = Batch::default();
         for key in keys {
-            pipe.cmd("HMGET").arg(session_key(key)).arg(&FIELDS[..]);
+            batch.cmd("HMGET", &session_key(key)).arg(&FIELDS[..]);
         }
-        let rows: Vec<Vec<Option<Vec<u8>>>> = self.run(&pipe).await?;
+        let rows: Vec<Vec<Option<Vec<u8>>>> = self.run(&batch).await?;
         keys.iter()
             .zip(rows)
             .map(|(key, row)| parse(key, row))
@@ -418,6 +755,26 @@ impl RedisStore {
     }
 }
 
+/// The masters that serve slots, from `CLUSTER NODES` (`<id> <host:port@cport[,hostname]>
+/// <flags> <master> … <slots…>`), as host and port.
+fn cluster_masters(nodes: &str) -> Vec<(String, u16)> {
+    nodes
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let flags = fields.get(2)?;
+            let serving = flags.split(',').any(|f| f == "master")
+                && !flags.split(',').any(|f| f == "fail" || f == "noaddr")
+                && fields.len() > 8;
+            if !serving {
+                return None;
+            }
+            let address = fields[1].split(['@', ',']).next()?;
+            let (host, port) = address.rsplit_once(':')?;
+            Some((host.to_owned(), port.parse().ok()?))
+        })
+        .collect()
+}
 /// A session's hash fields ([`FIELDS`]) as a record; `None` if it has none.
 fn parse(key: &SessionKey, mut row: Vec<Option<Vec<u8>>>) -> Result<Option<Record>, Error> {
     if row.len() != FIELDS.len() || row[8].is_none() {
@@ -474,11 +831,11 @@ impl SessionStore for RedisStore {
     }
 
     async fn version(&self, key: &SessionKey, now: EpochMillis) -> Result<Option<i64>, Error> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("HMGET").arg(session_key(key)).arg("v").arg("et");
-        pipe.cmd("GET").arg(ALIVE);
+        let mut batch = Batch::default();
+        batch.cmd("HMGET", &session_key(key)).arg("v").arg("et");
+        batch.cmd("GET", ALIVE);
         let ((version, expires_at), marker): ((Option<i64>, Option<i64>), Option<String>) =
-            self.run(&pipe).await?;
+            self.run(&batch).await?;
         if version.is_none() {
             self.missing_because_emptied(marker).await?;
         }
@@ -489,9 +846,9 @@ impl SessionStore for RedisStore {
         if records.is_empty() {
             return Ok(());
         }
-        let mut pipe = redis::pipe();
-        Self::writes(&mut pipe, &self.scripts.set, records, false);
-        let _: Vec<i64> = self.run(&pipe).await?;
+        let mut batch = Batch::saving();
+        Self::writes(&mut batch, &self.scripts.set, records, false);
+        let _: Vec<i64> = self.run(&batch).await?;
         Ok(())
     }
 
@@ -499,15 +856,14 @@ impl SessionStore for RedisStore {
         if records.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        Self::writes(&mut pipe, &self.scripts.update, records, true);
-        pipe.cmd("GET").arg(ALIVE);
+        let mut batch = Batch::saving();
+        Self::writes(&mut batch, &self.scripts.update, records, true);
+        batch.cmd("GET", ALIVE);
         let (answers, marker): (Vec<i64>, Option<String>) = {
-            let mut values: Vec<redis::Value> = self.run(&pipe).await?;
-            let marker = values.pop().unwrap_or(redis::Value::Nil);
+            let mut values: Vec<Value> = self.run(&batch).await?;
+            let marker = values.pop().unwrap_or(Value::Nil);
             (
-                redis::from_redis_value(redis::Value::Array(values))
-                    .map_err(redis::RedisError::from)?,
+                redis::from_redis_value(Value::Array(values)).map_err(redis::RedisError::from)?,
                 redis::from_redis_value(marker).map_err(redis::RedisError::from)?,
             )
         };
@@ -528,14 +884,13 @@ impl SessionStore for RedisStore {
         if keys.is_empty() {
             return Ok(0);
         }
-        let mut pipe = redis::pipe();
+        let mut batch = Batch::saving();
         for key in keys {
-            pipe.cmd("DEL").arg(session_key(key));
+            batch.cmd("DEL", &session_key(key));
         }
-        let members: Vec<&str> = keys.iter().map(SessionKey::as_str).collect();
-        pipe.cmd("ZREM").arg(INDEX).arg(&members).ignore();
-        pipe.cmd("ZREM").arg(EXPIRY).arg(&members).ignore();
-        let removed: Vec<u64> = self.run(&pipe).await?;
+        let members: Vec<String> = keys.iter().map(|k| k.as_str().to_owned()).collect();
+        Self::unindex(&mut batch, &members, true);
+        let removed: Vec<u64> = self.run(&batch).await?;
         Ok(removed.into_iter().sum())
     }
 
@@ -545,18 +900,18 @@ impl SessionStore for RedisStore {
         modified_at: EpochMillis,
         expires_at: EpochMillis,
     ) -> Result<bool, Error> {
-        let mut pipe = redis::pipe();
-        let mut invocation = self.scripts.touch.key(session_key(key));
-        invocation.arg(modified_at).arg(expires_at);
-        pipe.invoke_script(&invocation);
-        pipe.cmd("ZADD")
-            .arg(EXPIRY)
+        let mut batch = Batch::default();
+        batch
+            .script(&self.scripts.touch, &session_key(key))
+            .arg(modified_at)
+            .arg(expires_at);
+        batch
+            .ignored("ZADD", &expiry_key(shard(key.as_str())))
             .arg("XX")
             .arg(expires_at)
-            .arg(key.as_str())
-            .ignore();
-        pipe.cmd("GET").arg(ALIVE);
-        let (touched, marker): (i64, Option<String>) = self.run(&pipe).await?;
+            .arg(key.as_str());
+        batch.cmd("GET", ALIVE);
+        let (touched, marker): (i64, Option<String>) = self.run(&batch).await?;
         if touched == 0 {
             self.missing_because_emptied(marker).await?;
         }
@@ -570,34 +925,34 @@ impl SessionStore for RedisStore {
         data: &[u8],
         now: EpochMillis,
     ) -> Result<bool, Error> {
-        let mut pipe = redis::pipe();
-        let mut invocation = self.scripts.rekey.key(session_key(key));
-        invocation.arg(version).arg(now).arg(data).arg(data.len());
-        pipe.invoke_script(&invocation);
-        let (rekeyed,): (i64,) = self.run(&pipe).await?;
+        let mut batch = Batch::default();
+        batch
+            .script(&self.scripts.rekey, &session_key(key))
+            .arg(version)
+            .arg(now)
+            .arg(data)
+            .arg(data.len());
+        let (rekeyed,): (i64,) = self.run(&batch).await?;
         Ok(rekeyed == 1)
     }
 }
 
 #[async_trait::async_trait]
 impl SessionAdmin for RedisStore {
-    /// Pages through `sf:index` (or the principal's index) in key order; entries whose hash
-    /// Redis expired are skipped, and dropped from the principal's index.
+    /// Pages through the index shards together (or the principal's index) in key order;
+    /// entries whose hash Redis expired are skipped, and dropped from the principal's index.
     async fn list(&self, query: &ListQuery) -> Result<Vec<Meta>, Error> {
-        let index = match &query.principal {
-            Some(principal) => format!("{PRINCIPAL}{principal}"),
-            None => INDEX.to_owned(),
+        let indexes: Vec<String> = match &query.principal {
+            Some(principal) => vec![principal_key(principal)],
+            None => (0..SHARDS).map(index_key).collect(),
         };
         let limit = query.limit.max(1) as usize;
+        let step = limit.max(100);
         let mut after = query.after.clone();
         let mut found = Vec::new();
         loop {
             let page = self
-                .page(
-                    &index,
-                    after.as_ref().map(SessionKey::as_str),
-                    limit.max(100),
-                )
+                .page(&indexes, after.as_ref().map(SessionKey::as_str), step)
                 .await?;
             let keys: Vec<SessionKey> = page.iter().filter_map(|k| SessionKey::parse(k)).collect();
             let records = self.read(&keys).await?;
@@ -620,11 +975,11 @@ impl SessionAdmin for RedisStore {
                 }
             }
             if query.principal.is_some() && !gone.is_empty() {
-                let mut pipe = redis::pipe();
-                pipe.cmd("ZREM").arg(&index).arg(&gone);
-                self.run::<()>(&pipe).await?;
+                let mut batch = Batch::default();
+                batch.ignored("ZREM", &indexes[0]).arg(&gone);
+                self.run::<()>(&batch).await?;
             }
-            if found.len() >= limit || page.len() < limit.max(100) {
+            if found.len() >= limit || page.len() < step {
                 return Ok(found);
             }
             after = page.last().and_then(|k| SessionKey::parse(k));
@@ -632,24 +987,26 @@ impl SessionAdmin for RedisStore {
     }
 
     /// Redis expires the sessions itself: this removes their entries from the indexes (those
-    /// with `expires_at <= now`, at most `batch_size` per round trip) and any hash still there
-    /// (a caller's clock ahead of Redis's), then the principal indexes' entries of sessions
-    /// that ended or changed principal. Returns the hashes it deleted (usually 0: Redis was
-    /// first).
+    /// with `expires_at <= now`, at most `batch_size` per shard and round trip) and any hash
+    /// still there (a caller's clock ahead of Redis's), then the principal indexes' entries of
+    /// sessions that ended or changed principal. Returns the hashes it deleted (usually 0:
+    /// Redis was first).
     async fn purge_expired(&self, now: EpochMillis, batch_size: u32) -> Result<u64, Error> {
         let mut removed = 0;
         loop {
-            let mut connection = self.connection.clone();
-            let due: Vec<String> = redis::cmd("ZRANGE")
-                .arg(EXPIRY)
-                .arg("-inf")
-                .arg(now)
-                .arg("BYSCORE")
-                .arg("LIMIT")
-                .arg(0)
-                .arg(batch_size.max(1))
-                .query_async(&mut connection)
-                .await?;
+            let mut batch = Batch::default();
+            for shard in 0..SHARDS {
+                batch
+                    .cmd("ZRANGE", &expiry_key(shard))
+                    .arg("-inf")
+                    .arg(now)
+                    .arg("BYSCORE")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(batch_size.max(1));
+            }
+            let due: Vec<Vec<String>> = self.run(&batch).await?;
+            let due: Vec<String> = due.into_iter().flatten().collect();
             if due.is_empty() {
                 self.tidy_principals(batch_size).await?;
                 return Ok(removed);
@@ -657,7 +1014,7 @@ impl SessionAdmin for RedisStore {
             let keys: Vec<SessionKey> = due.iter().filter_map(|k| SessionKey::parse(k)).collect();
             // Only entries still expired are removed: a touch may have moved one since.
             let records = self.read(&keys).await?;
-            let mut pipe = redis::pipe();
+            let mut batch = Batch::default();
             let mut expired = Vec::new();
             let mut gone: Vec<String> = due
                 .iter()
@@ -668,26 +1025,26 @@ impl SessionAdmin for RedisStore {
                 match record {
                     // Touched since (or its score is stale): the entry moves to its expiry.
                     Some(r) if r.meta.expires_at > now => {
-                        pipe.cmd("ZADD")
-                            .arg(EXPIRY)
+                        batch
+                            .ignored("ZADD", &expiry_key(shard(key.as_str())))
                             .arg(r.meta.expires_at)
-                            .arg(key.as_str())
-                            .ignore();
+                            .arg(key.as_str());
                     }
                     // Deleted only if still expired when Redis runs it: another node may touch
                     // or write it in between.
                     Some(_) => {
-                        let mut invocation = self.scripts.purge.key(session_key(key));
-                        invocation.arg(now);
-                        pipe.invoke_script(&invocation);
+                        batch
+                            .script(&self.scripts.purge, &session_key(key))
+                            .arg(now);
                         expired.push(key.as_str().to_owned());
                     }
                     None => gone.push(key.as_str().to_owned()),
                 }
             }
+            let moved = !batch.is_empty();
             let mut deleted = 0;
-            if pipe.cmd_iter().next().is_some() {
-                let answers: Vec<u64> = self.run(&pipe).await?;
+            if moved {
+                let answers: Vec<u64> = self.run(&batch).await?;
                 for (key, answer) in expired.into_iter().zip(answers) {
                     if answer > 0 {
                         deleted += 1;
@@ -695,15 +1052,14 @@ impl SessionAdmin for RedisStore {
                     }
                 }
             }
-            if gone.is_empty() && deleted == 0 && pipe.cmd_iter().next().is_none() {
+            if gone.is_empty() && deleted == 0 && !moved {
                 self.tidy_principals(batch_size).await?;
                 return Ok(removed);
             }
             if !gone.is_empty() {
-                let mut pipe = redis::pipe();
-                pipe.cmd("ZREM").arg(EXPIRY).arg(&gone).ignore();
-                pipe.cmd("ZREM").arg(INDEX).arg(&gone).ignore();
-                self.run::<()>(&pipe).await?;
+                let mut batch = Batch::default();
+                Self::unindex(&mut batch, &gone, true);
+                self.run::<()>(&batch).await?;
             }
             removed += deleted;
         }
@@ -713,45 +1069,41 @@ impl SessionAdmin for RedisStore {
         Ok(self.stats(EpochMillis::MIN).await?.sessions)
     }
 
-    /// Deletes every session hash and index of this layer (`sf:*`), by `SCAN`: other keys of
-    /// the database are left alone.
+    /// Deletes every session hash and index of this layer (`sf:*`), by `SCAN` (on every
+    /// master of a cluster): other keys of the database are left alone.
     async fn clear(&self) -> Result<(), Error> {
-        let mut connection = self.connection.clone();
-        let mut cursor = 0;
-        loop {
-            let (next, keys) = self.scan(cursor, "sf:*").await?;
+        self.scan_all("sf:*", |keys| async move {
+            let mut batch = Batch::default();
             // The marker stays: clearing is not losing data (nodes must not write back).
-            let keys: Vec<String> = keys.into_iter().filter(|k| k != ALIVE).collect();
-            if !keys.is_empty() {
-                let mut pipe = redis::pipe();
-                for key in &keys {
-                    pipe.cmd("DEL").arg(key).ignore();
-                }
-                pipe.query_async::<()>(&mut connection).await?;
+            for key in keys.iter().filter(|k| *k != ALIVE) {
+                batch.ignored("DEL", key);
             }
-            if next == 0 {
-                return Ok(());
+            if !batch.is_empty() {
+                self.run::<()>(&batch).await?;
             }
-            cursor = next;
-        }
+            Ok(())
+        })
+        .await
     }
+}
+
+/// Runs one command on `connection`.
+async fn query<T: redis::FromRedisValue>(connection: &Connection, cmd: &Cmd) -> Result<T, Error> {
+    Ok(match connection {
+        Connection::Single(c) => cmd.query_async(&mut c.clone()).await?,
+        Connection::Cluster(c) => cmd.query_async(&mut c.clone()).await?,
+    })
 }
 
 /// See [`RedisStore::check_alive`].
 async fn check_alive(
-    connection: &ConnectionManager,
+    connection: &Connection,
     alive: &Alive,
     read: Option<Option<String>>,
 ) -> Result<bool, Error> {
-    let mut connection = connection.clone();
     let mut marker = match read {
         Some(marker) => marker,
-        None => {
-            redis::cmd("GET")
-                .arg(ALIVE)
-                .query_async(&mut connection)
-                .await?
-        }
+        None => query(connection, redis::cmd("GET").arg(ALIVE)).await?,
     };
     if marker.is_none() {
         let mut token = [0u8; 16];
@@ -761,7 +1113,10 @@ async fn check_alive(
         let mut pipe = redis::pipe();
         pipe.cmd("SET").arg(ALIVE).arg(&token).arg("NX").ignore();
         pipe.cmd("GET").arg(ALIVE);
-        let (now,): (Option<String>,) = pipe.query_async(&mut connection).await?;
+        let (now,): (Option<String>,) = match connection {
+            Connection::Single(c) => pipe.query_async(&mut c.clone()).await?,
+            Connection::Cluster(c) => pipe.query_async(&mut c.clone()).await?,
+        };
         marker = now;
     }
     let mut seen = alive.seen.lock().unwrap_or_else(|p| p.into_inner());
@@ -780,7 +1135,7 @@ async fn check_alive(
 
 /// Checks the marker every [`ALIVE_EVERY`] until the store is dropped, so a Redis that lost
 /// its data is noticed without requests.
-async fn watch_alive(alive: std::sync::Weak<Alive>, connection: ConnectionManager) {
+async fn watch_alive(alive: std::sync::Weak<Alive>, connection: Connection) {
     loop {
         tokio::time::sleep(ALIVE_EVERY).await;
         let Some(alive) = alive.upgrade() else {
@@ -788,5 +1143,64 @@ async fn watch_alive(alive: std::sync::Weak<Alive>, connection: ConnectionManage
         };
         // Unreachable: nothing to learn now; the next check after it is back tells.
         let _ = check_alive(&connection, &alive, None).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_urls_name_each_node() {
+        assert_eq!(
+            cluster_nodes("redis-cluster://:pw@a:7000,b:7001").unwrap(),
+            Ok(vec![
+                "redis://:pw@a:7000".to_owned(),
+                "redis://:pw@b:7001".to_owned()
+            ])
+        );
+        assert_eq!(
+            cluster_nodes("rediss-cluster://a:7000").unwrap(),
+            Ok(vec!["rediss://a:7000".to_owned()])
+        );
+        assert!(cluster_nodes("redis://a:7000").is_none());
+        let no_db = cluster_nodes("redis-cluster://a:7000/2")
+            .unwrap()
+            .unwrap_err();
+        assert!(no_db.contains("no databases"), "{no_db}");
+        let empty = cluster_nodes("redis-cluster://a:7000,")
+            .unwrap()
+            .unwrap_err();
+        assert!(empty.contains("\"\" is not HOST:PORT"), "{empty}");
+    }
+
+    #[test]
+    fn cluster_masters_are_the_nodes_serving_slots() {
+        let nodes = "\
+e7d1 127.0.0.1:30004@40004 slave 07c3 0 1 4 connected
+07c3 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-5460
+67ed 127.0.0.1:30002@40002,host-b master - 0 1 2 connected 5461-10922
+292f 127.0.0.1:30003@40003 master,fail - 0 1 3 disconnected 10923-16383
+6ec2 127.0.0.1:30005@40005 master - 0 1 5 connected
+";
+        assert_eq!(
+            cluster_masters(nodes),
+            vec![
+                ("127.0.0.1".to_owned(), 30001),
+                ("127.0.0.1".to_owned(), 30002)
+            ]
+        );
+    }
+
+    #[test]
+    fn shards_spread_keys() {
+        let mut counts = [0usize; SHARDS];
+        for _ in 0..16_000 {
+            counts[shard(crate::id::SessionId::generate().store_key().as_str())] += 1;
+        }
+        assert!(
+            counts.iter().all(|&n| (700..1300).contains(&n)),
+            "{counts:?}"
+        );
     }
 }

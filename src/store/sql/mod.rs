@@ -128,10 +128,15 @@ pub(crate) async fn pool<DB: Database>(
     use sqlx::Connection as _;
     let failed = |error: sqlx::Error| Error::Connect {
         url: crate::store::redact_url(url),
-        reason: connect_failure(&error, options.timeout),
+        reason: connect_failure(&error, options.connect_timeout()),
         error,
     };
-    match tokio::time::timeout(options.timeout, DB::Connection::connect_with(&connect)).await {
+    match tokio::time::timeout(
+        options.connect_timeout(),
+        DB::Connection::connect_with(&connect),
+    )
+    .await
+    {
         Ok(Ok(first)) => {
             let _ = first.close().await;
         }
