@@ -247,23 +247,33 @@ fn a_login_shaped_session_is_stored_in_fewer_bytes_than_approuter_stores() {
         key: &key,
         principal: Some("ann.example@example.com"),
     };
-    let encrypted = Codec::default()
-        .with_keys(Keys::new(SECRET, &[]).unwrap())
-        .encode(&map, binding)
-        .unwrap();
-    let decoded = Codec::default()
-        .with_keys(Keys::new(SECRET, &[]).unwrap())
-        .decode(&encrypted, binding)
-        .unwrap();
-    assert_eq!(decoded, map);
+    let codec = Codec::default().with_keys(Keys::new(SECRET, &[]).unwrap());
+    let encrypted = codec.encode(&map, binding).unwrap();
+    assert_eq!(codec.decode(&encrypted, binding).unwrap(), map);
+    // session.codec.tokens=true: the tokens stored decoded.
+    let tokens = codec.clone().with_tokens(true);
+    let decoded_tokens = tokens.encode(&map, binding).unwrap();
+    assert_eq!(decoded_tokens[1] & codec::FLAG_TOKENS, codec::FLAG_TOKENS);
+    assert_eq!(tokens.decode(&decoded_tokens, binding).unwrap(), map);
+    assert_eq!(
+        codec.decode(&decoded_tokens, binding).unwrap(),
+        map,
+        "any codec of this release reads it, the setting only decides how it writes"
+    );
     eprintln!(
-        "login-shaped session: tokens {json_bytes} B as text; stored compressed + encrypted {} B \
-         (approuter: 3,256 B for this shape, unencrypted)",
-        encrypted.len()
+        "login-shaped session: tokens {json_bytes} B as text; stored compressed + encrypted {} B, \
+         {} B with session.codec.tokens=true (approuter: 3,256 B for this shape, unencrypted)",
+        encrypted.len(),
+        decoded_tokens.len()
     );
     assert!(
         encrypted.len() < 3_256,
         "{} bytes: not fewer than approuter's",
         encrypted.len()
+    );
+    assert!(
+        decoded_tokens.len() < 2_000,
+        "{} bytes with the tokens decoded: not below 2,000",
+        decoded_tokens.len()
     );
 }

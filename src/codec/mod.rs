@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! byte 0      format version (1)
-//! byte 1      flags: bit 0 = body deflate-compressed, bit 1 = body encrypted
+//! byte 1      flags: bit 0 = body deflate-compressed, bit 1 = body encrypted,
+//!             bit 2 = the body's JSON Web Tokens stored decoded (`tokens`)
 //! -- if encrypted --
 //! byte 2      key id (which secret's key encrypted it)
 //! bytes 3..27 XChaCha20-Poly1305 nonce (24 random bytes, fresh for every write)
@@ -26,6 +27,7 @@
 
 mod keys;
 mod masked;
+mod tokens;
 
 pub(crate) use masked::chain;
 
@@ -50,7 +52,9 @@ pub const FORMAT_VERSION: u8 = 1;
 pub const FLAG_COMPRESSED: u8 = 0b0000_0001;
 /// Flag: the body is encrypted (XChaCha20-Poly1305; key id and nonce follow the flags).
 pub const FLAG_ENCRYPTED: u8 = 0b0000_0010;
-const KNOWN_FLAGS: u8 = FLAG_COMPRESSED | FLAG_ENCRYPTED;
+/// Flag: the body's JSON Web Tokens are stored decoded (see `tokens`), before compression.
+pub const FLAG_TOKENS: u8 = 0b0000_0100;
+const KNOWN_FLAGS: u8 = FLAG_COMPRESSED | FLAG_ENCRYPTED | FLAG_TOKENS;
 const HEADER_LEN: usize = 2;
 const NONCE_LEN: usize = 24;
 
@@ -116,6 +120,9 @@ pub enum Error {
     /// Compressing the body failed.
     #[error("compressing the body failed")]
     Compress(#[source] std::io::Error),
+    /// The body's decoded tokens are malformed, or restore to more than [`MAX_DECODED_LEN`].
+    #[error("corrupt decoded tokens in the body")]
+    Tokens,
 }
 
 /// Encodes one attribute value (named MessagePack: structs as maps).
@@ -134,6 +141,7 @@ pub struct Codec {
     compress_threshold: Option<usize>,
     keys: Option<std::sync::Arc<Keys>>,
     accept_plaintext: bool,
+    tokens: bool,
 }
 
 impl Codec {
@@ -157,6 +165,14 @@ impl Codec {
         self
     }
 
+    /// Stores the JSON Web Tokens found in the body decoded (flag bit 2): about a third fewer
+    /// bytes for a signed-in user's tokens. Nodes of releases before this flag cannot read
+    /// such blobs. Default false (`session.codec.tokens`).
+    pub fn with_tokens(mut self, tokens: bool) -> Self {
+        self.tokens = tokens;
+        self
+    }
+
     /// Whether blobs are encrypted.
     pub fn encrypts(&self) -> bool {
         self.keys.is_some()
@@ -174,6 +190,12 @@ impl Codec {
             .collect();
         let mut body = rmp_serde::to_vec(&map)?;
         let mut flags = 0;
+        if self.tokens
+            && let Some(packed) = tokens::pack(&body)
+        {
+            body = packed;
+            flags |= FLAG_TOKENS;
+        }
         if body.len()
             > self
                 .compress_threshold
@@ -275,7 +297,8 @@ impl Codec {
             rekey = self.keys.is_some();
             rest
         };
-        let map: BTreeMap<String, serde_bytes::ByteBuf> = if flags & FLAG_COMPRESSED != 0 {
+        let inflated;
+        let body = if flags & FLAG_COMPRESSED != 0 {
             let mut plain = Vec::with_capacity(body.len().saturating_mul(3).min(MAX_DECODED_LEN));
             let read = DeflateDecoder::new(body)
                 .take(MAX_DECODED_LEN as u64 + 1)
@@ -284,10 +307,19 @@ impl Codec {
             if read > MAX_DECODED_LEN {
                 return Err(Error::TooLarge);
             }
-            rmp_serde::from_slice(&plain)?
+            inflated = plain;
+            inflated.as_slice()
         } else {
-            rmp_serde::from_slice(body)?
+            body
         };
+        let unpacked;
+        let body = if flags & FLAG_TOKENS != 0 {
+            unpacked = tokens::unpack(body, MAX_DECODED_LEN).ok_or(Error::Tokens)?;
+            unpacked.as_slice()
+        } else {
+            body
+        };
+        let map: BTreeMap<String, serde_bytes::ByteBuf> = rmp_serde::from_slice(body)?;
         let attributes = map
             .into_iter()
             .map(|(name, value)| (name, value.into_vec()))

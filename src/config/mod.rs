@@ -184,6 +184,8 @@ pub struct Config {
     pub secrets: Option<Secrets>,
     /// `session.secret.accept.plaintext`.
     pub accept_plaintext: bool,
+    /// `session.codec.tokens`.
+    pub codec_tokens: bool,
     /// `session.backoffice.user` and `.password.hash`; `None`: the backoffice is off.
     pub backoffice: Option<BackofficeCredentials>,
     /// `session.backoffice.show.values`.
@@ -521,12 +523,15 @@ impl Config {
                 3600,
             ))),
             accept_plaintext: problems.ok(boolean(p, "session.secret.accept.plaintext")),
+            codec_tokens: problems.ok(boolean(p, "session.codec.tokens")),
         }
     }
 
     /// The codec these settings ask for: encrypting if a secret is set.
     pub fn codec(&self) -> crate::codec::Codec {
-        let codec = crate::codec::Codec::default().with_accept_plaintext(self.accept_plaintext);
+        let codec = crate::codec::Codec::default()
+            .with_accept_plaintext(self.accept_plaintext)
+            .with_tokens(self.codec_tokens);
         match &self.secrets {
             Some(secrets) => codec.with_keys(secrets.keys()),
             None => codec,

@@ -227,3 +227,29 @@ fn check_extensions() {
     let all = parse("session.serialization.check=true\n").unwrap();
     assert!(all.check_covers("anything"));
 }
+
+#[test]
+fn session_codec_tokens_decides_how_tokens_are_written() {
+    let token = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhbm4ifQ.c2lnbmF0dXJl";
+    let mut attributes = crate::codec::EncodedAttributes::new();
+    attributes.insert(
+        "access_token".to_owned(),
+        crate::codec::encode_value(token).unwrap(),
+    );
+    let key = crate::id::SessionId::generate().store_key();
+    let binding = crate::codec::Binding {
+        app: "storefront",
+        key: &key,
+        principal: None,
+    };
+    for (text, flagged) in [("", false), ("session.codec.tokens=true\n", true)] {
+        let codec = parse(text).unwrap().codec();
+        let blob = codec.encode(&attributes, binding).unwrap();
+        assert_eq!(
+            blob[1] & crate::codec::FLAG_TOKENS != 0,
+            flagged,
+            "{text:?}"
+        );
+        assert_eq!(codec.decode(&blob, binding).unwrap(), attributes);
+    }
+}
