@@ -311,12 +311,33 @@ async fn a_store_gone_back_to_an_older_state_is_written_over() {
         cart
     };
 
-    // A change: the row is older than the one it descends from; the whole copy is written.
+    // A change: the row is older than the one it descends from; the whole copy is written,
+    // numbered above every row it descends from. Node c cached the row after S3: it must see
+    // the written-over row as newer than its copy (a row numbered just above the older one
+    // would carry c's own version number, and c would go on serving its copy).
     add(&mut user, "S3").await;
+    let c = Server::start(work.path(), &config, "c");
+    let mut on_c = Client::new();
+    on_c.cookie = Some(id.clone());
+    let cart_on_c = async |on_c: &mut Client| {
+        let (status, body) = on_c.send(&c.base, "GET", "/cart", None).await;
+        assert!(status.is_success());
+        items(&body)
+            .into_iter()
+            .map(|(sku, _)| sku)
+            .collect::<Vec<String>>()
+    };
+    assert_eq!(cart_on_c(&mut on_c).await, ["S1", "S2", "S3"]);
     add(&mut user, "S4").await;
     go_back(&mut connection).await;
     add(&mut user, "S5").await;
     assert_eq!(cart_on_b().await, ["S1", "S2", "S3", "S4", "S5"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        cart_on_c(&mut on_c).await,
+        ["S1", "S2", "S3", "S4", "S5"],
+        "node c sees the written-over row as newer than its copy"
+    );
 
     // No change: the cache's check finds the older row and writes the copy back.
     go_back(&mut connection).await;

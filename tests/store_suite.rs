@@ -95,7 +95,16 @@ async fn suite_at(store: Arc<dyn SessionAdmin>, now: i64, expires_itself: bool) 
     v6.meta.version = 6;
     v6.data = vec![1, 0, 6];
     assert_eq!(store.update(&v6).await.unwrap(), Update::Written);
-    assert_eq!(store.update(&v6).await.unwrap(), Update::Superseded);
+    // The exact same update again (a batch sent twice) may find its own row (Redis says so);
+    // another state under the same version never passes.
+    let again = store.update(&v6).await.unwrap();
+    assert!(
+        matches!(again, Update::Written | Update::Superseded),
+        "{again:?}"
+    );
+    let mut other6 = v6.clone();
+    other6.data = vec![1, 0, 66];
+    assert_eq!(store.update(&other6).await.unwrap(), Update::Superseded);
     assert_eq!(
         store.get(&key, now).await.unwrap().unwrap().data,
         vec![1, 0, 6]
@@ -138,10 +147,10 @@ async fn suite_at(store: Arc<dyn SessionAdmin>, now: i64, expires_itself: bool) 
         ],
         "based on the stored version: written; on an older or a newer one: superseded"
     );
-    assert_eq!(
-        store.update(&a2).await.unwrap(),
-        Update::Superseded,
-        "the same write again is based on a version the row has left"
+    let again = store.update(&a2).await.unwrap();
+    assert!(
+        matches!(again, Update::Written | Update::Superseded),
+        "the same write again changes nothing: {again:?}"
     );
     assert_eq!(store.update(&a3).await.unwrap(), Update::Written);
     assert_eq!(
@@ -433,6 +442,7 @@ async fn large_batches(store: &dyn SessionAdmin, now: i64) {
     // Another write of the stored version (another node's): superseded.
     second[7].meta.version = 1;
     second[7].meta.modified_at = now + 5;
+    second[7].data = vec![1, 0, 7];
     second.push(record_at(now, "storefront", None, "a", 2, vec![1, 0])); // never stored: missing
     let outcomes = store.update_many(&second).await.unwrap();
     assert_eq!(outcomes.len(), 1201);

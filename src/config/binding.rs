@@ -223,7 +223,10 @@ fn store_url(instance: &str, vcap: Option<&str>) -> Result<String, Error> {
                 .to_owned(),
         ));
     }
-    let tls = field("tls").and_then(Value::as_bool).unwrap_or(false);
+    let uri = field("uri").and_then(Value::as_str);
+    // TLS if the binding says so or its URI is rediss://: never dropped.
+    let tls = field("tls").and_then(Value::as_bool).unwrap_or(false)
+        || uri.is_some_and(|u| u.starts_with("rediss://"));
     let cluster = field("cluster_mode").and_then(Value::as_bool) == Some(true);
     // A cluster's nodes are found from any one of them: its URL names that one.
     let scheme = match (tls, cluster) {
@@ -232,7 +235,7 @@ fn store_url(instance: &str, vcap: Option<&str>) -> Result<String, Error> {
         (false, true) => "redis-cluster",
         (true, true) => "rediss-cluster",
     };
-    if let Some(uri) = field("uri").and_then(Value::as_str) {
+    if let Some(uri) = uri {
         // The binding's TLS and cluster flags win over the scheme of its URI.
         return Ok(match uri.split_once("://") {
             Some(("redis" | "rediss", rest)) => format!("{scheme}://{rest}"),
@@ -345,6 +348,15 @@ mod tests {
             "\"uri\": \"redis://:pw@10.0.0.6:6380\", \"hostname\": \"10.0.0.5\"",
         );
         let props = properties(Some(&ext("")), Some(&by_uri)).unwrap();
+        assert_eq!(
+            get(&props, "session.store.url").0,
+            "rediss-cluster://:pw@10.0.0.6:6380"
+        );
+        // A rediss:// URI keeps TLS though the binding has no tls field.
+        let tls_by_uri = by_uri
+            .replace("\"tls\": true,", "")
+            .replace("redis://:pw", "rediss://:pw");
+        let props = properties(Some(&ext("")), Some(&tls_by_uri)).unwrap();
         assert_eq!(
             get(&props, "session.store.url").0,
             "rediss-cluster://:pw@10.0.0.6:6380"

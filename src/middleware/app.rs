@@ -287,7 +287,7 @@ impl Owner for Entry {
             return Rebased::Gone;
         }
         if stored.meta.version < state.base() {
-            let version = state.write_over(&stored.meta);
+            let version = state.write_over();
             let Some(record) = recode.encode(&state) else {
                 state.keep_change();
                 return Rebased::Gone;
@@ -300,6 +300,7 @@ impl Owner for Entry {
                 record,
                 version,
                 refused: false,
+                over: true,
             };
         }
         let (version, conflicts) = state.rebase(&stored.meta, attributes, refuse);
@@ -322,6 +323,7 @@ impl Owner for Entry {
             record,
             version,
             refused: refuse && !conflicts.is_empty(),
+            over: false,
         }
     }
 }

@@ -71,11 +71,19 @@ return 1
 /// Replaces a live session whose version is the written one minus one. ARGV: version,
 /// expires_at, modified_at, whether the record has a principal (1/0), then the fields. Every
 /// field is written again, so no `DEL`; a principal the record no longer has is removed. 0
-/// written, 1 superseded, 2 missing.
+/// written, 1 superseded, 2 missing. The same update run twice (a batch sent again after
+/// `NOSCRIPT` on another slot, a client's resend) finds its own row and answers 0 again.
 const UPDATE: &str = r"
 local cur = redis.call('HMGET', KEYS[1], 'v', 'et', 'p')
 if not cur[1] or tonumber(cur[2]) <= tonumber(ARGV[3]) then return 2 end
-if tonumber(cur[1]) ~= tonumber(ARGV[1]) - 1 then return 1 end
+if tonumber(cur[1]) ~= tonumber(ARGV[1]) - 1 then
+  if tonumber(cur[1]) == tonumber(ARGV[1]) then
+    for i = 5, #ARGV - 1, 2 do
+      if ARGV[i] == 'd' and redis.call('HGET', KEYS[1], 'd') == ARGV[i + 1] then return 0 end
+    end
+  end
+  return 1
+end
 redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 if cur[3] and ARGV[4] == '0' then redis.call('HDEL', KEYS[1], 'p') end
 redis.call('PEXPIREAT', KEYS[1], ARGV[2])
