@@ -73,7 +73,7 @@ impl Target {
         Target::TsRedis,
     ];
 
-    fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Self::Ceiling => "ceiling (no session)",
             Self::SfSqliteSync => "session-failover sync, SQLite",
@@ -244,7 +244,7 @@ pub(crate) async fn build_session_failover(repo: &Path) -> anyhow::Result<PathBu
 }
 
 /// Creates the bench database if it is missing.
-async fn prepare_postgres(url: &str) -> anyhow::Result<()> {
+pub(crate) async fn prepare_postgres(url: &str) -> anyhow::Result<()> {
     let options = PgConnectOptions::from_str(url)
         .with_context(|| format!("--postgres-url {url} is not a PostgreSQL URL"))?;
     let database = options
@@ -345,6 +345,17 @@ impl Server {
     /// What the server wrote on stderr so far.
     pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Its data directory (its SQLite file), for a second node on the same store.
+    pub(crate) fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// SIGKILL: it dies at once, as in a crash.
+    pub(crate) async fn kill(&mut self) -> anyhow::Result<()> {
+        self.child.kill().await?;
+        Ok(())
     }
 }
 
@@ -577,7 +588,7 @@ pub(crate) async fn stop(server: &mut Server) -> anyhow::Result<()> {
     }
 }
 
-async fn empty_postgres(url: &str) -> anyhow::Result<()> {
+pub(crate) async fn empty_postgres(url: &str) -> anyhow::Result<()> {
     let mut conn = PgConnection::connect(url).await?;
     for table in ["stored_http_session", "tower_sessions.session"] {
         let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
@@ -596,7 +607,7 @@ async fn empty_postgres(url: &str) -> anyhow::Result<()> {
 
 /// (transactions, row writes) of the bench database so far, read from another database so the
 /// reading itself is not counted.
-async fn pg_counters(url: &str) -> anyhow::Result<(u64, u64)> {
+pub(crate) async fn pg_counters(url: &str) -> anyhow::Result<(u64, u64)> {
     let options = PgConnectOptions::from_str(url)?;
     let database = options.get_database().unwrap_or("postgres").to_owned();
     let mut conn = options.database("postgres").connect().await?;

@@ -6,6 +6,7 @@ mod attack;
 mod driver;
 mod loadgen;
 mod servers;
+mod storm;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -81,6 +82,33 @@ enum Command {
         /// Rounds; each runs the baseline and every attack once.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// The session-failover binary (default: `cargo build --release` in the repository).
+        #[arg(long)]
+        session_failover: Option<std::path::PathBuf>,
+    },
+    /// The failover storm: N sessions on node A, A killed, every user's next request at node B.
+    Storm {
+        /// Session counts (comma-separated), a storm each.
+        #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+        sessions: Vec<usize>,
+        /// session-failover targets in sync mode (comma-separated).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            value_enum,
+            default_value = "sf-sqlite-sync,sf-pg-sync"
+        )]
+        targets: Vec<Target>,
+        /// Requests in flight at once (each on its own connection).
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+        concurrency: u32,
+        /// PostgreSQL database for the PostgreSQL target (created if missing, emptied first).
+        #[arg(
+            long,
+            env = "BENCH_POSTGRES_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/sfbench"
+        )]
+        postgres_url: String,
         /// The session-failover binary (default: `cargo build --release` in the repository).
         #[arg(long)]
         session_failover: Option<std::path::PathBuf>,
@@ -209,6 +237,22 @@ async fn main() -> anyhow::Result<()> {
                 duration,
                 rounds: rounds.max(1),
                 rate,
+                session_failover_bin: session_failover,
+            })
+            .await
+        }
+        Command::Storm {
+            sessions,
+            targets,
+            concurrency,
+            postgres_url,
+            session_failover,
+        } => {
+            storm::run(storm::Options {
+                sessions,
+                targets,
+                concurrency: concurrency as usize,
+                postgres_url,
                 session_failover_bin: session_failover,
             })
             .await
