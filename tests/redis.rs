@@ -241,12 +241,15 @@ async fn the_newer_copy_wins_the_write_back() {
 }
 
 /// The store goes back to an older state of a session than the node serving it committed (a
-/// failover to a replica that lagged, a restored backup): the node's copy carries the lost
-/// adds and writes them back, both on the session's next change and, for a copy with no
-/// change, when the cache checks it. A second node then serves every add.
+/// failover to a replica that lagged, a restored backup): the node says so at WARN and counts
+/// it (`session_store_regressed_total`), on the session's next change and, for a copy with no
+/// change, when the cache checks it. It does not repair it (see docs/ARCHITECTURE.md): the
+/// adds committed after the older state are lost, which is what `WAIT` prevents
+/// ([`a_cluster_master_killed_under_load`]).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_store_gone_back_to_an_older_state_is_written_over() {
-    let Some((work, redis)) = own_redis("a_store_gone_back_to_an_older_state_is_written_over")
+async fn a_store_gone_back_to_an_older_state_is_noticed_and_counted() {
+    let Some((work, redis)) =
+        own_redis("a_store_gone_back_to_an_older_state_is_noticed_and_counted")
     else {
         return;
     };
@@ -301,56 +304,47 @@ async fn a_store_gone_back_to_an_older_state_is_written_over() {
             .await
             .unwrap();
     };
-    let cart_on_b = async || {
-        let b = Server::start(work.path(), &config, "b");
-        let mut on_b = Client::new();
-        on_b.cookie = Some(id.clone());
-        let (status, body) = on_b.send(&b.base, "GET", "/cart", None).await;
-        assert!(status.is_success());
-        let cart: Vec<String> = items(&body).into_iter().map(|(sku, _)| sku).collect();
-        cart
+    let regressed = async || {
+        let text = reqwest::get(format!("{}/metrics", a.base))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| l.starts_with("session_store_regressed_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
     };
-
-    // A change: the row is older than the one it descends from; the whole copy is written,
-    // numbered above every row it descends from. Node c cached the row after S3: it must see
-    // the written-over row as newer than its copy (a row numbered just above the older one
-    // would carry c's own version number, and c would go on serving its copy).
-    add(&mut user, "S3").await;
-    let c = Server::start(work.path(), &config, "c");
-    let mut on_c = Client::new();
-    on_c.cookie = Some(id.clone());
-    let cart_on_c = async |on_c: &mut Client| {
-        let (status, body) = on_c.send(&c.base, "GET", "/cart", None).await;
-        assert!(status.is_success());
-        items(&body)
-            .into_iter()
-            .map(|(sku, _)| sku)
-            .collect::<Vec<String>>()
-    };
-    assert_eq!(cart_on_c(&mut on_c).await, ["S1", "S2", "S3"]);
-    add(&mut user, "S4").await;
-    go_back(&mut connection).await;
-    add(&mut user, "S5").await;
-    assert_eq!(cart_on_b().await, ["S1", "S2", "S3", "S4", "S5"]);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        cart_on_c(&mut on_c).await,
-        ["S1", "S2", "S3", "S4", "S5"],
-        "node c sees the written-over row as newer than its copy"
-    );
-
-    // No change: the cache's check finds the older row and writes the copy back.
-    go_back(&mut connection).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (status, _) = user.send(&a.base, "GET", "/cart", None).await;
-    assert!(status.is_success());
-    assert_eq!(cart_on_b().await, ["S1", "S2", "S3", "S4", "S5"]);
-    assert!(
+    let said = || {
         a.log_text()
             .matches("the store holds an older state of this session")
             .count()
-            >= 2,
-        "said twice"
+    };
+
+    // A change on the older row.
+    add(&mut user, "S3").await;
+    add(&mut user, "S4").await;
+    go_back(&mut connection).await;
+    add(&mut user, "S5").await;
+    assert_eq!(
+        said(),
+        1,
+        "said once, by the write that found the older row"
+    );
+    assert_eq!(regressed().await, 1.0);
+
+    // No change: the cache's check finds the older row.
+    add(&mut user, "S6").await;
+    go_back(&mut connection).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, body) = user.send(&a.base, "GET", "/cart", None).await;
+    assert!(status.is_success());
+    assert_eq!(said(), 2, "said again, by the cache's check");
+    assert_eq!(regressed().await, 2.0);
+    eprintln!(
+        "the cart after the store went back twice: {:?}",
+        items(&body)
     );
 }
 

@@ -28,7 +28,7 @@
 //! | `session_write_sync_fallbacks_total` | counter | async saves made synchronously (queue full) |
 //! | `session_write_rebases_total` | counter | updates that lost their compare-and-set and were merged with the newer stored state |
 //! | `session_write_unsure_resolved_total` | counter | writes that failed or timed out, found committed by their retry (not applied again) |
-//! | `session_store_regressed_total` | counter (`app`) | sessions the store held in an older state than this node had committed (the store lost writes), written over |
+//! | `session_store_regressed_total` | counter (`app`) | sessions found in the store in an older state than this node had committed (the store lost writes: a failover to a lagging replica, a restored backup); logged at WARN, not repaired |
 //!
 //! | `session_purge_runs_total` / `_rows_total` / `_seconds` | counter / counter / histogram | purge runs, rows deleted, time per run |
 //! | `session_purge_skipped_total` / `_failures_total` | counter | runs skipped (another node purging) / failed |

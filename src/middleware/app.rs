@@ -287,21 +287,11 @@ impl Owner for Entry {
             return Rebased::Gone;
         }
         if stored.meta.version < state.base() {
-            let version = state.write_over();
-            let Some(record) = recode.encode(&state) else {
-                state.keep_change();
-                return Rebased::Gone;
-            };
-            let short = state.id.short_hash();
-            drop(state);
+            // The store lost writes this node committed (a failover to a replica that lagged,
+            // a restored backup): merged on the older row below, the changes committed since
+            // it are gone. Said, not repaired: see docs/DEPLOYMENT.md (WAIT, persistence).
             crate::metrics::store_regressed(&stored.meta.app);
-            tracing::warn!(session = %short, row = stored.meta.version, "the store holds an older state of this session than this node committed (it lost writes: a failover to a lagging replica, a restored backup); this node's newer state is written over it");
-            return Rebased::Write {
-                record,
-                version,
-                refused: false,
-                over: true,
-            };
+            tracing::warn!(session = %state.id.short_hash(), row = stored.meta.version, base = state.base(), "the store holds an older state of this session than this node committed (it lost writes: a failover to a lagging replica, a restored backup); the changes committed since that state are lost");
         }
         let (version, conflicts) = state.rebase(&stored.meta, attributes, refuse);
         let Some(record) = recode.encode(&state) else {
@@ -323,7 +313,6 @@ impl Owner for Entry {
             record,
             version,
             refused: refuse && !conflicts.is_empty(),
-            over: false,
         }
     }
 }
@@ -513,38 +502,6 @@ impl AppShared {
         if probed.is_ok() && self.verify_failures.swap(0, Ordering::Relaxed) > 0 {
             tracing::info!(app = %self.settings.app, "the store answers again; cached sessions are checked again");
         }
-        // Older than this copy, which is exactly a stored state: the store lost writes this
-        // node committed. The copy goes back as the row it was (the store's version rule
-        // keeps whichever is newer).
-        let regressed = {
-            let mut state = entry.lock();
-            match probed {
-                Ok(Some(version)) if state.is_settled() && version < state.base() => {
-                    let base = state.base();
-                    state.checked(now);
-                    Some((
-                        Snapshot::of(&state, base, base.saturating_sub(1), false),
-                        version,
-                    ))
-                }
-                _ => None,
-            }
-        };
-        if let Some((snapshot, row)) = regressed {
-            let (app, session) = (&self.settings.app, id.short_hash());
-            crate::metrics::store_regressed(app);
-            tracing::warn!(%app, %session, row, "the store holds an older state of this session than this node committed (it lost writes: a failover to a lagging replica, a restored backup); writing this node's copy back");
-            if let Some(record) = self.settings.record(id, snapshot) {
-                match persister.write_rows(std::slice::from_ref(&record)).await {
-                    Ok(()) => self.metrics.written_back.increment(1),
-                    Err(error) => {
-                        crate::metrics::store_error(app, "write_back");
-                        tracing::error!(%app, %session, error = &error as &dyn std::error::Error, "cannot write the session back; its next change writes it");
-                    }
-                }
-            }
-            return Verified::Current;
-        }
         let mut state = entry.lock();
         match probed {
             // Changed by this node meanwhile: it writes, and merges if the row moved on.
@@ -554,7 +511,11 @@ impl AppShared {
                 Verified::Current
             }
 
-            Ok(Some(_)) => {
+            Ok(Some(version)) => {
+                if version < state.base() {
+                    crate::metrics::store_regressed(&self.settings.app);
+                    tracing::warn!(app = %self.settings.app, session = %id.short_hash(), row = version, base = state.base(), "the store holds an older state of this session than this node committed (it lost writes: a failover to a lagging replica, a restored backup); serving the stored state");
+                }
                 state.mark_stale();
                 drop(state);
                 tracing::debug!(app = %self.settings.app, session = %id.short_hash(), "a newer state was stored by another node; restoring it");

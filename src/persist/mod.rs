@@ -71,14 +71,11 @@ pub(crate) trait Owner: Send + Sync + std::any::Any {
 pub(crate) enum Rebased {
     /// Write this record (the row version after the stored one), snapshot `version` of the
     /// session; `refused`: some change of this node was a true conflict and was dropped, so
-    /// whoever waits for it must not be told it is kept. `over`: the stored row is older than
-    /// the one this copy descends from (the store lost writes); the record is numbered above
-    /// this copy's own row and written by the version rule, not by compare-and-set.
+    /// whoever waits for it must not be told it is kept.
     Write {
         record: crate::store::Record,
         version: i64,
         refused: bool,
-        over: bool,
     },
     /// Nothing to merge: the session was ended here, or the stored state cannot be read.
     Gone,

@@ -578,18 +578,6 @@ impl State {
         (self.rebased, conflicts)
     }
 
-    /// The store holds a row older than the one this state descends from: it lost writes this
-    /// node had committed (a Redis failover to a replica that lagged, a database restored
-    /// from a backup). This state carries them, so it is written over that row as it is, its
-    /// uncommitted changes included, as the row after its own (`stored + 1`: above every row
-    /// of this lineage, so every node holding an older copy sees a newer row). Returns the
-    /// snapshot version of that write.
-    pub(crate) fn write_over(&mut self) -> i64 {
-        self.persisted = true;
-        self.rebased = self.next_version();
-        self.rebased
-    }
-
     /// Test support: as if version `version` had just been taken for saving.
     #[cfg(test)]
     pub(crate) fn saved_as(&mut self, version: i64) {

@@ -72,15 +72,19 @@ return 1
 /// expires_at, modified_at, whether the record has a principal (1/0), then the fields. Every
 /// field is written again, so no `DEL`; a principal the record no longer has is removed. 0
 /// written, 1 superseded, 2 missing. The same update run twice (a batch sent again after
-/// `NOSCRIPT` on another slot, a client's resend) finds its own row and answers 0 again.
+/// `NOSCRIPT` on another slot, a client's resend) finds its own row (its version, blob, node
+/// and modification time) and answers 0 again.
 const UPDATE: &str = r"
 local cur = redis.call('HMGET', KEYS[1], 'v', 'et', 'p')
 if not cur[1] or tonumber(cur[2]) <= tonumber(ARGV[3]) then return 2 end
 if tonumber(cur[1]) ~= tonumber(ARGV[1]) - 1 then
   if tonumber(cur[1]) == tonumber(ARGV[1]) then
-    for i = 5, #ARGV - 1, 2 do
-      if ARGV[i] == 'd' and redis.call('HGET', KEYS[1], 'd') == ARGV[i + 1] then return 0 end
-    end
+    local sent = {}
+    for i = 5, #ARGV - 1, 2 do sent[ARGV[i]] = ARGV[i + 1] end
+    local row = redis.call('HMGET', KEYS[1], 'd', 'n', 'mt', 'p')
+    local principal = row[4] or nil
+    if row[1] == sent['d'] and row[2] == sent['n'] and row[3] == sent['mt']
+      and principal == sent['p'] then return 0 end
   end
   return 1
 end
@@ -642,7 +646,14 @@ impl RedisStore {
             .arg("NODES")
             .query_async(&mut c.clone())
             .await?;
-        Ok(cluster_masters(&nodes).into_iter().map(Some).collect())
+        let masters = cluster_masters(&nodes);
+        if masters.is_empty() {
+            // Scanning nothing would report a clean keyspace that is not.
+            return Err(Error::Backend(
+                "CLUSTER NODES lists no master serving slots: cannot scan the cluster".into(),
+            ));
+        }
+        Ok(masters.into_iter().map(Some).collect())
     }
 
     /// One step of `SCAN` on `target` over the keys matching `pattern`: the next cursor (0 at

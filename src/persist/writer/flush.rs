@@ -251,15 +251,14 @@ impl Shared {
             let refuse = !pending.waiters.is_empty()
                 && pending.attempts == 0
                 && pending.waiters.iter().all(|w| !w.is_closed());
-            let (record, merged, over) = match pending.entry.rebase(&stored, refuse) {
+            let (record, merged) = match pending.entry.rebase(&stored, refuse) {
                 Rebased::Write {
                     record,
                     version,
                     refused: conflict,
-                    over,
                 } => {
                     refused |= conflict;
-                    (record, version, over)
+                    (record, version)
                 }
                 Rebased::Gone => {
                     report.conflicts += 1;
@@ -280,12 +279,7 @@ impl Shared {
             pending.folded = None;
             report.statements += 1;
             let sent = compare_and_set(&pending);
-            let outcome = if over {
-                self.write_over(&sent, report).await
-            } else {
-                self.bounded(self.store.update(&sent)).await
-            };
-            match outcome {
+            match self.bounded(self.store.update(&sent)).await {
                 Ok(Update::Written) => {
                     report.written += 1;
                     self.written(&key, pending, sent.meta.version, refused);
@@ -310,28 +304,6 @@ impl Shared {
         );
         self.failed(vec![(key, pending)], error, disposition, report)
             .await;
-    }
-
-    /// Writes `sent` over an older row by the store's version rule (it is numbered above it),
-    /// then reads the row back: `Written` if it is `sent`, `Superseded` if another write is
-    /// there now (the caller reads and merges again), `Missing` if the session ended.
-    async fn write_over(
-        &self,
-        sent: &Record,
-        report: &mut FlushReport,
-    ) -> Result<Update, store::Error> {
-        self.bounded(self.store.set(sent)).await?;
-        report.statements += 1;
-        let now = crate::store::now_millis();
-        Ok(
-            match self.bounded(self.store.get(&sent.meta.key, now)).await? {
-                Some(row) if row.meta.version == sent.meta.version && row.data == sent.data => {
-                    Update::Written
-                }
-                Some(_) => Update::Superseded,
-                None => Update::Missing,
-            },
-        )
     }
 
     /// A save was committed as row version `row`. Queued writes of the session that this one
