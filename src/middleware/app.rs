@@ -510,7 +510,6 @@ impl AppShared {
                 state.checked(now);
                 Verified::Current
             }
-
             Ok(Some(version)) => {
                 if version < state.base() {
                     crate::metrics::store_regressed(&self.settings.app);

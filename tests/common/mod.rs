@@ -3,6 +3,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod backends;
+pub mod galera;
 pub mod redis;
 
 use std::collections::BTreeMap;

@@ -5,7 +5,7 @@
 //! | dialect | batch write | purge lock |
 //! |---|---|---|
 //! | `Postgres` | one `UNNEST` statement of 13 arrays, any size | advisory lock |
-//! | `MySql` (and MariaDB) | multi-row `VALUES`, 500 rows or 4 MiB a statement | `GET_LOCK`, per database |
+//! | `MySql` (and MariaDB) | multi-row `VALUES`, 500 rows or 4 MiB a statement | a lease row, per database (cluster-wide on Galera) |
 //! | `Sqlite` | multi-row `VALUES`, 500 rows a statement | none (one writer) |
 //!
 //! A `set_many` of several chunks is one transaction; `update_many` and `destroy_many` commit
@@ -105,6 +105,15 @@ pub trait Dialect: std::fmt::Debug + Send + Sync + Sized + 'static {
         async { Ok(true) }
     }
 
+    /// Extends the purge lock taken on `conn` if it runs out by itself (a lease); `false` if it
+    /// was lost meanwhile (the run stops). The default has nothing to extend.
+    fn renew(
+        conn: &mut <Self::Db as Database>::Connection,
+    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send {
+        let _ = conn;
+        async { Ok(true) }
+    }
+
     /// Releases the purge lock taken on `conn`.
     fn unlock(
         conn: &mut <Self::Db as Database>::Connection,
@@ -120,10 +129,27 @@ pub trait Dialect: std::fmt::Debug + Send + Sync + Sized + 'static {
 /// One connection is made first, on its own: the pool retries a refused connection until its
 /// timeout and then reports only that it timed out, while this says at once what failed
 /// (connection refused, authentication, an unknown database).
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub(crate) async fn pool<DB: Database>(
     url: &str,
     options: &StoreOptions,
     connect: <DB::Connection as sqlx::Connection>::Options,
+) -> Result<sqlx::Pool<DB>, Error> {
+    pool_with(url, options, connect, |_| Box::pin(async { Ok(()) })).await
+}
+
+/// What runs on each new pooled connection before its first use.
+pub(crate) type AfterConnect<DB> =
+    fn(
+        &mut <DB as Database>::Connection,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), sqlx::Error>> + Send + '_>>;
+
+/// [`pool`], with `after_connect` run on each new connection of the pool.
+pub(crate) async fn pool_with<DB: Database>(
+    url: &str,
+    options: &StoreOptions,
+    connect: <DB::Connection as sqlx::Connection>::Options,
+    after_connect: AfterConnect<DB>,
 ) -> Result<sqlx::Pool<DB>, Error> {
     use sqlx::Connection as _;
     let failed = |error: sqlx::Error| Error::Connect {
@@ -147,6 +173,7 @@ pub(crate) async fn pool<DB: Database>(
         .max_connections(options.pool_size)
         .acquire_timeout(options.timeout)
         .test_before_acquire(false)
+        .after_connect(move |conn, _| after_connect(conn))
         .connect_with(connect)
         .await
         .map_err(failed)

@@ -18,6 +18,9 @@ use crate::store::{
 /// The largest number of keys in one `IN (…)` list (deletes and version look-ups are chunked).
 const MAX_KEYS: usize = 500;
 
+/// How often a running purge renews its lock (MySQL's lease lasts three times as long).
+pub(crate) const RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A [`SessionStore`] on a SQL database: PostgreSQL (`PgStore`), MySQL and MariaDB
 /// (`MySqlStore`) or SQLite (`SqliteStore`), as the cargo features allow.
 ///
@@ -513,7 +516,7 @@ where
 
     async fn purge_expired(&self, now: EpochMillis, batch_size: u32) -> Result<u64, Error> {
         let mut conn = self.pool.acquire().await?;
-        self.purge_on(&mut conn, now, batch_size).await
+        self.purge_on(&mut conn, now, batch_size, false).await
     }
 
     /// Under the dialect's lock, on one pooled connection: a node that cannot take it at once
@@ -527,12 +530,12 @@ where
         if !D::try_lock(&mut conn).await? {
             return Ok(None);
         }
-        // The lock belongs to this connection's session: it must never go back to the pool
-        // holding it (every node would skip purging while the pool keeps it). Whatever happens
-        // next (an unlock that fails, a run cancelled at shutdown or at its deadline), the
-        // connection is closed when dropped, and closing it releases the lock.
+        // The lock belongs to this connection's session (PostgreSQL's advisory lock; MySQL's
+        // lease token): it must never go back to the pool holding it. Whatever happens next
+        // (an unlock that fails, a run cancelled at shutdown or at its deadline), the connection
+        // is closed when dropped: that releases an advisory lock; a lease runs out by itself.
         conn.close_on_drop();
-        let result = self.purge_on(&mut conn, now, batch_size).await;
+        let result = self.purge_on(&mut conn, now, batch_size, true).await;
         if let Err(error) = D::unlock(&mut conn).await {
             tracing::warn!(
                 error = &error as &dyn std::error::Error,
@@ -637,15 +640,29 @@ where
     }
 
     /// Deletes expired rows in batches on one connection until a batch comes back short.
+    /// Deletes expired rows in batches of `batch_size`; `locked`: under the purge lock, which is
+    /// renewed every [`RENEW_EVERY`] (a lease would run out under a long run).
     async fn purge_on(
         &self,
         conn: &mut <D::Db as Database>::Connection,
         now: EpochMillis,
         batch_size: u32,
+        locked: bool,
     ) -> Result<u64, Error> {
         let batch = i64::from(batch_size.max(1));
         let mut total = 0;
+        let mut renewed = std::time::Instant::now();
         loop {
+            if locked && renewed.elapsed() >= RENEW_EVERY {
+                if !D::renew(&mut *conn).await? {
+                    tracing::warn!(
+                        deleted = total,
+                        "the purge lock ran out under a slow run; stopping (another node purges)"
+                    );
+                    return Ok(total);
+                }
+                renewed = std::time::Instant::now();
+            }
             let done = Self::query(&self.sql.purge)
                 .bind(now)
                 .bind(batch)
