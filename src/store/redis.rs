@@ -466,12 +466,7 @@ impl RedisStore {
     /// Loads the scripts (on a cluster, `SCRIPT LOAD` goes to every node).
     async fn load_scripts(&self) -> Result<(), Error> {
         for code in ALL_SCRIPTS {
-            let mut load = redis::cmd("SCRIPT");
-            load.arg("LOAD").arg(code);
-            match &self.connection {
-                Connection::Single(c) => load.query_async::<Value>(&mut c.clone()).await?,
-                Connection::Cluster(c) => load.query_async::<Value>(&mut c.clone()).await?,
-            };
+            query::<Value>(&self.connection, redis::cmd("SCRIPT").arg("LOAD").arg(code)).await?;
         }
         Ok(())
     }
