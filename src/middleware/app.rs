@@ -86,9 +86,7 @@ pub(crate) struct AppShared {
     /// Ids the store lately did not have ([`ABSENT_TTL`]; sync mode only: in sync mode a
     /// session's cookie is sent once its row is committed, so an id absent from the store is
     /// rarely one whose write is on its way; in async mode it often is, from another node's
-    /// queue. The exception: a sync write the writer keeps for a retry (store failing) is
-    /// answered before it lands; another node then answers its id absent for up to a second
-    /// more than it would have anyway).
+    /// queue).
     pub(crate) absent: moka::sync::Cache<SessionId, ()>,
     /// Whether the watch of the store's data loss ([`crate::store::SessionStore::emptied`]) is
     /// started (on the first request: in its runtime).
@@ -529,7 +527,7 @@ impl AppShared {
                 state.checked(now);
                 drop(state);
                 if error.is_unreachable() {
-                    // Neither the next reads nor this request's save wait for it again; the
+                    // The next reads do not wait for it again; the
                     // pause doubles while the store stays unreachable.
                     let failures = self.verify_failures.fetch_add(1, Ordering::Relaxed);
                     let pause = millis(self.settings.verify_every)
@@ -538,7 +536,6 @@ impl AppShared {
                         .min(VERIFY_PAUSE_MAX_MS);
                     self.verify_paused_until
                         .store(now_millis().saturating_add(pause), Ordering::Relaxed);
-                    persister.store_unreachable();
                 }
                 crate::metrics::store_error(&self.settings.app, "verify");
                 tracing::warn!(app = %self.settings.app, session = %id.short_hash(), error = &error as &dyn std::error::Error, "cannot check the cached session against the store; served from the cache");
@@ -977,11 +974,6 @@ impl AppShared {
                 tracing::warn!(%app, session = %id.short_hash(), "session was changed on another node; this node's change is refused and its copy dropped");
                 crate::metrics::conflict(app, "superseded");
                 Answer::Conflict
-            }
-            Saved::Kept(error) => {
-                crate::metrics::store_error(app, "save");
-                tracing::error!(%app, session = %id.short_hash(), error = &error as &dyn std::error::Error, "cannot save session now; the writer keeps it and retries");
-                Answer::Done
             }
             Saved::Failed(error) => {
                 // Nobody keeps it (not queued, not committed): refused, and dropped from this

@@ -26,9 +26,7 @@ pub(crate) enum Saved {
     Queued,
     /// Committed, but a change it carried was a true conflict and was dropped: not kept.
     Refused,
-    /// Not committed now, but still queued: the writer retries it.
-    Kept(WriteError),
-    /// Not committed and not queued: the session stays marked changed for its next request.
+    /// Not committed, and not kept by the writer: the request is refused.
     Failed(WriteError),
 }
 
@@ -90,12 +88,6 @@ impl Persister {
         writer.bounded(writer.store().version(key, now)).await
     }
 
-    /// A read found the store unreachable: this request's save, and the next ones, do not
-    /// wait for it (they are queued for retry) until a write succeeds.
-    pub(crate) fn store_unreachable(&self) {
-        self.persistence.writer.set_failing();
-    }
-
     /// Writes a changed session as the app's mode says (see the module docs). The entry is told
     /// what became of it.
     pub(crate) async fn save(
@@ -124,20 +116,23 @@ impl Persister {
                 self.save_directly(key, op, entry).await
             }
             SaveMode::Sync if self.persistence.group_commit => {
-                let wait = writer.enqueue_and_wait(key, op, entry);
-                // The request's deadline: the window and the commit of its batch. The write
-                // itself stays queued if it is not made by then.
+                let wait = writer.enqueue_and_wait(key.clone(), op, entry);
+                // The request's deadline: the window and the commit of its batch. A save not
+                // committed by then is refused, and its write withdrawn if it is still queued:
+                // sync means answered 2xx once committed, never kept for later.
                 let timeout = writer.store_timeout();
                 match tokio::time::timeout(timeout, wait).await {
                     // The writer has already told the entry.
                     Ok(Outcome::Stored(update)) => Saved::Stored(update),
                     Ok(Outcome::Refused) => Saved::Refused,
-                    // Not kept by the writer, which marked the session changed.
-                    Ok(Outcome::Failed(error @ (WriteError::QueueFull | WriteError::Stopped))) => {
+                    Ok(Outcome::Failed(error)) => {
+                        writer.withdraw(&key);
                         Saved::Failed(error)
                     }
-                    Ok(Outcome::Failed(error)) => Saved::Kept(error),
-                    Err(_) => Saved::Kept(WriteError::Timeout(timeout)),
+                    Err(_) => {
+                        writer.withdraw(&key);
+                        Saved::Failed(WriteError::Timeout(timeout))
+                    }
                 }
             }
             SaveMode::Sync => self.save_directly(key, op, entry).await,

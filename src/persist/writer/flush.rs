@@ -4,7 +4,6 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -171,9 +170,6 @@ impl Shared {
                 }
                 Err(error) => Box::pin(self.failed(deletes, error, disposition, &mut report)).await,
             }
-        }
-        if report.failed == 0 {
-            self.failing.store(false, Ordering::Relaxed);
         }
         let seconds = started.elapsed().as_secs_f64();
         crate::metrics::flushed(report.taken, report.statements, report.failed, seconds);
@@ -418,16 +414,38 @@ impl Shared {
         tracing::error!(
             writes = writes.len(),
             error = &*error as &dyn std::error::Error,
-            "session writes failed; kept and retried with backoff"
+            "session writes failed; sync saves are refused, the other writes kept and retried with backoff"
         );
-        self.failing.store(transient, Ordering::Relaxed);
-        crate::metrics::write_retries(writes.len());
         let now = Instant::now();
         let mut queue = self.queue();
         for (key, mut pending) in writes {
+            if !pending.kept && transient && pending.waiters.iter().any(|w| !w.is_closed()) {
+                // A sync save whose requests still wait (each until its store timeout): tried
+                // again shortly, a deadlock, a certification conflict or a busy row being
+                // the usual causes. If they stop waiting first, it is withdrawn or dropped.
+                pending.attempts = pending.attempts.saturating_add(1);
+                pending.not_before = Some(now + soon(pending.attempts));
+                crate::metrics::write_retries(1);
+                let pending = match queue.take(&key) {
+                    Some(newer) => merge(pending, newer),
+                    None => pending,
+                };
+                queue.put(key, pending, now);
+                continue;
+            }
             for waiter in pending.waiters.drain(..) {
                 let _ = waiter.send(Outcome::Failed(WriteError::Store(Arc::clone(&error))));
             }
+            if !pending.kept {
+                // A sync save: its requests are refused, so it is not made later. A newer
+                // state queued meanwhile goes on with its own waiters (built on this one, so
+                // it keeps its insert-or-update and its unsure sends).
+                if let Some(newer) = queue.take(&key) {
+                    queue.put(key, merge(pending, newer), now);
+                }
+                continue;
+            }
+            crate::metrics::write_retries(1);
             pending.attempts = pending.attempts.saturating_add(1);
             if !transient && pending.attempts >= MAX_ATTEMPTS {
                 tracing::error!(
@@ -525,6 +543,12 @@ impl Drop for Flight<'_> {
 pub(super) const MAX_ATTEMPTS: u32 = 5;
 /// Compare-and-set attempts of one write in one flush when the row keeps changing.
 const MAX_REBASES: usize = 4;
+
+/// The pause before a sync save whose requests still wait is tried again: 5 ms, doubling to
+/// 160 ms (their store timeout bounds the whole).
+fn soon(attempts: u32) -> Duration {
+    Duration::from_millis(5 << attempts.clamp(1, 6).saturating_sub(1))
+}
 /// How long, and how many, deleted keys are remembered against late saves.
 const DELETED_HORIZON: Duration = Duration::from_secs(600);
 const DELETED_CAPACITY: usize = 100_000;

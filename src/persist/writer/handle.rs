@@ -1,7 +1,6 @@
 //! The handle requests call: [`WriteBehind`] and the state it shares with its worker.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -31,9 +30,6 @@ pub(super) struct Shared {
     pub(super) started: OnceLock<()>,
     /// Whether this handle spawns its own worker.
     pub(super) autostart: bool,
-    /// The last flush that reached the store failed: urgent writes then do not wait (they would
-    /// only wait for the store timeout) but are queued for the next retry at once.
-    pub(super) failing: AtomicBool,
 }
 
 impl Shared {
@@ -96,7 +92,6 @@ impl WriteBehind {
                 stop: Notify::new(),
                 started: OnceLock::new(),
                 autostart,
-                failing: AtomicBool::new(false),
             }),
         }
     }
@@ -134,7 +129,9 @@ impl WriteBehind {
         Ok(())
     }
 
-    /// Queues a write someone waits for; the answer comes when its batch has committed.
+    /// Queues a write someone waits for; the answer comes when its batch has committed or
+    /// failed. A save that fails is dropped, not retried (its request is refused); a delete
+    /// that fails is kept and retried.
     pub(crate) fn enqueue_and_wait(
         &self,
         key: SessionKey,
@@ -143,7 +140,6 @@ impl WriteBehind {
     ) -> impl Future<Output = Outcome> + Send + 'static {
         self.ensure_started();
         let (tx, rx) = oneshot::channel();
-        let failing = self.shared.failing.load(Ordering::Relaxed);
         let mut full = false;
         // Told if this write ends up kept by nobody (queue full, or the writer stopped first).
         let owner = entry.clone();
@@ -156,28 +152,15 @@ impl WriteBehind {
                 && queue.len() >= self.shared.config.queue_size.saturating_mul(2)
             {
                 full = true;
-            } else if failing {
-                // The store is failing: queue the write for the next retry and answer at once.
-                let not_before = queue
-                    .next_retry()
-                    .unwrap_or(now + self.shared.config.retry_delay);
-                self.insert(&mut queue, key.clone(), op, entry, None, now);
-                if let Some(mut pending) = queue.take(&key) {
-                    pending.not_before = Some(not_before);
-                    queue.put(key, pending, now);
-                }
             } else {
                 self.insert(&mut queue, key, op, entry, Some(tx), now);
             }
             crate::metrics::queue_depth(queue.len());
         }
-        if !failing && !full {
+        if !full {
             self.shared.urgent.notify_one();
         }
         async move {
-            if failing {
-                return Outcome::Failed(WriteError::StoreFailing);
-            }
             let outcome = if full {
                 Outcome::Failed(WriteError::QueueFull)
             } else {
@@ -214,6 +197,7 @@ impl WriteBehind {
             attempts: 0,
             not_before: None,
             unsure: Vec::new(),
+            kept: false,
         };
         self.shared
             .write(vec![(key, pending)], Disposition::LeaveToEntry)
@@ -229,10 +213,22 @@ impl WriteBehind {
         self.shared.bounded(call).await
     }
 
-    /// A read found the store unreachable: sync writes are queued for the next retry and
-    /// answered at once (as after a failed flush) until a flush succeeds.
-    pub(crate) fn set_failing(&self) {
-        self.shared.failing.store(true, Ordering::Relaxed);
+    /// A sync save of `key` was refused (it failed, or its request stopped waiting): drops
+    /// its write if it is still queued and nobody was told it would be made, so that it is not
+    /// written later behind the refusal. Whoever else waits for that write is refused too. A
+    /// write already in flight cannot be recalled: if it commits, the change is in the store
+    /// although its request was refused, as with any request whose answer was lost.
+    pub(crate) fn withdraw(&self, key: &SessionKey) {
+        let mut queue = self.shared.queue();
+        if queue.find(key).is_some_and(|pending| !pending.kept)
+            && let Some(pending) = queue.take(key)
+        {
+            let timeout = self.shared.config.store_timeout;
+            for waiter in pending.waiters {
+                let _ = waiter.send(Outcome::Failed(WriteError::Timeout(timeout)));
+            }
+            crate::metrics::queue_depth(queue.len());
+        }
     }
 
     /// Writes in one batch (`WriterConfig::max_items`).
@@ -269,6 +265,7 @@ impl WriteBehind {
             return;
         }
         let urgent = waiter.is_some();
+        let kept = !urgent || matches!(op, Op::Delete);
         let pending = Pending {
             op,
             entry,
@@ -278,13 +275,14 @@ impl WriteBehind {
             attempts: 0,
             not_before: None,
             unsure: Vec::new(),
+            kept,
         };
         let mut pending = match queue.take(&key) {
             Some(old) => merge(old, pending),
             None => pending,
         };
-        // Someone waits and the store is healthy: do not park them behind an old backoff.
-        if urgent && !self.shared.failing.load(Ordering::Relaxed) {
+        // Someone waits: an old backoff would only make them wait for their timeout.
+        if urgent {
             pending.not_before = None;
         }
         queue.put(key, pending, now);

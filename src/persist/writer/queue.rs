@@ -106,6 +106,11 @@ pub(super) struct Pending {
     /// then fails checks these before it merges: finding its own row, it must not apply its
     /// changes a second time.
     pub(super) unsure: Vec<Unsure>,
+    /// Whether someone was told this write will be made: an async save (answered when
+    /// queued), a delete, a write-back. A sync save is not: its request is answered once it
+    /// is committed, or refused, so a sync save that fails is dropped, never retried later
+    /// behind a refusal.
+    pub(super) kept: bool,
 }
 
 /// A send of a write whose outcome is unknown (see [`Pending::unsure`]).
@@ -276,6 +281,7 @@ pub(super) fn merge(old: Pending, mut new: Pending) -> Pending {
     new.folded = newer(old.folded.clone(), new.folded.take());
     new.attempts = old.attempts;
     new.not_before = old.not_before;
+    new.kept |= old.kept;
     let mut unsure = old.unsure.clone();
     unsure.append(&mut new.unsure);
     Unsure::cap(&mut unsure);

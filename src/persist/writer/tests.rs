@@ -325,10 +325,27 @@ async fn failed_batches_are_retried_with_growing_backoff() {
     let waited = handle.enqueue_and_wait(k.clone(), save(&k, 1, true), nobody());
     let report = worker.flush_once(Scope::Urgent).await;
     assert_eq!(report.failed, 1);
-    assert!(
-        matches!(waited.await, Outcome::Failed(_)),
-        "the request is told, not blocked"
+    // A sync save is tried again soon while its request waits...
+    assert_eq!(handle.pending_len(), 1);
+    let soon = handle.shared.queue().next_retry().unwrap();
+    assert!(soon - Instant::now() <= Duration::from_millis(10));
+    // ...and dropped once it does not (its store timeout passed: it was refused), never
+    // written later.
+    drop(waited);
+    tokio::time::sleep_until(soon).await;
+    let report = worker.flush_once(Scope::All).await;
+    assert_eq!(report.failed, 1);
+    assert_eq!(
+        handle.pending_len(),
+        0,
+        "a sync save nobody waits for any more is dropped, not retried"
     );
+    // An async save is kept and retried.
+    handle
+        .enqueue(k.clone(), save(&k, 1, true), nobody())
+        .unwrap();
+    let report = worker.flush_once(Scope::All).await;
+    assert_eq!(report.failed, 1);
     assert_eq!(handle.pending_len(), 1, "kept");
     let first = handle.shared.queue().next_retry().unwrap();
     let delay = first - Instant::now();
