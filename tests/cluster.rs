@@ -6,143 +6,20 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::backends::{Backend, TestDb};
+use common::balancer::{Lb, User, balancer, phase, rows_by_node, wait_until_all_up};
 use common::{Client, Server, config_dir, free_port, items, require_program};
 use http::StatusCode;
-use serde_json::json;
-use session_failover::store::{ListQuery, SessionAdmin, StoreOptions};
+use session_failover::store::{SessionAdmin, StoreOptions};
 
 const USERS: usize = 24;
 const ADDS_BEFORE: usize = 4;
 const ADDS_DURING: usize = 6;
 const ADDS_AFTER: usize = 2;
-
-/// A load balancer process, stopped when dropped.
-struct Balancer(Child);
-
-impl Drop for Balancer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-#[derive(Clone, Copy, Debug)]
-enum Lb {
-    HaProxy,
-    Nginx,
-}
-
-/// A shipped file of deploy/ with its ports replaced: the public frontend's 8080 by `front`, the
-/// admin one's 8090 by `admin`, the nodes' 8081–8083 by `nodes`.
-fn shipped_config(file: &str, front: u16, admin: u16, nodes: [u16; 3]) -> String {
-    let mut cfg = std::fs::read_to_string(file).unwrap();
-    cfg = cfg.replace("127.0.0.1:8080", &format!("127.0.0.1:{front}"));
-    cfg = cfg.replace("127.0.0.1:8090", &format!("127.0.0.1:{admin}"));
-    for (i, port) in nodes.iter().enumerate() {
-        cfg = cfg.replace(
-            &format!("127.0.0.1:808{}", i + 1),
-            &format!("127.0.0.1:{port}"),
-        );
-    }
-    cfg
-}
-
-/// Runs deploy/haproxy.cfg or deploy/nginx.conf with its ports replaced.
-fn balancer(lb: Lb, work: &Path, front: u16, admin: u16, nodes: [u16; 3]) -> Balancer {
-    let log = std::fs::File::create(work.join(format!("{lb:?}.log"))).unwrap();
-    let mut command = match lb {
-        Lb::HaProxy => {
-            let path = work.join("haproxy.cfg");
-            std::fs::write(
-                &path,
-                shipped_config("deploy/haproxy.cfg", front, admin, nodes),
-            )
-            .unwrap();
-            let mut command = Command::new("haproxy");
-            command.arg("-db").arg("-f").arg(path);
-            command
-        }
-        Lb::Nginx => {
-            std::fs::write(
-                work.join("nginx.conf"),
-                shipped_config("deploy/nginx.conf", front, admin, nodes),
-            )
-            .unwrap();
-            let mut command = Command::new("nginx");
-            command
-                .arg("-p")
-                .arg(work)
-                .args(["-c", "nginx.conf", "-g"])
-                .arg(format!(
-                    "daemon off; pid {}; error_log stderr;",
-                    work.join("nginx.pid").display()
-                ));
-            command
-        }
-    };
-    let child = command.stdout(Stdio::null()).stderr(log).spawn().unwrap();
-    Balancer(child)
-}
-
-/// What one simulated user knows: the items whose add was acknowledged (a 200, or seen in the
-/// cart after an add whose outcome was unknown).
-struct User {
-    client: Client,
-    acknowledged: BTreeSet<String>,
-    unknown: usize,
-}
-
-impl User {
-    async fn add(&mut self, base: &str, sku: String) {
-        let result = self
-            .client
-            .try_send(
-                base,
-                "POST",
-                "/cart/items",
-                Some(json!({"sku": sku, "qty": 1})),
-            )
-            .await;
-        match result {
-            Some((StatusCode::OK, _)) => {
-                self.acknowledged.insert(sku);
-            }
-            _ => {
-                // No acknowledgement (the node died mid-request, or the change was refused):
-                // the cart says whether it was kept.
-                self.unknown += 1;
-                for _ in 0..20 {
-                    if let Some((StatusCode::OK, body)) =
-                        self.client.try_send(base, "GET", "/cart", None).await
-                    {
-                        if items(&body).iter().any(|(s, _)| *s == sku) {
-                            self.acknowledged.insert(sku);
-                        }
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                panic!("the cart could not be read after a failed add");
-            }
-        }
-    }
-
-    fn session_key(&self) -> session_failover::session::SessionKey {
-        let raw = self.client.cookie.as_deref().expect("a session");
-        // HAProxy prefixes the value with the node's cookie name: "node2~<id>".
-        let id = raw.rsplit('~').next().unwrap();
-        session_failover::session::SessionId::parse(id)
-            .unwrap()
-            .store_key()
-    }
-}
 
 async fn cluster_failover(lb: Lb, backend: Backend, test: &str) {
     let program = match lb {
@@ -192,13 +69,7 @@ async fn cluster_failover_at(lb: Lb, url: &str, test: &str) {
     let started = Instant::now();
 
     // Phase 1: every user builds a cart; HAProxy spreads them over the three nodes.
-    let users: Vec<User> = (0..USERS)
-        .map(|_| User {
-            client: Client::new(),
-            acknowledged: BTreeSet::new(),
-            unknown: 0,
-        })
-        .collect();
+    let users: Vec<User> = (0..USERS).map(|_| User::new()).collect();
     let users = phase(&base, users, "a", ADDS_BEFORE, Duration::ZERO).await;
     let by_node = rows_by_node(&*store).await;
     let (victim, victims_users) = by_node
@@ -318,66 +189,6 @@ async fn public_side_refuses_the_operators_paths(public: &str) {
         .unwrap()
         .status();
     assert_eq!(status, StatusCode::OK, "public /cart");
-}
-
-async fn wait_until_all_up(base: &str) {
-    let http = reqwest::Client::new();
-    for _ in 0..100 {
-        if let Ok(r) = http.get(format!("{base}/health")).send().await
-            && r.status().is_success()
-        {
-            // Give the health checks time to mark every node up (rise 2 × 500 ms).
-            tokio::time::sleep(Duration::from_millis(1200)).await;
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("HAProxy did not come up at {base}");
-}
-
-async fn rows_by_node(store: &dyn SessionAdmin) -> BTreeMap<String, usize> {
-    let mut out = BTreeMap::new();
-    for meta in store
-        .list(&ListQuery {
-            limit: 10_000,
-            ..ListQuery::default()
-        })
-        .await
-        .unwrap()
-    {
-        *out.entry(meta.node).or_default() += 1;
-    }
-    out
-}
-
-/// Each user adds `adds` items (SKUs unique per user and phase), users concurrently.
-async fn phase(
-    base: &str,
-    users: Vec<User>,
-    round: &str,
-    adds: usize,
-    pause: Duration,
-) -> Vec<User> {
-    let tasks: Vec<_> = users
-        .into_iter()
-        .enumerate()
-        .map(|(i, mut user)| {
-            let base = base.to_owned();
-            let round = round.to_owned();
-            tokio::spawn(async move {
-                for n in 0..adds {
-                    user.add(&base, format!("u{i}-{round}{n}")).await;
-                    tokio::time::sleep(pause).await;
-                }
-                user
-            })
-        })
-        .collect();
-    let mut out = Vec::new();
-    for task in tasks {
-        out.push(task.await.unwrap());
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,79 +11,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::backends::{Backend, TestDb};
+use common::shared::{new_session, scenario};
 use common::{Client, Server, config_dir, items};
 use http::StatusCode;
-use serde_json::json;
 
 /// The async interval of the async runs.
 const INTERVAL_MS: u64 = 200;
 /// `session.cache.verify.interval` of the nodes.
 const VERIFY_MS: u64 = 100;
-
-/// What the clients of one scenario were told, in total.
-#[derive(Default)]
-struct Tally {
-    acknowledged: BTreeSet<String>,
-    refused: usize,
-    requests: usize,
-}
-
-/// `adds` distinct adds by a client holding `cookie`, sent to `nodes[i % nodes.len()]` in turn.
-async fn adds(
-    nodes: Vec<String>,
-    cookie: String,
-    prefix: String,
-    adds: usize,
-) -> (BTreeSet<String>, usize) {
-    let mut client = Client::new();
-    client.cookie = Some(cookie);
-    let (mut acked, mut refused) = (BTreeSet::new(), 0);
-    for i in 0..adds {
-        let sku = format!("{prefix}-{i}");
-        let base = &nodes[i % nodes.len()];
-        let body = Some(json!({"sku": sku, "qty": 1}));
-        match client.try_send(base, "POST", "/cart/items", body).await {
-            Some((StatusCode::OK, _)) => {
-                acked.insert(sku);
-            }
-            Some((StatusCode::CONFLICT, _)) => refused += 1,
-            other => panic!("add {sku} on {base}: {other:?}"),
-        }
-    }
-    (acked, refused)
-}
-
-/// Runs `clients` (each a list of nodes it alternates over) at once on one session.
-async fn scenario(cookie: &str, name: &str, clients: Vec<Vec<String>>, each: usize) -> Tally {
-    let tasks: Vec<_> = clients
-        .into_iter()
-        .enumerate()
-        .map(|(c, nodes)| tokio::spawn(adds(nodes, cookie.to_owned(), format!("{name}{c}"), each)))
-        .collect();
-    let mut tally = Tally::default();
-    for task in tasks {
-        let (acked, refused) = task.await.unwrap();
-        tally.requests += each;
-        tally.refused += refused;
-        tally.acknowledged.extend(acked);
-    }
-    tally
-}
-
-/// A new session on `base` (one add), and its cookie.
-async fn new_session(base: &str) -> String {
-    let mut client = Client::new();
-    let (status, _) = client
-        .send(
-            base,
-            "POST",
-            "/cart/items",
-            Some(json!({"sku": "first", "qty": 1})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
-    client.cookie.unwrap()
-}
 
 /// The cart of `cookie` as a node that never served it restores it from the store.
 async fn stored_cart(work: &Path, config: &Path, cookie: &str) -> BTreeSet<String> {

@@ -134,14 +134,76 @@ pub fn app(config: &Config, node: &str, persistence: Option<Persistence>) -> Rou
         }
         _ => None,
     };
+    let store_health = StoreHealth::new(persistence.as_ref(), config.store.timeout);
     let router = Router::new()
         .route("/health", get(|| async { "ok\n" }))
+        .route(
+            "/health/store",
+            get(move || {
+                let health = store_health.clone();
+                async move { health.check().await }
+            }),
+        )
         .merge(storefront::router().layer(layer))
         .merge(backoffice.unwrap_or_default());
     match config.metrics_bind {
         // Served on its own listener (see `serve`).
         Some(_) => router,
         None => router.route("/metrics", get(metrics_text)),
+    }
+}
+
+/// `GET /health/store`: whether this node's session store answers (one read, bounded by the
+/// store timeout). For a balancer whose nodes each have their own database node (a Galera node
+/// each): a node whose database died is taken out, and its users go to nodes that can save.
+/// With one database shared by every node, check `/health` instead: an outage of that database
+/// would take every node out, where they still serve sticky reads from memory.
+#[derive(Clone)]
+struct StoreHealth {
+    store: Option<Arc<dyn store::SessionStore>>,
+    timeout: std::time::Duration,
+    /// The last answer, so that a change of state is logged once, not at every check.
+    up: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl StoreHealth {
+    fn new(persistence: Option<&Persistence>, timeout: std::time::Duration) -> Self {
+        Self {
+            store: persistence.map(|p| Arc::clone(p.store())),
+            timeout,
+            up: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        }
+    }
+
+    async fn check(&self) -> (axum::http::StatusCode, &'static str) {
+        use axum::http::StatusCode;
+        use std::sync::atomic::Ordering;
+        let Some(store) = &self.store else {
+            return (StatusCode::OK, "ok (no store)\n");
+        };
+        let probe = crate::id::SessionId::generate().store_key();
+        let answer = tokio::time::timeout(self.timeout, store.version(&probe, store::now_millis()))
+            .await
+            .map_err(|_| store::Error::Timeout(self.timeout))
+            .and_then(|answer| answer);
+        let up = answer.is_ok();
+        if self.up.swap(up, Ordering::Relaxed) != up {
+            match answer {
+                Ok(_) => tracing::info!("/health/store: the session store answers again"),
+                Err(error) => tracing::warn!(
+                    error = &error as &dyn std::error::Error,
+                    "/health/store: the session store does not answer; this node reports itself down"
+                ),
+            }
+        }
+        if up {
+            (StatusCode::OK, "ok\n")
+        } else {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the session store does not answer\n",
+            )
+        }
     }
 }
 

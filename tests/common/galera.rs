@@ -130,6 +130,13 @@ impl Galera {
         assert!(self.query(i, sql).is_some(), "{sql} on Galera node {i}");
     }
 
+    /// SIGKILL of node `i`: the process dies at once, as in a crash.
+    pub fn kill(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        node.kill().unwrap();
+        let _ = node.wait();
+    }
+
     /// The store URL of node `i`'s `test` database.
     pub fn url(&self, i: usize) -> String {
         format!("mysql://root@127.0.0.1:{}/test", self.ports[i])

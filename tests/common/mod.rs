@@ -3,8 +3,10 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod backends;
+pub mod balancer;
 pub mod galera;
 pub mod redis;
+pub mod shared;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
