@@ -882,8 +882,7 @@ async fn an_explicit_save_commits_before_the_side_effect() {
         .with_state((sqlite.clone(), placed.clone()))
         .layer(SessionFailoverLayer::new("shop").with_persistence(
             // Each save its own write (no group commit): a failed one is kept by nobody and
-            // refused. (With the writer, a failed write is kept and retried, and the save is Ok:
-            // the change is in the queue the drain guarantees.)
+            // refused. (The same through the writer: a sync save is Ok only once committed.)
             Persistence::new(
                 counted.clone(),
                 session_failover::persist::WriterConfig::default(),
@@ -1054,4 +1053,88 @@ async fn a_save_the_checker_refuses_keeps_nothing_of_the_request() {
         .unwrap()
         .get("attributes");
     assert_eq!(stored, r#"["order"]"#);
+}
+
+/// Sync mode: a request whose change rode in another request's save (it finished after that
+/// save took the session's state) is answered 2xx only if that save committed. Here the save
+/// fails: both requests are refused, and neither change is served afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_carried_by_a_refused_save_is_refused_too() {
+    use axum::routing::{get, post};
+    use session_failover::{SaveMode, Session, SessionFailoverLayer};
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = sqlite(dir.path()).await;
+    let app = Router::new()
+        .route(
+            "/slow",
+            post(|session: Session| async move {
+                session.insert("slow", "set".to_owned());
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                "ok"
+            }),
+        )
+        .route(
+            "/fast",
+            post(|session: Session| async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                session.insert("fast", "set".to_owned());
+                "ok"
+            }),
+        )
+        .route(
+            "/peek",
+            get(|session: Session| async move {
+                axum::Json(json!({
+                    "slow": session.get::<String>("slow"),
+                    "fast": session.get::<String>("fast"),
+                }))
+            }),
+        )
+        .layer(SessionFailoverLayer::new("shop").with_persistence(
+            // Group commit: the saves go through the writer.
+            Persistence::new(
+                Arc::new(sqlite.clone()),
+                session_failover::persist::WriterConfig::default(),
+                Duration::from_secs(2),
+                true,
+            ),
+            SaveMode::Sync,
+        ));
+    let r = send(&app, "POST", "/fast", None, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let id = r.cookie("JSESSIONID").unwrap();
+    let peek = send(&app, "GET", "/peek", Some(&jar(&id)), None).await;
+    assert_eq!(peek.body, json!({"slow": null, "fast": "set"}));
+    sqlx::query("CREATE TRIGGER fail BEFORE UPDATE ON stored_http_session BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+        .execute(sqlite.pool())
+        .await
+        .unwrap();
+    // /slow changes the session and is still running when /fast saves: /fast's save carries
+    // /slow's change, and fails.
+    let cookie = jar(&id);
+    let (slow, fast) = tokio::join!(send(&app, "POST", "/slow", Some(&cookie), None), async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        send(&app, "POST", "/fast", Some(&cookie), None).await
+    });
+    assert_eq!(
+        fast.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "its own save failed"
+    );
+    assert_eq!(
+        slow.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "its change rode in the refused save: not committed, so not acknowledged"
+    );
+    sqlx::query("DROP TRIGGER fail")
+        .execute(sqlite.pool())
+        .await
+        .unwrap();
+    let peek = send(&app, "GET", "/peek", Some(&jar(&id)), None).await;
+    assert_eq!(
+        peek.body,
+        json!({"slow": null, "fast": "set"}),
+        "the last stored state"
+    );
 }

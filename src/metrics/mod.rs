@@ -23,7 +23,7 @@
 //! | `session_write_batch_size` | histogram | writes per flush |
 //! | `session_write_flush_seconds` | histogram | time of one flush |
 //! | `session_write_statements_total` | counter | store calls made by the writer |
-//! | `session_write_retries_total` | counter | writes put back for retry after a failure |
+//! | `session_write_retries_total` | counter | writes put back for retry after a failure (kept writes with backoff; sync saves tried again shortly while their requests wait) |
 //! | `session_write_failures_total` | counter | writes that failed (and were retried) |
 //! | `session_write_sync_fallbacks_total` | counter | async saves made synchronously (queue full) |
 //! | `session_write_rebases_total` | counter | updates that lost their compare-and-set and were merged with the newer stored state |

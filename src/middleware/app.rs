@@ -272,6 +272,11 @@ impl Owner for Entry {
         self.wake();
     }
 
+    fn dropped(&self) {
+        self.lock().mark_dropped();
+        self.wake();
+    }
+
     fn rebase(&self, stored: &crate::store::Record, refuse: bool) -> Rebased {
         let Some(recode) = self.recode() else {
             return Rebased::Gone;
@@ -281,7 +286,9 @@ impl Owner for Entry {
             return Rebased::Gone;
         };
         let mut state = self.lock();
-        if state.is_ended() {
+        // A copy whose refused changes were dropped is not merged again: a write of it (a
+        // request that held it meanwhile) would bring them back, or apply them twice.
+        if state.is_ended() || state.is_dropped() {
             return Rebased::Gone;
         }
         if stored.meta.version < state.base() {
@@ -794,14 +801,20 @@ impl AppShared {
                     let wait = persister.persistence().writer().store_timeout();
                     let _ = tokio::time::timeout(wait, entry.carried(version)).await;
                     let state = entry.lock();
-                    if state.is_committed(version) {
+                    if state.is_committed(version) && !state.conflicted_since(version) {
                         row = Some(state.base());
-                    } else if state.is_ended() || state.is_stale() {
-                        // The write that carried the change was not kept (the session was
-                        // ended elsewhere, or a newer stored state could not be merged).
+                    } else if state.is_committed(version)
+                        || state.is_ended()
+                        || (state.is_stale() && !state.is_dropped())
+                    {
+                        // The write that carried the change was committed with a change of
+                        // this copy dropped as a true conflict (perhaps this one), or it was
+                        // not kept: the session was ended elsewhere, or a newer stored state
+                        // could not be merged.
                         saved = Answer::Conflict;
-                    } else if state.has_unsaved_change() {
-                        // The write that carried it failed and nobody keeps it.
+                    } else {
+                        // Not committed within the store timeout (sync means committed): the
+                        // write that carried it failed, was dropped, or is still on its way.
                         saved = Answer::Unavailable;
                     }
                 }

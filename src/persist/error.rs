@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use crate::store;
 
-/// Why a sync save was not committed when its request asked. Whatever the variant, nobody keeps
-/// the change: the request is refused (503) and the change dropped from this node (a write that
-/// was in flight may still commit, as with any request whose answer was lost).
+/// Why a write was not committed when its request asked. For a sync save, whatever the variant,
+/// nobody keeps the change: the request is refused (503) and the change dropped from this node
+/// (a write that was in flight may still commit, as with any request whose answer was lost). A
+/// delete that failed stays queued and is retried.
 #[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum WriteError {

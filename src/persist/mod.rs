@@ -12,9 +12,10 @@
 //! - Deletes (logout, rotation) always wait for their commit, through the writer, so a queued
 //!   save can never overtake them.
 //!
-//! A failed write never loses the session: through the writer it stays queued and is retried
-//! with backoff; written directly, it stays in the node cache marked changed and the next
-//! request writes it. A new session is inserted; an existing one is only updated, with a
+//! A write acknowledged before it is committed (async, a delete, a write-back) is kept: through
+//! the writer it stays queued and is retried with backoff. A sync save is acknowledged only once
+//! committed: one that fails is tried again while its request waits (at most
+//! `session.store.timeout`), then dropped and its request refused. A new session is inserted; an existing one is only updated, with a
 //! compare-and-set on the row version its state descends from (a write that lost the race is
 //! merged into the newer row, `Owner::rebase`), so a session ended elsewhere is not brought
 //! back and no committed change is overwritten. Every store call is bounded
@@ -57,6 +58,9 @@ pub(crate) trait Owner: Send + Sync + std::any::Any {
     fn stored(&self, version: i64, row: i64, outcome: crate::store::Update);
     /// A write of it was not made and nobody retries it: its next request must save again.
     fn not_saved(&self);
+    /// A sync write of it was dropped, not committed, and its requests refused: the copy holds
+    /// changes nobody will write, so it is not served or saved again.
+    fn dropped(&self);
     /// Another write got to the row first (`stored` is the row now): merge this node's
     /// uncommitted changes into it, and give the record to write instead. With `refuse`, a
     /// change based on a value the other write replaced is dropped and reported.
@@ -96,6 +100,7 @@ pub(crate) fn nobody() -> Arc<dyn Owner> {
         }
         fn stored(&self, _: i64, _: i64, _: crate::store::Update) {}
         fn not_saved(&self) {}
+        fn dropped(&self) {}
         fn rebase(&self, _: &crate::store::Record, _: bool) -> Rebased {
             Rebased::Gone
         }

@@ -167,6 +167,14 @@ pub(crate) struct State {
     /// Another node stored a newer state: this copy must not be served again; the next request
     /// drops it and restores the newer state.
     stale: bool,
+    /// A sync write of this copy was dropped, not committed (its requests refused): the copy
+    /// holds changes nobody will write. Stale too; a request whose change rode in that write is
+    /// refused 503, not 409.
+    dropped: bool,
+    /// The newest snapshot version taken when a merge with another node's write dropped a
+    /// change of this copy as a true conflict (0: never). A request whose change rode in a
+    /// snapshot up to it cannot be told its change is kept, even once a later snapshot commits.
+    conflicted: i64,
     /// The entry this session moved to when it got a new id ([`State::rotate`]): a request
     /// that held the session before goes on there.
     successor: Option<Weak<Entry>>,
@@ -280,6 +288,8 @@ impl State {
             verified_at: now,
             invalidated: false,
             stale: false,
+            dropped: false,
+            conflicted: 0,
             successor: None,
             announce: false,
             rekey: false,
@@ -310,6 +320,8 @@ impl State {
             verified_at: crate::store::now_millis(),
             invalidated: false,
             stale: false,
+            dropped: false,
+            conflicted: 0,
             successor: None,
             announce: true,
             rekey: false,
@@ -477,6 +489,23 @@ impl State {
         self.stale = true;
     }
 
+    /// A sync write of this copy was dropped (see the field): never served or saved again.
+    pub(crate) fn mark_dropped(&mut self) {
+        self.dropped = true;
+        self.stale = true;
+    }
+
+    /// Whether a sync write of this copy was dropped.
+    pub(crate) fn is_dropped(&self) -> bool {
+        self.dropped
+    }
+
+    /// Whether a change carried by snapshot `version` may have been dropped as a true conflict
+    /// by a later merge.
+    pub(crate) fn conflicted_since(&self, version: i64) -> bool {
+        self.conflicted >= version
+    }
+
     /// The stored version this state descends from (the base of the next compare-and-set).
     pub(crate) fn base(&self) -> i64 {
         self.stored
@@ -574,6 +603,9 @@ impl State {
         self.principal = principal;
         self.stored = meta.version;
         self.persisted = true;
+        if refuse && !conflicts.is_empty() {
+            self.conflicted = self.version;
+        }
         self.rebased = self.next_version();
         (self.rebased, conflicts)
     }
@@ -621,6 +653,8 @@ impl State {
             verified_at: self.verified_at,
             invalidated: false,
             stale: false,
+            dropped: false,
+            conflicted: 0,
             successor: None,
             announce: false,
             rekey: false,

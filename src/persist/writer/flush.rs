@@ -1,6 +1,7 @@
 //! One flush: a batch's store calls (deletes, inserts, updates), what their outcomes mean for
-//! the node's entries and the waiting requests, and what a failure does (retry with backoff, or
-//! give up and leave the change to the session's next request).
+//! the node's entries and the waiting requests, and what a failure does (a kept write: retry with
+//! backoff, or give up and leave the change to the session's next request; a sync save: try
+//! again shortly while its requests wait, else drop it and refuse them).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -241,12 +242,10 @@ impl Shared {
                 // A later state merged into this write since: only its own changes, made after
                 // that send, are merged into the row below.
             }
-            // Changes acknowledged already (a waiter that gave up at the store timeout, or was
-            // told of a failed attempt, answered 2xx) must not be refused now: only a write none
-            // of whose waiters has been answered yet refuses a true conflict.
-            let refuse = !pending.waiters.is_empty()
-                && pending.attempts == 0
-                && pending.waiters.iter().all(|w| !w.is_closed());
+            // Changes acknowledged already (async saves, write-backs) must not be refused now: a
+            // sync save, whose requests are answered only once it is committed, refuses a true
+            // conflict.
+            let refuse = !pending.kept;
             let (record, merged) = match pending.entry.rebase(&stored, refuse) {
                 Rebased::Write {
                     record,
@@ -439,9 +438,11 @@ impl Shared {
             if !pending.kept {
                 // A sync save: its requests are refused, so it is not made later. A newer
                 // state queued meanwhile goes on with its own waiters (built on this one, so
-                // it keeps its insert-or-update and its unsure sends).
-                if let Some(newer) = queue.take(&key) {
-                    queue.put(key, merge(pending, newer), now);
+                // it keeps its insert-or-update and its unsure sends); otherwise the copy is
+                // marked dropped, so that no request makes it again.
+                match queue.take(&key) {
+                    Some(newer) => queue.put(key, merge(pending, newer), now),
+                    None => pending.entry.dropped(),
                 }
                 continue;
             }

@@ -130,8 +130,8 @@ impl WriteBehind {
     }
 
     /// Queues a write someone waits for; the answer comes when its batch has committed or
-    /// failed. A save that fails is dropped, not retried (its request is refused); a delete
-    /// that fails is kept and retried.
+    /// failed. A save that fails is tried again shortly while its request waits, then dropped
+    /// (the request is refused); a delete that fails is kept and retried.
     pub(crate) fn enqueue_and_wait(
         &self,
         key: SessionKey,
@@ -214,19 +214,19 @@ impl WriteBehind {
     }
 
     /// A sync save of `key` was refused (it failed, or its request stopped waiting): drops
-    /// its write if it is still queued and nobody was told it would be made, so that it is not
-    /// written later behind the refusal. Whoever else waits for that write is refused too. A
-    /// write already in flight cannot be recalled: if it commits, the change is in the store
-    /// although its request was refused, as with any request whose answer was lost.
+    /// its write if it is still queued, nobody was told it would be made and nobody waits for
+    /// it any more, so that it is not written later behind the refusal (a newer save that
+    /// merged with it goes on for its own requests). A write already in flight cannot be
+    /// recalled: if it commits, the change is in the store although its request was refused,
+    /// as with any request whose answer was lost.
     pub(crate) fn withdraw(&self, key: &SessionKey) {
         let mut queue = self.shared.queue();
-        if queue.find(key).is_some_and(|pending| !pending.kept)
+        if queue
+            .find(key)
+            .is_some_and(|pending| !pending.kept && pending.waiters.iter().all(|w| w.is_closed()))
             && let Some(pending) = queue.take(key)
         {
-            let timeout = self.shared.config.store_timeout;
-            for waiter in pending.waiters {
-                let _ = waiter.send(Outcome::Failed(WriteError::Timeout(timeout)));
-            }
+            pending.entry.dropped();
             crate::metrics::queue_depth(queue.len());
         }
     }

@@ -14,8 +14,10 @@
 //!   answers each waiter when its own batch has committed.
 //! - **Lazy writes** (async mode) are flushed every interval, `max_items` per round trip,
 //!   repeating until the queue is empty or the next interval is due.
-//! - **Failures** keep the write: it goes back to the queue with exponential backoff and
-//!   jitter, unless a newer state of the session arrived meanwhile, which replaces it.
+//! - **Failures** keep a write someone was told would be made (async saves, deletes,
+//!   write-backs): it goes back to the queue with exponential backoff and jitter, unless a newer
+//!   state of the session arrived meanwhile, which replaces it. A sync save is tried again
+//!   shortly while its requests wait, then dropped: they are refused.
 
 //!
 //! The parts: [`queue`](self) holds pending writes and the merge rules, `handle` is what

@@ -38,7 +38,7 @@ pub(crate) enum Outcome {
     /// Committed with the other changes of its batch, but a change it carried was based on a
     /// value another node replaced meanwhile and was dropped (a true conflict): not kept.
     Refused,
-    /// Not committed; the error says who keeps the change.
+    /// Not committed (a sync save: dropped, nobody keeps it; a delete: kept and retried).
     Failed(WriteError),
 }
 

@@ -21,8 +21,8 @@ pub struct FlushReport {
     pub conflicts: usize,
     /// Deletes done.
     pub deleted: usize,
-    /// Writes that failed: back to the queue (flushes), or left to the session's next request
-    /// (direct writes).
+    /// Writes that failed: back to the queue (flushes; a sync save only while its requests
+    /// wait, else dropped), or left to the session's next request (direct writes).
     pub failed: usize,
     /// Store calls made (each one or more statements: one per chunk of a large batch).
     pub statements: usize,
