@@ -221,6 +221,7 @@ impl Shared {
                     return;
                 }
                 Err(error) => {
+                    pending.refused |= refused;
                     return self
                         .failed(vec![(key, pending)], error, disposition, report)
                         .await;
@@ -288,12 +289,15 @@ impl Shared {
                 }
                 Err(error) => {
                     pending.unsure(&sent);
+                    // Told when a later send commits it.
+                    pending.refused |= refused;
                     return self
                         .failed(vec![(key, pending)], error, disposition, report)
                         .await;
                 }
             }
         }
+        pending.refused |= refused;
         let error = store::Error::Backend(
             format!("the row kept changing during {MAX_REBASES} compare-and-set attempts").into(),
         );
@@ -305,6 +309,7 @@ impl Shared {
     /// already carries (earlier snapshots, or all of them after a rebase) are done too; a
     /// later one lost its compare-and-set and is merged.
     fn written(&self, key: &SessionKey, pending: Pending, row: i64, refused: bool) {
+        let refused = refused || pending.refused;
         let version = match &pending.op {
             Op::Save { version, .. } => *version,
             Op::Delete => 0,

@@ -198,6 +198,7 @@ impl WriteBehind {
             not_before: None,
             unsure: Vec::new(),
             kept: false,
+            refused: false,
         };
         self.shared
             .write(vec![(key, pending)], Disposition::LeaveToEntry)
@@ -276,6 +277,7 @@ impl WriteBehind {
             not_before: None,
             unsure: Vec::new(),
             kept,
+            refused: false,
         };
         let mut pending = match queue.take(&key) {
             Some(old) => merge(old, pending),

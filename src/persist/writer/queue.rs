@@ -111,6 +111,9 @@ pub(super) struct Pending {
     /// is committed, or refused, so a sync save that fails is dropped, never retried later
     /// behind a refusal.
     pub(super) kept: bool,
+    /// A merge of this write with another node's row dropped a change it carried as a true
+    /// conflict: its requests are told `Refused` when it commits, whichever send commits it.
+    pub(super) refused: bool,
 }
 
 /// A send of a write whose outcome is unknown (see [`Pending::unsure`]).
@@ -282,6 +285,7 @@ pub(super) fn merge(old: Pending, mut new: Pending) -> Pending {
     new.attempts = old.attempts;
     new.not_before = old.not_before;
     new.kept |= old.kept;
+    new.refused |= old.refused;
     let mut unsure = old.unsure.clone();
     unsure.append(&mut new.unsure);
     Unsure::cap(&mut unsure);
