@@ -200,19 +200,21 @@ async fn failover_behind_haproxy_on_galera() {
         "spring.session.storefront.save=sync\nsession.store.timeout=3000\n",
     );
     let ports = [free_port(), free_port(), free_port()];
-    let mut nodes: Vec<Option<Server>> = (0..3)
-        .map(|i| {
-            let bind = format!("127.0.0.1:{}", ports[i]);
-            Some(app_node(
-                work.path(),
-                &config,
-                &galera,
-                i,
-                &format!("node{}", i + 1),
-                &bind,
-            ))
-        })
-        .collect();
+    // Started at once, on a database nobody migrated yet: their migrations run concurrently on
+    // three Galera nodes (sqlx's GET_LOCK holds on one node only).
+    let mut nodes: Vec<Option<Server>> = std::thread::scope(|s| {
+        let started: Vec<_> = (0..3)
+            .map(|i| {
+                let (work, config, galera) = (work.path(), &config, &galera);
+                let bind = format!("127.0.0.1:{}", ports[i]);
+                s.spawn(move || app_node(work, config, galera, i, &format!("node{}", i + 1), &bind))
+            })
+            .collect();
+        started
+            .into_iter()
+            .map(|n| Some(n.join().unwrap()))
+            .collect()
+    });
     let front = free_port();
     let _lb = balancer_with(Lb::HaProxy, work.path(), front, free_port(), ports, |cfg| {
         let store_check = cfg.replace(

@@ -107,9 +107,37 @@ impl Dialect for MySql {
         .await
     }
 
+    /// Applies the migrations. sqlx serialises migrators with `GET_LOCK`, which is local to
+    /// one server: nodes starting at once on different Galera nodes run them concurrently, and
+    /// all but one find the other's migration half done (its row written, its DDL running) or
+    /// lose the insert of that row. Those wait for it and try again, for up to a minute.
     async fn migrate(pool: &MySqlPool) -> Result<(), Error> {
-        sqlx::migrate!("migrations/mysql").run(pool).await?;
-        Ok(())
+        use sqlx::migrate::MigrateError;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let error = match sqlx::migrate!("migrations/mysql").run(pool).await {
+                Ok(()) => return Ok(()),
+                Err(error) => error,
+            };
+            let concurrent = match &error {
+                MigrateError::Dirty(_) => true,
+                MigrateError::Execute(sqlx::Error::Database(e))
+                | MigrateError::ExecuteMigration(sqlx::Error::Database(e), _) => e
+                    .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                    // Duplicate key (the migration's row), deadlock or certification
+                    // conflict, table already exists.
+                    .is_some_and(|e| matches!(e.number(), 1062 | 1213 | 1050)),
+                _ => false,
+            };
+            if !concurrent || std::time::Instant::now() >= deadline {
+                return Err(error.into());
+            }
+            tracing::info!(
+                error = &error as &dyn std::error::Error,
+                "another node is applying the session store's migrations; waiting for it"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
     }
 
     /// Takes the lease if nobody holds it or it ran out; the token lives in the connection's
