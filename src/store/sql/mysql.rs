@@ -110,7 +110,11 @@ impl Dialect for MySql {
     /// Applies the migrations. sqlx serialises migrators with `GET_LOCK`, which is local to
     /// one server: nodes starting at once on different Galera nodes run them concurrently, and
     /// all but one find the other's migration half done (its row written, its DDL running) or
-    /// lose the insert of that row. Those wait for it and try again, for up to a minute.
+    /// lose the insert of that row, or their DDL loses a certification conflict, which leaves
+    /// their own row half done. Those wait and try again, for up to a minute. Every migration
+    /// of this dialect is idempotent (`IF NOT EXISTS`), so a half-done one is run again: its
+    /// row is removed first (the node that wrote it, if still running it, finds it gone when it
+    /// marks it done, which sqlx does not check).
     async fn migrate(pool: &MySqlPool) -> Result<(), Error> {
         use sqlx::migrate::MigrateError;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -131,6 +135,15 @@ impl Dialect for MySql {
             };
             if !concurrent || std::time::Instant::now() >= deadline {
                 return Err(error.into());
+            }
+            if let MigrateError::Dirty(version) = error {
+                // Ignored if it fails: the next attempt says what is wrong.
+                let _ = sqlx::query(
+                    "DELETE FROM _sqlx_migrations WHERE version = ? AND success = FALSE",
+                )
+                .bind(version)
+                .execute(pool)
+                .await;
             }
             tracing::info!(
                 error = &error as &dyn std::error::Error,
