@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::redis::Redis;
 use common::{Client, Server, config_dir, free_port, items, require_program};
+use http::StatusCode;
 use serde_json::json;
 
 /// A work directory and a Redis of the test's own in it, or `None` (said on stderr, a failure
@@ -490,4 +491,55 @@ async fn master_killed_under_load(wait: u32) -> (usize, usize, usize, Duration) 
     drop(b);
     drop(cluster);
     (lost, acknowledged_total, refused, longest)
+}
+
+/// `GET /health/store` follows the store: 200 while Redis answers, 503 (and said once in the
+/// log) while it is down, 200 again once it is back; `GET /health` stays 200 throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_store_follows_the_store() {
+    let Some((work, redis)) = own_redis("health_store_follows_the_store") else {
+        return;
+    };
+    let port = redis.port;
+    let config = config_dir(
+        work.path(),
+        &format!(
+            "session.store.url=redis://127.0.0.1:{port}\nsession.store.timeout=500\n\
+             session.purge.cron=\n"
+        ),
+    );
+    let a = Server::start(work.path(), &config, "a");
+    let status = async |path: &str| {
+        let response = reqwest::get(format!("{}{path}", a.base)).await.unwrap();
+        (response.status(), response.text().await.unwrap())
+    };
+    assert_eq!(
+        status("/health/store").await,
+        (StatusCode::OK, "ok\n".to_owned())
+    );
+    redis.kill();
+    for _ in 0..3 {
+        let (code, body) = status("/health/store").await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(status("/health").await.0, StatusCode::OK);
+    }
+    let said = "/health/store: the session store does not answer";
+    assert_eq!(
+        a.log_text().matches(said).count(),
+        1,
+        "said once, not at every check"
+    );
+    let _redis = Redis::start(port, work.path());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status("/health/store").await.0 != StatusCode::OK {
+        assert!(
+            Instant::now() < deadline,
+            "not up again after Redis restarted"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        a.log_text()
+            .contains("/health/store: the session store answers again")
+    );
 }

@@ -181,8 +181,7 @@ impl StoreHealth {
         let Some(store) = &self.store else {
             return (StatusCode::OK, "ok (no store)\n");
         };
-        let probe = crate::id::SessionId::generate().store_key();
-        let answer = tokio::time::timeout(self.timeout, store.version(&probe, store::now_millis()))
+        let answer = tokio::time::timeout(self.timeout, store.ping())
             .await
             .map_err(|_| store::Error::Timeout(self.timeout))
             .and_then(|answer| answer);

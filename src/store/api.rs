@@ -68,6 +68,13 @@ pub trait SessionStore: Send + Sync + 'static {
         Ok(self.get(key, now).await?.map(|record| record.meta.version))
     }
 
+    /// Whether the store answers: one cheap round trip, for `GET /health/store`. The default
+    /// reads the version of a key nobody has.
+    async fn ping(&self) -> Result<(), Error> {
+        let probe = crate::id::SessionId::generate().store_key();
+        self.version(&probe, super::now_millis()).await.map(|_| ())
+    }
+
     /// Changes of the table, pushed by the database as other nodes (and this one) make them,
     /// if the store can push them (PostgreSQL `LISTEN/NOTIFY`); `None` otherwise, and then
     /// nodes check their cached copies by [`SessionStore::version`]. The first call starts

@@ -844,6 +844,13 @@ impl SessionStore for RedisStore {
         Ok(record.filter(|r| r.meta.expires_at > now))
     }
 
+    /// `PING`: a read of a missing key would fail for a while after Redis lost its data (see
+    /// [`LOST_GRACE`]), and the node would report itself down while it writes its sessions back.
+    async fn ping(&self) -> Result<(), Error> {
+        query::<String>(&self.connection, &redis::cmd("PING")).await?;
+        Ok(())
+    }
+
     async fn version(&self, key: &SessionKey, now: EpochMillis) -> Result<Option<i64>, Error> {
         let mut batch = Batch::default();
         batch.cmd("HMGET", &session_key(key)).arg("v").arg("et");

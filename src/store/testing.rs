@@ -100,6 +100,10 @@ impl<H: Hook> SessionStore for Wrapped<H> {
         self.hook.before(Call::Read("version", key)).await?;
         self.inner.version(key, now).await
     }
+
+    async fn ping(&self) -> Result<(), Error> {
+        self.inner.ping().await
+    }
     fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<Pushed>> {
         self.inner.subscribe()
     }
