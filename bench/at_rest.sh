@@ -25,8 +25,12 @@ pg_user=${PG_USER:-postgres}
 for bin in "$sf" "$load"; do
     [ -x "$bin" ] || { echo "missing $bin: build it first (see the header of $0)" >&2; exit 2; }
 done
+for program in sqlite3 psql mariadb redis-cli; do
+    command -v "$program" >/dev/null || { echo "missing $program" >&2; exit 2; }
+done
 work=$(mktemp -d /tmp/sf-at-rest.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+node=""
+trap '[ -n "$node" ] && kill -9 "$node" 2>/dev/null; rm -rf "$work"' EXIT
 
 reset() {
     case $1 in
@@ -95,6 +99,7 @@ for backend in sqlite postgres mariadb redis; do
         "$load" load --addr "$addr" --workload write --users "$users" --warmup 0 --seconds 4 >&2
         kill -TERM "$node"
         wait "$node" || true
+        node=""
         read -r sessions total blob <<<"$(measure "$backend")"
         per=$(( total / sessions ))
         printf "| %s | %s | %d | %d | %.0f |\n" "$backend" "$variant" "$sessions" "$per" "$blob"

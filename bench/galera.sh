@@ -3,9 +3,10 @@
 # own Galera node) against the same three nodes on one MariaDB, in one run (issue 14).
 #
 # Starts its own Galera cluster from Debian's packages (mariadb-server, galera-4, mariadb-backup,
-# socat) under a temporary directory, on loopback ports 33071-33073 (SQL) and 34571-34593 (group
+# socat) under a temporary directory, on loopback ports 33071-33073 (SQL) and 35071-35093 (group
 # communication, IST, SST); uses the MariaDB at 127.0.0.1:3306 (database sfbench_galera, created)
-# as the single database. For each round, setup and mode, the three nodes (release build, secret
+# as the single database. Run it as root (the Galera nodes run as root, as in tests/galera.rs),
+# with MariaDB's root allowed in over TCP without a password, as .ci/run sets it up. For each round, setup and mode, the three nodes (release build, secret
 # set, purge off) serve the storefront; three load generators (one per node: sticky users) run
 # the workload at once; the table keeps the median of the rounds' summed req/s.
 #
@@ -14,6 +15,8 @@
 #
 # Only 127.0.0.1 is used; everything it starts is stopped when it exits.
 set -euo pipefail
+# A failure inside $(...) (one measurement) stops the script too.
+shopt -s inherit_errexit
 
 rounds=${1:-3}
 seconds=${2:-8}
@@ -40,7 +43,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# --- the Galera cluster (as docs/DEPLOYMENT.md, "Galera by hand") ---
+# --- the Galera cluster (as docs/DEPLOYMENT.md, section 1, "Or MariaDB Galera") ---
 for i in 1 2 3; do
     mkdir -p "$work/g$i"
     mariadb-install-db --no-defaults --datadir="$work/g$i/data" --user=root \
@@ -60,11 +63,11 @@ innodb_autoinc_lock_mode=2
 wsrep_on=ON
 wsrep_provider=/usr/lib/galera/libgalera_smm.so
 wsrep_cluster_name=sf-galera-bench
-wsrep_cluster_address=gcomm://127.0.0.1:34571,127.0.0.1:34572,127.0.0.1:34573
+wsrep_cluster_address=gcomm://127.0.0.1:35071,127.0.0.1:35072,127.0.0.1:35073
 wsrep_node_address=127.0.0.1
 wsrep_node_name=g$i
-wsrep_provider_options="gmcast.listen_addr=tcp://127.0.0.1:$((34570 + i));ist.recv_addr=127.0.0.1:$((34580 + i))"
-wsrep_sst_receive_address=127.0.0.1:$((34590 + i))
+wsrep_provider_options="gmcast.listen_addr=tcp://127.0.0.1:$((35070 + i));ist.recv_addr=127.0.0.1:$((35080 + i))"
+wsrep_sst_receive_address=127.0.0.1:$((35090 + i))
 wsrep_sst_method=mariabackup
 wsrep_sst_auth=root:
 EOF
@@ -90,6 +93,8 @@ echo "Galera: 3 nodes synced" >&2
 measure() {
     local setup=$1 mode=$2 workload=$3
     local node_pids=() addrs=()
+    # Runs in a subshell ($(...)): its nodes are stopped here, whatever happens.
+    trap 'for pid in "${node_pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done' EXIT
     for i in 1 2 3; do
         local url=mysql://root@127.0.0.1:3306/sfbench_galera
         [ "$setup" = galera ] && url=mysql://root@127.0.0.1:$((33070 + i))/sfbench_galera
@@ -100,7 +105,6 @@ measure() {
             "$mode" "$url" "$secret" "$i" > "$dir/config/local.properties"
         (cd "$dir" && RUST_LOG=warn exec "$sf" serve --bind 127.0.0.1:0 --config config > out.log 2> err.log) &
         node_pids+=($!)
-        pids+=($!)
     done
     for i in 1 2 3; do
         local dir=$work/$setup-$mode-$workload-n$i addr=""
