@@ -845,7 +845,7 @@ impl SessionStore for RedisStore {
     }
 
     /// `PING`: a read of a missing key would fail for a while after Redis lost its data (see
-    /// [`LOST_GRACE`]), and the node would report itself down while it writes its sessions back.
+    /// `LOST_GRACE`), and the node would report itself down while it writes its sessions back.
     async fn ping(&self) -> Result<(), Error> {
         query::<String>(&self.connection, &redis::cmd("PING")).await?;
         Ok(())
