@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::balancer::{Lb, User, balancer_with, phase, rows_by_node, wait_until_all_up};
 use common::galera::Galera;
 use common::shared::{new_session, scenario};
-use common::{Client, Server, config_dir, free_port, items, require_program};
+use common::{Client, Server, config_dir, free_port, items, metric, require_program};
 use http::StatusCode;
 use session_failover::session::SessionId;
 use session_failover::store::{self, Meta, Record, SessionAdmin, StoreOptions};
@@ -162,20 +162,6 @@ async fn the_purge_runs_on_one_node_at_a_time_across_galera() {
             assert_eq!(store.length().await.unwrap(), 0, "round {round}");
         }
     }
-}
-
-/// The sum of a Prometheus counter's series on the node at `base`.
-async fn metric(base: &str, name: &str) -> f64 {
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|line| line.starts_with(name))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// Issue 14's failover through HAProxy: three app nodes, each on its own Galera node, sync

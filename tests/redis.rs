@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::redis::Redis;
-use common::{Client, Server, config_dir, free_port, items, require_program};
+use common::{Client, Server, config_dir, free_port, items, metric, require_program};
 use http::StatusCode;
 use serde_json::json;
 
@@ -305,18 +305,7 @@ async fn a_store_gone_back_to_an_older_state_is_noticed_and_counted() {
             .await
             .unwrap();
     };
-    let regressed = async || {
-        let text = reqwest::get(format!("{}/metrics", a.base))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .filter(|l| l.starts_with("session_store_regressed_total"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>()
-    };
+    let regressed = async || metric(&a.base, "session_store_regressed_total").await;
     let said = || {
         a.log_text()
             .matches("the store holds an older state of this session")

@@ -24,6 +24,20 @@ use session_failover::store;
 use session_failover::store::testing::{Call, Hook, Wrapped};
 use tower::ServiceExt as _;
 
+/// The sum of a Prometheus counter's series on the node at `base`.
+pub async fn metric(base: &str, name: &str) -> f64 {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|line| line.starts_with(name))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// The shipped `config/project.properties`, so tests run on what users get.
 pub const PROJECT_PROPERTIES: &str = include_str!("../../config/project.properties");
 
