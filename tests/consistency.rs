@@ -504,3 +504,156 @@ async fn a_change_saved_by_a_concurrent_request_is_committed_before_its_answer()
     );
     assert_eq!(y.await.unwrap().status, StatusCode::OK);
 }
+
+/// A request that holds a session while another request of this node finds the copy older
+/// than the row (another node wrote) and refreshes it: both changes land, in either save mode,
+/// whether the holder changes the copy after the refresh or while the refresh reads the row.
+/// Before, the second request replaced the copy with a new one restored from the row, and the
+/// first request's change, made on the replaced copy, lost to the new copy's write in the
+/// queue (async) although it had been answered 200 (CI, stop 24: `shared_session` on
+/// PostgreSQL, where a pushed change marks the copy stale).
+async fn a_change_on_a_copy_refreshed_meanwhile(mode: SaveMode, during_refresh: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = sqlite(dir.path()).await;
+    let store: Arc<dyn SessionAdmin> = Arc::new(sqlite.clone());
+    // Node a reads through this: its refresh can be held while the holder changes the copy.
+    let slow = SlowStore::new(Arc::new(sqlite.clone()));
+    let started = Arc::new(tokio::sync::Notify::new());
+    let release = Arc::new(tokio::sync::Notify::new());
+    let node = |name: &str, store: Arc<dyn SessionAdmin>| {
+        let (s, r) = (Arc::clone(&started), Arc::clone(&release));
+        let config = config("spring.session.save.async.interval=50\n");
+        let persistence = Persistence::from_config(store, &config);
+        Router::new()
+            .route(
+                "/slow",
+                post(move |session: Session| {
+                    let (started, release) = (Arc::clone(&s), Arc::clone(&r));
+                    async move {
+                        let _: Option<Vec<String>> = session.get("cart");
+                        started.notify_one();
+                        release.notified().await;
+                        session.update("cart", |cart: &mut Vec<String>| cart.push("slow".into()));
+                        "slow"
+                    }
+                }),
+            )
+            .route(
+                "/cart",
+                get(|session: Session| async move {
+                    axum::Json(session.get::<Vec<String>>("cart").unwrap_or_default())
+                }),
+            )
+            .route(
+                "/add/{sku}",
+                post(
+                    |session: Session, axum::extract::Path(sku): axum::extract::Path<String>| async move {
+                        session.update("cart", move |cart: &mut Vec<String>| cart.push(sku.clone()));
+                        "added"
+                    },
+                ),
+            )
+            .layer(
+                SessionFailoverLayer::new("shop")
+                    .with_persistence(persistence, mode)
+                    .with_node_name(name)
+                    // Every read checks the row's version: the copy is found older at once.
+                    .with_verify_interval(Duration::ZERO),
+            )
+    };
+    let (a, b) = (node("a", slow.clone()), node("b", store.clone()));
+    let id = send(&a, "POST", "/add/first", None, None)
+        .await
+        .cookie("JSESSIONID")
+        .unwrap();
+    let key = SessionId::parse(&id).unwrap().store_key();
+    let stored = || async {
+        let record = session_failover::store::SessionStore::get(&sqlite, &key, 0).await;
+        record.unwrap().map(|r| r.meta.version)
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while stored().await.is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "never written");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // On a: /slow holds the session, then b writes, then a's next request finds its copy older.
+    let slow_request = {
+        let (a, cookie) = (a.clone(), jar(&id));
+        tokio::spawn(async move { send(&a, "POST", "/slow", Some(&cookie), None).await })
+    };
+    started.notified().await;
+    let r = send(&b, "POST", "/add/b", Some(&jar(&id)), None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    while stored().await < Some(2) {
+        assert!(tokio::time::Instant::now() < deadline, "b never wrote");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (r, slow_answer) = if during_refresh {
+        // /slow changes the copy and saves it while a's refresh reads the row; its write is
+        // not committed yet when the refresh ends (the copy has changes of its own: kept, and
+        // merged by the writer).
+        slow.get_ms.store(400, Ordering::SeqCst);
+        slow.update_ms.store(700, Ordering::SeqCst);
+        let add = {
+            let (a, cookie) = (a.clone(), jar(&id));
+            tokio::spawn(async move { send(&a, "POST", "/add/a", Some(&cookie), None).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        slow.get_ms.store(0, Ordering::SeqCst);
+        release.notify_one();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        slow.update_ms.store(0, Ordering::SeqCst);
+        let slow_answer = slow_request.await.unwrap();
+        (add.await.unwrap(), slow_answer)
+    } else {
+        let r = send(&a, "POST", "/add/a", Some(&jar(&id)), None).await;
+        release.notify_one();
+        (r, slow_request.await.unwrap())
+    };
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(slow_answer.status, StatusCode::OK, "{:?}", slow_answer.body);
+    // Every change was answered 200: every one is in the row once a's writes are made, and a
+    // node that never held the session serves them all.
+    let want = vec!["a", "b", "first", "slow"];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = send(
+            &node("c", store.clone()),
+            "GET",
+            "/cart",
+            Some(&jar(&id)),
+            None,
+        )
+        .await;
+        let mut cart: Vec<String> = serde_json::from_value(r.body.clone()).unwrap_or_default();
+        cart.sort_unstable();
+        if cart == want {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{mode:?}: the row holds {cart:?}, acknowledged {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_on_a_copy_refreshed_meanwhile_is_kept_async() {
+    a_change_on_a_copy_refreshed_meanwhile(SaveMode::Async, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_on_a_copy_refreshed_meanwhile_is_kept_sync() {
+    a_change_on_a_copy_refreshed_meanwhile(SaveMode::Sync, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_made_while_the_copy_is_refreshed_is_kept_async() {
+    a_change_on_a_copy_refreshed_meanwhile(SaveMode::Async, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_made_while_the_copy_is_refreshed_is_kept_sync() {
+    a_change_on_a_copy_refreshed_meanwhile(SaveMode::Sync, true).await;
+}

@@ -1138,3 +1138,83 @@ async fn a_change_carried_by_a_refused_save_is_refused_too() {
         "the last stored state"
     );
 }
+
+/// Sync mode: a request that holds a copy whose save was just refused (the copy is dropped:
+/// nobody writes its change) and changes it afterwards is refused too. Before, its save wrote
+/// the dropped copy, the refused change with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_on_a_copy_dropped_by_a_refused_save_is_refused() {
+    use axum::routing::{get, post};
+    use session_failover::{SaveMode, Session, SessionFailoverLayer};
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = sqlite(dir.path()).await;
+    let app = Router::new()
+        .route(
+            "/late",
+            post(|session: Session| async move {
+                let _: Option<String> = session.get("late");
+                tokio::time::sleep(Duration::from_millis(1200)).await;
+                session.insert("late", "set".to_owned());
+                "ok"
+            }),
+        )
+        .route(
+            "/fast",
+            post(|session: Session| async move {
+                session.update("fast", |n: &mut u32| *n += 1);
+                "ok"
+            }),
+        )
+        .route(
+            "/peek",
+            get(|session: Session| async move {
+                axum::Json(json!({
+                    "late": session.get::<String>("late"),
+                    "fast": session.get::<u32>("fast"),
+                }))
+            }),
+        )
+        .layer(SessionFailoverLayer::new("shop").with_persistence(
+            Persistence::new(
+                Arc::new(sqlite.clone()),
+                session_failover::persist::WriterConfig::default(),
+                Duration::from_millis(400),
+                true,
+            ),
+            SaveMode::Sync,
+        ));
+    let r = send(&app, "POST", "/fast", None, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let id = r.cookie("JSESSIONID").unwrap();
+    sqlx::query("CREATE TRIGGER fail BEFORE UPDATE ON stored_http_session BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+        .execute(sqlite.pool())
+        .await
+        .unwrap();
+    let cookie = jar(&id);
+    let late = {
+        let (app, cookie) = (app.clone(), cookie.clone());
+        tokio::spawn(async move { send(&app, "POST", "/late", Some(&cookie), None).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // /late holds the copy; /fast's save is refused at the store timeout and drops it.
+    let fast = send(&app, "POST", "/fast", Some(&cookie), None).await;
+    assert_eq!(fast.status, StatusCode::SERVICE_UNAVAILABLE);
+    // The store takes writes again before /late changes the copy and saves.
+    sqlx::query("DROP TRIGGER fail")
+        .execute(sqlite.pool())
+        .await
+        .unwrap();
+    let late = late.await.unwrap();
+    assert_eq!(
+        late.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "its change was made on a copy nobody writes: refused"
+    );
+    let peek = send(&app, "GET", "/peek", Some(&jar(&id)), None).await;
+    assert_eq!(
+        peek.body,
+        json!({"late": null, "fast": 1}),
+        "the last stored state: neither the refused change nor the one made on its copy"
+    );
+}

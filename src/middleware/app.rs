@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use cookie::{Cookie, SameSite};
 use http::header::{COOKIE, SET_COOKIE};
 use http::{HeaderMap, HeaderValue};
+use moka::ops::compute::Op;
 
 use super::settings::{AppSettings, Snapshot, millis};
 use crate::cache::NodeCache;
@@ -104,10 +105,21 @@ pub(crate) enum Loaded {
 enum Verified {
     /// The copy is the stored state (or could not be checked, or has changes of its own).
     Current,
-    /// Another node stored a newer state: restore it.
+    /// Another node stored a newer state: refresh the copy from it.
     Newer,
     /// The row is gone (ended elsewhere): the copy was ended here.
     Gone,
+}
+
+/// What refreshing a stale cached copy from the row did ([`AppShared::refresh`]).
+enum Refreshed {
+    /// The copy is the row now (with its own uncommitted changes merged, if it had some).
+    Current,
+    /// The row is gone (ended elsewhere): the copy was ended here.
+    Gone,
+    /// Not refreshed (the copy was dropped, or the row does not decode here): the restore
+    /// path replaces it with a new entry.
+    Replace,
 }
 
 /// Why a restore did not produce a session.
@@ -259,9 +271,10 @@ impl Owner for Entry {
                 Update::Written => state.mark_written(version, row),
                 // The session was ended elsewhere: stop serving it here.
                 Update::Missing => state.end(),
-                // A newer stored state this node could not merge with: the next request
-                // restores it.
-                Update::Superseded => state.mark_stale(),
+                // A newer stored state this node could not merge with (it does not decode
+                // here): nobody writes this copy's changes; the next request restores the row
+                // into a new entry.
+                Update::Superseded => state.mark_dropped(),
             }
         }
         self.wake();
@@ -382,7 +395,7 @@ impl AppShared {
 
     /// Finds the session of the first id that names one: node cache first, then the store. A
     /// cached copy older than `hint` (the version the client last wrote, from its version
-    /// cookie) is restored anew; so is one older than another node's write, when the push or
+    /// cookie) is refreshed from the row; so is one older than another node's write, when the push or
     /// the version check says so.
     pub(crate) async fn load(self: &Arc<Self>, ids: &[SessionId], hint: Option<i64>) -> Loaded {
         if let Some(persister) = &self.persister {
@@ -405,7 +418,9 @@ impl AppShared {
                     let live = !state.is_ended() && state.id == *id;
                     // The client wrote a newer version (on another node) than this copy.
                     if live && hint.is_some_and(|hint| state.is_behind(hint)) {
-                        state.mark_stale();
+                        // A newer row than the hint is not required: the client's async write
+                        // may not be stored yet (`saw_hint` then stops asking again).
+                        state.mark_stale(0);
                     }
                     (live, state.is_stale(), live && state.due_for_check(before))
                 };
@@ -414,6 +429,26 @@ impl AppShared {
                         Verified::Current => {}
                         Verified::Newer => stale = true,
                         Verified::Gone => live = false,
+                    }
+                }
+                // Another node stored a newer state: this copy becomes it, in place.
+                if live
+                    && stale
+                    && let Some(persister) = &self.persister
+                {
+                    match self.refresh(persister, id, &entry, hint).await {
+                        Ok(Refreshed::Current) => {
+                            // Read from the store, as a restore.
+                            self.metrics.cache_misses.increment(1);
+                            return Loaded::Session(Session::new(
+                                Some(entry),
+                                self.recode(),
+                                self.commit(),
+                            ));
+                        }
+                        Ok(Refreshed::Gone) => (live, stale) = (false, false),
+                        Ok(Refreshed::Replace) => {}
+                        Err(error) => return self.store_down(id, &error),
                     }
                 }
                 if live && !stale {
@@ -427,8 +462,8 @@ impl AppShared {
                 if !stale {
                     continue;
                 }
-                // Another node stored a newer state: drop this copy and restore that one.
-                self.cache.invalidate(id).await;
+                // Dropped (or the newer row does not decode here): replaced by a new entry.
+                self.forget(id, &entry).await;
             }
             self.metrics.cache_misses.increment(1);
             let Some(persister) = &self.persister else {
@@ -471,25 +506,101 @@ impl AppShared {
                             self.absent.insert(id.clone(), ());
                         }
                     }
-                    Miss::Store(error) => {
-                        crate::metrics::store_error(&self.settings.app, "load");
-                        tracing::error!(
-                            app = %self.settings.app,
-                            session = %id.short_hash(),
-                            error = error as &dyn std::error::Error,
-                            "cannot restore session: store read failed; answering 503"
-                        );
-                        return Loaded::StoreDown;
-                    }
+                    Miss::Store(error) => return self.store_down(id, error),
                 },
             }
         }
         Loaded::Session(Session::new(None, self.recode(), self.commit()))
     }
 
+    /// A store read for `id` failed: the request is answered 503.
+    fn store_down(&self, id: &SessionId, error: &crate::store::Error) -> Loaded {
+        crate::metrics::store_error(&self.settings.app, "load");
+        tracing::error!(
+            app = %self.settings.app,
+            session = %id.short_hash(),
+            error = error as &dyn std::error::Error,
+            "cannot restore session: store read failed; answering 503"
+        );
+        Loaded::StoreDown
+    }
+
+    /// A cached copy found older than the row (`stale`) becomes that row in place
+    /// ([`State::refresh`]): requests holding the entry meanwhile go on with it. A copy that a
+    /// request changed since it was found stale is left to merge when it writes. A copy that
+    /// was dropped, or a row that does not decode here (the copy is then dropped), is left to
+    /// the restore path (`Replace`), which makes a new entry.
+    async fn refresh(
+        &self,
+        persister: &Persister,
+        id: &SessionId,
+        entry: &Entry,
+        hint: Option<i64>,
+    ) -> Result<Refreshed, crate::store::Error> {
+        let base = {
+            let state = entry.lock();
+            if state.is_dropped() {
+                return Ok(Refreshed::Replace);
+            }
+            state.base()
+        };
+        let Some(record) = persister.row(&id.store_key(), now_millis()).await? else {
+            let mut state = entry.lock();
+            if state.is_ended() {
+                return Ok(Refreshed::Gone);
+            }
+            if state.is_dropped() {
+                return Ok(Refreshed::Replace);
+            }
+            // Changes of its own: its write learns what became of the row (ended elsewhere, or
+            // a store that lost its data writes it back).
+            if state.keeps_own_changes() {
+                return Ok(Refreshed::Current);
+            }
+            drop(state);
+            self.ended_elsewhere(id, entry);
+            return Ok(Refreshed::Gone);
+        };
+        let decoded = if record.meta.app == self.settings.app {
+            let binding = Binding {
+                app: &record.meta.app,
+                key: &record.meta.key,
+                principal: record.meta.principal.as_deref(),
+            };
+            // Decoded outside the lock.
+            self.codec.decode_keyed(&record.data, binding).ok()
+        } else {
+            None
+        };
+        let mut state = entry.lock();
+        if state.is_ended() {
+            return Ok(Refreshed::Gone);
+        }
+        let Some((attributes, rekey)) = decoded else {
+            // Not a state of this app's session here: the restore path says why and starts a
+            // fresh session; this copy is never saved again.
+            state.mark_dropped();
+            return Ok(Refreshed::Replace);
+        };
+        if state.is_dropped() {
+            return Ok(Refreshed::Replace);
+        }
+        if state.is_stale() && state.refresh(&record.meta, attributes, base, rekey) {
+            // Not newer than the client's version cookie: the store has nothing newer yet (an
+            // async write), and the cookie does not make it read again.
+            if let Some(hint) = hint {
+                state.saw_hint(hint);
+            }
+            drop(state);
+            self.metrics.restores.increment(1);
+            tracing::debug!(app = %self.settings.app, session = %id.short_hash(), from_node = %record.meta.node, "refreshed from the newer stored state");
+        }
+        Ok(Refreshed::Current)
+    }
+
     /// Checks a settled cached copy against the row's version (see
-    /// `session.cache.verify.interval`): another node may have written a newer state (restore
-    /// it) or ended the session (end it here). A store that cannot answer leaves the copy
+    /// `session.cache.verify.interval`): another node may have written a newer state (refresh
+    /// from it) or ended the session (end it here). A store that cannot answer leaves the copy
     /// served (reads do not need the database); one that cannot be reached is not asked again
     /// for a while, and the request's save does not wait for it either.
     async fn verify(
@@ -520,9 +631,9 @@ impl AppShared {
                     crate::metrics::store_regressed(&self.settings.app);
                     tracing::warn!(app = %self.settings.app, session = %id.short_hash(), row = version, base = state.base(), "the store holds an older state of this session than this node committed (it lost writes: a failover to a lagging replica, a restored backup); serving the stored state");
                 }
-                state.mark_stale();
+                state.mark_stale(version);
                 drop(state);
-                tracing::debug!(app = %self.settings.app, session = %id.short_hash(), "a newer state was stored by another node; restoring it");
+                tracing::debug!(app = %self.settings.app, session = %id.short_hash(), "a newer state was stored by another node; refreshing this copy from it");
                 Verified::Newer
             }
             Ok(None) => {
@@ -586,12 +697,20 @@ impl AppShared {
             .queued_by
             .and_then(|owner| owner.into_any().downcast::<Entry>().ok())
         {
-            let state = entry.lock();
-            if state.is_ended() || state.id != *id {
-                return Ok(None);
-            }
-            if !state.is_stale() {
-                drop(state);
+            let stale = {
+                let state = entry.lock();
+                if state.is_ended() || state.id != *id {
+                    return Ok(None);
+                }
+                state.is_stale()
+            };
+            if stale {
+                match self.refresh(persister, id, &entry, None).await? {
+                    Refreshed::Current => return Ok(Some(entry)),
+                    Refreshed::Gone => return Ok(None),
+                    Refreshed::Replace => {}
+                }
+            } else {
                 tracing::debug!(app = %self.settings.app, session = %short, "taken back from this node's write queue");
                 return Ok(Some(entry));
             }
@@ -654,6 +773,17 @@ impl AppShared {
                 drop(state);
                 finish.saved_row = None;
                 finish.entry = Some((id, entry));
+            } else if state.is_dropped() {
+                // Its write was dropped and nobody will make it (a refused sync save, or a newer
+                // row that does not decode here): never saved again; the next request restores
+                // the row into a new entry. A request that held this copy and changed it is
+                // refused too.
+                if slot.changed {
+                    let id = state.id.clone();
+                    drop(state);
+                    finish.refused = Some(SaveError::Unavailable);
+                    finish.entry = Some((id, entry));
+                }
             } else if !state.is_ended() {
                 finish.work = self.work(&mut state, now);
                 if slot.changed && !matches!(finish.work, Work::Save(_)) {
@@ -707,6 +837,14 @@ impl AppShared {
         let mut state = entry.lock();
         if state.is_ended() {
             return Ok(None);
+        }
+        if state.is_dropped() {
+            // See `plan`: a copy whose write was dropped is never saved again.
+            return if changed {
+                Err(SaveError::Unavailable)
+            } else {
+                Ok(None)
+            };
         }
         let work = if state.has_unsaved_change() {
             self.work(&mut state, now_millis())
@@ -803,14 +941,10 @@ impl AppShared {
                     let state = entry.lock();
                     if state.is_committed(version) && !state.conflicted_since(version) {
                         row = Some(state.base());
-                    } else if state.is_committed(version)
-                        || state.is_ended()
-                        || (state.is_stale() && !state.is_dropped())
-                    {
+                    } else if state.is_committed(version) || state.is_ended() {
                         // The write that carried the change was committed with a change of
                         // this copy dropped as a true conflict (perhaps this one), or it was
-                        // not kept: the session was ended elsewhere, or a newer stored state
-                        // could not be merged.
+                        // not kept: the session was ended elsewhere.
                         saved = Answer::Conflict;
                     } else {
                         // Not committed within the store timeout (sync means committed): the
@@ -848,8 +982,19 @@ impl AppShared {
             // Refused, so not kept either: this node drops its copy, and the session's next
             // request restores the last stored state. A rotation keeps its old id and row: the
             // old id's tombstone goes too, so that row is served again.
-            if let Some((id, _)) = &finish.entry {
-                self.cache.invalidate(id).await;
+            if let Some((id, entry)) = &finish.entry {
+                // Sync, and no write of the session left on this node (a direct write that
+                // failed): nobody writes this copy's change, so nobody saves the copy again
+                // either (a request holding it is refused if it changes it; see `plan`). A
+                // write still queued or in flight keeps its copy, which it may yet merge.
+                if saved == Answer::Unavailable
+                    && let Some(persister) = &self.persister
+                    && persister.mode() == SaveMode::Sync
+                    && !persister.persistence().writer().is_queued(&id.store_key())
+                {
+                    entry.lock().mark_dropped();
+                }
+                self.forget(id, entry).await;
             }
             for old in &finish.removed {
                 self.cache.invalidate(old).await;
@@ -1058,6 +1203,21 @@ impl AppShared {
         persister.flush_soon();
         self.metrics.written_back.increment(queued);
         tracing::warn!(app = %self.settings.app, queued, left_to_their_next_request = left, "the store lost its data: the sessions this node holds are written again");
+    }
+
+    /// Drops `entry` from the node cache if it is still the copy cached under `id`: a
+    /// concurrent request may have replaced it already, and that newer copy stays.
+    async fn forget(&self, id: &SessionId, entry: &Arc<Entry>) {
+        let entry = Arc::clone(entry);
+        self.cache
+            .entry(id.clone())
+            .and_compute_with(|cached| async move {
+                match cached {
+                    Some(cached) if Arc::ptr_eq(cached.value(), &entry) => Op::Remove,
+                    _ => Op::Nop,
+                }
+            })
+            .await;
     }
 
     /// The row is gone (logout on another node, the backoffice, the purge): stop serving it.

@@ -273,7 +273,7 @@ impl SessionFailoverLayer {
     }
 
     /// How long a session is served from this node's cache before the version of its row is
-    /// checked again (one cheap read; a newer row written by another node is restored, a
+    /// checked again (one cheap read; a newer row written by another node is refreshed, a
     /// deleted one ends the session here): the bound on how stale a read can be after another
     /// node changed or ended the session (`session.cache.verify.interval`, default 1 s).
     /// `Duration::ZERO` checks on every request. Only copies without changes of their own

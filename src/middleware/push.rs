@@ -3,9 +3,9 @@
 //!
 //! While the store pushes, a cached copy is not checked by version on every
 //! `session.cache.verify.interval`: a pushed change of its row marks it stale (the next request
-//! restores the newer row) and a pushed delete ends it, within the notification's delay. Copies
-//! last checked before listening (re)started, or before the receiver fell behind, are checked
-//! once by version. While the listener is down the interval applies again.
+//! refreshes it from the newer row) and a pushed delete ends it, within the notification's
+//! delay. Copies last checked before listening (re)started, or before the receiver fell behind,
+//! are checked once by version. While the listener is down the interval applies again.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
@@ -113,14 +113,15 @@ impl Inner {
 /// merges with the newer row when it writes (or learns the row is gone).
 fn apply(entry: &Entry, version: i64) {
     let mut state = entry.lock();
-    if !state.is_settled() {
+    // Stale copies too: a newer version pushed while one is being refreshed keeps it stale.
+    if !state.is_settled_if_current() {
         return;
     }
     if version == DELETED {
         tracing::info!(session = %state.id.short_hash(), "session was ended elsewhere (pushed); dropped from this node");
         state.end();
     } else if version > state.base() {
-        state.mark_stale();
+        state.mark_stale(version);
     }
 }
 

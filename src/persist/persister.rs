@@ -77,6 +77,17 @@ impl Persister {
         }
     }
 
+    /// The live row of `key` in the store, whatever this node has queued (`None`: absent or
+    /// expired): what a cached copy found older than the row is refreshed from.
+    pub(crate) async fn row(
+        &self,
+        key: &SessionKey,
+        now: EpochMillis,
+    ) -> Result<Option<Record>, store::Error> {
+        let writer = &self.persistence.writer;
+        writer.bounded(writer.store().get(key, now)).await
+    }
+
     /// The version of the live row of `key` (`None`: absent or expired), to check a cached
     /// copy.
     pub(crate) async fn version(

@@ -164,12 +164,20 @@ pub(crate) struct State {
     /// entry stays in the cache as a tombstone until its idle expiry, so a concurrent request
     /// cannot restore the old row before it is deleted.
     invalidated: bool,
-    /// Another node stored a newer state: this copy must not be served again; the next request
-    /// drops it and restores the newer state.
+    /// Another node stored a newer state: this copy must not be served as it is; the next
+    /// request refreshes it in place from the row ([`State::refresh`]). A copy is never
+    /// replaced by a second entry for the same id while requests may hold it (their changes
+    /// would be made on a copy nobody saves, and the two copies' writes would replace each
+    /// other in the queue), unless it was dropped.
     stale: bool,
-    /// A sync write of this copy was dropped, not committed (its requests refused): the copy
-    /// holds changes nobody will write. Stale too; a request whose change rode in that write is
-    /// refused 503, not 409.
+    /// The newest row version known to be newer than this copy while it is stale (0: none
+    /// known, as for a client's version cookie): a refresh that read an older row leaves the
+    /// copy stale.
+    stale_row: i64,
+    /// A write of this copy was dropped, not committed (a refused sync save, or a newer stored
+    /// state that does not decode here): the copy holds changes nobody will write. Stale too,
+    /// and replaced, not refreshed: the next request restores the row into a new entry, and a
+    /// request that held this one is refused (503) if it changed it.
     dropped: bool,
     /// The newest snapshot version taken when a merge with another node's write dropped a
     /// change of this copy as a true conflict (0: never). A request whose change rode in a
@@ -248,7 +256,11 @@ impl Entry {
             notified.as_mut().enable();
             {
                 let state = self.lock();
-                if state.is_committed(version) || state.is_ended() || state.dirty || state.stale {
+                if state.is_committed(version)
+                    || state.is_ended()
+                    || state.dirty
+                    || state.is_dropped()
+                {
                     return;
                 }
             }
@@ -288,6 +300,7 @@ impl State {
             verified_at: now,
             invalidated: false,
             stale: false,
+            stale_row: 0,
             dropped: false,
             conflicted: 0,
             successor: None,
@@ -320,6 +333,7 @@ impl State {
             verified_at: crate::store::now_millis(),
             invalidated: false,
             stale: false,
+            stale_row: 0,
             dropped: false,
             conflicted: 0,
             successor: None,
@@ -354,7 +368,7 @@ impl State {
     /// the next save inserts it again. `false` for a copy that is not to be written (ended, or
     /// stale: a newer state was stored, which the store lost too; this copy is older).
     pub(crate) fn lost_row(&mut self) -> bool {
-        if self.invalidated || self.stale {
+        if self.invalidated || self.dropped || (self.stale && self.is_settled_if_current()) {
             return false;
         }
         self.persisted = false;
@@ -367,7 +381,8 @@ impl State {
         self.invalidated
     }
 
-    /// Whether another node stored a newer state (this copy must be dropped).
+    /// Whether another node stored a newer state: the next request refreshes this copy from
+    /// the row ([`State::refresh`]), or replaces it if it was dropped.
     pub(crate) fn is_stale(&self) -> bool {
         self.stale
     }
@@ -448,13 +463,20 @@ impl State {
     }
 
     /// Whether this copy is exactly a stored state: it has a row, no change of its own waiting
-    /// to be saved, and every snapshot taken is committed. Only such a copy is dropped when the
-    /// row moves on; one with changes of its own merges with the newer row when it is written.
+    /// to be saved, and every snapshot taken is committed, and it is not known to be stale. Only
+    /// such a copy is refreshed when the row moves on; one with changes of its own merges with
+    /// the newer row when it is written.
     pub(crate) fn is_settled(&self) -> bool {
+        self.is_settled_if_current() && !self.stale
+    }
+
+    /// Whether this copy is a stored state, current or not: settled but for being stale (and
+    /// not dropped). Pushes, checks and refreshes apply to such a copy.
+    pub(crate) fn is_settled_if_current(&self) -> bool {
         self.persisted
             && !self.dirty
             && !self.invalidated
-            && !self.stale
+            && !self.dropped
             && self.version <= self.written
     }
 
@@ -465,7 +487,7 @@ impl State {
     }
 
     /// Whether the client's version cookie names a newer row than this settled copy holds (it
-    /// wrote through another node): the copy must be restored anew.
+    /// wrote through another node): the copy must be refreshed from the row.
     pub(crate) fn is_behind(&self, hint: i64) -> bool {
         hint > self.stored && hint > self.hint_seen && self.is_settled()
     }
@@ -483,13 +505,15 @@ impl State {
         self.verified_at = now;
     }
 
-    /// A newer stored state exists that this copy cannot be merged with: the next request
-    /// drops it and restores that state.
-    pub(crate) fn mark_stale(&mut self) {
+    /// A newer stored state exists (a push, the version check or the client's version cookie
+    /// said so): the next request refreshes this copy from it.
+    /// `row` is the newer row's version if known (0 if not).
+    pub(crate) fn mark_stale(&mut self, row: i64) {
         self.stale = true;
+        self.stale_row = self.stale_row.max(row);
     }
 
-    /// A sync write of this copy was dropped (see the field): never served or saved again.
+    /// A write of this copy was dropped (see the field): never served or saved again.
     pub(crate) fn mark_dropped(&mut self) {
         self.dropped = true;
         self.stale = true;
@@ -610,6 +634,83 @@ impl State {
         (self.rebased, conflicts)
     }
 
+    /// This copy was found older than the row (`stale`) and `meta`/`attributes` were read
+    /// from the store while its base was `read_base`: it becomes that row in place, so that a
+    /// request holding the entry meanwhile goes on with it rather than with a copy nobody
+    /// saves. Only a copy that is a stored state takes the row; one that a request changed
+    /// since it was found stale keeps its state and is no longer stale: its writes compare with
+    /// the base they descend from, fail, and are merged by the writer (which reports true
+    /// conflicts and recognises its own committed sends). A copy whose base moved while the
+    /// row was read (this node wrote meanwhile) is left as it is, current if it reached the row
+    /// that made it stale. The copy stays stale if the row read is older than a newer version
+    /// pushed meanwhile.
+    ///
+    /// Returns whether the copy took the row.
+    pub(crate) fn refresh(
+        &mut self,
+        meta: &crate::store::Meta,
+        attributes: EncodedAttributes,
+        read_base: i64,
+        rekey: bool,
+    ) -> bool {
+        if self.keeps_own_changes() {
+            return false;
+        }
+        if self.stored != read_base {
+            if self.stored >= self.stale_row {
+                self.stale = false;
+                self.stale_row = 0;
+            }
+            return false;
+        }
+        let mut values = encoded_values(attributes);
+        for (name, value) in &mut values {
+            // An unchanged value stays the very value: a request that read it and writes it
+            // back meanwhile is not refused for a replacement that changed nothing.
+            if let (
+                Some(
+                    old @ Value::Encoded {
+                        bytes: old_bytes, ..
+                    },
+                ),
+                Value::Encoded { bytes, .. },
+            ) = (self.attributes.get(name), &*value)
+                && old_bytes == bytes
+            {
+                *value = old.clone();
+            }
+        }
+        for (name, value) in &self.attributes {
+            if matches!(value, Value::Local { .. }) && !values.contains_key(name) {
+                values.insert(name.clone(), value.clone());
+            }
+        }
+        self.attributes = values;
+        self.principal.clone_from(&meta.principal);
+        self.stored = meta.version;
+        self.persisted = true;
+        self.persisted_at = meta.modified_at;
+        self.verified_at = crate::store::now_millis();
+        self.rekey = rekey;
+        // A newer version was pushed while the row was read: refreshed once more by the next
+        // request (only once: a store that went back to an older state never reaches it).
+        self.stale = meta.version < self.stale_row;
+        self.stale_row = 0;
+        true
+    }
+
+    /// A stale copy that a request changed since it was found stale is no longer refreshed:
+    /// it is not stale any more, and its writes merge with the newer row (see
+    /// [`State::refresh`]). Whether it had such changes.
+    pub(crate) fn keeps_own_changes(&mut self) -> bool {
+        if self.is_settled_if_current() {
+            return false;
+        }
+        self.stale = false;
+        self.stale_row = 0;
+        true
+    }
+
     /// Test support: as if version `version` had just been taken for saving.
     #[cfg(test)]
     pub(crate) fn saved_as(&mut self, version: i64) {
@@ -653,6 +754,7 @@ impl State {
             verified_at: self.verified_at,
             invalidated: false,
             stale: false,
+            stale_row: 0,
             dropped: false,
             conflicted: 0,
             successor: None,

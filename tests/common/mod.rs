@@ -363,6 +363,8 @@ pub struct Delays {
     pub update_ms: std::sync::atomic::AtomicU64,
     pub set_ms: std::sync::atomic::AtomicU64,
     pub destroy_ms: std::sync::atomic::AtomicU64,
+    /// Milliseconds to wait before `get` (a restore's or a refresh's read).
+    pub get_ms: std::sync::atomic::AtomicU64,
     /// Milliseconds an `update` or `update_many` waits after it has committed, for the next
     /// `hang_updates` of them: a store whose answer is late though the write is made.
     pub hang_ms: std::sync::atomic::AtomicU64,
@@ -375,6 +377,7 @@ impl Hook for Delays {
             "set" | "set_many" => &self.set_ms,
             "update" | "update_many" => &self.update_ms,
             "destroy" | "destroy_many" => &self.destroy_ms,
+            "get" => &self.get_ms,
             _ => return Ok(()),
         };
         let ms = ms.load(std::sync::atomic::Ordering::SeqCst);

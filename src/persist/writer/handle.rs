@@ -232,6 +232,12 @@ impl WriteBehind {
         }
     }
 
+    /// Whether a write of `key` is queued or being made.
+    pub(crate) fn is_queued(&self, key: &SessionKey) -> bool {
+        let queue = self.shared.queue();
+        queue.in_flight.contains(key) || queue.find(key).is_some()
+    }
+
     /// Writes in one batch (`WriterConfig::max_items`).
     pub(crate) fn max_items(&self) -> usize {
         self.shared.config.max_items.max(1)

@@ -426,7 +426,8 @@ async fn outcomes_reach_the_entry() {
         .unwrap();
     worker.flush_once(Scope::All).await;
     assert!(entry.lock().has_row());
-    // Another node writes version 5; this node's version 2 is superseded: its copy is stale.
+    // Another node writes version 5; this node's version 2 is superseded: its copy is dropped
+    // (stale too).
     store.inner.set(&record(&k, 5)).await.unwrap();
     entry.lock().saved_as(2);
     handle
