@@ -13,13 +13,23 @@ const ID_LEN: usize = 43;
 /// Characters of a [`SessionKey`] shown as a [`ShortHash`].
 const SHORT_HASH_LEN: usize = 10;
 
+/// Whether `text` (of [`ID_LEN`] characters) is 256 bits as canonical unpadded base64url.
+/// Decoded into the stack: this runs on every request that carries a cookie. Decoding also
+/// rejects non-canonical trailing bits, so each value has one spelling.
+fn is_256_bits(text: &str) -> bool {
+    let mut bytes = [0u8; ID_BYTES + 1];
+    URL_SAFE_NO_PAD
+        .decode_slice(text, &mut bytes)
+        .is_ok_and(|n| n == ID_BYTES)
+}
+
 /// A session id as the client holds it in its cookie.
 ///
 /// 256 bits from the OS CSPRNG, unpadded base64url. It is never logged and never stored: the
 /// store keys rows by [`SessionKey`], a SHA-256 of the id, so a dump of the table yields no usable
 /// cookie, and logs show a [`ShortHash`].
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct SessionId(String);
+pub struct SessionId(std::sync::Arc<str>);
 
 impl SessionId {
     /// A new random id.
@@ -29,7 +39,7 @@ impl SessionId {
     pub fn generate() -> Self {
         let mut bytes = [0u8; ID_BYTES];
         getrandom::fill(&mut bytes).expect("the operating system's random source failed");
-        Self(URL_SAFE_NO_PAD.encode(bytes))
+        Self(URL_SAFE_NO_PAD.encode(bytes).into())
     }
 
     /// Parses an id sent by a client; `None` for anything this crate could not have generated.
@@ -37,9 +47,7 @@ impl SessionId {
         if text.len() != ID_LEN {
             return None;
         }
-        // Decoding also rejects non-canonical trailing bits, so each id has one spelling.
-        let bytes = URL_SAFE_NO_PAD.decode(text).ok()?;
-        (bytes.len() == ID_BYTES).then(|| Self(text.to_owned()))
+        is_256_bits(text).then(|| Self(text.into()))
     }
 
     /// The value to put in the session cookie.
@@ -75,8 +83,7 @@ impl SessionKey {
         if text.len() != ID_LEN {
             return None;
         }
-        let bytes = URL_SAFE_NO_PAD.decode(text).ok()?;
-        (bytes.len() == 32).then(|| Self(text.to_owned()))
+        is_256_bits(text).then(|| Self(text.to_owned()))
     }
 
     /// The key as text, as stored in the `session_id` column.

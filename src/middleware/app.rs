@@ -40,26 +40,64 @@ pub(crate) const ABSENT_MAX: u64 = 10_000;
 
 /// The well-formed session ids in the `Cookie` headers under cookie `name`, in order, at most
 /// [`MAX_COOKIE_CANDIDATES`]. A value may be quoted; anything else is skipped.
+#[cfg(test)]
 pub(crate) fn cookie_ids(headers: &HeaderMap, name: &[u8]) -> Vec<SessionId> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .flat_map(|value| value.as_bytes().split(|&b| b == b';'))
-        .filter_map(|pair| {
-            let at = pair.iter().position(|&b| b == b'=')?;
-            let (n, v) = (pair[..at].trim_ascii(), pair[at + 1..].trim_ascii());
-            (n == name).then_some(v)
-        })
-        .filter_map(|value| {
-            let value = value
-                .strip_prefix(b"\"")
-                .and_then(|v| v.strip_suffix(b"\""))
-                .unwrap_or(value);
-            SessionId::parse(std::str::from_utf8(value).ok()?)
-        })
-        .take(MAX_COOKIE_CANDIDATES)
-        .collect()
+    request_cookies(headers, name, None).0.into_vec()
 }
+
+/// The well-formed session ids in the `Cookie` headers under cookie `name`, in order, at most
+/// [`MAX_COOKIE_CANDIDATES`] (a value may be quoted; anything else is skipped), and the value
+/// of the cookie named `version_name` (the version cookie, see [`Executed::row`]) if its first
+/// occurrence is a positive number: one pass over the `Cookie` headers, which every request
+/// pays.
+fn request_cookies(
+    headers: &HeaderMap,
+    name: &[u8],
+    version_name: Option<&[u8]>,
+) -> (CookieIds, Option<i64>) {
+    let mut ids = CookieIds::new();
+    let mut hint = None;
+    let mut version_seen = false;
+    for value in headers.get_all(COOKIE) {
+        let mut rest = value.as_bytes();
+        while !rest.is_empty() {
+            // memchr: this runs on every request, over every cookie of the site.
+            let pair = match memchr::memchr(b';', rest) {
+                Some(end) => {
+                    let pair = &rest[..end];
+                    rest = &rest[end + 1..];
+                    pair
+                }
+                None => std::mem::take(&mut rest),
+            };
+            let Some(at) = memchr::memchr(b'=', pair) else {
+                continue;
+            };
+            let (n, v) = (pair[..at].trim_ascii(), pair[at + 1..].trim_ascii());
+            if n == name {
+                if ids.len() < MAX_COOKIE_CANDIDATES {
+                    let v = v
+                        .strip_prefix(b"\"")
+                        .and_then(|v| v.strip_suffix(b"\""))
+                        .unwrap_or(v);
+                    if let Some(id) = std::str::from_utf8(v).ok().and_then(SessionId::parse) {
+                        ids.push(id);
+                    }
+                }
+            } else if !version_seen && version_name == Some(n) {
+                version_seen = true;
+                hint = std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .filter(|&v| v > 0);
+            }
+        }
+    }
+    (ids, hint)
+}
+
+/// The session ids a request names: nearly always one, kept inline (no allocation).
+pub(crate) type CookieIds = smallvec::SmallVec<[SessionId; 2]>;
 
 /// Everything the filter of one application shares across requests.
 pub(crate) struct AppShared {
@@ -336,12 +374,17 @@ impl Owner for Entry {
 }
 
 impl AppShared {
-    /// The well-formed session ids among the request's cookies of our name, in order.
+    /// The well-formed session ids among the request's cookies of our name, in order, and the
+    /// version cookie's value (see [`Executed::row`]), if it has a well-formed one.
     ///
     /// Works on bytes: a cookie of another part of the site with non-ASCII bytes in it must not
     /// hide ours.
-    pub(crate) fn cookie_ids(&self, headers: &HeaderMap) -> Vec<SessionId> {
-        cookie_ids(headers, self.settings.cookie_name.as_bytes())
+    pub(crate) fn cookies(&self, headers: &HeaderMap) -> (CookieIds, Option<i64>) {
+        request_cookies(
+            headers,
+            self.settings.cookie_name.as_bytes(),
+            Some(self.version_cookie.as_bytes()),
+        )
     }
 
     /// What [`Session::save`] calls (none for memory-only sessions: nothing to save).
@@ -355,23 +398,6 @@ impl AppShared {
     fn recode(&self) -> Option<Arc<dyn crate::session::state::Recode>> {
         self.persister.as_ref()?;
         Some(Arc::clone(&self.settings) as Arc<dyn crate::session::state::Recode>)
-    }
-
-    /// Finds the session of the first id that names one: node cache first, then the store.
-    /// The version cookie of the request (see [`Executed::row`]), if it has a well-formed one.
-    pub(crate) fn version_hint(&self, headers: &HeaderMap) -> Option<i64> {
-        let name = &self.version_cookie;
-        headers
-            .get_all(COOKIE)
-            .iter()
-            .flat_map(|value| value.as_bytes().split(|&b| b == b';'))
-            .find_map(|pair| {
-                let at = pair.iter().position(|&b| b == b'=')?;
-                let (n, v) = (pair[..at].trim_ascii(), pair[at + 1..].trim_ascii());
-                (n == name.as_bytes()).then_some(v)
-            })
-            .and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok())
-            .filter(|&v| v > 0)
     }
 
     /// Sets the version cookie to `row`: the client's next request, on any node, is served a
@@ -1301,6 +1327,43 @@ mod tests {
         ("[A-Za-z_][A-Za-z0-9_-]{0,12}", "[ -:<-~]{0,40}")
             .prop_filter("not the session cookie", |(name, _)| name != "JSESSIONID")
             .prop_map(|(name, value)| format!("{name}={value}"))
+    }
+
+    /// The ids and the version cookie come out of one pass: ids in order (quoted or not,
+    /// malformed ones skipped), the version cookie's first occurrence only, and only a
+    /// positive number.
+    #[test]
+    fn session_ids_and_the_version_cookie_in_one_pass() {
+        let (a, b) = (SessionId::generate(), SessionId::generate());
+        let (a_, b_) = (a.as_cookie_value(), b.as_cookie_value());
+        let version = Some(&b"JSESSIONID_VERSION"[..]);
+        let cases: [(&str, Vec<&SessionId>, Option<i64>); 5] = [
+            (
+                &format!("JSESSIONID={a_}; JSESSIONID_VERSION=7"),
+                vec![&a],
+                Some(7),
+            ),
+            (
+                &format!(
+                    "JSESSIONID_VERSION=9; JSESSIONID=\"{a_}\"; JSESSIONID=bad; JSESSIONID={b_}"
+                ),
+                vec![&a, &b],
+                Some(9),
+            ),
+            (
+                &format!("JSESSIONID_VERSION=x; JSESSIONID_VERSION=3; JSESSIONID={b_}"),
+                vec![&b],
+                None,
+            ),
+            ("JSESSIONID_VERSION=0", vec![], None),
+            ("JSESSIONID_VERSION=-4; other=1", vec![], None),
+        ];
+        for (header, ids, hint) in cases {
+            let headers = headers(&[header.as_bytes().to_vec()]);
+            let (found, found_hint) = request_cookies(&headers, NAME, version);
+            assert_eq!(found.iter().collect::<Vec<_>>(), ids, "{header}");
+            assert_eq!(found_hint, hint, "{header}");
+        }
     }
 
     proptest! {

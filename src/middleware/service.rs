@@ -76,9 +76,8 @@ where
         let app = Arc::clone(&self.app);
         ResponseFuture {
             inner: Box::pin(async move {
-                let ids = app.cookie_ids(request.headers());
+                let (ids, hint) = app.cookies(request.headers());
                 let secure = super::settings::request_is_secure(&request);
-                let hint = app.version_hint(request.headers());
                 let session = match app.load(&ids, hint).await {
                     Loaded::Session(session) => session,
                     Loaded::StoreDown => return Ok(refusal(StatusCode::SERVICE_UNAVAILABLE)),

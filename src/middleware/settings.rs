@@ -70,8 +70,10 @@ pub(crate) struct AppSettings {
 ///
 /// The proxy headers are trusted for this because they can only make the cookie stricter.
 pub(crate) fn request_is_secure<B>(request: &Request<B>) -> bool {
+    static X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
     let headers = request.headers();
-    let first = |name: &str| {
+    // Header names as constants: a `&str` name is parsed and hashed anew on every lookup.
+    let first = |name: &http::HeaderName| {
         headers
             .get(name)
             .and_then(|v| v.to_str().ok())
@@ -79,8 +81,8 @@ pub(crate) fn request_is_secure<B>(request: &Request<B>) -> bool {
             .map(str::trim)
     };
     request.uri().scheme_str() == Some("https")
-        || first("x-forwarded-proto").is_some_and(|p| p.eq_ignore_ascii_case("https"))
-        || first("forwarded").is_some_and(|element| {
+        || first(&X_FORWARDED_PROTO).is_some_and(|p| p.eq_ignore_ascii_case("https"))
+        || first(&http::header::FORWARDED).is_some_and(|element| {
             element.split(';').any(|pair| {
                 pair.split_once('=').is_some_and(|(k, v)| {
                     k.trim().eq_ignore_ascii_case("proto")

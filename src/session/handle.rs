@@ -275,10 +275,7 @@ impl Session {
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
         let entry = self.entry()?;
-        let (current, id) = {
-            let state = entry.lock();
-            (state.attributes.get(name).cloned(), state.id.clone())
-        };
+        let current = entry.lock().attributes.get(name).cloned();
         // Outside the entry's lock: the slot's lock is always taken first.
         self.remember_read(name, current.as_ref());
         let next = match current? {
@@ -297,8 +294,10 @@ impl Session {
         let decode = |bytes: &[u8]| match codec::decode_value::<T>(bytes) {
             Ok(value) => Some(value),
             Err(error) => {
+                // The id is read only here: a clone of it on every read costs an allocation.
+                let session = entry.lock().id.short_hash();
                 tracing::error!(
-                    session = %id.short_hash(),
+                    %session,
                     attribute = name,
                     rust_type = std::any::type_name::<T>(),
                     error = %crate::codec::chain(&error),

@@ -460,6 +460,11 @@ impl State {
             .count();
         self.log.drain(..done);
         self.stamped -= done;
+        // Every change committed (the usual case): the buffer goes too, rather than staying
+        // with the cached session until its next change.
+        if self.log.is_empty() {
+            self.log = Vec::new();
+        }
     }
 
     /// Whether this copy is exactly a stored state: it has a row, no change of its own waiting
@@ -554,7 +559,8 @@ impl State {
 
     /// Memory-only sessions are never rebased: their change log is not kept.
     pub(crate) fn forget_changes(&mut self) {
-        self.log.clear();
+        // Not `clear`: a cached session would keep the log's buffer for as long as it lives.
+        self.log = Vec::new();
         self.stamped = 0;
     }
 
