@@ -13,14 +13,27 @@ const ID_LEN: usize = 43;
 /// Characters of a [`SessionKey`] shown as a [`ShortHash`].
 const SHORT_HASH_LEN: usize = 10;
 
-/// Whether `text` (of [`ID_LEN`] characters) is 256 bits as canonical unpadded base64url.
-/// Decoded into the stack: this runs on every request that carries a cookie. Decoding also
-/// rejects non-canonical trailing bits, so each value has one spelling.
-fn is_256_bits(text: &str) -> bool {
-    let mut bytes = [0u8; ID_BYTES + 1];
-    URL_SAFE_NO_PAD
-        .decode_slice(text, &mut bytes)
-        .is_ok_and(|n| n == ID_BYTES)
+/// Whether `text` is 256 bits as canonical unpadded base64url: [`ID_LEN`] characters of the
+/// URL-safe alphabet, the last one's two bits beyond the 256th zero (so each value has one
+/// spelling). One table lookup a character: this runs on every request that carries a cookie,
+/// and the base64 crate's decoder cost twice as much there (bench/sticky_read.sh). The tests
+/// check it against that decoder.
+fn is_256_bits(text: &[u8]) -> bool {
+    /// Each byte's 6-bit value in the URL-safe alphabet; `NOT` for every other byte.
+    const NOT: u8 = 0xff;
+    static VALUE: [u8; 256] = {
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut table = [NOT; 256];
+        let mut value: u8 = 0;
+        while value < 64 {
+            table[alphabet[value as usize] as usize] = value;
+            value += 1;
+        }
+        table
+    };
+    text.len() == ID_LEN
+        && text.iter().all(|&c| VALUE[usize::from(c)] != NOT)
+        && VALUE[usize::from(text[ID_LEN - 1])] & 0b11 == 0
 }
 
 /// A session id as the client holds it in its cookie.
@@ -44,10 +57,7 @@ impl SessionId {
 
     /// Parses an id sent by a client; `None` for anything this crate could not have generated.
     pub fn parse(text: &str) -> Option<Self> {
-        if text.len() != ID_LEN {
-            return None;
-        }
-        is_256_bits(text).then(|| Self(text.into()))
+        is_256_bits(text.as_bytes()).then(|| Self(text.into()))
     }
 
     /// The value to put in the session cookie.
@@ -83,7 +93,7 @@ impl SessionKey {
         if text.len() != ID_LEN {
             return None;
         }
-        is_256_bits(text).then(|| Self(text.to_owned()))
+        is_256_bits(text.as_bytes()).then(|| Self(text.to_owned()))
     }
 
     /// The key as text, as stored in the `session_id` column.
@@ -119,6 +129,24 @@ impl fmt::Display for ShortHash {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The table check accepts exactly what the base64 crate decodes to 32 bytes
+        /// (canonical, unpadded, URL-safe), for strings near the id's shape.
+        #[test]
+        fn the_id_check_agrees_with_the_base64_decoder(text in "[A-Za-z0-9_+/=.-]{42,44}") {
+            let decoded = URL_SAFE_NO_PAD.decode(&text).is_ok_and(|b| b.len() == ID_BYTES);
+            proptest::prop_assert_eq!(is_256_bits(text.as_bytes()), decoded, "{}", text);
+        }
+
+        /// Every last character, after 42 valid ones: only the canonical ones pass.
+        #[test]
+        fn the_last_character_must_be_canonical(last in proptest::char::any()) {
+            let text = format!("{}{last}", "A".repeat(42));
+            let decoded = URL_SAFE_NO_PAD.decode(&text).is_ok_and(|b| b.len() == ID_BYTES);
+            proptest::prop_assert_eq!(is_256_bits(text.as_bytes()), decoded, "{}", text);
+        }
+    }
 
     #[test]
     fn generated_ids_parse_and_differ() {

@@ -46,7 +46,8 @@ pub(crate) struct Slot {
     pub(crate) finished: bool,
     /// The value of each attribute this request read before writing it (`None`: absent), so a
     /// write based on a value another request replaced meanwhile is detected.
-    read: Vec<(String, Option<Value>)>,
+    /// Inline for the usual one or two attributes a request reads (no allocation).
+    read: smallvec::SmallVec<[(String, Option<Value>); 2]>,
     /// A write of this request was based on a value another request replaced: it was not
     /// applied, and the response must say so (409).
     pub(crate) conflict: bool,
