@@ -1,7 +1,6 @@
 //! The state of one session on this node, shared by the node cache and every request.
 
 use std::any::Any;
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use serde::Serialize;
@@ -106,8 +105,77 @@ fn same_content(ours: Option<&Value>, stored: Option<&[u8]>) -> bool {
     }
 }
 
+/// A session's attributes by name, in name order: a sorted vector. A session holds a few
+/// attributes; a `BTreeMap` allocated a node for eleven (about 700 bytes) for the first one,
+/// the largest single cost of a cached session (bench/memory.sh).
+#[derive(Clone, Default)]
+pub(crate) struct Attributes(Vec<(String, Value)>);
+
+impl Attributes {
+    fn find(&self, name: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(n, _)| n.as_str().cmp(name))
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<&Value> {
+        self.find(name).ok().map(|i| &self.0[i].1)
+    }
+
+    pub(crate) fn get_mut(&mut self, name: &str) -> Option<&mut Value> {
+        self.find(name).ok().map(|i| &mut self.0[i].1)
+    }
+
+    pub(crate) fn contains_key(&self, name: &str) -> bool {
+        self.find(name).is_ok()
+    }
+
+    /// Sets `name` to `value`; returns the value it replaces.
+    pub(crate) fn insert(&mut self, name: String, value: Value) -> Option<Value> {
+        match self.find(&name) {
+            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, value)),
+            Err(i) => {
+                // Exactly: a new attribute is rare, and a session lives long in the cache.
+                self.0.reserve_exact(1);
+                self.0.insert(i, (name, value));
+                None
+            }
+        }
+    }
+
+    pub(crate) fn remove(&mut self, name: &str) -> Option<Value> {
+        self.find(name).ok().map(|i| self.0.remove(i).1)
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.0 = Vec::new();
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&String, &Value)> {
+        self.0.iter().map(|(n, v)| (n, v))
+    }
+
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (&String, &mut Value)> {
+        self.0.iter_mut().map(|(n, v)| (&*n, v))
+    }
+
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &String> {
+        self.0.iter().map(|(n, _)| n)
+    }
+}
+
+impl FromIterator<(String, Value)> for Attributes {
+    /// In any order; of two values of one name, the later stands.
+    fn from_iter<I: IntoIterator<Item = (String, Value)>>(items: I) -> Self {
+        let mut attributes = Self::default();
+        for (name, value) in items {
+            attributes.insert(name, value);
+        }
+        attributes.0.shrink_to_fit();
+        attributes
+    }
+}
+
 /// Stored attributes as values that stay bytes until their first typed read.
-fn encoded_values(attributes: EncodedAttributes) -> BTreeMap<String, Value> {
+fn encoded_values(attributes: EncodedAttributes) -> Attributes {
     attributes
         .into_iter()
         .map(|(name, bytes)| {
@@ -127,7 +195,7 @@ pub(crate) struct State {
     pub(crate) id: SessionId,
     pub(crate) principal: Option<String>,
     pub(crate) created_at: EpochMillis,
-    pub(crate) attributes: BTreeMap<String, Value>,
+    pub(crate) attributes: Attributes,
     /// Changed since the last successful save.
     dirty: bool,
     /// The version of the last snapshot taken for saving (this node's sequence; it orders the
@@ -286,7 +354,7 @@ impl State {
             id,
             principal: None,
             created_at: now,
-            attributes: BTreeMap::new(),
+            attributes: Attributes::default(),
             dirty: true,
             version: 0,
             stored: 0,
@@ -622,7 +690,7 @@ impl State {
             }
         });
         // Node-local values are never stored: they stay.
-        for (name, value) in &self.attributes {
+        for (name, value) in self.attributes.iter() {
             if matches!(value, Value::Local { .. }) && !merged.contains_key(name) {
                 merged.insert(name.clone(), value.clone());
             }
@@ -670,7 +738,7 @@ impl State {
             return false;
         }
         let mut values = encoded_values(attributes);
-        for (name, value) in &mut values {
+        for (name, value) in values.iter_mut() {
             // An unchanged value stays the very value: a request that read it and writes it
             // back meanwhile is not refused for a replacement that changed nothing.
             if let (
@@ -686,7 +754,7 @@ impl State {
                 *value = old.clone();
             }
         }
-        for (name, value) in &self.attributes {
+        for (name, value) in self.attributes.iter() {
             if matches!(value, Value::Local { .. }) && !values.contains_key(name) {
                 values.insert(name.clone(), value.clone());
             }
@@ -822,6 +890,38 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The attributes stay in name order whatever the order they come in (the stored blob
+    /// lists them in that order), and of two values of one name the later stands.
+    #[test]
+    fn attributes_keep_name_order() {
+        let value = |n: u8| Value::Encoded {
+            bytes: vec![n].into(),
+            decoded: None,
+        };
+        let bytes = |v: Option<&Value>| match v {
+            Some(Value::Encoded { bytes, .. }) => bytes.to_vec(),
+            _ => Vec::new(),
+        };
+        let mut attributes: Attributes = [("b", 1), ("a", 2), ("c", 3), ("a", 4)]
+            .into_iter()
+            .map(|(n, v)| (n.to_owned(), value(v)))
+            .collect();
+        assert_eq!(attributes.keys().collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert_eq!(bytes(attributes.get("a")), [4]);
+        assert_eq!(bytes(attributes.insert("b".into(), value(5)).as_ref()), [1]);
+        assert!(attributes.insert("aa".into(), value(6)).is_none());
+        assert_eq!(attributes.keys().collect::<Vec<_>>(), ["a", "aa", "b", "c"]);
+        assert_eq!(bytes(attributes.remove("a").as_ref()), [4]);
+        assert!(attributes.remove("a").is_none() && !attributes.contains_key("a"));
+        assert_eq!(
+            attributes
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>(),
+            ["aa", "b", "c"]
+        );
+    }
 
     fn meta(id: &SessionId, version: i64) -> crate::store::Meta {
         crate::store::Meta {
