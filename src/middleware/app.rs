@@ -1364,6 +1364,17 @@ mod tests {
             assert_eq!(found.iter().collect::<Vec<_>>(), ids, "{header}");
             assert_eq!(found_hint, hint, "{header}");
         }
+        // Several Cookie headers: read in order across them, at most three ids.
+        let c = SessionId::generate();
+        let (d, c_) = (SessionId::generate(), c.as_cookie_value());
+        let headers = headers(&[
+            format!("JSESSIONID={a_}; JSESSIONID={b_}").into_bytes(),
+            format!("JSESSIONID_VERSION=5; JSESSIONID={c_}").into_bytes(),
+            format!("JSESSIONID={}; JSESSIONID_VERSION=6", d.as_cookie_value()).into_bytes(),
+        ]);
+        let (found, found_hint) = request_cookies(&headers, NAME, version);
+        assert_eq!(found.into_vec(), [a.clone(), b.clone(), c]);
+        assert_eq!(found_hint, Some(5));
     }
 
     proptest! {

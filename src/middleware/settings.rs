@@ -72,7 +72,7 @@ pub(crate) struct AppSettings {
 pub(crate) fn request_is_secure<B>(request: &Request<B>) -> bool {
     static X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
     let headers = request.headers();
-    // Header names as constants: a `&str` name is parsed and hashed anew on every lookup.
+    // Header names as constants: a `&str` name is parsed anew on every lookup.
     let first = |name: &http::HeaderName| {
         headers
             .get(name)

@@ -165,12 +165,18 @@ impl Attributes {
 impl FromIterator<(String, Value)> for Attributes {
     /// In any order; of two values of one name, the later stands.
     fn from_iter<I: IntoIterator<Item = (String, Value)>>(items: I) -> Self {
-        let mut attributes = Self::default();
-        for (name, value) in items {
-            attributes.insert(name, value);
+        let mut items: Vec<(String, Value)> = items.into_iter().collect();
+        // Stable: of two values of one name, the later comes last.
+        items.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut sorted: Vec<(String, Value)> = Vec::with_capacity(items.len());
+        for item in items {
+            match sorted.last_mut() {
+                Some(last) if last.0 == item.0 => *last = item,
+                _ => sorted.push(item),
+            }
         }
-        attributes.0.shrink_to_fit();
-        attributes
+        sorted.shrink_to_fit();
+        Self(sorted)
     }
 }
 
@@ -855,7 +861,7 @@ impl State {
         self.dirty = false;
         self.principal = None;
         self.attributes.clear();
-        self.log.clear();
+        self.log = Vec::new();
         self.stamped = 0;
     }
 
