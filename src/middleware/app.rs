@@ -570,14 +570,26 @@ impl AppShared {
             }
             state.base()
         };
-        let Some(record) = persister.row(&id.store_key(), now_millis()).await? else {
-            let mut state = entry.lock();
-            if state.is_ended() {
-                return Ok(Refreshed::Gone);
-            }
-            if state.is_dropped() {
-                return Ok(Refreshed::Replace);
-            }
+        let row = persister.row(&id.store_key(), now_millis()).await?;
+        // Decoded outside the lock; `None` if not a state of this app's session here.
+        let decoded = row.as_ref().map(|record| {
+            let binding = Binding {
+                app: &record.meta.app,
+                key: &record.meta.key,
+                principal: record.meta.principal.as_deref(),
+            };
+            (record.meta.app == self.settings.app)
+                .then(|| self.codec.decode_keyed(&record.data, binding).ok())
+                .flatten()
+        });
+        let mut state = entry.lock();
+        if state.is_ended() {
+            return Ok(Refreshed::Gone);
+        }
+        if state.is_dropped() {
+            return Ok(Refreshed::Replace);
+        }
+        let (Some(record), Some(decoded)) = (row, decoded) else {
             // Changes of its own: its write learns what became of the row (ended elsewhere, or
             // a store that lost its data writes it back).
             if state.keeps_own_changes() {
@@ -587,30 +599,12 @@ impl AppShared {
             self.ended_elsewhere(id, entry);
             return Ok(Refreshed::Gone);
         };
-        let decoded = if record.meta.app == self.settings.app {
-            let binding = Binding {
-                app: &record.meta.app,
-                key: &record.meta.key,
-                principal: record.meta.principal.as_deref(),
-            };
-            // Decoded outside the lock.
-            self.codec.decode_keyed(&record.data, binding).ok()
-        } else {
-            None
-        };
-        let mut state = entry.lock();
-        if state.is_ended() {
-            return Ok(Refreshed::Gone);
-        }
         let Some((attributes, rekey)) = decoded else {
-            // Not a state of this app's session here: the restore path says why and starts a
-            // fresh session; this copy is never saved again.
+            // The restore path says why and starts a fresh session; this copy is never saved
+            // again.
             state.mark_dropped();
             return Ok(Refreshed::Replace);
         };
-        if state.is_dropped() {
-            return Ok(Refreshed::Replace);
-        }
         if state.is_stale() && state.refresh(&record.meta, attributes, base, rekey) {
             // Not newer than the client's version cookie: the store has nothing newer yet (an
             // async write), and the cookie does not make it read again.
