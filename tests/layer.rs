@@ -33,6 +33,17 @@ fn jar(id: &str) -> String {
     format!("JSESSIONID={id}")
 }
 
+/// Makes every update of the table fail (`true`: a trigger that aborts it, as a full disk
+/// would), or succeed again (`false`).
+async fn fail_updates(store: &SqliteStore, fail: bool) {
+    let sql = if fail {
+        "CREATE TRIGGER fail BEFORE UPDATE ON stored_http_session BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+    } else {
+        "DROP TRIGGER fail"
+    };
+    sqlx::query(sql).execute(store.pool()).await.unwrap();
+}
+
 async fn row_count(store: &SqliteStore) -> i64 {
     sqlx::query("SELECT COUNT(*) AS n FROM stored_http_session")
         .fetch_one(store.pool())
@@ -570,17 +581,11 @@ async fn a_failed_direct_save_is_refused_and_dropped() {
         .cookie("JSESSIONID")
         .unwrap();
     // Make writes fail: a trigger that aborts every update.
-    sqlx::query("CREATE TRIGGER fail BEFORE UPDATE ON stored_http_session BEGIN SELECT RAISE(ABORT, 'disk full'); END")
-        .execute(sqlite.pool())
-        .await
-        .unwrap();
+    fail_updates(&sqlite, true).await;
     let r = send(&a, "POST", "/cart/items", Some(&jar(&id)), add("B", 1)).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(r.set_cookie.is_empty());
-    sqlx::query("DROP TRIGGER fail")
-        .execute(sqlite.pool())
-        .await
-        .unwrap();
+    fail_updates(&sqlite, false).await;
     // Neither this node nor another serves the refused change; the next one is kept.
     let r = send(&a, "GET", "/cart", Some(&jar(&id)), None).await;
     assert_eq!(items(&r.body), [("A".to_owned(), 1)]);
@@ -914,10 +919,7 @@ async fn an_explicit_save_commits_before_the_side_effect() {
 
     // The store refuses writes: the save fails, nothing is placed, and the response is a 503
     // without a cookie, as for a change saved after the handler.
-    sqlx::query("CREATE TRIGGER fail BEFORE UPDATE ON stored_http_session BEGIN SELECT RAISE(ABORT, 'disk full'); END")
-        .execute(sqlite.pool())
-        .await
-        .unwrap();
+    fail_updates(&sqlite, true).await;
     let r = send(&app, "POST", "/order/B-2002", Some(&jar(&id)), None).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(r.set_cookie.is_empty());
@@ -932,10 +934,7 @@ async fn an_explicit_save_commits_before_the_side_effect() {
         StatusCode::SERVICE_UNAVAILABLE,
         "refused whatever the handler says"
     );
-    sqlx::query("DROP TRIGGER fail")
-        .execute(sqlite.pool())
-        .await
-        .unwrap();
+    fail_updates(&sqlite, false).await;
     let peek = send(&app, "GET", "/peek", Some(&jar(&id)), None).await;
     assert_eq!(
         peek.body,
@@ -1106,10 +1105,7 @@ async fn a_change_carried_by_a_refused_save_is_refused_too() {
     let id = r.cookie("JSESSIONID").unwrap();
     let peek = send(&app, "GET", "/peek", Some(&jar(&id)), None).await;
     assert_eq!(peek.body, json!({"slow": null, "fast": "set"}));
-    sqlx::query("CREATE TRIGGER fail BEFORE UPDATE ON stored_http_session BEGIN SELECT RAISE(ABORT, 'disk full'); END")
-        .execute(sqlite.pool())
-        .await
-        .unwrap();
+    fail_updates(&sqlite, true).await;
     // /slow changes the session and is still running when /fast saves: /fast's save carries
     // /slow's change, and fails.
     let cookie = jar(&id);
@@ -1127,10 +1123,7 @@ async fn a_change_carried_by_a_refused_save_is_refused_too() {
         StatusCode::SERVICE_UNAVAILABLE,
         "its change rode in the refused save: not committed, so not acknowledged"
     );
-    sqlx::query("DROP TRIGGER fail")
-        .execute(sqlite.pool())
-        .await
-        .unwrap();
+    fail_updates(&sqlite, false).await;
     let peek = send(&app, "GET", "/peek", Some(&jar(&id)), None).await;
     assert_eq!(
         peek.body,
@@ -1187,10 +1180,7 @@ async fn a_change_on_a_copy_dropped_by_a_refused_save_is_refused() {
     let r = send(&app, "POST", "/fast", None, None).await;
     assert_eq!(r.status, StatusCode::OK);
     let id = r.cookie("JSESSIONID").unwrap();
-    sqlx::query("CREATE TRIGGER fail BEFORE UPDATE ON stored_http_session BEGIN SELECT RAISE(ABORT, 'disk full'); END")
-        .execute(sqlite.pool())
-        .await
-        .unwrap();
+    fail_updates(&sqlite, true).await;
     let cookie = jar(&id);
     let late = {
         let (app, cookie) = (app.clone(), cookie.clone());
@@ -1201,10 +1191,7 @@ async fn a_change_on_a_copy_dropped_by_a_refused_save_is_refused() {
     let fast = send(&app, "POST", "/fast", Some(&cookie), None).await;
     assert_eq!(fast.status, StatusCode::SERVICE_UNAVAILABLE);
     // The store takes writes again before /late changes the copy and saves.
-    sqlx::query("DROP TRIGGER fail")
-        .execute(sqlite.pool())
-        .await
-        .unwrap();
+    fail_updates(&sqlite, false).await;
     let late = late.await.unwrap();
     assert_eq!(
         late.status,
