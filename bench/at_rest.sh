@@ -18,6 +18,8 @@ set -euo pipefail
 
 users=${1:-2000}
 repo=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$repo/bench/lib.sh"
 sf=$repo/target/release/session-failover
 load=$repo/bench/target/release/session-failover-bench
 secret=bench-secret-0123456789-abcdefghijklmnopqrstuvwxyz-ABCDEFGHIJKLMNOP
@@ -78,24 +80,16 @@ for backend in sqlite postgres mariadb redis; do
         reset "$backend"
         redis_before=$(redis-cli INFO memory | sed -n 's/^used_memory:\([0-9]*\).*/\1/p')
         dir=$work/$backend-$variant
-        mkdir -p "$dir/config"
-        cp "$repo/config/project.properties" "$dir/config/"
         {
             echo "spring.session.storefront.save=async"
             echo "spring.session.save.async.interval=1000"
             echo "session.store.url=$(url "$backend")"
             echo "session.purge.cron="
-            [ "$variant" = encrypted ] && echo "session.secret=$secret"
-        } > "$dir/config/local.properties"
+            if [ "$variant" = encrypted ]; then echo "session.secret=$secret"; fi
+        } | node_config "$dir"
         (cd "$dir" && RUST_LOG=warn exec "$sf" serve --bind 127.0.0.1:0 --config config > out.log 2> err.log) &
         node=$!
-        addr=""
-        for _ in $(seq 1 240); do
-            addr=$(sed -n 's|^session-failover listening on http://||p' "$dir/out.log" 2>/dev/null || true)
-            [ -n "$addr" ] && break
-            sleep 0.25
-        done
-        [ -n "$addr" ] || { echo "$backend did not start:"; cat "$dir/err.log"; exit 1; }
+        addr=$(node_addr "$dir")
         "$load" load --addr "$addr" --workload write --users "$users" --warmup 0 --seconds 4 >&2
         kill -TERM "$node"
         wait "$node" || true

@@ -22,6 +22,8 @@ rounds=${1:-3}
 seconds=${2:-8}
 users=${3:-64}
 repo=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$repo/bench/lib.sh"
 sf=$repo/target/release/session-failover
 load=$repo/bench/target/release/session-failover-bench
 secret=bench-secret-0123456789-abcdefghijklmnopqrstuvwxyz-ABCDEFGHIJKLMNOP
@@ -99,21 +101,14 @@ measure() {
         local url=mysql://root@127.0.0.1:3306/sfbench_galera
         [ "$setup" = galera ] && url=mysql://root@127.0.0.1:$((33070 + i))/sfbench_galera
         local dir=$work/$setup-$mode-$workload-n$i
-        mkdir -p "$dir/config"
-        cp "$repo/config/project.properties" "$dir/config/"
         printf 'spring.session.storefront.save=%s\nsession.store.url=%s\nsession.secret=%s\nsession.node.name=n%s\nsession.purge.cron=\n' \
-            "$mode" "$url" "$secret" "$i" > "$dir/config/local.properties"
+            "$mode" "$url" "$secret" "$i" | node_config "$dir"
         (cd "$dir" && RUST_LOG=warn exec "$sf" serve --bind 127.0.0.1:0 --config config > out.log 2> err.log) &
         node_pids+=($!)
     done
     for i in 1 2 3; do
-        local dir=$work/$setup-$mode-$workload-n$i addr=""
-        for _ in $(seq 1 240); do
-            addr=$(sed -n 's|^session-failover listening on http://||p' "$dir/out.log" 2>/dev/null || true)
-            [ -n "$addr" ] && break
-            sleep 0.25
-        done
-        [ -n "$addr" ] || { echo "node $i did not start:" >&2; cat "$dir/err.log" >&2; exit 1; }
+        local dir=$work/$setup-$mode-$workload-n$i addr
+        addr=$(node_addr "$dir")
         addrs+=("$addr")
     done
     local outs=()

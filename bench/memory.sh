@@ -16,6 +16,8 @@ set -euo pipefail
 
 sessions=${1:-10000}
 repo=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$repo/bench/lib.sh"
 sf=${SF:-$repo/target/release/session-failover}
 secret=bench-secret-0123456789-abcdefghijklmnopqrstuvwxyz-ABCDEFGHIJKLMNOP
 [ -x "$sf" ] || { echo "missing $sf: build it first (see the header of $0)" >&2; exit 2; }
@@ -48,25 +50,17 @@ echo "| persistence | sessions of 20 lines | RSS before → after | per session 
 echo "|---|---:|---|---:|"
 for variant in ${VARIANTS:-none sqlite}; do
     dir=$work/$variant
-    mkdir -p "$dir/config"
-    cp "$repo/config/project.properties" "$dir/config/"
     {
         echo "spring.session.storefront.save=sync"
         echo "session.store.url=sqlite://$dir/s.db"
         echo "session.purge.cron="
         echo "session.secret=$secret"
         echo "session.cache.max.entries=1000000"
-        [ "$variant" = none ] && echo "spring.session.enabled=false"
-    } > "$dir/config/local.properties"
+        if [ "$variant" = none ]; then echo "spring.session.enabled=false"; fi
+    } | node_config "$dir"
     (cd "$dir" && RUST_LOG=warn exec "$sf" serve --bind 127.0.0.1:0 --config config > out.log 2> err.log) &
     node=$!
-    addr=""
-    for _ in $(seq 1 240); do
-        addr=$(sed -n 's|^session-failover listening on http://||p' "$dir/out.log" 2>/dev/null || true)
-        [ -n "$addr" ] && break
-        sleep 0.25
-    done
-    [ -n "$addr" ] || { echo "$variant did not start:"; cat "$dir/err.log"; exit 1; }
+    addr=$(node_addr "$dir")
     make_sessions "$addr" 50
     sleep 2
     before=$(rss "$node")

@@ -19,6 +19,8 @@ set -euo pipefail
 low=${1:-200}
 high=${2:-400}
 repo=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$repo/bench/lib.sh"
 sf=${SF:-$repo/target/release/session-failover}
 secret=bench-secret-0123456789-abcdefghijklmnopqrstuvwxyz-ABCDEFGHIJKLMNOP
 [ -x "$sf" ] || { echo "missing $sf: build it first (see the header of $0)" >&2; exit 2; }
@@ -32,24 +34,17 @@ trap '[ -n "$node" ] && kill -9 "$node" 2>/dev/null; [ -n "${KEEP:-}" ] || rm -r
 # run N PATH: callgrind output of a node that served one add and N requests of PATH.
 run() {
     local n=$1 path=$2 dir=$work/run-$1-${2//\//_}
-    mkdir -p "$dir/config"
-    cp "$repo/config/project.properties" "$dir/config/"
     {
         echo "spring.session.storefront.save=sync"
         echo "session.store.url=sqlite://$dir/s.db"
         echo "session.purge.cron="
         echo "session.secret=$secret"
-    } > "$dir/config/local.properties"
+    } | node_config "$dir"
     (cd "$dir" && RUST_LOG=warn exec valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" \
         "$sf" serve --bind 127.0.0.1:0 --config config > out.log 2> err.log) &
     node=$!
-    local addr=""
-    for _ in $(seq 1 600); do
-        addr=$(sed -n 's|^session-failover listening on http://||p' "$dir/out.log" 2>/dev/null || true)
-        [ -n "$addr" ] && break
-        sleep 0.25
-    done
-    [ -n "$addr" ] || { echo "the node did not start:" >&2; cat "$dir/err.log" >&2; exit 1; }
+    local addr
+    addr=$(node_addr "$dir" 600)
     # One connection: the add, then N reads with its cookie (curl reuses the connection).
     local urls=()
     for _ in $(seq 1 "$n"); do urls+=("http://$addr$path"); done

@@ -66,14 +66,11 @@ impl Persister {
                     exists: q.exists,
                     queued_by: Some(q.owner),
                 })),
-            None => Ok(writer
-                .bounded(writer.store().get(key, now))
-                .await?
-                .map(|record| Found {
-                    record,
-                    exists: true,
-                    queued_by: None,
-                })),
+            None => Ok(self.row(key, now).await?.map(|record| Found {
+                record,
+                exists: true,
+                queued_by: None,
+            })),
         }
     }
 
