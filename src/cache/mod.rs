@@ -13,7 +13,11 @@ use crate::id::SessionId;
 use crate::session::state::Entry;
 
 /// Live sessions of one application on this node, by id.
-pub(crate) type NodeCache = moka::future::Cache<SessionId, Arc<Entry>>;
+///
+/// Hashed with foldhash (seeded per process), not SipHash: every sticky request hashes its id,
+/// and only ids this node generated or restored from the store are ever inserted, so no
+/// client can fill the table with colliding keys.
+pub(crate) type NodeCache = moka::future::Cache<SessionId, Arc<Entry>, foldhash::fast::RandomState>;
 
 /// A cache of at most `max_entries` sessions, each expiring after `idle` without access.
 ///
@@ -30,5 +34,5 @@ pub(crate) fn new(app: &str, max_entries: u64, idle: Duration, persistent: bool)
                 tracing::error!(%app, session = %id.short_hash(), ?cause, "session evicted from the node cache with a change that could not be saved; that change is lost");
             }
         })
-        .build()
+        .build_with_hasher(foldhash::fast::RandomState::default())
 }

@@ -76,6 +76,45 @@ impl SessionId {
     }
 }
 
+/// The cache looks ids up by their text ([`CookieId::as_str`]): `Arc<str>` hashes and compares
+/// as its `str`.
+impl std::borrow::Borrow<str> for SessionId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A well-formed id as a request names it, kept inline: reading the cookies and looking the
+/// session up in the node cache allocate nothing ([`SessionId`] is made only when one is kept).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CookieId([u8; ID_LEN]);
+
+impl CookieId {
+    /// The id in `bytes`, if they are one this crate could have generated.
+    pub(crate) fn parse(bytes: &[u8]) -> Option<Self> {
+        if !is_256_bits(bytes) {
+            return None;
+        }
+        bytes.try_into().ok().map(Self)
+    }
+
+    /// The id's text (base64url: ASCII by construction).
+    pub(crate) fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    /// The id as the rest of the crate keeps it.
+    pub(crate) fn to_id(self) -> SessionId {
+        SessionId(self.as_str().into())
+    }
+}
+
+impl fmt::Debug for CookieId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CookieId({})", self.to_id().short_hash())
+    }
+}
+
 impl fmt::Debug for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "SessionId({})", self.short_hash())
@@ -177,6 +216,24 @@ mod tests {
         noncanonical.push('B');
         if noncanonical != good && URL_SAFE_NO_PAD.decode(&noncanonical).is_err() {
             assert_eq!(SessionId::parse(&noncanonical), None);
+        }
+    }
+
+    #[test]
+    fn a_cookie_id_is_the_id_it_names() {
+        let id = SessionId::generate();
+        let cookie = CookieId::parse(id.as_cookie_value().as_bytes()).expect("a generated id");
+        assert_eq!(cookie.as_str(), id.as_cookie_value());
+        assert_eq!(cookie.to_id(), id);
+        assert!(!format!("{cookie:?}").contains(id.as_cookie_value()));
+        // The cache finds the id by its text: the same hash as the id's.
+        let state = std::hash::RandomState::new();
+        assert_eq!(
+            std::hash::BuildHasher::hash_one(&state, &id),
+            std::hash::BuildHasher::hash_one(&state, cookie.as_str())
+        );
+        for bad in ["", "abc", &id.as_cookie_value()[..42]] {
+            assert_eq!(CookieId::parse(bad.as_bytes()), None, "{bad:?}");
         }
     }
 

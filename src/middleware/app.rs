@@ -12,7 +12,7 @@ use super::settings::{AppSettings, Snapshot, millis};
 use crate::cache::NodeCache;
 use crate::codec::{Binding, Codec};
 use crate::config::SaveMode;
-use crate::id::SessionId;
+use crate::id::{CookieId, SessionId};
 use crate::persist::{Folded, Owner, Persister, Rebased, Saved};
 use crate::session::Session;
 use crate::session::handle::{Commit, SaveError};
@@ -42,7 +42,8 @@ pub(crate) const ABSENT_MAX: u64 = 10_000;
 /// [`MAX_COOKIE_CANDIDATES`]. A value may be quoted; anything else is skipped.
 #[cfg(test)]
 pub(crate) fn cookie_ids(headers: &HeaderMap, name: &[u8]) -> Vec<SessionId> {
-    request_cookies(headers, name, None).0.into_vec()
+    let ids = request_cookies(headers, name, None).0;
+    ids.into_iter().map(CookieId::to_id).collect()
 }
 
 /// The well-formed session ids in the `Cookie` headers under cookie `name`, in order, at most
@@ -80,24 +81,38 @@ fn request_cookies(
                         .strip_prefix(b"\"")
                         .and_then(|v| v.strip_suffix(b"\""))
                         .unwrap_or(v);
-                    if let Some(id) = std::str::from_utf8(v).ok().and_then(SessionId::parse) {
+                    if let Some(id) = CookieId::parse(v) {
                         ids.push(id);
                     }
                 }
             } else if !version_seen && version_name == Some(n) {
                 version_seen = true;
-                hint = std::str::from_utf8(v)
-                    .ok()
-                    .and_then(|v| v.parse::<i64>().ok())
-                    .filter(|&v| v > 0);
+                hint = positive_number(v);
             }
         }
     }
     (ids, hint)
 }
 
+/// `bytes` as a number above zero, written in decimal digits only (a version cookie's value).
+fn positive_number(bytes: &[u8]) -> Option<i64> {
+    if bytes.is_empty() {
+        return None;
+    }
+    let mut number: i64 = 0;
+    for &digit in bytes {
+        if !digit.is_ascii_digit() {
+            return None;
+        }
+        number = number
+            .checked_mul(10)?
+            .checked_add(i64::from(digit - b'0'))?;
+    }
+    (number > 0).then_some(number)
+}
+
 /// The session ids a request names: nearly always one, kept inline (no allocation).
-pub(crate) type CookieIds = smallvec::SmallVec<[SessionId; 2]>;
+pub(crate) type CookieIds = smallvec::SmallVec<[CookieId; 2]>;
 
 /// Everything the filter of one application shares across requests.
 pub(crate) struct AppShared {
@@ -423,7 +438,7 @@ impl AppShared {
     /// cached copy older than `hint` (the version the client last wrote, from its version
     /// cookie) is refreshed from the row; so is one older than another node's write, when the push or
     /// the version check says so.
-    pub(crate) async fn load(self: &Arc<Self>, ids: &[SessionId], hint: Option<i64>) -> Loaded {
+    pub(crate) async fn load(self: &Arc<Self>, ids: &[CookieId], hint: Option<i64>) -> Loaded {
         if let Some(persister) = &self.persister {
             self.push.start(persister.persistence().store().as_ref());
             self.emptied_watch.get_or_init(|| {
@@ -432,8 +447,9 @@ impl AppShared {
                 }
             });
         }
-        for id in ids {
-            if let Some(entry) = self.cache.get(id).await {
+        for cookie in ids {
+            let key = cookie.as_str();
+            if let Some(entry) = self.cache.get(key).await {
                 let now = now_millis();
                 let before = self
                     .push
@@ -441,7 +457,7 @@ impl AppShared {
                 let (mut live, mut stale, check) = {
                     let mut state = entry.lock();
                     // The entry may be a tombstone, or (after a rotation) hold another id.
-                    let live = !state.is_ended() && state.id == *id;
+                    let live = !state.is_ended() && state.id.as_cookie_value() == key;
                     // The client wrote a newer version (on another node) than this copy.
                     if live && hint.is_some_and(|hint| state.is_behind(hint)) {
                         // A newer row than the hint is not required: the client's async write
@@ -450,6 +466,16 @@ impl AppShared {
                     }
                     (live, state.is_stale(), live && state.due_for_check(before))
                 };
+                // A sticky read: nothing to check, nothing to allocate.
+                if live && !stale && !check {
+                    self.metrics.cache_hits.increment(1);
+                    return Loaded::Session(Session::new(
+                        Some(entry),
+                        self.recode(),
+                        self.commit(),
+                    ));
+                }
+                let id = &cookie.to_id();
                 if check && let Some(persister) = &self.persister {
                     match self.verify(persister, id, &entry, now).await {
                         Verified::Current => {}
@@ -491,6 +517,7 @@ impl AppShared {
                 // Dropped (or the newer row does not decode here): replaced by a new entry.
                 self.forget(id, &entry).await;
             }
+            let id = &cookie.to_id();
             self.metrics.cache_misses.increment(1);
             let Some(persister) = &self.persister else {
                 tracing::debug!(app = %self.settings.app, session = %id.short_hash(), "unknown session id; a fresh session will be used");
@@ -1355,6 +1382,7 @@ mod tests {
         for (header, ids, hint) in cases {
             let headers = headers(&[header.as_bytes().to_vec()]);
             let (found, found_hint) = request_cookies(&headers, NAME, version);
+            let found: Vec<_> = found.into_iter().map(CookieId::to_id).collect();
             assert_eq!(found.iter().collect::<Vec<_>>(), ids, "{header}");
             assert_eq!(found_hint, hint, "{header}");
         }
@@ -1367,11 +1395,19 @@ mod tests {
             format!("JSESSIONID={}; JSESSIONID_VERSION=6", d.as_cookie_value()).into_bytes(),
         ]);
         let (found, found_hint) = request_cookies(&headers, NAME, version);
-        assert_eq!(found.into_vec(), [a.clone(), b.clone(), c]);
+        let found: Vec<_> = found.into_iter().map(CookieId::to_id).collect();
+        assert_eq!(found, [a.clone(), b.clone(), c]);
         assert_eq!(found_hint, Some(5));
     }
 
     proptest! {
+        /// A version cookie's value reads as the standard parser reads it, less a sign.
+        #[test]
+        fn version_numbers_read_as_integers(text in "[+-]?[0-9]{0,21}") {
+            let expected = text.parse::<i64>().ok().filter(|&v| v > 0 && !text.starts_with('+'));
+            prop_assert_eq!(positive_number(text.as_bytes()), expected, "{}", text);
+        }
+
         /// Any bytes a header may carry: no panic, at most three ids, each a value the header
         /// holds under the session cookie's name.
         #[test]
