@@ -76,7 +76,7 @@ impl SessionId {
     }
 }
 
-/// The cache looks ids up by their text ([`CookieId::as_str`]): `Arc<str>` hashes and compares
+/// The cache looks ids up by their text (`CookieId::as_str`): `Arc<str>` hashes and compares
 /// as its `str`.
 impl std::borrow::Borrow<str> for SessionId {
     fn borrow(&self) -> &str {
