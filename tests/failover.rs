@@ -94,6 +94,90 @@ async fn a_cart_survives_a_killed_node_and_a_restart() {
     drop(b);
 }
 
+/// Users in the storm test: enough that restores arrive while the read flights are busy.
+const STORM_USERS: usize = 120;
+
+/// A small failover storm: `STORM_USERS` carts made on node a, a killed, every user's next
+/// request sent to b at once. Each user gets its own cart back (a batch read answers each
+/// restore with its own row), and b read the rows in fewer store reads than restores when
+/// restores are batched (`session.restore.batch`), one each when they are not.
+async fn storm(store_line: &str, env: &[(&str, &str)]) -> (f64, f64) {
+    let work = tempfile::tempdir().unwrap();
+    let config = config_dir(work.path(), store_line);
+    let a = Server::start(work.path(), &config, "a");
+    let b = Server::start_with(work.path(), &config, "b", "127.0.0.1:0", env);
+    let mut users = Vec::new();
+    for chunk in 0..STORM_USERS / 8 {
+        let adds = (0..8).map(|i| {
+            let n = chunk * 8 + i;
+            let base = a.base.clone();
+            async move {
+                let mut user = Client::new();
+                let add = json!({"sku": format!("SKU-{n}"), "qty": n % 5 + 1});
+                let (status, _) = user.send(&base, "POST", "/cart/items", Some(add)).await;
+                assert_eq!(status, StatusCode::OK, "user {n}");
+                (n, user)
+            }
+        });
+        users.extend(futures_util::future::join_all(adds).await);
+    }
+    a.kill();
+
+    let reads = users.into_iter().map(|(n, mut user)| {
+        let base = b.base.clone();
+        tokio::spawn(async move {
+            let (status, body) = user.send(&base, "GET", "/cart", None).await;
+            assert_eq!(status, StatusCode::OK, "user {n}");
+            assert_eq!(
+                items(&body),
+                [(format!("SKU-{n}"), (n % 5 + 1) as u64)],
+                "user {n} gets their own cart"
+            );
+        })
+    });
+    for read in futures_util::future::join_all(reads).await {
+        read.unwrap();
+    }
+    let restores = common::metric(&b.base, "session_restores_total").await;
+    let store_reads = common::metric(&b.base, "session_restore_reads_total").await;
+    assert_eq!(restores, STORM_USERS as f64, "every user was restored on b");
+    (restores, store_reads)
+}
+
+#[tokio::test]
+async fn a_failover_storm_restores_every_cart_in_batched_reads_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let (restores, reads) = storm(&store_line(dir.path()), &[]).await;
+    assert!(
+        reads < restores,
+        "{reads} store reads for {restores} restores"
+    );
+    let (restores, reads) = storm(
+        &store_line(dir.path()),
+        &[("y_session_restore_batch", "false")],
+    )
+    .await;
+    assert_eq!(reads, restores, "unbatched: one store read per restore");
+}
+
+#[tokio::test]
+async fn a_failover_storm_restores_every_cart_in_batched_reads_postgres() {
+    let Some(db) = common::backends::TestDb::create(
+        common::backends::Backend::Postgres,
+        "a_failover_storm_restores_every_cart_in_batched_reads_postgres",
+    )
+    .await
+    else {
+        return;
+    };
+    let line = format!("session.store.url={}\n", db.url);
+    let (restores, reads) = storm(&line, &[]).await;
+    assert!(
+        reads < restores,
+        "{reads} store reads for {restores} restores"
+    );
+}
+
 #[tokio::test]
 async fn memory_only_sessions_are_lost_on_restart() {
     for local in [

@@ -70,6 +70,35 @@ async fn suite_at(store: Arc<dyn SessionAdmin>, now: i64, expires_itself: bool) 
         Some(Duration::from_secs(59))
     );
 
+    // get_many: one outcome per key, in order, a repeated key answered each time, an absent
+    // key and (at its expiry) an expired row as None
+    let other = record_at(now, "storefront", None, "b", 1, vec![1, 0, 8]);
+    store.set(&other).await.unwrap();
+    let absent = record_at(now, "storefront", None, "b", 1, vec![1, 0])
+        .meta
+        .key;
+    let keys = [
+        key.clone(),
+        absent.clone(),
+        other.meta.key.clone(),
+        key.clone(),
+    ];
+    let found: Vec<Option<Record>> = store
+        .get_many(&keys, now)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        found,
+        [Some(r.clone()), None, Some(other.clone()), Some(r.clone())]
+    );
+    let at_expiry = store.get_many(&keys, r.meta.expires_at).await.unwrap();
+    assert!(at_expiry.iter().all(|found| matches!(found, Ok(None))));
+    assert!(store.get_many(&[], now).await.unwrap().is_empty());
+    store.destroy(&other.meta.key).await.unwrap();
+
     // expiry: absent at and after expires_at, for every read
     let expired_at = r.meta.expires_at;
     assert_eq!(store.get(&key, expired_at).await.unwrap(), None);
@@ -456,6 +485,17 @@ async fn large_batches(store: &dyn SessionAdmin, now: i64) {
     }
     let stored = store.get(&first[3].meta.key, now).await.unwrap().unwrap();
     assert_eq!(stored.meta.version, 2);
+    // Read back in one get_many, across chunks: the stored rows in order, the missing one None.
+    let keys: Vec<SessionKey> = second.iter().map(|r| r.meta.key.clone()).collect();
+    let found = store.get_many(&keys, now).await.unwrap();
+    assert_eq!(found.len(), 1201);
+    for (i, found) in found.into_iter().enumerate() {
+        let found = found.unwrap();
+        assert_eq!(found.is_some(), i != 1200, "record {i}");
+        if let Some(found) = found {
+            assert_eq!(found.meta.key, keys[i], "record {i}");
+        }
+    }
     // An upsert of a newer version keeps the row's creation time.
     let mut third = stored.clone();
     third.meta.version = 3;
@@ -680,6 +720,32 @@ async fn redis_cluster_store() {
     store.clear().await.unwrap();
     assert_eq!(cluster.sessions(), 0);
     assert_eq!(store.length().await.unwrap(), 0);
+}
+
+/// A row that does not decode fails its own key in a `get_many`, not the keys read with it.
+#[tokio::test]
+async fn a_corrupt_row_fails_only_its_key_in_a_batch_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = common::sqlite(dir.path()).await;
+    let good = record("storefront", None, "a", 1, vec![1, 0]);
+    let bad = record("storefront", None, "a", 1, vec![1, 0]);
+    store.set_many(&[good.clone(), bad.clone()]).await.unwrap();
+    sqlx::query("UPDATE stored_http_session SET attributes = 'not json' WHERE session_id = ?")
+        .bind(bad.meta.key.as_str())
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let found = store
+        .get_many(&[bad.meta.key.clone(), good.meta.key.clone()], NOW)
+        .await
+        .unwrap();
+    let [bad_found, good_found] = <[_; 2]>::try_from(found).unwrap();
+    let error = bad_found.unwrap_err().to_string();
+    assert!(
+        error.contains(bad.meta.key.as_str()),
+        "the error names the row: {error}"
+    );
+    assert_eq!(good_found.unwrap(), Some(good));
 }
 
 /// Rows that are not sessions (a key no node writes) are skipped by `records`, and a page made

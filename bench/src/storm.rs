@@ -7,8 +7,9 @@
 //! Printed per backend and size: restores per second (users ÷ storm time), p50/p99/max of the
 //! first request after the failover, errors, carts that did not hold the user's item, and
 //! store reads per restore (PostgreSQL: B's transactions from `pg_stat_database`, a real
-//! count; SQLite: B's cache misses from its `/metrics`, each of which makes one read, so about
-//! 1 by construction). Figures only.
+//! count; SQLite: B's `session_restore_reads_total` from its `/metrics`, the store reads its
+//! restores made, batched or not; a build without that counter: B's cache misses, about 1 by
+//! construction). Figures only.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -195,8 +196,12 @@ async fn storm(
     let counter = |m: &BTreeMap<String, f64>, name: &str| m.get(name).copied().unwrap_or(0.0);
     let restores = (counter(&metrics_after, "session_restores_total")
         - counter(&metrics_before, "session_restores_total")) as u64;
-    let misses = (counter(&metrics_after, "session_cache_misses_total")
-        - counter(&metrics_before, "session_cache_misses_total")) as u64;
+    let reads = if metrics_after.contains_key("session_restore_reads_total") {
+        "session_restore_reads_total"
+    } else {
+        "session_cache_misses_total"
+    };
+    let reads = (counter(&metrics_after, reads) - counter(&metrics_before, reads)) as u64;
     let mut b = b;
     driver::stop(&mut b).await?;
     let statements = match pg_before {
@@ -206,7 +211,7 @@ async fn storm(
             tokio::time::sleep(std::time::Duration::from_millis(700)).await;
             Some(driver::pg_counters(&options.postgres_url).await?.0 - before)
         }
-        None => Some(misses),
+        None => Some(reads),
     };
     Ok(Storm {
         seconds,

@@ -41,6 +41,11 @@ pub const KEYS: &[KeySpec] = &[
         doc: "true/false: concurrent sync saves share one batch (each still waits for its commit)",
     },
     KeySpec {
+        key: "session.restore.batch",
+        default: "true",
+        doc: "true/false: sessions restored from the store at the same time (after a node failed) are read in one query per batch",
+    },
+    KeySpec {
         key: "session.save.group.commit.window",
         default: "0",
         doc: "milliseconds a batch of sync saves waits for others before it goes; 0: it goes as soon as a flight is free, with every save that arrived while the others committed (0..=1000)",

@@ -91,7 +91,8 @@ pub use crate::persist::SaveMode;
 
 impl crate::persist::Persistence {
     /// The configured persistence of `store`: `session.store.timeout`,
-    /// `session.save.group.commit*`, `spring.session.save.async.*` and `session.save.retry.*`.
+    /// `session.save.group.commit*`, `spring.session.save.async.*`, `session.save.retry.*` and
+    /// `session.restore.batch`.
     pub fn from_config(store: Arc<dyn crate::store::SessionAdmin>, config: &Config) -> Self {
         Self::new(
             Arc::clone(&store) as Arc<dyn crate::store::SessionStore>,
@@ -99,6 +100,7 @@ impl crate::persist::Persistence {
             config.store.timeout,
             config.group_commit,
         )
+        .with_batched_reads(config.restore_batch)
         .with_admin(store)
     }
 }
@@ -156,6 +158,8 @@ pub struct Config {
     pub writer: crate::persist::WriterConfig,
     /// `session.save.group.commit`: sync saves are grouped by the writer.
     pub group_commit: bool,
+    /// `session.restore.batch`: restores that arrive together are read in one query.
+    pub restore_batch: bool,
     /// `session.shutdown.drain.timeout`.
     pub drain_timeout: Duration,
     /// `session.serialization.check*`.
@@ -366,6 +370,7 @@ impl Config {
                 concurrency: problems.ok(usize_number(p, "session.save.concurrency", 1, 64)),
             },
             group_commit: problems.ok(boolean(p, "session.save.group.commit")),
+            restore_batch: problems.ok(boolean(p, "session.restore.batch")),
             drain_timeout: problems.ok(millis(p, "session.shutdown.drain.timeout", 0, 3_600_000)),
             check: CheckConfig {
                 enabled: problems.ok(boolean(p, "session.serialization.check")),

@@ -107,6 +107,13 @@ pub(crate) fn flushed(taken: usize, statements: usize, failed: usize, seconds: f
     metrics::counter!("session_write_failures_total").increment(failed as u64);
 }
 
+/// One store read of the rows of `keys` sessions (restores and refreshes; several when they
+/// arrived together and `session.restore.batch` is on).
+pub(crate) fn restore_read(keys: usize) {
+    metrics::counter!("session_restore_reads_total").increment(1);
+    metrics::histogram!("session_restore_batch_size").record(keys as f64);
+}
+
 pub(crate) fn write_retries(writes: usize) {
     metrics::counter!("session_write_retries_total").increment(writes as u64);
 }

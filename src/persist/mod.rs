@@ -21,11 +21,17 @@
 //! back and no committed change is overwritten. Every store call is bounded
 //! by `session.store.timeout`, in one place (the writer's `bounded`).
 //!
+//! Restores and refreshes read the store through `reads.rs`: restores that arrive together
+//! (a failover storm) are read in one query, as soon as a read flight is free
+//! (`session.restore.batch`).
+//!
 //! Layout: `persister.rs` (what a save, touch or delete does in an app's mode), `error.rs`
-//! ([`WriteError`]), `writer/` (the queue, the handle, the worker, one flush).
+//! ([`WriteError`]), `reads.rs` (batched restores), `writer/` (the queue, the handle, the
+//! worker, one flush).
 
 mod error;
 mod persister;
+mod reads;
 mod writer;
 
 use std::sync::Arc;
@@ -128,6 +134,7 @@ pub struct Persistence {
     admin: Option<Arc<dyn SessionAdmin>>,
     writer: WriteBehind,
     group_commit: bool,
+    reads: reads::Reads,
 }
 
 impl Persistence {
@@ -150,11 +157,20 @@ impl Persistence {
     /// A writer you drive yourself (see [`WriteBehind::pair`]); its config's `store_timeout`
     /// bounds every store call.
     pub fn with_writer(writer: WriteBehind, group_commit: bool) -> Self {
+        let reads = reads::Reads::new(Arc::clone(writer.store()), writer.store_timeout(), true);
         Self {
             admin: None,
             writer,
             group_commit,
+            reads,
         }
+    }
+
+    /// Restores that arrive together are read in one query (`session.restore.batch`). Default:
+    /// on.
+    pub fn with_batched_reads(mut self, batched: bool) -> Self {
+        self.reads = self.reads.with_batched(batched);
+        self
     }
 
     /// The same, with `store`'s operator side for the backoffice and the purge.

@@ -81,8 +81,7 @@ impl Persister {
         key: &SessionKey,
         now: EpochMillis,
     ) -> Result<Option<Record>, store::Error> {
-        let writer = &self.persistence.writer;
-        writer.bounded(writer.store().get(key, now)).await
+        self.persistence.reads.get(key, now).await
     }
 
     /// The version of the live row of `key` (`None`: absent or expired), to check a cached

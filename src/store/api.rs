@@ -21,6 +21,26 @@ pub trait SessionStore: Send + Sync + 'static {
     /// The session stored under `key`, unless it is absent or expired at `now`.
     async fn get(&self, key: &SessionKey, now: EpochMillis) -> Result<Option<Record>, Error>;
 
+    /// The sessions stored under `keys`, as [`SessionStore::get`] reads each: one outcome per
+    /// key, in order (a key may repeat). The outer error fails them all (the query failed); an
+    /// inner one only its key (a row that does not decode). Restores that arrive together are
+    /// read with it only if [`SessionStore::reads_in_batches`]. The default reads the keys
+    /// concurrently with `get`; a SQL store reads them in one query.
+    async fn get_many(
+        &self,
+        keys: &[SessionKey],
+        now: EpochMillis,
+    ) -> Result<Vec<Result<Option<Record>, Error>>, Error> {
+        Ok(futures_util::future::join_all(keys.iter().map(|key| self.get(key, now))).await)
+    }
+
+    /// Whether [`SessionStore::get_many`] reads its keys in one round trip, so that restores
+    /// arriving together are worth reading together (`session.restore.batch`). Default
+    /// `false`: each restore reads alone, and a slow key delays no other.
+    fn reads_in_batches(&self) -> bool {
+        false
+    }
+
     /// Inserts or replaces many sessions (see the version rule above), in one round trip where
     /// the backend allows.
     async fn set_many(&self, records: &[Record]) -> Result<(), Error>;

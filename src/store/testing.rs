@@ -96,6 +96,40 @@ impl<H: Hook> SessionStore for Wrapped<H> {
         self.hook.before(Call::Read("get", key)).await?;
         self.inner.get(key, now).await
     }
+    /// The hook sees each key as a `get` (all at once, as concurrent reads); the keys it lets
+    /// through are read in one `get_many` of the wrapped store.
+    async fn get_many(
+        &self,
+        keys: &[SessionKey],
+        now: EpochMillis,
+    ) -> Result<Vec<Result<Option<Record>, Error>>, Error> {
+        let hooked = futures_util::future::join_all(
+            keys.iter()
+                .map(|key| self.hook.before(Call::Read("get", key))),
+        )
+        .await;
+        let passed: Vec<SessionKey> = keys
+            .iter()
+            .zip(&hooked)
+            .filter(|(_, hook)| hook.is_ok())
+            .map(|(key, _)| key.clone())
+            .collect();
+        let mut read = self.inner.get_many(&passed, now).await?.into_iter();
+        Ok(hooked
+            .into_iter()
+            .map(|hook| match hook {
+                Ok(()) => read.next().unwrap_or_else(|| {
+                    Err(Error::Backend(
+                        "the wrapped store answered a batch read without this key".into(),
+                    ))
+                }),
+                Err(error) => Err(error),
+            })
+            .collect())
+    }
+    fn reads_in_batches(&self) -> bool {
+        self.inner.reads_in_batches()
+    }
     async fn version(&self, key: &SessionKey, now: EpochMillis) -> Result<Option<i64>, Error> {
         self.hook.before(Call::Read("version", key)).await?;
         self.inner.version(key, now).await

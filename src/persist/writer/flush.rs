@@ -363,7 +363,8 @@ impl Shared {
 
     /// A store call bounded by the store timeout: a hung database must not hang the writer, and
     /// no request waits on one call longer than that. Every store call of the layer goes
-    /// through here; nothing else applies the timeout.
+    /// through here, except the reads of restores, which `persist::reads` bounds by the same
+    /// timeout.
     pub(super) async fn bounded<T>(
         &self,
         call: impl Future<Output = Result<T, store::Error>>,

@@ -77,6 +77,13 @@ pub trait Dialect: std::fmt::Debug + Send + Sync + Sized + 'static {
     /// Binds `records` to a statement built by [`Dialect::upsert`] or [`Dialect::update`].
     fn bind_batch<'q>(query: Query<'q, Self>, records: &[&'q Record]) -> Query<'q, Self>;
 
+    /// Binds `keys` as one text array: called only when [`Dialect::ARRAYS`], whose dialects
+    /// implement it (the default binds nothing).
+    fn bind_key_array<'q>(query: Query<'q, Self>, keys: &[SessionKey]) -> Query<'q, Self> {
+        let _ = keys;
+        query
+    }
+
     /// Opens the pool for `url`.
     fn connect(
         url: &str,

@@ -92,6 +92,14 @@ impl Dialect for Postgres {
             )
     }
 
+    fn bind_key_array<'q>(query: Query<'q, Self>, keys: &[SessionKey]) -> Query<'q, Self> {
+        query.bind(
+            keys.iter()
+                .map(|key| key.as_str().to_owned())
+                .collect::<Vec<_>>(),
+        )
+    }
+
     async fn connect(url: &str, options: &StoreOptions) -> Result<PgPool, Error> {
         let connect: PgConnectOptions = url.parse()?;
         super::pool(url, options, connect).await

@@ -17,6 +17,8 @@ use crate::store::{
 
 /// The largest number of keys in one `IN (…)` list (deletes and version look-ups are chunked).
 const MAX_KEYS: usize = 500;
+/// Keys in one `get_many` query: a power of two (see [`SqlStore::get_many`]).
+const READ_KEYS: usize = 256;
 
 /// How often a running purge renews its lock (MySQL's lease lasts three times as long).
 pub(crate) const RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
@@ -74,6 +76,8 @@ struct Statements {
     list: Vec<Arc<str>>,
     /// Live rows with their data, from the start and after a key (re-encryption).
     records: [Arc<str>; 2],
+    /// Live rows of many keys (restores read together).
+    get_many: BySize,
     upsert: BySize,
     update: BySize,
     versions: BySize,
@@ -146,6 +150,7 @@ impl Statements {
             upsert: sizes(batch_sizes),
             update: sizes(batch_sizes),
             versions: sizes(MAX_KEYS),
+            get_many: sizes(if D::ARRAYS { 1 } else { READ_KEYS }),
             delete: sizes(MAX_KEYS),
         }
     }
@@ -154,6 +159,19 @@ impl Statements {
     fn sized(slots: &BySize, rows: usize, build: impl FnOnce() -> String) -> Arc<str> {
         Arc::clone(slots[rows].get_or_init(|| build().into()))
     }
+}
+
+/// The live rows of `keys` keys: `get` for many ([`SqlStore::get_many`]).
+fn get_many<D: Dialect>(keys: usize) -> String {
+    let (keys, now) = if D::ARRAYS {
+        (format!("= ANY({})", D::param(1)), D::param(2))
+    } else {
+        (format!("IN {}", values::<D>(1, keys)), D::param(keys + 1))
+    };
+    format!(
+        "SELECT {META_COLUMNS}, data FROM stored_http_session \
+         WHERE session_id {keys} AND expires_at > {now}"
+    )
 }
 
 /// The filters of a list query, in the order their parameters are bound.
@@ -261,6 +279,61 @@ where
             })
         })
         .transpose()
+    }
+
+    /// One query per 256 (`READ_KEYS`) keys (PostgreSQL: `= ANY($1)`, one statement for any
+    /// count; others: `IN (...)` with the count rounded up to a power of two, the last key
+    /// repeated, so a storm prepares a handful of statements, not one per count). A row that
+    /// does not decode fails its key only.
+    async fn get_many(
+        &self,
+        keys: &[SessionKey],
+        now: EpochMillis,
+    ) -> Result<Vec<Result<Option<Record>, Error>>, Error> {
+        let mut found: HashMap<String, Result<Record, Error>> = HashMap::with_capacity(keys.len());
+        for chunk in keys.chunks(READ_KEYS) {
+            let padded = chunk.len().next_power_of_two();
+            let sql = self.batch(&self.sql.get_many, padded, get_many::<D>);
+            let mut query = Self::query(&sql);
+            if D::ARRAYS {
+                query = D::bind_key_array(query, chunk);
+            } else {
+                let last = chunk.last().map(SessionKey::as_str).unwrap_or_default();
+                let padding = std::iter::repeat_n(last, padded - chunk.len());
+                for key in chunk.iter().map(SessionKey::as_str).chain(padding) {
+                    query = query.bind(key);
+                }
+            }
+            for row in query.bind(now).fetch_all(&self.pool).await? {
+                let key: String = row.try_get("session_id")?;
+                let record = meta_from_row(&row).and_then(|meta| {
+                    Ok(Record {
+                        meta,
+                        data: row.try_get("data")?,
+                    })
+                });
+                found.insert(key, record);
+            }
+        }
+        Ok(keys
+            .iter()
+            .map(|key| match found.get(key.as_str()) {
+                None => Ok(None),
+                Some(Ok(record)) => Ok(Some(record.clone())),
+                Some(Err(Error::CorruptRow { key, reason })) => Err(Error::CorruptRow {
+                    key: key.clone(),
+                    reason: reason.clone(),
+                }),
+                Some(Err(error)) => Err(Error::CorruptRow {
+                    key: key.as_str().to_owned(),
+                    reason: error.to_string(),
+                }),
+            })
+            .collect())
+    }
+
+    fn reads_in_batches(&self) -> bool {
+        true
     }
 
     fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<Pushed>> {
