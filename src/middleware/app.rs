@@ -469,11 +469,7 @@ impl AppShared {
                 // A sticky read: nothing to check, nothing to allocate.
                 if live && !stale && !check {
                     self.metrics.cache_hits.increment(1);
-                    return Loaded::Session(Session::new(
-                        Some(entry),
-                        self.recode(),
-                        self.commit(),
-                    ));
+                    return self.loaded(Some(entry));
                 }
                 let id = &cookie.to_id();
                 if check && let Some(persister) = &self.persister {
@@ -492,11 +488,7 @@ impl AppShared {
                         Ok(Refreshed::Current) => {
                             // Read from the store, as a restore.
                             self.metrics.cache_misses.increment(1);
-                            return Loaded::Session(Session::new(
-                                Some(entry),
-                                self.recode(),
-                                self.commit(),
-                            ));
+                            return self.loaded(Some(entry));
                         }
                         Ok(Refreshed::Gone) => (live, stale) = (false, false),
                         Ok(Refreshed::Replace) => {}
@@ -505,11 +497,7 @@ impl AppShared {
                 }
                 if live && !stale {
                     self.metrics.cache_hits.increment(1);
-                    return Loaded::Session(Session::new(
-                        Some(entry),
-                        self.recode(),
-                        self.commit(),
-                    ));
+                    return self.loaded(Some(entry));
                 }
                 if !stale {
                     continue;
@@ -547,11 +535,7 @@ impl AppShared {
                         // Not newer in the store either (async, not written yet): not asked again.
                         entry.lock().saw_hint(hint);
                     }
-                    return Loaded::Session(Session::new(
-                        Some(entry),
-                        self.recode(),
-                        self.commit(),
-                    ));
+                    return self.loaded(Some(entry));
                 }
                 Err(miss) => match &*miss {
                     Miss::Absent => {
@@ -563,7 +547,13 @@ impl AppShared {
                 },
             }
         }
-        Loaded::Session(Session::new(None, self.recode(), self.commit()))
+        self.loaded(None)
+    }
+
+    /// The request's session: on `entry`, or (`None`) a fresh one created if the handler
+    /// writes.
+    fn loaded(self: &Arc<Self>, entry: Option<Arc<Entry>>) -> Loaded {
+        Loaded::Session(Session::new(entry, self.recode(), self.commit()))
     }
 
     /// A store read for `id` failed: the request is answered 503.
