@@ -2,37 +2,318 @@
 //!
 //! One bounded cache per application on each node, holding the live sessions that sticky load
 //! balancing sends here. An entry expires after the session timeout without access (idle expiry),
-//! and the least useful entries are evicted beyond `session.cache.max.entries`. An evicted or
+//! and beyond `session.cache.max.entries` the least useful entries are evicted. An evicted or
 //! expired session of a persistent app is restored from the store on its next request; one of a
 //! memory-only app is gone.
+//!
+//! A sticky read is one lookup here, so the lookup is kept to what it must do: a hash, a shard's
+//! read lock, a probe, and a timestamp. The map is [`quick_cache`] (sharded, CLOCK-PRO
+//! eviction, which admits every new entry); idle expiry is this module's: each [`Entry`] keeps
+//! the time of its last lookup, a lookup treats an entry idle for longer than the timeout as
+//! absent, and the idle entries are swept out at most every tenth of the timeout, from an
+//! insert. Concurrent restores of one session are coalesced here too ([`NodeCache::restore`]).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use futures_util::FutureExt as _;
+use futures_util::future::{BoxFuture, Shared};
 
 use crate::id::SessionId;
 use crate::session::state::Entry;
+use crate::store::EpochMillis;
+
+/// Why a restore found no session to cache.
+#[derive(Debug)]
+pub(crate) enum Miss {
+    /// The store has no such session (or one this app must not serve).
+    Absent,
+    /// The store could not be read.
+    Store(crate::store::Error),
+}
+
+/// What a restore gives every request waiting for it.
+type Restored = Result<Arc<Entry>, Arc<Miss>>;
+
+/// The sessions a cache insert evicted beyond its capacity, logged once the shard's lock is
+/// released.
+#[derive(Clone, Copy, Default)]
+struct Evictions;
+
+impl quick_cache::Lifecycle<SessionId, Arc<Entry>> for Evictions {
+    type RequestState = Vec<(SessionId, Arc<Entry>)>;
+
+    fn on_evict(&self, evicted: &mut Self::RequestState, id: SessionId, entry: Arc<Entry>) {
+        evicted.push((id, entry));
+    }
+}
+
+/// The map itself. Hashed with foldhash (seeded per process), not SipHash: every sticky request
+/// hashes its id, and only ids this node generated or restored from the store are ever
+/// inserted, so no client can fill the table with colliding keys.
+type Map = quick_cache::sync::Cache<
+    SessionId,
+    Arc<Entry>,
+    quick_cache::UnitWeighter,
+    foldhash::fast::RandomState,
+    Evictions,
+>;
 
 /// Live sessions of one application on this node, by id.
-///
-/// Hashed with foldhash (seeded per process), not SipHash: every sticky request hashes its id,
-/// and only ids this node generated or restored from the store are ever inserted, so no
-/// client can fill the table with colliding keys.
-pub(crate) type NodeCache = moka::future::Cache<SessionId, Arc<Entry>, foldhash::fast::RandomState>;
+pub(crate) struct NodeCache {
+    map: Map,
+    /// The application, for the log.
+    app: String,
+    /// Whether its sessions are stored (an evicted session with an unsaved change then loses
+    /// that change, which is logged).
+    persistent: bool,
+    /// Idle expiry, in milliseconds.
+    idle: i64,
+    /// When idle entries were last swept out (epoch ms).
+    swept_at: AtomicI64,
+    /// Restores under way, by id: the requests that miss the same session meanwhile wait for
+    /// that one read.
+    restoring: Mutex<HashMap<SessionId, Shared<BoxFuture<'static, Restored>>>>,
+}
 
-/// A cache of at most `max_entries` sessions, each expiring after `idle` without access.
-///
-/// For a persistent app (`persistent`), an entry evicted while it holds a change that failed to
-/// save is logged at ERROR: that change is lost.
-pub(crate) fn new(app: &str, max_entries: u64, idle: Duration, persistent: bool) -> NodeCache {
-    let app = app.to_owned();
-    moka::future::Cache::builder()
-        .max_capacity(max_entries)
-        .time_to_idle(idle)
-        .eviction_listener(move |id: Arc<SessionId>, entry: Arc<Entry>, cause| {
+impl NodeCache {
+    /// A cache of at most `max_entries` sessions, each expiring after `idle` without access.
+    ///
+    /// For a persistent app (`persistent`), an entry evicted while it holds a change that
+    /// failed to save is logged at ERROR: that change is lost.
+    pub(crate) fn new(app: &str, max_entries: u64, idle: Duration, persistent: bool) -> Self {
+        let max_entries = max_entries.max(1);
+        Self {
+            map: Map::with(
+                usize::try_from(max_entries).unwrap_or(usize::MAX),
+                max_entries,
+                quick_cache::UnitWeighter,
+                foldhash::fast::RandomState::default(),
+                Evictions,
+            ),
+            app: app.to_owned(),
+            persistent,
+            idle: i64::try_from(idle.as_millis()).unwrap_or(i64::MAX),
+            swept_at: AtomicI64::new(0),
+            restoring: Mutex::default(),
+        }
+    }
+
+    /// The session cached under `id`, unless it was idle for longer than the timeout; counts
+    /// as an access at `now` (epoch ms).
+    pub(crate) fn get(&self, id: &str, now: EpochMillis) -> Option<Arc<Entry>> {
+        let entry = self.map.get(id)?;
+        self.accessed(&entry, now).then_some(entry)
+    }
+
+    /// Whether `entry` is still live at `now`; if so, `now` is its last access.
+    fn accessed(&self, entry: &Entry, now: EpochMillis) -> bool {
+        let last = entry.accessed.load(Ordering::Relaxed);
+        if now.saturating_sub(last) > self.idle {
+            return false;
+        }
+        // One store per millisecond at most: concurrent reads of a session do not all write
+        // its cache line.
+        if last < now {
+            entry.accessed.store(now, Ordering::Relaxed);
+        }
+        true
+    }
+
+    /// Caches `entry` under `id` (replacing what was there), accessed at `now`.
+    pub(crate) fn insert(&self, id: SessionId, entry: Arc<Entry>, now: EpochMillis) {
+        entry.accessed.store(now, Ordering::Relaxed);
+        let mut evicted = Vec::new();
+        self.map.insert_with_lifecycle(id, entry, &mut evicted);
+        for (id, entry) in evicted {
             let state = entry.lock();
-            if persistent && state.has_unsaved_change() && cause.was_evicted() {
-                tracing::error!(%app, session = %id.short_hash(), ?cause, "session evicted from the node cache with a change that could not be saved; that change is lost");
+            if self.persistent && state.has_unsaved_change() {
+                tracing::error!(app = %self.app, session = %id.short_hash(), "session evicted from the node cache with a change that could not be saved; that change is lost");
             }
-        })
-        .build_with_hasher(foldhash::fast::RandomState::default())
+        }
+        self.sweep(now);
+    }
+
+    /// Removes the sessions idle for longer than the timeout, if that was last done more than
+    /// a tenth of the timeout (at least a second) ago.
+    fn sweep(&self, now: EpochMillis) {
+        let every = (self.idle / 10).max(1_000);
+        let last = self.swept_at.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < every
+            || self
+                .swept_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let idle = self.idle;
+        self.map
+            .retain(|_, entry| now.saturating_sub(entry.accessed.load(Ordering::Relaxed)) <= idle);
+    }
+
+    /// The session cached under `id`, or else the one `restore` reads, cached. Concurrent
+    /// calls for one id share one restore and its outcome (an error too); a restore that
+    /// finds nothing caches nothing.
+    pub(crate) async fn restore<F>(&self, id: &SessionId, now: EpochMillis, restore: F) -> Restored
+    where
+        F: Future<Output = Result<Arc<Entry>, Miss>> + Send + 'static,
+    {
+        let shared = {
+            let mut restoring = self
+                .restoring
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Checked under the lock: a restore caches its entry before it leaves the map.
+            if let Some(entry) = self.get(id.as_cookie_value(), now) {
+                return Ok(entry);
+            }
+            restoring
+                .entry(id.clone())
+                .or_insert_with(|| restore.map(|read| read.map_err(Arc::new)).boxed().shared())
+                .clone()
+        };
+        let restored = shared.clone().await;
+        let mut restoring = self
+            .restoring
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // The first waiter to finish caches the entry and ends the restore; the others find
+        // it ended (or another restore of the id begun since, which is left alone).
+        if let Some(current) = restoring.get(id)
+            && current.ptr_eq(&shared)
+        {
+            if let Ok(entry) = &restored {
+                self.insert(id.clone(), Arc::clone(entry), now);
+            }
+            restoring.remove(id);
+        }
+        restored
+    }
+
+    /// Removes the session cached under `id`.
+    pub(crate) fn remove(&self, id: &SessionId) {
+        self.map.remove(id);
+    }
+
+    /// Removes `entry` if it is still the copy cached under `id`: a concurrent request may
+    /// have replaced it already, and that newer copy stays.
+    pub(crate) fn remove_if_same(&self, id: &SessionId, entry: &Arc<Entry>) {
+        self.map.remove_if(id, |cached| Arc::ptr_eq(cached, entry));
+    }
+
+    /// The cached sessions (idle ones included until they are swept), each cloned out of the
+    /// map as it is reached: an operator's scan, not a request's.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (SessionId, Arc<Entry>)> + '_ {
+        self.map.iter()
+    }
+
+    /// How many sessions the cache holds (idle ones included until they are swept).
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::state::State;
+
+    fn entry(id: &SessionId) -> Arc<Entry> {
+        Entry::new(State::new(id.clone(), 0))
+    }
+
+    #[test]
+    fn an_entry_idle_beyond_the_timeout_is_absent_and_swept() {
+        let cache = NodeCache::new("app", 100, Duration::from_secs(10), true);
+        let (a, b) = (SessionId::generate(), SessionId::generate());
+        cache.insert(a.clone(), entry(&a), 1_000);
+        cache.insert(b.clone(), entry(&b), 1_000);
+        // Read at the timeout's edge: still live, and its idle time starts again.
+        assert!(cache.get(a.as_cookie_value(), 11_000).is_some());
+        assert!(cache.get(b.as_cookie_value(), 11_001).is_none());
+        assert!(cache.get(a.as_cookie_value(), 21_000).is_some());
+        // A later insert sweeps the idle one out; the live one stays.
+        let c = SessionId::generate();
+        cache.insert(c.clone(), entry(&c), 21_000);
+        assert_eq!(cache.len(), 2);
+        assert!(cache.iter().all(|(id, _)| id != b));
+    }
+
+    #[test]
+    fn beyond_its_capacity_the_cache_evicts_and_admits_every_new_session() {
+        let cache = NodeCache::new("app", 50, Duration::from_secs(3_600), false);
+        let ids: Vec<SessionId> = (0..500).map(|_| SessionId::generate()).collect();
+        for (i, id) in ids.iter().enumerate() {
+            cache.insert(id.clone(), entry(id), 1_000 + i as i64);
+            // A new session is always admitted (it may be the only copy there is).
+            assert!(cache.get(id.as_cookie_value(), 1_000 + i as i64).is_some());
+        }
+        assert!(cache.len() <= 60, "{} entries", cache.len());
+    }
+
+    #[test]
+    fn a_removal_of_a_replaced_copy_keeps_the_newer_one() {
+        let cache = NodeCache::new("app", 100, Duration::from_secs(60), true);
+        let id = SessionId::generate();
+        let (old, new) = (entry(&id), entry(&id));
+        cache.insert(id.clone(), Arc::clone(&old), 0);
+        cache.insert(id.clone(), Arc::clone(&new), 0);
+        cache.remove_if_same(&id, &old);
+        assert!(Arc::ptr_eq(
+            &cache.get(id.as_cookie_value(), 0).unwrap(),
+            &new
+        ));
+        cache.remove_if_same(&id, &new);
+        assert!(cache.get(id.as_cookie_value(), 0).is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_restores_of_one_session_read_it_once_and_share_errors() {
+        let cache = Arc::new(NodeCache::new("app", 100, Duration::from_secs(60), true));
+        let id = SessionId::generate();
+        let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let restore = |fail: bool| {
+            let (reads, id) = (Arc::clone(&reads), id.clone());
+            async move {
+                reads.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if fail {
+                    Err(Miss::Store(crate::store::Error::Timeout(
+                        Duration::from_secs(1),
+                    )))
+                } else {
+                    Ok(entry(&id))
+                }
+            }
+        };
+        for fail in [true, false] {
+            reads.store(0, Ordering::SeqCst);
+            let waiters: Vec<_> = (0..16)
+                .map(|_| {
+                    let (cache, id, restore) = (Arc::clone(&cache), id.clone(), restore(fail));
+                    tokio::spawn(async move { cache.restore(&id, 0, restore).await })
+                })
+                .collect();
+            let mut outcomes = Vec::new();
+            for waiter in waiters {
+                outcomes.push(waiter.await.unwrap());
+            }
+            assert_eq!(reads.load(Ordering::SeqCst), 1, "fail={fail}");
+            if fail {
+                assert!(outcomes.iter().all(Result::is_err));
+                assert!(cache.get(id.as_cookie_value(), 0).is_none());
+            } else {
+                let cached = cache.get(id.as_cookie_value(), 0).unwrap();
+                assert!(
+                    outcomes
+                        .iter()
+                        .all(|o| Arc::ptr_eq(o.as_ref().unwrap(), &cached))
+                );
+            }
+        }
+    }
 }

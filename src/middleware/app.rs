@@ -6,10 +6,9 @@ use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use cookie::{Cookie, SameSite};
 use http::header::{COOKIE, SET_COOKIE};
 use http::{HeaderMap, HeaderValue};
-use moka::ops::compute::Op;
 
 use super::settings::{AppSettings, Snapshot, millis};
-use crate::cache::NodeCache;
+use crate::cache::{Miss, NodeCache};
 use crate::codec::{Binding, Codec};
 use crate::config::SaveMode;
 use crate::id::{CookieId, SessionId};
@@ -173,13 +172,6 @@ enum Refreshed {
     /// Not refreshed (the copy was dropped, or the row does not decode here): the restore
     /// path replaces it with a new entry.
     Replace,
-}
-
-/// Why a restore did not produce a session.
-#[derive(Debug)]
-enum Miss {
-    Absent,
-    Store(crate::store::Error),
 }
 
 /// What is left to do after the handler, decided without waiting on anything.
@@ -447,10 +439,10 @@ impl AppShared {
                 }
             });
         }
+        let now = now_millis();
         for cookie in ids {
             let key = cookie.as_str();
-            if let Some(entry) = self.cache.get(key).await {
-                let now = now_millis();
+            if let Some(entry) = self.cache.get(key, now) {
                 let before = self
                     .push
                     .check_before(now, millis(self.settings.verify_every));
@@ -503,7 +495,7 @@ impl AppShared {
                     continue;
                 }
                 // Dropped (or the newer row does not decode here): replaced by a new entry.
-                self.forget(id, &entry).await;
+                self.forget(id, &entry);
             }
             let id = &cookie.to_id();
             self.metrics.cache_misses.increment(1);
@@ -518,16 +510,20 @@ impl AppShared {
                 continue;
             }
             // Concurrent requests of one session restore it once and share the entry.
-            let restored = self
-                .cache
-                .try_get_with(id.clone(), async {
-                    match self.restore(persister, id).await {
+            let restore = {
+                let (app, id) = (Arc::clone(self), id.clone());
+                async move {
+                    let Some(persister) = &app.persister else {
+                        return Err(Miss::Absent);
+                    };
+                    match app.restore(persister, &id).await {
                         Ok(Some(entry)) => Ok(entry),
                         Ok(None) => Err(Miss::Absent),
                         Err(e) => Err(Miss::Store(e)),
                     }
-                })
-                .await;
+                }
+            };
+            let restored = self.cache.restore(id, now, restore).await;
             match restored {
                 Ok(entry) => {
                     self.push.index(id, &entry);
@@ -962,12 +958,11 @@ impl AppShared {
         let mut row = finish.saved_row;
         if let Some((id, entry)) = &finish.entry {
             if finish.cache_it {
-                self.cache.insert(id.clone(), Arc::clone(entry)).await;
+                self.cache
+                    .insert(id.clone(), Arc::clone(entry), now_millis());
                 self.push.index(id, entry);
                 #[allow(clippy::cast_precision_loss)] // up to 10^8 entries: exact in f64
-                self.metrics
-                    .cache_entries
-                    .set(self.cache.entry_count() as f64);
+                self.metrics.cache_entries.set(self.cache.len() as f64);
             }
             if let Some(persister) = &self.persister {
                 if let Some(version) = finish.carried_by
@@ -1031,10 +1026,10 @@ impl AppShared {
                 {
                     entry.lock().mark_dropped();
                 }
-                self.forget(id, entry).await;
+                self.forget(id, entry);
             }
             for old in &finish.removed {
-                self.cache.invalidate(old).await;
+                self.cache.remove(old);
             }
             return Executed {
                 answer: saved,
@@ -1195,7 +1190,7 @@ impl AppShared {
         // nodes' copies, the newer row wins by the store's version rule (a stale copy on a node
         // the user left loses to the node serving it now).
         let mut settled = Vec::new();
-        for (id, entry) in &self.cache {
+        for (id, entry) in self.cache.iter() {
             let snapshot = {
                 let mut state = entry.lock();
                 if state.is_settled() {
@@ -1244,17 +1239,8 @@ impl AppShared {
 
     /// Drops `entry` from the node cache if it is still the copy cached under `id`: a
     /// concurrent request may have replaced it already, and that newer copy stays.
-    async fn forget(&self, id: &SessionId, entry: &Arc<Entry>) {
-        let entry = Arc::clone(entry);
-        self.cache
-            .entry(id.clone())
-            .and_compute_with(|cached| async move {
-                match cached {
-                    Some(cached) if Arc::ptr_eq(cached.value(), &entry) => Op::Remove,
-                    _ => Op::Nop,
-                }
-            })
-            .await;
+    fn forget(&self, id: &SessionId, entry: &Arc<Entry>) {
+        self.cache.remove_if_same(id, entry);
     }
 
     /// The row is gone (logout on another node, the backoffice, the purge): stop serving it.

@@ -134,7 +134,7 @@ impl SessionFailoverLayer {
             let settings = self.settings.clone();
             let persistent = self.persister.is_some();
             Arc::new(AppShared {
-                cache: crate::cache::new(
+                cache: crate::cache::NodeCache::new(
                     &settings.app,
                     settings.cache_max_entries,
                     settings.timeout,
@@ -294,7 +294,7 @@ impl SessionFailoverLayer {
             return false;
         };
         let mut found = false;
-        for (id, entry) in &shared.cache {
+        for (id, entry) in shared.cache.iter() {
             if id.store_key() == *key {
                 entry.lock().end();
                 found = true;

@@ -300,6 +300,9 @@ pub(crate) struct Entry {
     recode: Option<Arc<dyn Recode>>,
     /// Woken when a write of the session is committed or given up ([`Entry::settled`]).
     commits: tokio::sync::Notify,
+    /// When the node cache last handed this entry out (epoch ms): its idle expiry
+    /// ([`crate::cache::NodeCache`]). Kept outside the mutex: a sticky read only stores it.
+    pub(crate) accessed: std::sync::atomic::AtomicI64,
 }
 
 impl Entry {
@@ -313,6 +316,7 @@ impl Entry {
             state: Mutex::new(state),
             recode,
             commits: tokio::sync::Notify::new(),
+            accessed: std::sync::atomic::AtomicI64::new(0),
         })
     }
 
