@@ -7,6 +7,8 @@
 # N=HIGH, and prints per request = (cost at HIGH - cost at LOW) / (HIGH - LOW) of:
 # - the layer's future (`SessionFailover::call` closure, inclusive: the handler and its JSON
 #   run inside it, as the issue counts; the handler is inlined, so not counted apart),
+# - of which the inner route (tower's `Oneshot` of the route the layer wraps: axum's routing,
+#   the handler, its `Session::get`, the JSON), and the difference: the layer's own share,
 # - the whole connection task (hyper's connection future, inclusive) for the sticky read, and
 #   for `GET /health` of the same server (a route without the session layer), for scale.
 # Start-up work does not cancel out of the process totals (clock calibration differs by
@@ -65,6 +67,7 @@ inclusive() {
 
 layer='SessionFailover<.*as tower_service::Service<.*>>::call::\{\{closure\}\}'
 connection='hyper_util::server::conn::auto::UpgradeableConnection<.*>::poll'
+route='<tower::util::oneshot::Oneshot<.*> as core::future::future::Future>::poll \['
 per() { echo $(( ($2 - $1) / (high - low) )); }
 
 a=$(run "$low" /cart)
@@ -73,6 +76,10 @@ c=$(run "$low" /health)
 d=$(run "$high" /health)
 echo "| per request ($low and $high requests, one keep-alive connection) | instructions |"
 echo "|---|---:|"
-echo "| sticky GET /cart, the layer's future (the handler and its JSON run inside it) | $(per "$(inclusive "$a" "$layer")" "$(inclusive "$b" "$layer")") |"
+future=$(per "$(inclusive "$a" "$layer")" "$(inclusive "$b" "$layer")")
+inner=$(per "$(inclusive "$a" "$route")" "$(inclusive "$b" "$route")")
+echo "| sticky GET /cart, the layer's future (the handler and its JSON run inside it) | $future |"
+echo "| of which the inner route (axum's routing, the handler, Session::get, the JSON) | $inner |"
+echo "| the layer's own share (future minus inner route) | $((future - inner)) |"
 echo "| sticky GET /cart, the whole connection task | $(per "$(inclusive "$a" "$connection")" "$(inclusive "$b" "$connection")") |"
 echo "| GET /health (no session), the whole connection task | $(per "$(inclusive "$c" "$connection")" "$(inclusive "$d" "$connection")") |"

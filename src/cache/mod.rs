@@ -104,7 +104,10 @@ impl NodeCache {
 
     /// The session cached under `id`, unless it was idle for longer than the timeout; counts
     /// as an access at `now` (epoch ms).
-    pub(crate) fn get(&self, id: &str, now: EpochMillis) -> Option<Arc<Entry>> {
+    pub(crate) fn get<Q>(&self, id: &Q, now: EpochMillis) -> Option<Arc<Entry>>
+    where
+        Q: std::hash::Hash + quick_cache::Equivalent<SessionId> + ?Sized,
+    {
         let entry = self.map.get(id)?;
         self.accessed(&entry, now).then_some(entry)
     }
@@ -168,7 +171,7 @@ impl NodeCache {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             // Checked under the lock: a restore caches its entry before it leaves the map.
-            if let Some(entry) = self.get(id.as_cookie_value(), now) {
+            if let Some(entry) = self.get(id, now) {
                 return Ok(entry);
             }
             restoring
@@ -233,9 +236,9 @@ mod tests {
         cache.insert(a.clone(), entry(&a), 1_000);
         cache.insert(b.clone(), entry(&b), 1_000);
         // Read at the timeout's edge: still live, and its idle time starts again.
-        assert!(cache.get(a.as_cookie_value(), 11_000).is_some());
-        assert!(cache.get(b.as_cookie_value(), 11_001).is_none());
-        assert!(cache.get(a.as_cookie_value(), 21_000).is_some());
+        assert!(cache.get(&a, 11_000).is_some());
+        assert!(cache.get(&b, 11_001).is_none());
+        assert!(cache.get(&a, 21_000).is_some());
         // A later insert sweeps the idle one out; the live one stays.
         let c = SessionId::generate();
         cache.insert(c.clone(), entry(&c), 21_000);
@@ -250,9 +253,23 @@ mod tests {
         for (i, id) in ids.iter().enumerate() {
             cache.insert(id.clone(), entry(id), 1_000 + i as i64);
             // A new session is always admitted (it may be the only copy there is).
-            assert!(cache.get(id.as_cookie_value(), 1_000 + i as i64).is_some());
+            assert!(cache.get(id, 1_000 + i as i64).is_some());
         }
         assert!(cache.len() <= 60, "{} entries", cache.len());
+    }
+
+    #[test]
+    fn a_session_is_found_by_the_id_a_request_names() {
+        let cache = NodeCache::new("app", 100, Duration::from_secs(60), true);
+        let ids: Vec<SessionId> = (0..64).map(|_| SessionId::generate()).collect();
+        for id in &ids {
+            cache.insert(id.clone(), entry(id), 0);
+        }
+        for id in &ids {
+            let named = crate::id::CookieId::parse(id.as_cookie_value().as_bytes()).unwrap();
+            let found = cache.get(&named, 0).unwrap();
+            assert!(found.lock().id == *id);
+        }
     }
 
     #[test]
@@ -263,12 +280,9 @@ mod tests {
         cache.insert(id.clone(), Arc::clone(&old), 0);
         cache.insert(id.clone(), Arc::clone(&new), 0);
         cache.remove_if_same(&id, &old);
-        assert!(Arc::ptr_eq(
-            &cache.get(id.as_cookie_value(), 0).unwrap(),
-            &new
-        ));
+        assert!(Arc::ptr_eq(&cache.get(&id, 0).unwrap(), &new));
         cache.remove_if_same(&id, &new);
-        assert!(cache.get(id.as_cookie_value(), 0).is_none());
+        assert!(cache.get(&id, 0).is_none());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -305,9 +319,9 @@ mod tests {
             assert_eq!(reads.load(Ordering::SeqCst), 1, "fail={fail}");
             if fail {
                 assert!(outcomes.iter().all(Result::is_err));
-                assert!(cache.get(id.as_cookie_value(), 0).is_none());
+                assert!(cache.get(&id, 0).is_none());
             } else {
-                let cached = cache.get(id.as_cookie_value(), 0).unwrap();
+                let cached = cache.get(&id, 0).unwrap();
                 assert!(
                     outcomes
                         .iter()

@@ -31,8 +31,9 @@ fn is_256_bits(text: &[u8]) -> bool {
         }
         table
     };
+    // Values are below 64 and `NOT` has the top bit: one OR over the text, no branch a byte.
     text.len() == ID_LEN
-        && text.iter().all(|&c| VALUE[usize::from(c)] != NOT)
+        && text.iter().fold(0, |seen, &c| seen | VALUE[usize::from(c)]) & 0x80 == 0
         && VALUE[usize::from(text[ID_LEN - 1])] & 0b11 == 0
 }
 
@@ -41,8 +42,16 @@ fn is_256_bits(text: &[u8]) -> bool {
 /// 256 bits from the OS CSPRNG, unpadded base64url. It is never logged and never stored: the
 /// store keys rows by [`SessionKey`], a SHA-256 of the id, so a dump of the table yields no usable
 /// cookie, and logs show a [`ShortHash`].
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct SessionId(std::sync::Arc<str>);
+
+/// Hashes the id's bytes, as `CookieId` does: the node cache finds a session by the id a
+/// request names without making a [`SessionId`] of it.
+impl std::hash::Hash for SessionId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write(self.0.as_bytes());
+    }
+}
 
 impl SessionId {
     /// A new random id.
@@ -76,14 +85,6 @@ impl SessionId {
     }
 }
 
-/// The cache looks ids up by their text (`CookieId::as_str`): `Arc<str>` hashes and compares
-/// as its `str`.
-impl std::borrow::Borrow<str> for SessionId {
-    fn borrow(&self) -> &str {
-        &self.0
-    }
-}
-
 /// A well-formed id as a request names it, kept inline: reading the cookies and looking the
 /// session up in the node cache allocate nothing ([`SessionId`] is made only when one is kept).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -98,6 +99,11 @@ impl CookieId {
         bytes.try_into().ok().map(Self)
     }
 
+    /// The id's bytes: its text (base64url, so ASCII).
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     /// The id's text (base64url: ASCII by construction).
     pub(crate) fn as_str(&self) -> &str {
         std::str::from_utf8(&self.0).unwrap_or_default()
@@ -106,6 +112,20 @@ impl CookieId {
     /// The id as the rest of the crate keeps it.
     pub(crate) fn to_id(self) -> SessionId {
         SessionId(self.as_str().into())
+    }
+}
+
+/// Hashes as the [`SessionId`] of the same text.
+impl std::hash::Hash for CookieId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write(&self.0);
+    }
+}
+
+/// The node cache is looked up with the id a request names.
+impl quick_cache::Equivalent<SessionId> for CookieId {
+    fn equivalent(&self, key: &SessionId) -> bool {
+        key.0.as_bytes() == self.0
     }
 }
 
@@ -221,17 +241,22 @@ mod tests {
 
     #[test]
     fn a_cookie_id_is_the_id_it_names() {
+        use std::hash::BuildHasher as _;
         let id = SessionId::generate();
         let cookie = CookieId::parse(id.as_cookie_value().as_bytes()).expect("a generated id");
         assert_eq!(cookie.as_str(), id.as_cookie_value());
         assert_eq!(cookie.to_id(), id);
         assert!(!format!("{cookie:?}").contains(id.as_cookie_value()));
-        // The cache finds the id by its text: the same hash as the id's.
-        let state = std::hash::RandomState::new();
-        assert_eq!(
-            std::hash::BuildHasher::hash_one(&state, &id),
-            std::hash::BuildHasher::hash_one(&state, cookie.as_str())
-        );
+        // The cache finds the id by the one a request names: the same hash, and equivalent.
+        let std_state = std::hash::RandomState::new();
+        let fold_state = foldhash::fast::RandomState::default();
+        assert_eq!(std_state.hash_one(&id), std_state.hash_one(cookie));
+        assert_eq!(fold_state.hash_one(&id), fold_state.hash_one(cookie));
+        assert!(quick_cache::Equivalent::equivalent(&cookie, &id));
+        assert!(!quick_cache::Equivalent::equivalent(
+            &cookie,
+            &SessionId::generate()
+        ));
         for bad in ["", "abc", &id.as_cookie_value()[..42]] {
             assert_eq!(CookieId::parse(bad.as_bytes()), None, "{bad:?}");
         }

@@ -41,24 +41,43 @@ pub(crate) const ABSENT_MAX: u64 = 10_000;
 /// [`MAX_COOKIE_CANDIDATES`]. A value may be quoted; anything else is skipped.
 #[cfg(test)]
 pub(crate) fn cookie_ids(headers: &HeaderMap, name: &[u8]) -> Vec<SessionId> {
-    let ids = request_cookies(headers, name, None).0;
+    let ids = request_cookies(headers, name, None).ids;
     ids.into_iter().map(CookieId::to_id).collect()
 }
 
-/// The well-formed session ids in the `Cookie` headers under cookie `name`, in order, at most
-/// [`MAX_COOKIE_CANDIDATES`] (a value may be quoted; anything else is skipped), and the value
-/// of the cookie named `version_name` (the version cookie, see [`Executed::row`]) if its first
-/// occurrence is a positive number: one pass over the `Cookie` headers, which every request
-/// pays.
-fn request_cookies(
-    headers: &HeaderMap,
+/// What the layer reads of a request's headers, in one pass over them (every request pays it):
+/// the well-formed session ids under the session cookie, in order, at most
+/// [`MAX_COOKIE_CANDIDATES`] (a value may be quoted; anything else is skipped); the value of
+/// the version cookie (see [`Executed::row`]) if its first occurrence is a positive number;
+/// and the first `X-Forwarded-Proto` and `Forwarded` headers, for
+/// [`super::settings::is_secure`].
+#[derive(Default)]
+pub(crate) struct RequestHeaders<'a> {
+    pub(crate) ids: CookieIds,
+    pub(crate) hint: Option<i64>,
+    pub(crate) forwarded_proto: Option<&'a HeaderValue>,
+    pub(crate) forwarded: Option<&'a HeaderValue>,
+}
+
+/// [`RequestHeaders`] of `headers`, for session cookie `name` and version cookie
+/// `version_name`.
+fn request_cookies<'a>(
+    headers: &'a HeaderMap,
     name: &[u8],
     version_name: Option<&[u8]>,
-) -> (CookieIds, Option<i64>) {
-    let mut ids = CookieIds::new();
-    let mut hint = None;
+) -> RequestHeaders<'a> {
+    static X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
+    let mut found = RequestHeaders::default();
     let mut version_seen = false;
-    for value in headers.get_all(COOKIE) {
+    for (header, value) in headers {
+        if *header != COOKIE {
+            if *header == X_FORWARDED_PROTO {
+                found.forwarded_proto.get_or_insert(value);
+            } else if *header == http::header::FORWARDED {
+                found.forwarded.get_or_insert(value);
+            }
+            continue;
+        }
         let mut rest = value.as_bytes();
         while !rest.is_empty() {
             // memchr: this runs on every request, over every cookie of the site.
@@ -70,27 +89,28 @@ fn request_cookies(
                 }
                 None => std::mem::take(&mut rest),
             };
-            let Some(at) = memchr::memchr(b'=', pair) else {
+            // A plain scan: the `=` ends a short name, before memchr's set-up pays off.
+            let Some(at) = pair.iter().position(|&b| b == b'=') else {
                 continue;
             };
             let (n, v) = (pair[..at].trim_ascii(), pair[at + 1..].trim_ascii());
             if n == name {
-                if ids.len() < MAX_COOKIE_CANDIDATES {
+                if found.ids.len() < MAX_COOKIE_CANDIDATES {
                     let v = v
                         .strip_prefix(b"\"")
                         .and_then(|v| v.strip_suffix(b"\""))
                         .unwrap_or(v);
                     if let Some(id) = CookieId::parse(v) {
-                        ids.push(id);
+                        found.ids.push(id);
                     }
                 }
             } else if !version_seen && version_name == Some(n) {
                 version_seen = true;
-                hint = positive_number(v);
+                found.hint = positive_number(v);
             }
         }
     }
-    (ids, hint)
+    found
 }
 
 /// `bytes` as a number above zero, written in decimal digits only (a version cookie's value).
@@ -386,7 +406,7 @@ impl AppShared {
     ///
     /// Works on bytes: a cookie of another part of the site with non-ASCII bytes in it must not
     /// hide ours.
-    pub(crate) fn cookies(&self, headers: &HeaderMap) -> (CookieIds, Option<i64>) {
+    pub(crate) fn cookies<'a>(&self, headers: &'a HeaderMap) -> RequestHeaders<'a> {
         request_cookies(
             headers,
             self.settings.cookie_name.as_bytes(),
@@ -430,7 +450,14 @@ impl AppShared {
     /// cached copy older than `hint` (the version the client last wrote, from its version
     /// cookie) is refreshed from the row; so is one older than another node's write, when the push or
     /// the version check says so.
-    pub(crate) async fn load(self: &Arc<Self>, ids: &[CookieId], hint: Option<i64>) -> Loaded {
+    ///
+    /// `now` is the request's arrival (epoch ms), read once for the whole request.
+    pub(crate) async fn load(
+        self: &Arc<Self>,
+        ids: &[CookieId],
+        hint: Option<i64>,
+        now: EpochMillis,
+    ) -> Loaded {
         if let Some(persister) = &self.persister {
             self.push.start(persister.persistence().store().as_ref());
             self.emptied_watch.get_or_init(|| {
@@ -439,17 +466,16 @@ impl AppShared {
                 }
             });
         }
-        let now = now_millis();
         for cookie in ids {
-            let key = cookie.as_str();
-            if let Some(entry) = self.cache.get(key, now) {
+            if let Some(entry) = self.cache.get(cookie, now) {
                 let before = self
                     .push
                     .check_before(now, millis(self.settings.verify_every));
                 let (mut live, mut stale, check) = {
                     let mut state = entry.lock();
                     // The entry may be a tombstone, or (after a rotation) hold another id.
-                    let live = !state.is_ended() && state.id.as_cookie_value() == key;
+                    let live = !state.is_ended()
+                        && state.id.as_cookie_value().as_bytes() == cookie.as_bytes();
                     // The client wrote a newer version (on another node) than this copy.
                     if live && hint.is_some_and(|hint| state.is_behind(hint)) {
                         // A newer row than the hint is not required: the client's async write
@@ -776,15 +802,17 @@ impl AppShared {
 
     /// After the handler, without waiting: takes what the request did, sets the cookie header,
     /// and returns the store and cache work left, if any (a sticky read usually leaves none).
+    /// `now` is the request's arrival, as [`AppShared::load`] had it: a touch falls due at most
+    /// one handler's time early.
     pub(crate) fn plan(
         &self,
         session: &Session,
         had_cookie: bool,
         secure: bool,
         headers: &mut HeaderMap,
+        now: EpochMillis,
     ) -> Option<Finish> {
         let slot = session.take();
-        let now = now_millis();
         let mut finish = Finish {
             entry: None,
             cache_it: slot.created || slot.cycled || slot.followed,
@@ -1330,6 +1358,35 @@ mod tests {
     /// malformed ones skipped), the version cookie's first occurrence only, and only a
     /// positive number.
     #[test]
+    fn the_proxy_headers_are_found_in_the_same_pass_first_one_wins() {
+        let secure = |pairs: &[(&'static str, &'static str)]| {
+            let mut headers = HeaderMap::new();
+            for (name, value) in pairs {
+                headers.append(*name, HeaderValue::from_static(value));
+            }
+            let found = request_cookies(&headers, b"JSESSIONID", None);
+            crate::middleware::settings::is_secure(None, found.forwarded_proto, found.forwarded)
+        };
+        assert!(!secure(&[("cookie", "a=b")]));
+        assert!(secure(&[("x-forwarded-proto", "https"), ("cookie", "a=b")]));
+        assert!(secure(&[("x-forwarded-proto", "HTTPS, http")]));
+        assert!(!secure(&[
+            ("x-forwarded-proto", "http"),
+            ("x-forwarded-proto", "https")
+        ]));
+        assert!(secure(&[("forwarded", "for=192.0.2.60;proto=https")]));
+        assert!(!secure(&[
+            ("forwarded", "proto=http"),
+            ("forwarded", "proto=https")
+        ]));
+        assert!(crate::middleware::settings::is_secure(
+            Some("https"),
+            None,
+            None
+        ));
+    }
+
+    #[test]
     fn session_ids_and_the_version_cookie_in_one_pass() {
         let (a, b) = (SessionId::generate(), SessionId::generate());
         let (a_, b_) = (a.as_cookie_value(), b.as_cookie_value());
@@ -1357,7 +1414,11 @@ mod tests {
         ];
         for (header, ids, hint) in cases {
             let headers = headers(&[header.as_bytes().to_vec()]);
-            let (found, found_hint) = request_cookies(&headers, NAME, version);
+            let RequestHeaders {
+                ids: found,
+                hint: found_hint,
+                ..
+            } = request_cookies(&headers, NAME, version);
             let found: Vec<_> = found.into_iter().map(CookieId::to_id).collect();
             assert_eq!(found.iter().collect::<Vec<_>>(), ids, "{header}");
             assert_eq!(found_hint, hint, "{header}");
@@ -1370,7 +1431,11 @@ mod tests {
             format!("JSESSIONID_VERSION=5; JSESSIONID={c_}").into_bytes(),
             format!("JSESSIONID={}; JSESSIONID_VERSION=6", d.as_cookie_value()).into_bytes(),
         ]);
-        let (found, found_hint) = request_cookies(&headers, NAME, version);
+        let RequestHeaders {
+            ids: found,
+            hint: found_hint,
+            ..
+        } = request_cookies(&headers, NAME, version);
         let found: Vec<_> = found.into_iter().map(CookieId::to_id).collect();
         assert_eq!(found, [a.clone(), b.clone(), c]);
         assert_eq!(found_hint, Some(5));

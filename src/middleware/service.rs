@@ -76,16 +76,27 @@ where
         let app = Arc::clone(&self.app);
         ResponseFuture {
             inner: Box::pin(async move {
-                let (ids, hint) = app.cookies(request.headers());
-                let secure = super::settings::request_is_secure(&request);
-                let session = match app.load(&ids, hint).await {
+                let (ids, hint, secure) = {
+                    let found = app.cookies(request.headers());
+                    let secure = super::settings::is_secure(
+                        request.uri().scheme_str(),
+                        found.forwarded_proto,
+                        found.forwarded,
+                    );
+                    (found.ids, found.hint, secure)
+                };
+                // One clock read for the request: the cache's idle expiry and the touch schedule
+                // (a touch due by the arrival time is at most one handler's time early).
+                let now = crate::store::now_millis();
+                let session = match app.load(&ids, hint, now).await {
                     Loaded::Session(session) => session,
                     Loaded::StoreDown => return Ok(refusal(StatusCode::SERVICE_UNAVAILABLE)),
                 };
                 request.extensions_mut().insert(session.clone());
                 let mut response = inner.call(request).await?;
                 let had_cookie = !ids.is_empty();
-                if let Some(finish) = app.plan(&session, had_cookie, secure, response.headers_mut())
+                if let Some(finish) =
+                    app.plan(&session, had_cookie, secure, response.headers_mut(), now)
                 {
                     // If this future is dropped (client gone, timeout), the save, logout or
                     // rotation must still complete. Polled once here, it often completes at once

@@ -3,8 +3,6 @@
 
 use std::time::Duration;
 
-use http::Request;
-
 use crate::codec::{Binding, Codec, EncodedAttributes};
 use crate::id::SessionId;
 use crate::session::state::{Recode, State, Value};
@@ -65,24 +63,25 @@ pub(crate) struct AppSettings {
     pub(crate) max_size: usize,
 }
 
-/// Whether the request arrived over TLS, directly or through a proxy that says so
-/// (`X-Forwarded-Proto: https` or `Forwarded: proto=https`).
+/// Whether the request arrived over TLS, directly (`scheme`) or through a proxy that says so
+/// (`X-Forwarded-Proto: https` or `Forwarded: proto=https`; the first of each header, found by
+/// the layer's one pass over the headers).
 ///
 /// The proxy headers are trusted for this because they can only make the cookie stricter.
-pub(crate) fn request_is_secure<B>(request: &Request<B>) -> bool {
-    static X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
-    let headers = request.headers();
-    // Header names as constants: a `&str` name is parsed anew on every lookup.
-    let first = |name: &http::HeaderName| {
-        headers
-            .get(name)
+pub(crate) fn is_secure(
+    scheme: Option<&str>,
+    forwarded_proto: Option<&http::HeaderValue>,
+    forwarded: Option<&http::HeaderValue>,
+) -> bool {
+    fn first(value: Option<&http::HeaderValue>) -> Option<&str> {
+        value
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split(',').next())
             .map(str::trim)
-    };
-    request.uri().scheme_str() == Some("https")
-        || first(&X_FORWARDED_PROTO).is_some_and(|p| p.eq_ignore_ascii_case("https"))
-        || first(&http::header::FORWARDED).is_some_and(|element| {
+    }
+    scheme == Some("https")
+        || first(forwarded_proto).is_some_and(|p| p.eq_ignore_ascii_case("https"))
+        || first(forwarded).is_some_and(|element| {
             element.split(';').any(|pair| {
                 pair.split_once('=').is_some_and(|(k, v)| {
                     k.trim().eq_ignore_ascii_case("proto")

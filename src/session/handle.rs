@@ -46,8 +46,9 @@ pub(crate) struct Slot {
     pub(crate) finished: bool,
     /// The value of each attribute this request read before writing it (`None`: absent), so a
     /// write based on a value another request replaced meanwhile is detected.
-    /// Inline for the usual one or two attributes a request reads (no allocation).
-    read: smallvec::SmallVec<[(String, Option<Value>); 2]>,
+    /// Inline for the usual one or two attributes a request reads, names of up to 24 bytes
+    /// included (no allocation).
+    read: smallvec::SmallVec<[(ReadName, Option<Value>); 2]>,
     /// A write of this request was based on a value another request replaced: it was not
     /// applied, and the response must say so (409).
     pub(crate) conflict: bool,
@@ -62,6 +63,9 @@ pub(crate) struct Slot {
     /// version cookie.
     pub(crate) saved_row: Option<i64>,
 }
+
+/// An attribute name as [`Slot::read`] keeps it: its bytes, inline up to 24.
+type ReadName = smallvec::SmallVec<[u8; 24]>;
 
 /// What [`Session::save`] asks of the layer: save the request's session now, as it would after
 /// the handler. Returns the committed row version, if the mode commits before answering.
@@ -412,7 +416,11 @@ impl Session {
             state.set_updated(name.clone(), written.clone(), apply);
             drop(state);
             slot.changed = true;
-            if let Some(read) = slot.read.iter_mut().find(|(n, _)| *n == name) {
+            if let Some(read) = slot
+                .read
+                .iter_mut()
+                .find(|(n, _)| n.as_slice() == name.as_bytes())
+            {
                 read.1 = Some(written);
             }
             return result;
@@ -422,8 +430,13 @@ impl Session {
     /// Remembers the value of `name` this request read first (for [`Session::write`]).
     fn remember_read(&self, name: &str, value: Option<&Value>) {
         let mut slot = self.slot();
-        if !slot.read.iter().any(|(n, _)| n == name) {
-            slot.read.push((name.to_owned(), value.cloned()));
+        if !slot
+            .read
+            .iter()
+            .any(|(n, _)| n.as_slice() == name.as_bytes())
+        {
+            slot.read
+                .push((ReadName::from_slice(name.as_bytes()), value.cloned()));
         }
     }
 
@@ -437,7 +450,7 @@ impl Session {
         let read = slot
             .read
             .iter()
-            .position(|(n, _)| *n == name)
+            .position(|(n, _)| n.as_slice() == name.as_bytes())
             .map(|i| slot.read[i].1.clone());
         if let Some(read) = &read
             && !identical(read.as_ref(), state.attributes.get(&name))
@@ -457,7 +470,10 @@ impl Session {
         drop(state);
         slot.changed = true;
         if read.is_some()
-            && let Some(slot_read) = slot.read.iter_mut().find(|(n, _)| *n == name)
+            && let Some(slot_read) = slot
+                .read
+                .iter_mut()
+                .find(|(n, _)| n.as_slice() == name.as_bytes())
         {
             slot_read.1 = value;
         }
