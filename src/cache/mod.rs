@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
-use futures_util::future::{BoxFuture, Shared};
+use futures_util::future::{BoxFuture, WeakShared};
 
 use crate::id::SessionId;
 use crate::session::state::Entry;
@@ -75,9 +75,14 @@ pub(crate) struct NodeCache {
     /// When idle entries were last swept out (epoch ms).
     swept_at: AtomicI64,
     /// Restores under way, by id: the requests that miss the same session meanwhile wait for
-    /// that one read.
-    restoring: Mutex<HashMap<SessionId, Shared<BoxFuture<'static, Restored>>>>,
+    /// that one read. Weak: a restore whose every waiter is gone (clients gone, timeouts) is
+    /// dropped with its read, as if never begun, rather than parked to serve a row read long
+    /// ago to the next request (or poisoned for good by a panic).
+    restoring: Mutex<HashMap<SessionId, WeakRestore>>,
 }
+
+/// A restore under way, as [`NodeCache`] keeps it.
+type WeakRestore = WeakShared<BoxFuture<'static, Restored>>;
 
 impl NodeCache {
     /// A cache of at most `max_entries` sessions, each expiring after `idle` without access.
@@ -126,18 +131,45 @@ impl NodeCache {
         true
     }
 
-    /// Caches `entry` under `id` (replacing what was there), accessed at `now`.
+    /// Caches `entry` under `id` (replacing what was there), accessed at `now`; sweeps idle
+    /// entries out when that is due.
     pub(crate) fn insert(&self, id: SessionId, entry: Arc<Entry>, now: EpochMillis) {
+        self.store(id, entry, now);
+        self.sweep(now);
+    }
+
+    /// [`NodeCache::insert`] without the sweep.
+    fn store(&self, id: SessionId, entry: Arc<Entry>, now: EpochMillis) {
         entry.accessed.store(now, Ordering::Relaxed);
+        // A copy replaced here is an idle one (a restore of an id that expired, not yet swept):
+        // it leaves as an expired one would.
+        let replaced = self
+            .map
+            .peek(&id)
+            .filter(|old| !Arc::ptr_eq(old, &entry))
+            .map(|old| (id.clone(), old));
         let mut evicted = Vec::new();
         self.map.insert_with_lifecycle(id, entry, &mut evicted);
-        for (id, entry) in evicted {
-            let state = entry.lock();
-            if self.persistent && state.has_unsaved_change() {
-                tracing::error!(app = %self.app, session = %id.short_hash(), "session evicted from the node cache with a change that could not be saved; that change is lost");
+        self.log_lost("evicted from the node cache", evicted);
+        self.log_lost("expired in the node cache", replaced);
+    }
+
+    /// Logs, for a persistent app, each of `gone` that held a change that could not be saved:
+    /// that change is lost with it. Called with no lock of the map held.
+    fn log_lost(&self, how: &str, gone: impl IntoIterator<Item = (SessionId, Arc<Entry>)>) {
+        if !self.persistent {
+            return;
+        }
+        for (id, entry) in gone {
+            if entry.lock().has_unsaved_change() {
+                tracing::error!(app = %self.app, session = %id.short_hash(), "session {how} with a change that could not be saved; that change is lost");
             }
         }
-        self.sweep(now);
+    }
+
+    /// Whether `entry` was idle for longer than the timeout at `now`.
+    fn is_idle(&self, entry: &Entry, now: EpochMillis) -> bool {
+        now.saturating_sub(entry.accessed.load(Ordering::Relaxed)) > self.idle
     }
 
     /// Removes the sessions idle for longer than the timeout, if that was last done more than
@@ -153,48 +185,70 @@ impl NodeCache {
         {
             return;
         }
-        let idle = self.idle;
-        self.map
-            .retain(|_, entry| now.saturating_sub(entry.accessed.load(Ordering::Relaxed)) <= idle);
+        // Collected, and logged once the shards' locks are released.
+        let expired = std::cell::RefCell::new(Vec::new());
+        self.map.retain(|id, entry| {
+            let idle = self.is_idle(entry, now);
+            if idle {
+                expired.borrow_mut().push((id.clone(), Arc::clone(entry)));
+            }
+            !idle
+        });
+        self.log_lost("expired in the node cache", expired.into_inner());
     }
 
     /// The session cached under `id`, or else the one `restore` reads, cached. Concurrent
     /// calls for one id share one restore and its outcome (an error too); a restore that
-    /// finds nothing caches nothing.
+    /// finds nothing caches nothing. A restore whose callers are all gone is dropped with its
+    /// read: the next call begins its own.
     pub(crate) async fn restore<F>(&self, id: &SessionId, now: EpochMillis, restore: F) -> Restored
     where
         F: Future<Output = Result<Arc<Entry>, Miss>> + Send + 'static,
     {
         let shared = {
-            let mut restoring = self
-                .restoring
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut restoring = self.restoring();
             // Checked under the lock: a restore caches its entry before it leaves the map.
             if let Some(entry) = self.get(id, now) {
                 return Ok(entry);
             }
-            restoring
-                .entry(id.clone())
-                .or_insert_with(|| restore.map(|read| read.map_err(Arc::new)).boxed().shared())
-                .clone()
+            match restoring.get(id).and_then(WeakShared::upgrade) {
+                Some(shared) => shared,
+                None => {
+                    let shared = restore.map(|read| read.map_err(Arc::new)).boxed().shared();
+                    // A `Shared` not yet polled is not complete: it downgrades.
+                    if let Some(weak) = shared.downgrade() {
+                        restoring.insert(id.clone(), weak);
+                    }
+                    shared
+                }
+            }
         };
         let restored = shared.clone().await;
-        let mut restoring = self
-            .restoring
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // The first waiter to finish caches the entry and ends the restore; the others find
-        // it ended (or another restore of the id begun since, which is left alone).
-        if let Some(current) = restoring.get(id)
-            && current.ptr_eq(&shared)
         {
-            if let Ok(entry) = &restored {
-                self.insert(id.clone(), Arc::clone(entry), now);
+            let mut restoring = self.restoring();
+            // The first waiter to finish caches the entry and ends the restore; the others find
+            // it ended (or another restore of the id begun since, which is left alone).
+            if restoring
+                .get(id)
+                .and_then(WeakShared::upgrade)
+                .is_some_and(|current| current.ptr_eq(&shared))
+            {
+                if let Ok(entry) = &restored {
+                    self.store(id.clone(), Arc::clone(entry), now);
+                }
+                restoring.remove(id);
             }
-            restoring.remove(id);
         }
+        self.sweep(now);
         restored
+    }
+
+    /// The restores under way. Every change to the map is one insert or one remove, so a
+    /// panic elsewhere cannot leave it inconsistent: a poisoned lock is taken all the same.
+    fn restoring(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, WeakRestore>> {
+        self.restoring
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Removes the session cached under `id`.
@@ -214,7 +268,18 @@ impl NodeCache {
         self.map.iter()
     }
 
-    /// How many sessions the cache holds (idle ones included until they are swept).
+    /// The cached sessions not idle beyond the timeout at `now`, as [`NodeCache::iter`].
+    pub(crate) fn live(
+        &self,
+        now: EpochMillis,
+    ) -> impl Iterator<Item = (SessionId, Arc<Entry>)> + '_ {
+        self.map
+            .iter()
+            .filter(move |(_, entry)| !self.is_idle(entry, now))
+    }
+
+    /// How many sessions the cache holds (idle ones included until they are swept: the
+    /// `session_cache_entries` gauge counts them).
     pub(crate) fn len(&self) -> usize {
         self.map.len()
     }
@@ -238,6 +303,9 @@ mod tests {
         // Read at the timeout's edge: still live, and its idle time starts again.
         assert!(cache.get(&a, 11_000).is_some());
         assert!(cache.get(&b, 11_001).is_none());
+        // A scan for the live ones (a write-back) skips it before it is swept.
+        let live: Vec<SessionId> = cache.live(11_001).map(|(id, _)| id).collect();
+        assert_eq!(live, vec![a.clone()]);
         assert!(cache.get(&a, 21_000).is_some());
         // A later insert sweeps the idle one out; the live one stays.
         let c = SessionId::generate();
@@ -329,5 +397,55 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restore_whose_callers_are_gone_or_panicked_is_begun_anew() {
+        let cache = Arc::new(NodeCache::new("app", 100, Duration::from_secs(60), true));
+        let id = SessionId::generate();
+        let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        // A read that never answers, whose only caller goes away: the read is dropped with it.
+        let parked = {
+            let (cache, id, reads) = (Arc::clone(&cache), id.clone(), Arc::clone(&reads));
+            tokio::spawn(async move {
+                let read = async move {
+                    reads.fetch_add(1, Ordering::SeqCst);
+                    std::future::pending::<Result<Arc<Entry>, Miss>>().await
+                };
+                cache.restore(&id, 0, read).await
+            })
+        };
+        while reads.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        parked.abort();
+        assert!(parked.await.is_err_and(|e| e.is_cancelled()));
+        // A read that panics: its caller fails, and nobody after it inherits the panic.
+        let panicked = {
+            let (cache, id, reads) = (Arc::clone(&cache), id.clone(), Arc::clone(&reads));
+            tokio::spawn(async move {
+                let read = async move {
+                    reads.fetch_add(1, Ordering::SeqCst);
+                    panic!("a restore that panics");
+                };
+                cache.restore(&id, 0, read).await
+            })
+        };
+        // (Within a bound: a restore left parked by the first caller would hang it.)
+        let panicked = tokio::time::timeout(Duration::from_secs(10), panicked).await;
+        assert!(panicked.expect("not parked").is_err_and(|e| e.is_panic()));
+        let fresh = {
+            let (id, reads) = (id.clone(), Arc::clone(&reads));
+            async move {
+                reads.fetch_add(1, Ordering::SeqCst);
+                Ok(entry(&id))
+            }
+        };
+        let restored = tokio::time::timeout(Duration::from_secs(10), cache.restore(&id, 0, fresh))
+            .await
+            .expect("not parked")
+            .unwrap();
+        assert_eq!(reads.load(Ordering::SeqCst), 3);
+        assert!(Arc::ptr_eq(&restored, &cache.get(&id, 0).unwrap()));
     }
 }

@@ -1218,7 +1218,8 @@ impl AppShared {
         // nodes' copies, the newer row wins by the store's version rule (a stale copy on a node
         // the user left loses to the node serving it now).
         let mut settled = Vec::new();
-        for (id, entry) in self.cache.iter() {
+        // Not the idle ones: their sessions timed out here, and must not be written back alive.
+        for (id, entry) in self.cache.live(now) {
             let snapshot = {
                 let mut state = entry.lock();
                 if state.is_settled() {
