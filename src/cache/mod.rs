@@ -33,10 +33,15 @@ pub(crate) enum Miss {
     Absent,
     /// The store could not be read.
     Store(crate::store::Error),
+    /// The restore panicked (a bug; the request is refused as if the store were down).
+    Panicked,
 }
 
 /// What a restore gives every request waiting for it.
 type Restored = Result<Arc<Entry>, Arc<Miss>>;
+
+/// A session the cache let go of, and how (for the log).
+type Gone = (SessionId, Arc<Entry>, &'static str);
 
 /// The sessions a cache insert evicted beyond its capacity, logged once the shard's lock is
 /// released.
@@ -77,7 +82,7 @@ pub(crate) struct NodeCache {
     /// Restores under way, by id: the requests that miss the same session meanwhile wait for
     /// that one read. Weak: a restore whose every waiter is gone (clients gone, timeouts) is
     /// dropped with its read, as if never begun, rather than parked to serve a row read long
-    /// ago to the next request (or poisoned for good by a panic).
+    /// ago to the next request. Its dead entry goes with the next sweep.
     restoring: Mutex<HashMap<SessionId, WeakRestore>>,
 }
 
@@ -134,33 +139,43 @@ impl NodeCache {
     /// Caches `entry` under `id` (replacing what was there), accessed at `now`; sweeps idle
     /// entries out when that is due.
     pub(crate) fn insert(&self, id: SessionId, entry: Arc<Entry>, now: EpochMillis) {
-        self.store(id, entry, now);
+        let gone = self.store(id, entry, now);
+        self.log_lost(gone);
         self.sweep(now);
     }
 
-    /// [`NodeCache::insert`] without the sweep.
-    fn store(&self, id: SessionId, entry: Arc<Entry>, now: EpochMillis) {
+    /// [`NodeCache::insert`] without the sweep, and with the sessions it pushed out returned
+    /// for [`NodeCache::log_lost`] (to be logged once no lock is held).
+    #[must_use]
+    fn store(&self, id: SessionId, entry: Arc<Entry>, now: EpochMillis) -> Vec<Gone> {
         entry.accessed.store(now, Ordering::Relaxed);
-        // A copy replaced here is an idle one (a restore of an id that expired, not yet swept):
-        // it leaves as an expired one would.
-        let replaced = self
-            .map
-            .peek(&id)
-            .filter(|old| !Arc::ptr_eq(old, &entry))
-            .map(|old| (id.clone(), old));
-        let mut evicted = Vec::new();
-        self.map.insert_with_lifecycle(id, entry, &mut evicted);
-        self.log_lost("evicted from the node cache", evicted);
-        self.log_lost("expired in the node cache", replaced);
+        let mut pushed_out = Vec::new();
+        self.map
+            .insert_with_lifecycle(id.clone(), Arc::clone(&entry), &mut pushed_out);
+        pushed_out
+            .into_iter()
+            // The same copy inserted again (a session taken back from the write queue) stays.
+            .filter(|(_, old)| !Arc::ptr_eq(old, &entry))
+            .map(|(old_id, old)| {
+                // Another copy under the same id is an idle one (a restore of an id that
+                // expired, not yet swept): it leaves as an expired one would.
+                let how = if old_id == id {
+                    "expired in the node cache"
+                } else {
+                    "evicted from the node cache"
+                };
+                (old_id, old, how)
+            })
+            .collect()
     }
 
-    /// Logs, for a persistent app, each of `gone` that held a change that could not be saved:
-    /// that change is lost with it. Called with no lock of the map held.
-    fn log_lost(&self, how: &str, gone: impl IntoIterator<Item = (SessionId, Arc<Entry>)>) {
+    /// Logs, for a persistent app, each of `gone` that held a change not yet saved: that
+    /// change is lost with it. Called with no lock of the map (or of the restores) held.
+    fn log_lost(&self, gone: impl IntoIterator<Item = Gone>) {
         if !self.persistent {
             return;
         }
-        for (id, entry) in gone {
+        for (id, entry, how) in gone {
             if entry.lock().has_unsaved_change() {
                 tracing::error!(app = %self.app, session = %id.short_hash(), "session {how} with a change that could not be saved; that change is lost");
             }
@@ -190,11 +205,18 @@ impl NodeCache {
         self.map.retain(|id, entry| {
             let idle = self.is_idle(entry, now);
             if idle {
-                expired.borrow_mut().push((id.clone(), Arc::clone(entry)));
+                expired.borrow_mut().push((
+                    id.clone(),
+                    Arc::clone(entry),
+                    "expired in the node cache",
+                ));
             }
             !idle
         });
-        self.log_lost("expired in the node cache", expired.into_inner());
+        self.log_lost(expired.into_inner());
+        // Restores whose callers all went away and whose id never came back.
+        self.restoring()
+            .retain(|_, restore| restore.upgrade().is_some());
     }
 
     /// The session cached under `id`, or else the one `restore` reads, cached. Concurrent
@@ -214,7 +236,16 @@ impl NodeCache {
             match restoring.get(id).and_then(WeakShared::upgrade) {
                 Some(shared) => shared,
                 None => {
-                    let shared = restore.map(|read| read.map_err(Arc::new)).boxed().shared();
+                    // A panic in the read completes the restore as a miss: a `Shared` polled
+                    // into a panic would never wake its other waiters.
+                    let shared = std::panic::AssertUnwindSafe(restore)
+                        .catch_unwind()
+                        .map(|read| match read {
+                            Ok(read) => read.map_err(Arc::new),
+                            Err(_) => Err(Arc::new(Miss::Panicked)),
+                        })
+                        .boxed()
+                        .shared();
                     // A `Shared` not yet polled is not complete: it downgrades.
                     if let Some(weak) = shared.downgrade() {
                         restoring.insert(id.clone(), weak);
@@ -224,21 +255,29 @@ impl NodeCache {
             }
         };
         let restored = shared.clone().await;
-        {
+        let (restored, gone) = {
             let mut restoring = self.restoring();
-            // The first waiter to finish caches the entry and ends the restore; the others find
-            // it ended (or another restore of the id begun since, which is left alone).
-            if restoring
+            // The first waiter to finish ends the restore; the others find it ended (or
+            // another restore of the id begun since, which is left alone).
+            let first = restoring
                 .get(id)
                 .and_then(WeakShared::upgrade)
-                .is_some_and(|current| current.ptr_eq(&shared))
-            {
-                if let Ok(entry) = &restored {
-                    self.store(id.clone(), Arc::clone(entry), now);
-                }
+                .is_some_and(|current| current.ptr_eq(&shared));
+            if first {
                 restoring.remove(id);
             }
-        }
+            match restored {
+                // A live copy cached meanwhile (a concurrent request's, which may hold changes)
+                // is newer than this read: every waiter gets it, and the read is not cached.
+                Ok(_) if let Some(cached) = self.get(id, now) => (Ok(cached), Vec::new()),
+                Ok(entry) if first => {
+                    let gone = self.store(id.clone(), Arc::clone(&entry), now);
+                    (Ok(entry), gone)
+                }
+                other => (other, Vec::new()),
+            }
+        };
+        self.log_lost(gone);
         self.sweep(now);
         restored
     }
@@ -420,20 +459,37 @@ mod tests {
         }
         parked.abort();
         assert!(parked.await.is_err_and(|e| e.is_cancelled()));
-        // A read that panics: its caller fails, and nobody after it inherits the panic.
-        let panicked = {
-            let (cache, id, reads) = (Arc::clone(&cache), id.clone(), Arc::clone(&reads));
-            tokio::spawn(async move {
-                let read = async move {
-                    reads.fetch_add(1, Ordering::SeqCst);
-                    panic!("a restore that panics");
-                };
-                cache.restore(&id, 0, read).await
+        // A read that panics, with several callers waiting: each is answered (a miss), none
+        // hangs, and nobody after them inherits the panic.
+        let panicking = (0..4)
+            .map(|_| {
+                let (cache, id, reads) = (Arc::clone(&cache), id.clone(), Arc::clone(&reads));
+                tokio::spawn(async move {
+                    let read = async move {
+                        reads.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        panic!("a restore that panics");
+                    };
+                    cache.restore(&id, 0, read).await
+                })
             })
-        };
-        // (Within a bound: a restore left parked by the first caller would hang it.)
-        let panicked = tokio::time::timeout(Duration::from_secs(10), panicked).await;
-        assert!(panicked.expect("not parked").is_err_and(|e| e.is_panic()));
+            .collect::<Vec<_>>();
+        for waiter in panicking {
+            // (Within a bound: a waiter left unwoken would hang here.)
+            let answered = tokio::time::timeout(Duration::from_secs(10), waiter).await;
+            let outcome = answered
+                .expect("answered")
+                .expect("no panic reaches the caller");
+            assert!(matches!(
+                outcome.as_ref().map_err(|e| &**e),
+                Err(Miss::Panicked)
+            ));
+        }
+        assert_eq!(
+            reads.load(Ordering::SeqCst),
+            2,
+            "the panicking read ran once"
+        );
         let fresh = {
             let (id, reads) = (id.clone(), Arc::clone(&reads));
             async move {
@@ -447,5 +503,32 @@ mod tests {
             .unwrap();
         assert_eq!(reads.load(Ordering::SeqCst), 3);
         assert!(Arc::ptr_eq(&restored, &cache.get(&id, 0).unwrap()));
+    }
+
+    #[tokio::test]
+    async fn a_copy_cached_during_a_restore_wins_over_the_read() {
+        let cache = Arc::new(NodeCache::new("app", 100, Duration::from_secs(60), true));
+        let id = SessionId::generate();
+        let (read_copy, live_copy) = (entry(&id), entry(&id));
+        let (go, wait) = tokio::sync::oneshot::channel::<()>();
+        let restoring = {
+            let (cache, id, read_copy) = (Arc::clone(&cache), id.clone(), Arc::clone(&read_copy));
+            tokio::spawn(async move {
+                let read = async move {
+                    let _ = wait.await;
+                    Ok(read_copy)
+                };
+                cache.restore(&id, 0, read).await
+            })
+        };
+        while !cache.restoring().contains_key(&id) {
+            tokio::task::yield_now().await;
+        }
+        // A concurrent request caches its copy (say, one it followed here) while the read runs.
+        cache.insert(id.clone(), Arc::clone(&live_copy), 0);
+        go.send(()).unwrap();
+        let restored = restoring.await.unwrap().unwrap();
+        assert!(Arc::ptr_eq(&restored, &live_copy));
+        assert!(Arc::ptr_eq(&cache.get(&id, 0).unwrap(), &live_copy));
     }
 }

@@ -566,6 +566,10 @@ impl AppShared {
                         }
                     }
                     Miss::Store(error) => return self.store_down(id, error),
+                    Miss::Panicked => {
+                        tracing::error!(app = %self.settings.app, session = %id.short_hash(), "restoring the session panicked; answering 503");
+                        return Loaded::StoreDown;
+                    }
                 },
             }
         }
