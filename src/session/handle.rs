@@ -67,6 +67,16 @@ pub(crate) struct Slot {
 /// An attribute name as [`Slot::read`] keeps it: its bytes, inline up to 24.
 type ReadName = smallvec::SmallVec<[u8; 24]>;
 
+impl Slot {
+    /// The value of `name` this request read first, if it read it.
+    fn read_of(&mut self, name: &str) -> Option<&mut Option<Value>> {
+        self.read
+            .iter_mut()
+            .find(|(n, _)| n.as_slice() == name.as_bytes())
+            .map(|(_, value)| value)
+    }
+}
+
 /// What [`Session::save`] asks of the layer: save the request's session now, as it would after
 /// the handler. Returns the committed row version, if the mode commits before answering.
 pub(crate) trait Commit: Send + Sync {
@@ -416,12 +426,8 @@ impl Session {
             state.set_updated(name.clone(), written.clone(), apply);
             drop(state);
             slot.changed = true;
-            if let Some(read) = slot
-                .read
-                .iter_mut()
-                .find(|(n, _)| n.as_slice() == name.as_bytes())
-            {
-                read.1 = Some(written);
+            if let Some(read) = slot.read_of(&name) {
+                *read = Some(written);
             }
             return result;
         }
@@ -430,11 +436,7 @@ impl Session {
     /// Remembers the value of `name` this request read first (for [`Session::write`]).
     fn remember_read(&self, name: &str, value: Option<&Value>) {
         let mut slot = self.slot();
-        if !slot
-            .read
-            .iter()
-            .any(|(n, _)| n.as_slice() == name.as_bytes())
-        {
+        if slot.read_of(name).is_none() {
             slot.read
                 .push((ReadName::from_slice(name.as_bytes()), value.cloned()));
         }
@@ -447,11 +449,7 @@ impl Session {
         let entry = self.entry_or_create();
         let mut slot = self.slot();
         let mut state = entry.lock();
-        let read = slot
-            .read
-            .iter()
-            .position(|(n, _)| n.as_slice() == name.as_bytes())
-            .map(|i| slot.read[i].1.clone());
+        let read = slot.read_of(&name).map(|read| read.clone());
         if let Some(read) = &read
             && !identical(read.as_ref(), state.attributes.get(&name))
         {
@@ -470,12 +468,9 @@ impl Session {
         drop(state);
         slot.changed = true;
         if read.is_some()
-            && let Some(slot_read) = slot
-                .read
-                .iter_mut()
-                .find(|(n, _)| n.as_slice() == name.as_bytes())
+            && let Some(slot_read) = slot.read_of(&name)
         {
-            slot_read.1 = value;
+            *slot_read = value;
         }
         replaced
     }
