@@ -141,6 +141,22 @@ async fn storm(store_line: &str, env: &[(&str, &str)]) -> (f64, f64) {
     let restores = common::metric(&b.base, "session_restores_total").await;
     let store_reads = common::metric(&b.base, "session_restore_reads_total").await;
     assert_eq!(restores, STORM_USERS as f64, "every user was restored on b");
+    // Concurrent restores set the gauge in any order; one more session, made after all of
+    // them, sets it last.
+    let (status, _) = Client::new()
+        .send(
+            &b.base,
+            "POST",
+            "/cart/items",
+            Some(json!({"sku": "SKU-X", "qty": 1})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        common::metric(&b.base, "session_cache_entries").await,
+        (STORM_USERS + 1) as f64,
+        "the cache gauge counts the sessions restores cached"
+    );
     (restores, store_reads)
 }
 

@@ -550,6 +550,8 @@ impl AppShared {
                 }
             };
             let restored = self.cache.restore(id, now, restore).await;
+            // A restore may have cached a session and swept idle ones out.
+            self.count_cached();
             match restored {
                 Ok(entry) => {
                     self.push.index(id, &entry);
@@ -993,8 +995,7 @@ impl AppShared {
                 self.cache
                     .insert(id.clone(), Arc::clone(entry), now_millis());
                 self.push.index(id, entry);
-                #[allow(clippy::cast_precision_loss)] // up to 10^8 entries: exact in f64
-                self.metrics.cache_entries.set(self.cache.len() as f64);
+                self.count_cached();
             }
             if let Some(persister) = &self.persister {
                 if let Some(version) = finish.carried_by
@@ -1062,6 +1063,9 @@ impl AppShared {
             }
             for old in &finish.removed {
                 self.cache.remove(old);
+            }
+            if !finish.removed.is_empty() {
+                self.count_cached();
             }
             return Executed {
                 answer: saved,
@@ -1274,6 +1278,14 @@ impl AppShared {
     /// concurrent request may have replaced it already, and that newer copy stays.
     fn forget(&self, id: &SessionId, entry: &Arc<Entry>) {
         self.cache.remove_if_same(id, entry);
+        self.count_cached();
+    }
+
+    /// Sets the `session_cache_entries` gauge, after whatever changed what the cache holds
+    /// (an insert, a restore, a sweep, a removal; never on a sticky read).
+    fn count_cached(&self) {
+        #[allow(clippy::cast_precision_loss)] // up to 10^8 entries: exact in f64
+        self.metrics.cache_entries.set(self.cache.len() as f64);
     }
 
     /// The row is gone (logout on another node, the backoffice, the purge): stop serving it.
