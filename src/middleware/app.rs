@@ -164,6 +164,9 @@ pub(crate) struct AppShared {
     /// Whether the watch of the store's data loss ([`crate::store::SessionStore::emptied`]) is
     /// started (on the first request: in its runtime).
     pub(crate) emptied_watch: std::sync::OnceLock<()>,
+    /// Held while the `session_cache_entries` gauge is counted and set, so that concurrent
+    /// changes set it in the order they counted: the last one sets the latest count.
+    pub(crate) counting: std::sync::Mutex<()>,
 }
 
 /// What loading a request's session gave.
@@ -550,10 +553,10 @@ impl AppShared {
                 }
             };
             let restored = self.cache.restore(id, now, restore).await;
-            // A restore may have cached a session and swept idle ones out.
-            self.count_cached();
             match restored {
                 Ok(entry) => {
+                    // Cached (by this restore or one it joined), idle ones perhaps swept out.
+                    self.count_cached();
                     self.push.index(id, &entry);
                     if let Some(hint) = hint {
                         // Not newer in the store either (async, not written yet): not asked again.
@@ -1284,6 +1287,10 @@ impl AppShared {
     /// Sets the `session_cache_entries` gauge, after whatever changed what the cache holds
     /// (an insert, a restore, a sweep, a removal; never on a sticky read).
     fn count_cached(&self) {
+        let _counting = self
+            .counting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         #[allow(clippy::cast_precision_loss)] // up to 10^8 entries: exact in f64
         self.metrics.cache_entries.set(self.cache.len() as f64);
     }

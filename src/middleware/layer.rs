@@ -152,6 +152,7 @@ impl SessionFailoverLayer {
                     .time_to_live(super::app::ABSENT_TTL)
                     .build(),
                 emptied_watch: std::sync::OnceLock::new(),
+                counting: std::sync::Mutex::new(()),
                 codec: settings.codec.clone(),
                 persister: self.persister.clone(),
                 settings: Arc::new(settings),
