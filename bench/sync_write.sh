@@ -3,9 +3,9 @@
 #
 # One node (sync, secret set) runs under `valgrind --tool=callgrind`, on SQLite, on PostgreSQL,
 # and memory-only (`spring.session.enabled=false`) for scale. Once it listens, its counters are
-# zeroed (`callgrind_control -z`), so start-up is not counted. CLIENTS keep-alive clients (curl,
-# one connection each, run at once) each create a session and send `POST /cart/items` over 20
-# SKUs in turn, N in all; the node is stopped with SIGTERM. This runs twice, N=LOW and N=HIGH,
+# zeroed (`vgdb ... zero`, what `callgrind_control -z` sends), so start-up is not counted.
+# CLIENTS keep-alive clients (curl, one connection each, run at once) each create a session and
+# send `POST /cart/items` over 20 SKUs in turn, N in all; the node is stopped with SIGTERM. This runs twice, N=LOW and N=HIGH,
 # and prints per write = (cost at HIGH - cost at LOW) / (HIGH - LOW) of:
 # - the connection tasks (hyper's connection future, inclusive: HTTP, the layer, the handler,
 #   and the first poll of the save: the encoding and the queueing; what follows the commit runs
@@ -37,15 +37,17 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 sf=${SF:-$repo/target/release/session-failover}
 secret=bench-secret-0123456789-abcdefghijklmnopqrstuvwxyz-ABCDEFGHIJKLMNOP
 [ -x "$sf" ] || { echo "missing $sf: build it first (see the header of $0)" >&2; exit 2; }
-for program in valgrind callgrind_annotate callgrind_control curl; do
+for program in valgrind vgdb callgrind_annotate curl; do
     command -v "$program" >/dev/null || { echo "missing $program" >&2; exit 2; }
 done
 [ $((low % clients)) -eq 0 ] && [ $((high % clients)) -eq 0 ] \
     || { echo "LOW and HIGH must be multiples of CLIENTS ($clients)" >&2; exit 2; }
 work=$(mktemp -d /tmp/sf-write.XXXXXX)
-# run() runs in $(...): the processes it starts are listed in a file for this trap to stop.
-trap 'xargs -r kill -9 < "$work/pids" 2>/dev/null; [ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
-: > "$work/pids"
+# run() runs in $(...): the processes of the run in progress are listed in its pids file for
+# this trap to stop (a finished run removes its file). The kill fails for processes already
+# gone, which must not end the trap before the clean-up.
+trap '{ cat "$work"/run-*/pids | xargs -r kill -9; } 2>/dev/null || true
+      [ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
 
 # client ADDR N JAR: one connection, N adds over 20 SKUs (the first creates the session).
 client() {
@@ -55,7 +57,8 @@ client() {
         args+=(-sS --fail -b "$3" -c "$3" -H 'content-type: application/json'
             -d "{\"sku\":\"sku-$((i % 20))\",\"qty\":1}" "http://$1/cart/items")
     done
-    curl "${args[@]}" > /dev/null
+    # --fail-early: any failed request fails the client (not only the last one).
+    curl --fail-early "${args[@]}" > /dev/null
 }
 
 # run BACKEND N: callgrind output of a node that served N writes from CLIENTS clients.
@@ -74,17 +77,20 @@ run() {
     (cd "$dir" && RUST_LOG=warn exec valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" \
         "$sf" serve --bind 127.0.0.1:0 --config config > out.log 2> err.log) &
     local node=$! addr c pids=()
-    echo "$node" >> "$work/pids"
+    echo "$node" >> "$dir/pids"
     addr=$(node_addr "$dir" 600)
-    callgrind_control -z "$node" > /dev/null 2>&1
+    # Start-up is not counted (callgrind_control exits 0 even when it reaches nothing).
+    vgdb --pid="$node" zero > "$dir/zero.log" 2>&1 \
+        || { echo "could not zero the counters of $node:" >&2; cat "$dir/zero.log" >&2; exit 1; }
     for c in $(seq 1 "$clients"); do
         client "$addr" $((n / clients)) "$dir/jar-$c" &
         pids+=($!)
-        echo "$!" >> "$work/pids"
+        echo "$!" >> "$dir/pids"
     done
     for c in "${pids[@]}"; do wait "$c"; done
     kill -TERM "$node"
     wait "$node" || true
+    rm "$dir/pids"
     echo "$dir/cg.out"
 }
 

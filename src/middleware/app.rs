@@ -165,7 +165,9 @@ pub(crate) struct AppShared {
     /// started (on the first request: in its runtime).
     pub(crate) emptied_watch: std::sync::OnceLock<()>,
     /// Held while the `session_cache_entries` gauge is counted and set, so that concurrent
-    /// changes set it in the order they counted: the last one sets the latest count.
+    /// counts set it in the order they counted: after the changes that are counted (inserts,
+    /// restores that cached, removals), the last count is the latest. A sweep within a restore
+    /// that found nothing is counted at the next of these.
     pub(crate) counting: std::sync::Mutex<()>,
 }
 
@@ -1284,8 +1286,9 @@ impl AppShared {
         self.count_cached();
     }
 
-    /// Sets the `session_cache_entries` gauge, after whatever changed what the cache holds
-    /// (an insert, a restore, a sweep, a removal; never on a sticky read).
+    /// Sets the `session_cache_entries` gauge, after a change of what the cache holds (an
+    /// insert, a restore that cached, a removal, and the sweeps within them; never on a sticky
+    /// read).
     fn count_cached(&self) {
         let _counting = self
             .counting
