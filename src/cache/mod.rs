@@ -84,6 +84,11 @@ pub(crate) struct NodeCache {
     /// dropped with its read, as if never begun, rather than parked to serve a row read long
     /// ago to the next request. Its dead entry goes with the next sweep.
     restoring: Mutex<HashMap<SessionId, WeakRestore>>,
+    /// The `session_cache_entries` gauge, set after every change of what the map holds.
+    entries: metrics::Gauge,
+    /// Held while `entries` is counted and set, so that concurrent counts set it in the order
+    /// they counted: the last count, after the last change, is the latest.
+    counting: Mutex<()>,
 }
 
 /// A restore under way, as [`NodeCache`] keeps it.
@@ -93,8 +98,15 @@ impl NodeCache {
     /// A cache of at most `max_entries` sessions, each expiring after `idle` without access.
     ///
     /// For a persistent app (`persistent`), an entry evicted while it holds a change that
-    /// failed to save is logged at ERROR: that change is lost.
-    pub(crate) fn new(app: &str, max_entries: u64, idle: Duration, persistent: bool) -> Self {
+    /// failed to save is logged at ERROR: that change is lost. `entries` is set to how many
+    /// sessions it holds after each change (never on a lookup).
+    pub(crate) fn new(
+        app: &str,
+        max_entries: u64,
+        idle: Duration,
+        persistent: bool,
+        entries: metrics::Gauge,
+    ) -> Self {
         let max_entries = max_entries.max(1);
         Self {
             map: Map::with(
@@ -109,7 +121,20 @@ impl NodeCache {
             idle: i64::try_from(idle.as_millis()).unwrap_or(i64::MAX),
             swept_at: AtomicI64::new(0),
             restoring: Mutex::default(),
+            entries,
+            counting: Mutex::default(),
         }
+    }
+
+    /// Sets the `entries` gauge to how many sessions the map holds (idle ones included until
+    /// they are swept).
+    fn count(&self) {
+        let _counting = self
+            .counting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        #[allow(clippy::cast_precision_loss)] // up to 10^8 entries: exact in f64
+        self.entries.set(self.map.len() as f64);
     }
 
     /// The session cached under `id`, unless it was idle for longer than the timeout; counts
@@ -142,6 +167,7 @@ impl NodeCache {
         let gone = self.store(id, entry, now);
         self.log_lost(gone);
         self.sweep(now);
+        self.count();
     }
 
     /// [`NodeCache::insert`] without the sweep, and with the sessions it pushed out returned
@@ -189,7 +215,7 @@ impl NodeCache {
 
     /// Removes the sessions idle for longer than the timeout, if that was last done more than
     /// a tenth of the timeout (at least a second) ago.
-    fn sweep(&self, now: EpochMillis) {
+    fn sweep(&self, now: EpochMillis) -> bool {
         let every = (self.idle / 10).max(1_000);
         let last = self.swept_at.load(Ordering::Relaxed);
         if now.saturating_sub(last) < every
@@ -198,7 +224,7 @@ impl NodeCache {
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_err()
         {
-            return;
+            return false;
         }
         // Collected, and logged once the shards' locks are released.
         let expired = std::cell::RefCell::new(Vec::new());
@@ -217,6 +243,7 @@ impl NodeCache {
         // Restores whose callers all went away and whose id never came back.
         self.restoring()
             .retain(|_, restore| restore.upgrade().is_some());
+        true
     }
 
     /// The session cached under `id`, or else the one `restore` reads, cached. Concurrent
@@ -255,7 +282,7 @@ impl NodeCache {
             }
         };
         let restored = shared.clone().await;
-        let (restored, gone) = {
+        let (restored, gone, stored) = {
             let mut restoring = self.restoring();
             // The first waiter to finish ends the restore; the others find it ended (or
             // another restore of the id begun since, which is left alone).
@@ -269,16 +296,18 @@ impl NodeCache {
             match restored {
                 // A live copy cached meanwhile (a concurrent request's, which may hold changes)
                 // is newer than this read: every waiter gets it, and the read is not cached.
-                Ok(_) if let Some(cached) = self.get(id, now) => (Ok(cached), Vec::new()),
+                Ok(_) if let Some(cached) = self.get(id, now) => (Ok(cached), Vec::new(), false),
                 Ok(entry) if first => {
                     let gone = self.store(id.clone(), Arc::clone(&entry), now);
-                    (Ok(entry), gone)
+                    (Ok(entry), gone, true)
                 }
-                other => (other, Vec::new()),
+                other => (other, Vec::new(), false),
             }
         };
         self.log_lost(gone);
-        self.sweep(now);
+        if self.sweep(now) || stored {
+            self.count();
+        }
         restored
     }
 
@@ -293,12 +322,14 @@ impl NodeCache {
     /// Removes the session cached under `id`.
     pub(crate) fn remove(&self, id: &SessionId) {
         self.map.remove(id);
+        self.count();
     }
 
     /// Removes `entry` if it is still the copy cached under `id`: a concurrent request may
     /// have replaced it already, and that newer copy stays.
     pub(crate) fn remove_if_same(&self, id: &SessionId, entry: &Arc<Entry>) {
         self.map.remove_if(id, |cached| Arc::ptr_eq(cached, entry));
+        self.count();
     }
 
     /// The cached sessions (idle ones included until they are swept), each cloned out of the
@@ -317,8 +348,8 @@ impl NodeCache {
             .filter(move |(_, entry)| !self.is_idle(entry, now))
     }
 
-    /// How many sessions the cache holds (idle ones included until they are swept: the
-    /// `session_cache_entries` gauge counts them).
+    /// How many sessions the cache holds (idle ones included until they are swept).
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.map.len()
     }
@@ -335,7 +366,13 @@ mod tests {
 
     #[test]
     fn an_entry_idle_beyond_the_timeout_is_absent_and_swept() {
-        let cache = NodeCache::new("app", 100, Duration::from_secs(10), true);
+        let cache = NodeCache::new(
+            "app",
+            100,
+            Duration::from_secs(10),
+            true,
+            metrics::Gauge::noop(),
+        );
         let (a, b) = (SessionId::generate(), SessionId::generate());
         cache.insert(a.clone(), entry(&a), 1_000);
         cache.insert(b.clone(), entry(&b), 1_000);
@@ -355,7 +392,13 @@ mod tests {
 
     #[test]
     fn beyond_its_capacity_the_cache_evicts_and_admits_every_new_session() {
-        let cache = NodeCache::new("app", 50, Duration::from_secs(3_600), false);
+        let cache = NodeCache::new(
+            "app",
+            50,
+            Duration::from_secs(3_600),
+            false,
+            metrics::Gauge::noop(),
+        );
         let ids: Vec<SessionId> = (0..500).map(|_| SessionId::generate()).collect();
         for (i, id) in ids.iter().enumerate() {
             cache.insert(id.clone(), entry(id), 1_000 + i as i64);
@@ -367,7 +410,13 @@ mod tests {
 
     #[test]
     fn a_session_is_found_by_the_id_a_request_names() {
-        let cache = NodeCache::new("app", 100, Duration::from_secs(60), true);
+        let cache = NodeCache::new(
+            "app",
+            100,
+            Duration::from_secs(60),
+            true,
+            metrics::Gauge::noop(),
+        );
         let ids: Vec<SessionId> = (0..64).map(|_| SessionId::generate()).collect();
         for id in &ids {
             cache.insert(id.clone(), entry(id), 0);
@@ -381,7 +430,13 @@ mod tests {
 
     #[test]
     fn a_removal_of_a_replaced_copy_keeps_the_newer_one() {
-        let cache = NodeCache::new("app", 100, Duration::from_secs(60), true);
+        let cache = NodeCache::new(
+            "app",
+            100,
+            Duration::from_secs(60),
+            true,
+            metrics::Gauge::noop(),
+        );
         let id = SessionId::generate();
         let (old, new) = (entry(&id), entry(&id));
         cache.insert(id.clone(), Arc::clone(&old), 0);
@@ -394,7 +449,13 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_restores_of_one_session_read_it_once_and_share_errors() {
-        let cache = Arc::new(NodeCache::new("app", 100, Duration::from_secs(60), true));
+        let cache = Arc::new(NodeCache::new(
+            "app",
+            100,
+            Duration::from_secs(60),
+            true,
+            metrics::Gauge::noop(),
+        ));
         let id = SessionId::generate();
         let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let restore = |fail: bool| {
@@ -440,7 +501,13 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_restore_whose_callers_are_gone_or_panicked_is_begun_anew() {
-        let cache = Arc::new(NodeCache::new("app", 100, Duration::from_secs(60), true));
+        let cache = Arc::new(NodeCache::new(
+            "app",
+            100,
+            Duration::from_secs(60),
+            true,
+            metrics::Gauge::noop(),
+        ));
         let id = SessionId::generate();
         let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         // A read that never answers, whose only caller goes away: the read is dropped with it.
@@ -507,7 +574,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_copy_cached_during_a_restore_wins_over_the_read() {
-        let cache = Arc::new(NodeCache::new("app", 100, Duration::from_secs(60), true));
+        let cache = Arc::new(NodeCache::new(
+            "app",
+            100,
+            Duration::from_secs(60),
+            true,
+            metrics::Gauge::noop(),
+        ));
         let id = SessionId::generate();
         let (read_copy, live_copy) = (entry(&id), entry(&id));
         let (go, wait) = tokio::sync::oneshot::channel::<()>();

@@ -164,11 +164,6 @@ pub(crate) struct AppShared {
     /// Whether the watch of the store's data loss ([`crate::store::SessionStore::emptied`]) is
     /// started (on the first request: in its runtime).
     pub(crate) emptied_watch: std::sync::OnceLock<()>,
-    /// Held while the `session_cache_entries` gauge is counted and set, so that concurrent
-    /// counts set it in the order they counted: after the changes that are counted (inserts,
-    /// restores that cached, removals), the last count is the latest. A sweep within a restore
-    /// that found nothing is counted at the next of these.
-    pub(crate) counting: std::sync::Mutex<()>,
 }
 
 /// What loading a request's session gave.
@@ -557,8 +552,6 @@ impl AppShared {
             let restored = self.cache.restore(id, now, restore).await;
             match restored {
                 Ok(entry) => {
-                    // Cached (by this restore or one it joined), idle ones perhaps swept out.
-                    self.count_cached();
                     self.push.index(id, &entry);
                     if let Some(hint) = hint {
                         // Not newer in the store either (async, not written yet): not asked again.
@@ -1000,7 +993,6 @@ impl AppShared {
                 self.cache
                     .insert(id.clone(), Arc::clone(entry), now_millis());
                 self.push.index(id, entry);
-                self.count_cached();
             }
             if let Some(persister) = &self.persister {
                 if let Some(version) = finish.carried_by
@@ -1068,9 +1060,6 @@ impl AppShared {
             }
             for old in &finish.removed {
                 self.cache.remove(old);
-            }
-            if !finish.removed.is_empty() {
-                self.count_cached();
             }
             return Executed {
                 answer: saved,
@@ -1283,19 +1272,6 @@ impl AppShared {
     /// concurrent request may have replaced it already, and that newer copy stays.
     fn forget(&self, id: &SessionId, entry: &Arc<Entry>) {
         self.cache.remove_if_same(id, entry);
-        self.count_cached();
-    }
-
-    /// Sets the `session_cache_entries` gauge, after a change of what the cache holds (an
-    /// insert, a restore that cached, a removal, and the sweeps within them; never on a sticky
-    /// read).
-    fn count_cached(&self) {
-        let _counting = self
-            .counting
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        #[allow(clippy::cast_precision_loss)] // up to 10^8 entries: exact in f64
-        self.metrics.cache_entries.set(self.cache.len() as f64);
     }
 
     /// The row is gone (logout on another node, the backoffice, the purge): stop serving it.
@@ -1381,9 +1357,6 @@ mod tests {
             .prop_map(|(name, value)| format!("{name}={value}"))
     }
 
-    /// The ids and the version cookie come out of one pass: ids in order (quoted or not,
-    /// malformed ones skipped), the version cookie's first occurrence only, and only a
-    /// positive number.
     #[test]
     fn the_proxy_headers_are_found_in_the_same_pass_first_one_wins() {
         let secure = |pairs: &[(&'static str, &'static str)]| {
@@ -1413,6 +1386,9 @@ mod tests {
         ));
     }
 
+    /// The ids and the version cookie come out of one pass: ids in order (quoted or not,
+    /// malformed ones skipped), the version cookie's first occurrence only, and only a
+    /// positive number.
     #[test]
     fn session_ids_and_the_version_cookie_in_one_pass() {
         let (a, b) = (SessionId::generate(), SessionId::generate());

@@ -133,14 +133,16 @@ impl SessionFailoverLayer {
         self.shared.get_or_init(|| {
             let settings = self.settings.clone();
             let persistent = self.persister.is_some();
+            let metrics = crate::metrics::AppMetrics::new(&settings.app);
             Arc::new(AppShared {
                 cache: crate::cache::NodeCache::new(
                     &settings.app,
                     settings.cache_max_entries,
                     settings.timeout,
                     persistent,
+                    metrics.cache_entries.clone(),
                 ),
-                metrics: crate::metrics::AppMetrics::new(&settings.app),
+                metrics,
                 push: super::push::Push::new(settings.cache_max_entries, settings.timeout),
                 verify_paused_until: std::sync::atomic::AtomicI64::new(0),
                 verify_failures: std::sync::atomic::AtomicU32::new(0),
@@ -152,7 +154,6 @@ impl SessionFailoverLayer {
                     .time_to_live(super::app::ABSENT_TTL)
                     .build(),
                 emptied_watch: std::sync::OnceLock::new(),
-                counting: std::sync::Mutex::new(()),
                 codec: settings.codec.clone(),
                 persister: self.persister.clone(),
                 settings: Arc::new(settings),
